@@ -1,0 +1,484 @@
+#!/usr/bin/env bash
+# Throughput/latency benchmark for the idem gateway. See bench/README.md.
+#
+# Measures, with wrk, on 127.0.0.1:
+#   upstream     bench-upstream directly (no proxy)
+#   passthrough  bench-passthrough, a bare hyper reverse proxy (the ceiling)
+#   memory       idem gateway --store memory
+#   sqlite       idem gateway --store sqlite:<tmp>/bench.db
+# under two workloads (bench/unique.lua, bench/replay.lua) and writes a
+# markdown table between the bench markers of docs/benchmarks.md (or $OUT).
+#
+# Usage: bash bench/run.sh
+# Env:   DURATION=10s CONNECTIONS=32 THREADS=1 BUILD=1 WARMUP=2s
+#        REPLAY_KEYS=100 BASE_PORT=18080 OUT=docs/benchmarks.md
+#        TARGETS="upstream passthrough memory sqlite"
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-32}"
+THREADS="${THREADS:-1}"
+BUILD="${BUILD:-1}"
+WARMUP="${WARMUP:-2s}"
+REPLAY_KEYS="${REPLAY_KEYS:-100}"
+BASE_PORT="${BASE_PORT:-18080}"
+OUT="${OUT:-docs/benchmarks.md}"
+TARGETS="${TARGETS:-upstream passthrough memory sqlite}"
+READY_TIMEOUT_S=30
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+BIN="$TARGET_DIR/release"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/idem-bench.XXXXXX")"
+
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    stop "$pid"
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME PORT CMD...: starts CMD in the background (stdout/stderr to
+# $WORK/NAME.{out,err}) and waits until it prints "listening on" or accepts
+# TCP on PORT, with a deadline. Sets START_PID. Returns 1 if it died or
+# timed out.
+START_PID=""
+start() {
+  local name="$1" port="$2"
+  shift 2
+  if port_open "$port"; then
+    die "port $port is already in use (set BASE_PORT to move all ports)"
+  fi
+  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  START_PID=$!
+  PIDS+=("$START_PID")
+  local deadline=$((SECONDS + READY_TIMEOUT_S))
+  while ((SECONDS < deadline)); do
+    if ! kill -0 "$START_PID" 2>/dev/null; then
+      log "$name exited before it was ready; its stderr:"
+      tail -n 20 "$WORK/$name.err" >&2 || true
+      return 1
+    fi
+    if grep -q '^listening on' "$WORK/$name.out" 2>/dev/null || port_open "$port"; then
+      return 0
+    fi
+    sleep 0.05 # poll interval, not a readiness guess
+  done
+  log "$name was not ready on port $port within ${READY_TIMEOUT_S}s; its stderr:"
+  tail -n 20 "$WORK/$name.err" >&2 || true
+  return 1
+}
+
+# stop PID: SIGTERM, then SIGKILL if it has not exited within 10 s.
+stop() {
+  local pid="$1" p rest=() deadline=$((SECONDS + 10))
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+    sleep 0.05
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do
+    [[ "$p" == "$pid" ]] || rest+=("$p")
+  done
+  PIDS=("${rest[@]}")
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# ---------------------------------------------------------------- tools
+ensure_tool() {
+  local tool="$1"
+  command -v "$tool" >/dev/null 2>&1 && return 0
+  log "$tool not found; installing it with apt-get"
+  command -v apt-get >/dev/null 2>&1 || die "$tool is missing and apt-get is not available"
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get install -y "$tool" >&2 || { $sudo apt-get update >&2 && $sudo apt-get install -y "$tool" >&2; }
+  command -v "$tool" >/dev/null 2>&1 || die "could not install $tool"
+}
+ensure_tool wrk
+ensure_tool curl
+
+# ---------------------------------------------------------------- build
+IDEM_SKIP_REASON=""
+if [[ "$BUILD" == "1" ]]; then
+  log "cargo build --release -p idem-bench"
+  cargo build --release -p idem-bench >&2 || die "building idem-bench failed"
+  log "cargo build --release -p idem"
+  if ! cargo build --release -p idem >&2; then
+    IDEM_SKIP_REASON="\`cargo build --release -p idem\` failed"
+    log "warning: $IDEM_SKIP_REASON; skipping the idem gateway targets"
+  fi
+fi
+[[ -x "$BIN/bench-upstream" && -x "$BIN/bench-passthrough" ]] \
+  || die "$BIN/bench-upstream or bench-passthrough missing; run with BUILD=1"
+if [[ -z "$IDEM_SKIP_REASON" && ! -x "$BIN/idem" ]]; then
+  IDEM_SKIP_REASON="\`target/release/idem\` not found"
+  log "warning: $IDEM_SKIP_REASON; skipping the idem gateway targets"
+fi
+
+# ---------------------------------------------------------------- targets
+UP_PORT=$BASE_PORT
+UP_URL="http://127.0.0.1:$UP_PORT"
+declare -A PORT=(
+  [upstream]=$UP_PORT
+  [passthrough]=$((BASE_PORT + 1))
+  [memory]=$((BASE_PORT + 2))
+  [sqlite]=$((BASE_PORT + 3))
+)
+declare -A LABEL=(
+  [upstream]="upstream (direct, no proxy)"
+  [passthrough]="bench-passthrough (bare hyper proxy)"
+  [memory]="idem gateway, \`--store memory\`"
+  [sqlite]="idem gateway, \`--store sqlite\`"
+)
+DB="$WORK/bench.db"
+# Command lines as shown in the report (paths relative to the repo).
+declare -A SHOWN=(
+  [upstream]="target/release/bench-upstream --listen 127.0.0.1:${PORT[upstream]}"
+  [passthrough]="target/release/bench-passthrough --listen 127.0.0.1:${PORT[passthrough]} --upstream $UP_URL"
+  [memory]="target/release/idem gateway --listen 127.0.0.1:${PORT[memory]} --upstream $UP_URL --store memory"
+  [sqlite]="target/release/idem gateway --listen 127.0.0.1:${PORT[sqlite]} --upstream $UP_URL --store sqlite:\$TMPDIR/bench.db"
+)
+
+# Sets CMD to the command line of a proxy target (not the upstream).
+CMD=()
+target_cmd() {
+  case "$1" in
+    passthrough) CMD=("$BIN/bench-passthrough" --listen "127.0.0.1:${PORT[passthrough]}" --upstream "$UP_URL") ;;
+    memory) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[memory]}" --upstream "$UP_URL" --store memory) ;;
+    sqlite) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[sqlite]}" --upstream "$UP_URL" --store "sqlite:$DB") ;;
+  esac
+}
+
+# Results, keyed "workload:target".
+declare -A RPS P50 P99 REQS ERRS ERRDETAIL HITS OTHER
+declare -A SKIP     # target -> reason the whole target was skipped
+declare -A SKIP_ROW # workload:target -> reason one measurement is missing
+
+# Upstream side-effect counter: POSTs seen so far (this call adds one).
+upstream_count() {
+  curl -sS -X POST --max-time 5 "$UP_URL/__count" | sed -n 's/.*"id":\([0-9]*\).*/\1/p'
+}
+
+# run_wrk WORKLOAD TARGET NONCE DURATION: runs wrk, prints its output to
+# stderr, and leaves the IDEM_BENCH result line in $WORK/last.
+run_wrk() {
+  local workload="$1" target="$2" nonce="$3" duration="$4"
+  IDEM_BENCH_NONCE="$nonce" IDEM_BENCH_REPLAY_KEYS="$REPLAY_KEYS" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --timeout 5s \
+    -s "bench/$workload.lua" "http://127.0.0.1:${PORT[$target]}/" >"$WORK/wrk.out" 2>&1 \
+    || { cat "$WORK/wrk.out" >&2; return 1; }
+  sed 's/^/    /' "$WORK/wrk.out" >&2
+  grep '^IDEM_BENCH ' "$WORK/wrk.out" | tail -n 1 >"$WORK/last"
+  [[ -s "$WORK/last" ]]
+}
+
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" "$WORK/last"; }
+
+# ---- CPU used by other programs during a measurement (noise indicator).
+# Machine-wide user+nice+system ticks minus the ticks of the processes of this
+# benchmark (upstream, proxy, and wrk/curl as waited-for children of this
+# shell). Interrupt time is left out on both sides: loopback traffic is
+# largely accounted as softirq, not to a process.
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+NCPU="$(nproc)"
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4; exit }' /proc/stat; }
+pid_ticks() { # utime + stime of a running process (0 if gone)
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null || true)"
+  [[ -n "$stat" ]] || { echo 0; return 0; }
+  # Drop "pid (comm) " so that spaces in comm cannot shift the fields.
+  awk '{ print $12 + $13 }' <<<"${stat##*) }"
+}
+children_ticks() { # CPU of this shell's waited-for children, from `times`
+  times | awk -v hz="$CLK_TCK" 'NR == 2 {
+    t = 0
+    for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); t += p[1] * 60 + p[2] }
+    printf "%.0f", t * hz
+  }'
+}
+ours_ticks() { # ours_ticks PID...
+  local total pid
+  total="$(children_ticks)"
+  for pid in "$@"; do
+    total=$((total + $(pid_ticks "$pid")))
+  done
+  echo "$total"
+}
+
+# measure WORKLOAD TARGET NONCE: one measured wrk run, results stored.
+measure() {
+  local workload="$1" target="$2" nonce="$3" before after
+  local k="$workload:$target"
+  before="$(upstream_count)"
+  log "measuring $workload on $target for $DURATION"
+  local pids=("$UP_PID") m0 o0 t0 m1 o1 t1
+  [[ -n "$PROXY_PID" ]] && pids+=("$PROXY_PID")
+  m0="$(machine_ticks)"
+  o0="$(ours_ticks "${pids[@]}")"
+  t0="$(date +%s%N)"
+  if ! run_wrk "$workload" "$target" "$nonce" "$DURATION"; then
+    SKIP_ROW[$k]="wrk failed"
+    return 0
+  fi
+  m1="$(machine_ticks)"
+  o1="$(ours_ticks "${pids[@]}")"
+  t1="$(date +%s%N)"
+  OTHER[$k]="$(awk -v m="$((m1 - m0))" -v o="$((o1 - o0))" -v ns="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$NCPU" \
+    'BEGIN { x = 100 * (m - o) / (n * hz * ns / 1e9); if (x < 0) x = 0; printf "%.0f%%", x }')"
+  if ((${OTHER[$k]%\%} >= 10)); then
+    log "warning: other programs used ${OTHER[$k]} of the CPU during this run; its numbers are unreliable"
+  fi
+  after="$(upstream_count)"
+  RPS[$k]="$(field rps)"
+  P50[$k]="$(field p50_ms)"
+  P99[$k]="$(field p99_ms)"
+  REQS[$k]="$(field requests)"
+  local status connect read write timeout
+  status="$(field status_errors)"
+  connect="$(field connect)"
+  read="$(field read)"
+  write="$(field write)"
+  timeout="$(field timeout)"
+  ERRS[$k]=$((status + connect + read + write + timeout))
+  ERRDETAIL[$k]="http>=400: $status, connect: $connect, read: $read, write: $write, timeout: $timeout"
+  # Requests that reached the upstream during the run (minus our own probe).
+  if [[ -n "$before" && -n "$after" ]]; then
+    HITS[$k]=$((after - before - 1))
+  else
+    HITS[$k]="?"
+  fi
+}
+
+# prime TARGET NONCE: sends each replay key once; returns 1 unless all 2xx.
+prime() {
+  local target="$1" nonce="$2" i code ok=0
+  for ((i = 0; i < REPLAY_KEYS; i++)); do
+    code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
+      -H 'Content-Type: application/json' -H "Idempotency-Key: r-$nonce-$i" \
+      --data '{"amount":100,"currency":"eur"}' \
+      "http://127.0.0.1:${PORT[$target]}/charges" || true)"
+    [[ "$code" == 2* ]] && ok=$((ok + 1))
+  done
+  log "primed $ok/$REPLAY_KEYS replay keys on $target"
+  ((ok == REPLAY_KEYS))
+}
+
+RUN_NONCE="$(date +%s)-$$"
+START_FAILED=()
+
+# Percentage of all CPU time that was busy over one second, from /proc/stat;
+# taken before the first measurement to reveal other work on the machine.
+cpu_busy_pct() {
+  local a b
+  a="$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat 2>/dev/null)" || true
+  sleep 1
+  b="$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat 2>/dev/null)" || true
+  if [[ -z "$a" || -z "$b" ]]; then
+    echo "unknown"
+    return 0
+  fi
+  awk -v a="$a" -v b="$b" 'BEGIN {
+    split(a, x, " "); split(b, y, " ")
+    busy = y[1] - x[1]; idle = y[2] - x[2]
+    if (busy + idle > 0) printf "%.0f%%", 100 * busy / (busy + idle); else print "unknown"
+  }'
+}
+
+# bench_target TARGET: start (unless upstream), warm up, measure both.
+bench_target() {
+  local target="$1" pid=""
+  if [[ "$target" == memory || "$target" == sqlite ]] && [[ -n "$IDEM_SKIP_REASON" ]]; then
+    SKIP[$target]="skipped: $IDEM_SKIP_REASON"
+    return 0
+  fi
+  if [[ "$target" != upstream ]]; then
+    rm -f "$DB" "$DB-wal" "$DB-shm"
+    target_cmd "$target"
+    if ! start "$target" "${PORT[$target]}" "${CMD[@]}"; then
+      local why
+      why="$(grep -v '^[[:space:]]*$' "$WORK/$target.err" 2>/dev/null | tail -n 1 | tr -d '|`' | cut -c1-120 || true)"
+      SKIP[$target]="**FAIL: did not start**${why:+: \`$why\`}"
+      START_FAILED+=("$target")
+      return 0
+    fi
+    pid="$START_PID"
+  fi
+  PROXY_PID="$pid"
+  local nonce="$RUN_NONCE-$target"
+  if [[ "$WARMUP" != "0" && "$WARMUP" != "0s" ]]; then
+    log "warming up $target for $WARMUP (not recorded)"
+    run_wrk unique "$target" "$nonce-warm" "$WARMUP" || true
+  fi
+  measure unique "$target" "$nonce"
+  if ! prime "$target" "$nonce"; then
+    log "warning: priming was incomplete on $target; replay numbers include first-time keys"
+  fi
+  measure replay "$target" "$nonce"
+  [[ -n "$pid" ]] && stop "$pid"
+  return 0
+}
+
+log "starting bench-upstream on $UP_URL"
+start upstream "$UP_PORT" "$BIN/bench-upstream" --listen "127.0.0.1:$UP_PORT" \
+  || die "bench-upstream did not start"
+UP_PID="$START_PID"
+PROXY_PID=""
+
+BUSY_BEFORE="$(cpu_busy_pct)"
+log "CPU busy before measuring: $BUSY_BEFORE"
+
+ALL_TARGETS=(upstream passthrough memory sqlite)
+for t in "${ALL_TARGETS[@]}"; do
+  if [[ " $TARGETS " != *" $t "* ]]; then
+    SKIP[$t]="skipped: not in TARGETS"
+    continue
+  fi
+  bench_target "$t"
+done
+
+# ---------------------------------------------------------------- report
+ratio() { # ratio A B -> A/B with 2 decimals, or "–"
+  if [[ -n "${1:-}" && -n "${2:-}" ]]; then
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "–" }'
+  else
+    printf '–'
+  fi
+}
+fmt_int() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+
+UNIQUE_FAILED=()
+table() {
+  local workload="$1" t k base
+  base="${RPS[$workload:passthrough]:-}"
+  echo "| target | requests/s | p50 (ms) | p99 (ms) | vs passthrough | errors | upstream hits | other CPU |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for t in "${ALL_TARGETS[@]}"; do
+    k="$workload:$t"
+    if [[ -n "${SKIP[$t]:-}" || -n "${SKIP_ROW[$k]:-}" ]]; then
+      echo "| ${LABEL[$t]} | ${SKIP[$t]:-${SKIP_ROW[$k]}} | | | | | | |"
+      continue
+    fi
+    local errs="${ERRS[$k]}"
+    if ((errs > 0)); then
+      errs="${errs} (${ERRDETAIL[$k]})"
+      if [[ "$workload" == unique ]]; then
+        errs="**FAIL: $errs**"
+        UNIQUE_FAILED+=("$t")
+      fi
+    fi
+    echo "| ${LABEL[$t]} | $(fmt_int "${RPS[$k]}") | ${P50[$k]} | ${P99[$k]} | $(ratio "${RPS[$k]}" "$base") | $errs | ${HITS[$k]} / ${REQS[$k]} | ${OTHER[$k]} |"
+  done
+}
+
+commit="$(git rev-parse --verify --quiet --short=12 HEAD 2>/dev/null || true)"
+commit="${commit:-none (no commit yet)}"
+if [[ -n "$(git status --porcelain 2>/dev/null || true)" ]]; then
+  commit="$commit, with uncommitted changes"
+fi
+cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)"
+# `wrk -v` prints its version and then exits non-zero.
+wrk_version="$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }' || true)"
+
+REPORT="$WORK/report.md"
+{
+  echo "<!-- bench:begin -->"
+  echo "<!-- Generated by bench/run.sh: everything between the bench markers is replaced on each run. -->"
+  echo
+  echo "## Latest run"
+  echo
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- Commit: \`$commit\`"
+  echo "- Machine: \`nproc\` = $(nproc)${cpu:+, $cpu}"
+  echo "- Reproduce: \`bash bench/run.sh\`"
+  echo "- CPU busy in the second before measuring (upstream idle): $BUSY_BEFORE (well above 0% means other work competed for the cores)"
+  echo "- Settings: \`DURATION=$DURATION CONNECTIONS=$CONNECTIONS THREADS=$THREADS WARMUP=$WARMUP REPLAY_KEYS=$REPLAY_KEYS\` ($wrk_version, keep-alive, 127.0.0.1)"
+  echo
+  echo "> All processes (wrk, the upstream and the proxy under test) share the same $(nproc) cores,"
+  echo "> so absolute numbers are low and each proxy competes with its own load generator."
+  echo "> Compare ratios within one run, not numbers across machines."
+  echo
+  echo "### unique: a new \`Idempotency-Key\` on every request"
+  echo
+  table unique
+  echo
+  echo "### replay: $REPLAY_KEYS keys, primed first, so (almost) every request is a replay"
+  echo
+  table replay
+  echo
+  echo "- **vs passthrough**: requests/s divided by the passthrough's requests/s in the same workload and run."
+  echo "- **errors**: responses with HTTP status >= 400 plus socket errors (connect/read/write/timeout), as counted by wrk."
+  echo "  In \`unique\` every key is new, so any error is a failure."
+  echo "- **upstream hits**: POSTs that reached bench-upstream during the measured run / requests wrk completed"
+  echo "  (hits can exceed requests by up to the connection count: requests still in flight when wrk stops are not counted)."
+  echo "  A proxy that replays should show almost no upstream hits in \`replay\`."
+  echo "- **other CPU**: share of the machine's CPU used by programs outside this benchmark during the run."
+  echo "  Above a few percent, something else competed for the cores and that row is unreliable."
+  echo
+  if [[ "$WARMUP" == "0" || "$WARMUP" == "0s" ]]; then
+    warm="no warm-up"
+  else
+    warm="after an unrecorded $WARMUP \`unique\` warm-up"
+  fi
+  echo "Commands (\`\$TMPDIR\` is a fresh temporary directory; each proxy runs alone, $warm; the upstream runs throughout):"
+  echo
+  for t in "${ALL_TARGETS[@]}"; do
+    echo "- ${LABEL[$t]}: \`${SHOWN[$t]}\`"
+  done
+  echo "- wrk: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --timeout 5s -s bench/{unique,replay}.lua http://127.0.0.1:PORT/\`"
+  echo "<!-- bench:end -->"
+} >"$REPORT"
+
+mkdir -p "$(dirname "$OUT")"
+if [[ ! -f "$OUT" ]]; then
+  cat >"$OUT" <<'EOF'
+# Benchmarks
+
+How much throughput and latency the idem gateway costs compared with a bare
+reverse proxy on the same stack. See `bench/README.md` for what is measured
+and how to read the numbers.
+
+<!-- bench:begin -->
+<!-- bench:end -->
+EOF
+fi
+if grep -q '^<!-- bench:begin -->' "$OUT" && grep -q '^<!-- bench:end -->' "$OUT"; then
+  awk -v report="$REPORT" '
+    /^<!-- bench:begin -->/ { while ((getline line < report) > 0) print line; skip = 1; next }
+    /^<!-- bench:end -->/   { skip = 0; next }
+    !skip                   { print }
+  ' "$OUT" >"$WORK/out.md"
+else
+  { cat "$OUT"; echo; cat "$REPORT"; } >"$WORK/out.md"
+fi
+cat "$WORK/out.md" >"$OUT"
+log "wrote $OUT"
+sed -n '/^### /,/^- \*\*vs/p' "$REPORT" >&2
+
+status=0
+if ((${#START_FAILED[@]} > 0)); then
+  log "FAIL: did not start: ${START_FAILED[*]}"
+  status=1
+fi
+if ((${#UNIQUE_FAILED[@]} > 0)); then
+  log "FAIL: the unique workload had errors on: ${UNIQUE_FAILED[*]}"
+  status=1
+fi
+exit "$status"

@@ -1,0 +1,214 @@
+//! `bench-passthrough`: a bare reverse proxy built from the same stack as the
+//! `idem` gateway (hyper 1 server via `hyper_util::server::conn::auto`, and a
+//! pooled keep-alive `hyper_util::client::legacy::Client` with
+//! `HttpConnector`), with no idempotency logic at all.
+//!
+//! Request and response bodies are streamed through without buffering, the
+//! URI is rewritten to the upstream, hop-by-hop headers are stripped in both
+//! directions and `X-Forwarded-For` is set. Its throughput is the ceiling any
+//! proxy in this benchmark can reach.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use clap::Parser;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench-passthrough",
+    about = "Bare streaming reverse proxy (the benchmark ceiling)"
+)]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:18081.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Upstream base URL, e.g. http://127.0.0.1:18080.
+    #[arg(long)]
+    upstream: Uri,
+}
+
+/// Response body: either the streamed upstream body or a small local error.
+type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Hop-by-hop headers that must not be forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Where and how to forward requests.
+struct Proxy {
+    /// Pooled keep-alive HTTP client.
+    client: Client<HttpConnector, Incoming>,
+    /// Upstream scheme (always `http`).
+    scheme: Scheme,
+    /// Upstream `host:port`.
+    authority: Authority,
+    /// Upstream base path without a trailing slash (often empty).
+    base_path: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let proxy = Arc::new(Proxy::new(&args.upstream)?);
+    let listener = idem_bench::bind_and_announce(args.listen).await?;
+
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server.http1().keep_alive(true);
+    let server = Arc::new(server);
+
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                eprintln!("accept error: {err}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, std::convert::Infallible>(proxy.forward(req, peer.ip()).await) }
+            });
+            if let Err(err) = server.serve_connection(TokioIo::new(stream), service).await {
+                eprintln!("connection error: {err}");
+            }
+        });
+    }
+}
+
+impl Proxy {
+    /// Validates the upstream URL and builds the pooled client.
+    fn new(upstream: &Uri) -> anyhow::Result<Self> {
+        let scheme = upstream
+            .scheme()
+            .cloned()
+            .context("--upstream needs a scheme")?;
+        if scheme != Scheme::HTTP {
+            bail!("--upstream must be an http:// URL, got {upstream}");
+        }
+        let authority = upstream
+            .authority()
+            .cloned()
+            .context("--upstream needs a host")?;
+        let base_path = upstream.path().trim_end_matches('/').to_owned();
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+
+    /// Forwards one request upstream and streams the answer back.
+    async fn forward(&self, req: Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+
+        parts.uri = match self.upstream_uri(&parts.uri) {
+            Ok(uri) => uri,
+            Err(err) => return error(StatusCode::BAD_REQUEST, &format!("bad request URI: {err}")),
+        };
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        // Let the client set Host from the rewritten URI.
+        parts.headers.remove(header::HOST);
+        append_forwarded_for(&mut parts.headers, peer);
+
+        match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(err) => error(StatusCode::BAD_GATEWAY, &format!("upstream error: {err}")),
+        }
+    }
+
+    /// Rewrites the incoming request URI onto the upstream.
+    fn upstream_uri(&self, incoming: &Uri) -> Result<Uri, http::Error> {
+        let pq = incoming.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query = if self.base_path.is_empty() {
+            PathAndQuery::try_from(pq)?
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", self.base_path))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+}
+
+/// Removes the fixed hop-by-hop headers and any header named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For` (creating it if absent).
+fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer.to_string(),
+    };
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(XFF, value);
+    }
+}
+
+/// A small local `text/plain` error response.
+fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "{message}\n"
+    )))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

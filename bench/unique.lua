@@ -1,0 +1,45 @@
+-- wrk script: POST /charges where every request carries a new Idempotency-Key.
+--
+-- Keys are "u-<nonce>-<thread>-<counter>": the nonce (env IDEM_BENCH_NONCE,
+-- else os.time()) separates runs, the thread id (assigned in setup) separates
+-- wrk threads, and the counter separates requests within a thread.
+--
+-- done() prints one machine-readable line starting with "IDEM_BENCH " that
+-- bench/run.sh parses.
+
+local body = '{"amount":100,"currency":"eur"}'
+local headers = { ["Content-Type"] = "application/json" }
+local counter = 0
+local prefix = "u-"
+
+local next_tid = 0
+
+-- Runs in the main Lua state, once per wrk thread, before init().
+function setup(thread)
+  next_tid = next_tid + 1
+  thread:set("tid", next_tid)
+end
+
+-- Runs in each thread's own Lua state.
+function init(args)
+  local nonce = os.getenv("IDEM_BENCH_NONCE") or tostring(os.time())
+  prefix = "u-" .. nonce .. "-" .. tostring(tid or 0) .. "-"
+end
+
+function request()
+  counter = counter + 1
+  headers["Idempotency-Key"] = prefix .. counter
+  return wrk.format("POST", "/charges", headers, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local secs = summary.duration / 1e6
+  io.write(string.format(
+    "IDEM_BENCH requests=%d duration_s=%.3f rps=%.1f p50_ms=%.3f p99_ms=%.3f " ..
+    "mean_ms=%.3f max_ms=%.3f status_errors=%d connect=%d read=%d write=%d timeout=%d\n",
+    summary.requests, secs, summary.requests / secs,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    latency.mean / 1000, latency.max / 1000,
+    e.status, e.connect, e.read, e.write, e.timeout))
+end

@@ -1,0 +1,220 @@
+//! Wiring: the listener, the layer around the proxy, the admin listener,
+//! the sweeper, and graceful shutdown.
+
+use crate::proxy::{ClientAddr, InvalidUpstream, Proxy};
+use http::{Request, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use idem_core::{Problem, ProblemType, Timestamp};
+use idem_store::Store;
+use idem_tower::{IdempotencyConfig, IdempotencyLayer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Everything a running gateway needs, already validated.
+pub struct GatewayOptions {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The API behind the gateway.
+    pub upstream: Uri,
+    /// The record store.
+    pub store: Arc<dyn Store>,
+    /// Where `/health` and `/metrics` are served, if anywhere.
+    pub admin: Option<SocketAddr>,
+    /// The contract's settings.
+    pub idempotency: IdempotencyConfig,
+    /// How long shutdown waits for connections and executions.
+    pub shutdown_grace: Duration,
+    /// How often expired records are swept.
+    pub sweep_interval: Duration,
+    /// Most records one sweep batch touches.
+    pub sweep_batch: usize,
+}
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listen or admin address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The upstream URL is unusable.
+    #[error(transparent)]
+    Upstream(#[from] InvalidUpstream),
+}
+
+/// A gateway that is serving.
+pub struct RunningGateway {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// The address it listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish and store their
+    /// outcomes (up to the grace period), then returns.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the gateway stops (after [`RunningGateway::shutdown`] is
+    /// requested elsewhere, or on a fatal error).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+
+    /// A token that, when cancelled, starts graceful shutdown.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayError> {
+    let proxy = Proxy::new(&options.upstream)?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: options.listen,
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    let admin_addr = match options.admin {
+        Some(admin) => {
+            crate::admin::prometheus();
+            let admin_listener = TcpListener::bind(admin)
+                .await
+                .map_err(|source| GatewayError::Bind { addr: admin, source })?;
+            let bound = admin_listener.local_addr().map_err(|source| GatewayError::Bind { addr: admin, source })?;
+            tokio::spawn(crate::admin::serve(admin_listener, options.store.clone(), stop.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    tokio::spawn(sweep(options.store.clone(), options.sweep_interval, options.sweep_batch, stop.clone()));
+    let layer = IdempotencyLayer::new(options.idempotency, options.store);
+    let service = layer.layer(proxy);
+    let task = tokio::spawn(serve(listener, service, layer, options.shutdown_grace, stop.clone()));
+    tracing::info!(%addr, upstream = %options.upstream, "gateway listening");
+    Ok(RunningGateway {
+        addr,
+        admin_addr,
+        stop,
+        task,
+    })
+}
+
+async fn serve(
+    listener: TcpListener,
+    service: idem_tower::Idempotency<Proxy>,
+    layer: IdempotencyLayer,
+    grace: Duration,
+    stop: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let hyper_service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ClientAddr(peer));
+            let mut service = service.clone();
+            async move {
+                match service.call(request).await {
+                    Ok(response) => Ok::<_, Infallible>(response),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "request failed before a response");
+                        Ok(idem_tower::problem_response(Problem::new(
+                            ProblemType::UpstreamUnavailable,
+                            format!("The upstream request failed: {e}"),
+                        )))
+                    }
+                }
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    let drained = async {
+        graceful.shutdown().await;
+        layer.drain().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(in_progress = layer.executions_in_progress(), "grace period over; exiting with executions still running (their keys become outcome-unknown)");
+    }
+}
+
+async fn sweep(store: Arc<dyn Store>, every: Duration, batch: usize, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        // A bounded number of batches per tick keeps the store responsive.
+        for _ in 0..10 {
+            match store.sweep(Timestamp::now(), batch).await {
+                Ok(report) => {
+                    if report.deleted + report.tombstoned > 0 {
+                        tracing::debug!(?report, "swept");
+                    }
+                    if report.deleted + report.tombstoned < batch {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The engines. Each applies the shared transition rules below inside its
+//! own atomic step.
+
+pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use crate::{Claim, ClaimOutcome, Completion, Write};
+use idem_core::{decide_claim, decision::owner_may_write, ClaimDecision, Record, RecordState, Timestamp};
+
+/// Applies a claim to the record slot of its key. The caller holds whatever
+/// makes this atomic (a lock, a transaction).
+pub(crate) fn apply_claim(slot: &mut Option<Record>, claim: &Claim) -> ClaimOutcome {
+    match decide_claim(slot.as_ref(), &claim.fingerprint, claim.now, claim.reclaim_unknown) {
+        ClaimDecision::Claim { token } => {
+            *slot = Some(claim.to_record(token));
+            ClaimOutcome::Claimed { token }
+        }
+        ClaimDecision::Existing(outcome) => ClaimOutcome::Existing {
+            outcome,
+            // decide_claim only answers Existing for a present record.
+            record: Box::new(slot.clone().expect("existing outcome implies a record")),
+        },
+    }
+}
+
+pub(crate) fn apply_renew(slot: &mut Option<Record>, token: u64, lease_until: Timestamp) -> Write {
+    match slot {
+        Some(r) if owner_may_write(Some(r), token) => {
+            r.lease_until = r.lease_until.max(lease_until);
+            Write::Written
+        }
+        _ => Write::Fenced,
+    }
+}
+
+pub(crate) fn apply_complete(slot: &mut Option<Record>, token: u64, c: &Completion) -> Write {
+    match slot {
+        Some(r) if owner_may_write(Some(r), token) => {
+            r.state = RecordState::Completed;
+            r.response = Some(c.response.clone());
+            r.expires_at = c.expires_at;
+            r.tombstone_until = c.tombstone_until;
+            Write::Written
+        }
+        _ => Write::Fenced,
+    }
+}
+
+pub(crate) fn apply_unknown(slot: &mut Option<Record>, token: u64) -> Write {
+    match slot {
+        Some(r) if owner_may_write(Some(r), token) => {
+            r.state = RecordState::OutcomeUnknown;
+            Write::Written
+        }
+        _ => Write::Fenced,
+    }
+}
+
+pub(crate) fn apply_release(slot: &mut Option<Record>, token: u64) -> Write {
+    match slot {
+        Some(r) if owner_may_write(Some(r), token) => {
+            r.state = RecordState::Released;
+            Write::Written
+        }
+        _ => Write::Fenced,
+    }
+}
+
+/// What a sweep does to one record at `now`.
+pub(crate) enum SweepAction {
+    Keep,
+    Tombstone,
+    Delete,
+}
+
+pub(crate) fn sweep_action(r: &Record, now: Timestamp) -> SweepAction {
+    if now >= r.tombstone_until || r.state == RecordState::Released && now >= r.lease_until {
+        SweepAction::Delete
+    } else if now >= r.expires_at && r.response.as_ref().is_some_and(|resp| resp.body.is_some() || !resp.headers.is_empty()) {
+        SweepAction::Tombstone
+    } else {
+        SweepAction::Keep
+    }
+}
+
+/// Drops what a tombstone does not need: it keeps fingerprint, status, time.
+pub(crate) fn to_tombstone(r: &mut Record) {
+    if let Some(resp) = &mut r.response {
+        resp.body = None;
+        resp.headers.clear();
+    }
+}

@@ -1,0 +1,180 @@
+//! Opening connections: pragmas, the schema and its version.
+
+use super::{fail, SqliteOptions};
+use crate::StoreError;
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+/// The schema this build writes, kept in `PRAGMA user_version`. A later
+/// build migrates from older numbers; this one refuses newer ones.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// One table keyed by (scope, key). Headers are NULL when there are none
+/// and the body is NULL when it is not replayable, so "the response still
+/// carries a payload" is `body IS NOT NULL OR headers IS NOT NULL`: the
+/// partial index below holds exactly the records a sweep may tombstone.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS idem_records (
+    scope            TEXT    NOT NULL,
+    key              TEXT    NOT NULL,
+    state            INTEGER NOT NULL,
+    token            INTEGER NOT NULL,
+    fp_version       INTEGER NOT NULL,
+    fp_digest        BLOB    NOT NULL,
+    lease_until      INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    tombstone_until  INTEGER NOT NULL,
+    claimed_at       INTEGER NOT NULL,
+    has_response     INTEGER NOT NULL,
+    status           INTEGER,
+    headers          BLOB,
+    body             BLOB,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idem_records_by_tombstone_until
+    ON idem_records (tombstone_until);
+CREATE INDEX IF NOT EXISTS idem_records_with_payload_by_expires_at
+    ON idem_records (expires_at) WHERE body IS NOT NULL OR headers IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idem_records_released_by_lease_until
+    ON idem_records (lease_until) WHERE state = 4;
+";
+
+/// The code of `RecordState::Released` as written in the SQL above and in
+/// the sweep's queries (a literal, so SQLite can match the partial index).
+#[cfg(test)]
+const RELEASED_CODE: i64 = 4;
+
+/// Opens the connection the writer thread owns: creates the file, switches
+/// to WAL with `synchronous=FULL`, creates or checks the schema, and
+/// proves it can write.
+pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let shown = path.display();
+    if path.as_os_str().is_empty() {
+        return Err(fail("open", "the database path is empty"));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(fail(
+                "open",
+                format!("cannot create {shown}: directory {} does not exist", parent.display()),
+            ));
+        }
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| fail("open", format!("cannot open or create {shown}: {e}")))?;
+    let ctx = |what: &str, e: rusqlite::Error| fail("open", format!("{shown}: {what}: {e}"));
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| ctx("setting busy_timeout", e))?;
+    if conn.is_readonly(rusqlite::MAIN_DB).map_err(|e| ctx("checking access", e))? {
+        return Err(fail(
+            "open",
+            format!("{shown} is read-only: the store must write (check the file's and its directory's permissions)"),
+        ));
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| ctx("cannot switch to WAL (is the file and its directory writable?)", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(fail(
+            "open",
+            format!("{shown}: journal mode is `{mode}`, not WAL (an in-memory or special path is not a durable store)"),
+        ));
+    }
+    // FULL: the WAL is synced at every commit, so an acknowledged outcome
+    // survives power loss, not only a crash of the process.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| ctx("setting synchronous=FULL", e))?;
+    // Truncate the WAL file back to this size after checkpoints.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(|e| ctx("setting journal_size_limit", e))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    migrate(&conn).map_err(|e| match e {
+        Migrate::Sqlite(e) => ctx("cannot create or check the schema (is the file writable?)", e),
+        Migrate::TooNew(v) => fail(
+            "open",
+            format!("{shown} has schema version {v}, newer than this build's {SCHEMA_VERSION}: upgrade idem"),
+        ),
+    })?;
+    Ok(conn)
+}
+
+/// Opens a connection for `get`: read-only, sharing the WAL.
+pub(super) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite::Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(8);
+    Ok(conn)
+}
+
+enum Migrate {
+    Sqlite(rusqlite::Error),
+    TooNew(i64),
+}
+
+impl From<rusqlite::Error> for Migrate {
+    fn from(e: rusqlite::Error) -> Self {
+        Migrate::Sqlite(e)
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] inside one write transaction, so
+/// two processes opening a new file at once do not race. The transaction
+/// always writes (`user_version` is set even when unchanged), which also
+/// proves the file is writable.
+fn migrate(conn: &Connection) -> Result<(), Migrate> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        match version {
+            0 => conn.execute_batch(SCHEMA_V1)?,
+            SCHEMA_VERSION => {}
+            newer => return Err(Migrate::TooNew(newer)),
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        conn.execute_batch("COMMIT")?;
+        Ok(())
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idem_core::RecordState;
+
+    #[test]
+    fn the_released_literal_in_sql_is_the_released_code() {
+        assert_eq!(RecordState::Released.code(), RELEASED_CODE);
+        assert!(SCHEMA_V1.contains(&format!("WHERE state = {RELEASED_CODE};")));
+        assert!(super::super::writer::SWEEP_QUERIES[1].contains(&format!("WHERE state = {RELEASED_CODE} AND")));
+    }
+
+    /// A sweep must never scan the table: each query walks its own index.
+    #[test]
+    fn every_query_uses_an_index() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        let lookup = concat!("SELECT ", record_columns!(), " FROM idem_records WHERE scope = ?1 AND key = ?2");
+        let expected = [
+            (lookup, "USING PRIMARY KEY"),
+            (super::super::writer::SWEEP_QUERIES[0], "USING INDEX idem_records_by_tombstone_until"),
+            (super::super::writer::SWEEP_QUERIES[1], "USING INDEX idem_records_released_by_lease_until"),
+            (super::super::writer::SWEEP_QUERIES[2], "USING INDEX idem_records_with_payload_by_expires_at"),
+        ];
+        for (sql, index) in expected {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map([1, 2], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.iter().any(|step| step.contains(index)), "{sql}\n{plan:?}");
+        }
+    }
+}

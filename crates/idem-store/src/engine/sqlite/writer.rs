@@ -1,0 +1,545 @@
+//! The writer thread: the one connection that writes, and group commit.
+//!
+//! Every write operation (and `claim`, which may write) is sent here. The
+//! thread takes the first queued operation, drains whatever else is queued
+//! (up to `max_batch`, optionally waiting `group_commit_window` for more),
+//! runs them all in order in one `BEGIN IMMEDIATE ... COMMIT` transaction,
+//! and answers them only once that transaction has committed: a batch costs
+//! one fsync however many operations it carries. Operations on the same key
+//! in one batch see each other's effects, because each one reads its row
+//! inside the transaction.
+
+use super::codec::{self, Body, Corrupt, ReadError};
+use super::{fail, Stats};
+use crate::engine::{
+    apply_claim, apply_complete, apply_release, apply_renew, apply_unknown, sweep_action, to_tombstone,
+    SweepAction,
+};
+use crate::{Claim, ClaimOutcome, Completion, StoreError, SweepReport, Write};
+use idem_core::{Record, RecordId, Scope, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Where an operation's result goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Records a sweep examines per transaction, so a large `limit` never holds
+/// the write lock (and every claim queued behind it) for long.
+const SWEEP_CHUNK: usize = 256;
+
+/// An operation for the writer.
+pub(super) enum Op {
+    Claim {
+        claim: Claim,
+        reply: Reply<ClaimOutcome>,
+    },
+    Owner {
+        id: RecordId,
+        token: u64,
+        action: OwnerAction,
+        reply: Reply<Write>,
+    },
+    Sweep(SweepJob),
+    /// Proves the writer is alive and can take the write lock.
+    Ping {
+        reply: Reply<()>,
+    },
+}
+
+/// A write by the owner of a claim, fenced by its token.
+pub(super) enum OwnerAction {
+    Renew(Timestamp),
+    Complete(Box<Completion>),
+    Unknown,
+    Release,
+}
+
+impl OwnerAction {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            OwnerAction::Renew(_) => "renew",
+            OwnerAction::Complete(_) => "complete",
+            OwnerAction::Unknown => "mark_unknown",
+            OwnerAction::Release => "release",
+        }
+    }
+}
+
+/// A sweep in progress: it runs [`SWEEP_CHUNK`] records per batch until
+/// `remaining` is spent or nothing is left to sweep, then answers.
+pub(super) struct SweepJob {
+    pub(super) now: Timestamp,
+    pub(super) remaining: usize,
+    pub(super) report: SweepReport,
+    pub(super) reply: Reply<SweepReport>,
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Claim { .. } => "claim",
+            Op::Owner { action, .. } => action.name(),
+            Op::Sweep(_) => "sweep",
+            Op::Ping { .. } => "ping",
+        }
+    }
+
+    /// Answers an operation that was not run.
+    fn fail(self, why: &str) {
+        let err = fail(self.name(), why.to_owned());
+        match self {
+            Op::Claim { reply, .. } => drop(reply.send(Err(err))),
+            Op::Owner { reply, .. } => drop(reply.send(Err(err))),
+            Op::Sweep(job) => drop(job.reply.send(Err(err))),
+            Op::Ping { reply } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// An operation that ran in the current transaction; its result is sent
+/// only once the transaction commits.
+struct Pending<T> {
+    op: &'static str,
+    reply: Reply<T>,
+    result: Result<T, StoreError>,
+}
+
+impl<T> Pending<T> {
+    fn committed(self) {
+        let _ = self.reply.send(self.result);
+    }
+
+    /// The transaction did not commit: whatever the operation decided was
+    /// not stored, so it must not be reported as done.
+    fn aborted(self, why: &str) {
+        let err = match self.result {
+            Err(e) => e,
+            Ok(_) => fail(self.op, why.to_owned()),
+        };
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+enum Done {
+    Claim(Pending<ClaimOutcome>),
+    Write(Pending<Write>),
+    Sweep(Pending<SweepReport>),
+    Ping(Pending<()>),
+}
+
+impl Done {
+    fn committed(self) {
+        match self {
+            Done::Claim(p) => p.committed(),
+            Done::Write(p) => p.committed(),
+            Done::Sweep(p) => p.committed(),
+            Done::Ping(p) => p.committed(),
+        }
+    }
+
+    fn aborted(self, why: &str) {
+        match self {
+            Done::Claim(p) => p.aborted(why),
+            Done::Write(p) => p.aborted(why),
+            Done::Sweep(p) => p.aborted(why),
+            Done::Ping(p) => p.aborted(why),
+        }
+    }
+}
+
+/// What running one operation left to do after the commit.
+enum Step {
+    Answer(Done),
+    /// A sweep with work left: answered after a later batch.
+    Continue(SweepJob),
+    /// A claim nobody waits for any more: not run, so it leaves no orphan
+    /// in-flight record.
+    Skipped,
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    max_batch: usize,
+    window: Duration,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        rx: mpsc::Receiver<Op>,
+        max_batch: usize,
+        window: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Writer {
+            conn,
+            rx,
+            max_batch: max_batch.max(1),
+            window,
+            stats,
+        }
+    }
+
+    /// Runs until every sender is gone and the queue is empty.
+    pub(super) fn run(mut self) {
+        let mut carry: Option<SweepJob> = None;
+        loop {
+            let mut batch = Vec::with_capacity(self.max_batch.min(64));
+            match carry.take() {
+                Some(job) => batch.push(Op::Sweep(job)),
+                None => match self.rx.recv() {
+                    Ok(op) => batch.push(op),
+                    Err(mpsc::RecvError) => break,
+                },
+            }
+            self.fill(&mut batch);
+            carry = self.run_batch_guarded(batch);
+        }
+        tracing::debug!("sqlite writer: all handles dropped, stopping");
+    }
+
+    /// Adds what is already queued, then, with a window, what arrives
+    /// within it.
+    fn fill(&self, batch: &mut Vec<Op>) {
+        while batch.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => return,
+            }
+        }
+        if self.window.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + self.window;
+        while batch.len() < self.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(op) => batch.push(op),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// A panic in one batch (a bug) fails that batch's operations (their
+    /// reply senders are dropped, and nothing of the batch is committed);
+    /// the writer carries on with the next.
+    fn run_batch_guarded(&mut self, batch: Vec<Op>) -> Option<SweepJob> {
+        match catch_unwind(AssertUnwindSafe(|| self.run_batch(batch))) {
+            Ok(carry) => carry,
+            Err(_) => {
+                tracing::error!("sqlite writer: a batch panicked; its operations failed and were rolled back");
+                self.rollback();
+                None
+            }
+        }
+    }
+
+    fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!("sqlite writer: rollback failed: {e}");
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Op>) -> Option<SweepJob> {
+        if let Err(e) = self.conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+            let why = format!("cannot start a write transaction: {e}");
+            tracing::warn!("sqlite writer: {why}");
+            self.rollback();
+            for op in batch {
+                op.fail(&why);
+            }
+            return None;
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        let mut carry = None;
+        let mut ops = batch.into_iter();
+        for op in ops.by_ref() {
+            match self.execute(op) {
+                Step::Answer(d) => done.push(d),
+                Step::Continue(job) => carry = Some(job),
+                Step::Skipped => {}
+            }
+            if self.conn.is_autocommit() {
+                // SQLite rolls the whole transaction back on some errors
+                // (disk full, I/O): everything before is lost too.
+                let why = "SQLite rolled the transaction back after an error; nothing of this batch was stored";
+                tracing::warn!("sqlite writer: {why}");
+                done.into_iter().for_each(|d| d.aborted(why));
+                ops.for_each(|op| op.fail(why));
+                if let Some(job) = carry {
+                    Op::Sweep(job).fail(why);
+                }
+                return None;
+            }
+        }
+        let commit = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+        match commit {
+            Ok(_) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.operations.fetch_add(done.len() as u64, Ordering::Relaxed);
+                done.into_iter().for_each(Done::committed);
+                carry
+            }
+            Err(e) => {
+                // After a failed commit the writes may or may not reach the
+                // disk; either way none of them is acknowledged.
+                let why = format!("commit failed, the batch's writes were not acknowledged: {e}");
+                tracing::warn!("sqlite writer: {why}");
+                self.rollback();
+                done.into_iter().for_each(|d| d.aborted(&why));
+                if let Some(job) = carry {
+                    Op::Sweep(job).fail(&why);
+                }
+                None
+            }
+        }
+    }
+
+    fn execute(&mut self, op: Op) -> Step {
+        match op {
+            Op::Claim { reply, .. } if reply.is_closed() => Step::Skipped,
+            Op::Claim { claim, reply } => Step::Answer(Done::Claim(Pending {
+                op: "claim",
+                result: self.claim(&claim),
+                reply,
+            })),
+            Op::Owner {
+                id,
+                token,
+                action,
+                reply,
+            } => Step::Answer(Done::Write(Pending {
+                op: action.name(),
+                result: self.owner(&id, token, &action),
+                reply,
+            })),
+            Op::Sweep(job) => self.sweep_step(job),
+            Op::Ping { reply } => Step::Answer(Done::Ping(Pending {
+                op: "ping",
+                result: Ok(()),
+                reply,
+            })),
+        }
+    }
+
+    fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
+        let op = "claim";
+        let mut slot = load(&self.conn, &claim.id).map_err(|e| read_failed(op, e))?;
+        let outcome = apply_claim(&mut slot, claim);
+        if let ClaimOutcome::Claimed { .. } = outcome {
+            persist(&self.conn, &claim.id, slot.as_ref()).map_err(|e| read_failed(op, e))?;
+        }
+        Ok(outcome)
+    }
+
+    fn owner(&self, id: &RecordId, token: u64, action: &OwnerAction) -> Result<Write, StoreError> {
+        let op = action.name();
+        let mut slot = load(&self.conn, id).map_err(|e| read_failed(op, e))?;
+        let write = match action {
+            OwnerAction::Renew(lease_until) => apply_renew(&mut slot, token, *lease_until),
+            OwnerAction::Complete(completion) => apply_complete(&mut slot, token, completion),
+            OwnerAction::Unknown => apply_unknown(&mut slot, token),
+            OwnerAction::Release => apply_release(&mut slot, token),
+        };
+        if write == Write::Written {
+            persist(&self.conn, id, slot.as_ref()).map_err(|e| read_failed(op, e))?;
+        }
+        Ok(write)
+    }
+
+    fn sweep_step(&mut self, mut job: SweepJob) -> Step {
+        let budget = job.remaining.min(SWEEP_CHUNK);
+        if budget == 0 || job.reply.is_closed() {
+            return Step::Answer(Done::Sweep(Pending {
+                op: "sweep",
+                result: Ok(job.report),
+                reply: job.reply,
+            }));
+        }
+        match self.sweep_chunk(job.now, budget) {
+            Ok((chunk, exhausted)) => {
+                let touched = chunk.deleted + chunk.tombstoned;
+                job.report.deleted += chunk.deleted;
+                job.report.tombstoned += chunk.tombstoned;
+                job.remaining -= touched.min(job.remaining);
+                if exhausted || touched == 0 || job.remaining == 0 {
+                    Step::Answer(Done::Sweep(Pending {
+                        op: "sweep",
+                        result: Ok(job.report),
+                        reply: job.reply,
+                    }))
+                } else {
+                    Step::Continue(job)
+                }
+            }
+            Err(e) => Step::Answer(Done::Sweep(Pending {
+                op: "sweep",
+                result: Err(read_failed("sweep", e)),
+                reply: job.reply,
+            })),
+        }
+    }
+
+    /// Sweeps at most `budget` records inside a savepoint, so a failure
+    /// leaves none of them half done. Returns whether the candidates ran
+    /// out before the budget did.
+    fn sweep_chunk(&self, now: Timestamp, budget: usize) -> Result<(SweepReport, bool), ReadError> {
+        self.conn.prepare_cached("SAVEPOINT sweep")?.execute([])?;
+        let result = sweep_candidates(&self.conn, now, budget);
+        if result.is_err() && !self.conn.is_autocommit() {
+            self.conn.prepare_cached("ROLLBACK TO sweep")?.execute([])?;
+        }
+        if !self.conn.is_autocommit() {
+            self.conn.prepare_cached("RELEASE sweep")?.execute([])?;
+        }
+        result
+    }
+}
+
+/// The three kinds of records a sweep acts on, each found through its own
+/// index. The helper [`sweep_action`] still decides each record; these
+/// queries only find the candidates, and match its rules exactly (a
+/// candidate it kept would be found again by the next sweep). The
+/// released state's code is a literal so the partial index applies.
+pub(super) const SWEEP_QUERIES: [&str; 3] = [
+    // Past the tombstone: delete.
+    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE tombstone_until <= ?1 LIMIT ?2"),
+    // Released and past its lease: delete.
+    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE state = 4 AND lease_until <= ?1 LIMIT ?2"),
+    // Past retention with a payload still stored: tombstone.
+    concat!(
+        "SELECT scope, key, ", sweep_columns!(),
+        " FROM idem_records WHERE expires_at <= ?1 AND (body IS NOT NULL OR headers IS NOT NULL) LIMIT ?2"
+    ),
+];
+
+fn sweep_candidates(conn: &Connection, now: Timestamp, budget: usize) -> Result<(SweepReport, bool), ReadError> {
+    let mut report = SweepReport::default();
+    let mut found = 0;
+    for sql in SWEEP_QUERIES {
+        let want = budget - found;
+        if want == 0 {
+            break;
+        }
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt
+            .query_map(params![now.as_millis(), want as i64], |row| {
+                let scope: String = row.get(0)?;
+                let key: String = row.get(1)?;
+                let id = RecordId {
+                    scope: Scope::from_stored(scope),
+                    key: codec::key_from_stored(&key).map_err(ReadError::Corrupt)?,
+                };
+                Ok(codec::read_record(row, 2, id, Body::PresenceOnly)?)
+            })?
+            .collect::<Result<Vec<Record>, rusqlite::Error>>()?;
+        drop(stmt);
+        found += rows.len();
+        for mut record in rows {
+            match sweep_action(&record, now) {
+                SweepAction::Keep => {}
+                SweepAction::Delete => {
+                    delete(conn, &record.id)?;
+                    report.deleted += 1;
+                }
+                SweepAction::Tombstone => {
+                    to_tombstone(&mut record);
+                    write_payload(conn, &record)?;
+                    report.tombstoned += 1;
+                }
+            }
+        }
+    }
+    Ok((report, found < budget))
+}
+
+/// The record stored under `id`, read inside the current transaction.
+pub(super) fn load(conn: &Connection, id: &RecordId) -> Result<Option<Record>, ReadError> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM idem_records WHERE scope = ?1 AND key = ?2"
+    ))?;
+    stmt.query_row(params![id.scope.as_str(), id.key.as_str()], |row| {
+        Ok(codec::read_record(row, 0, id.clone(), Body::Load)?)
+    })
+    .optional()
+    .map_err(ReadError::from)
+}
+
+/// Writes the slot back: the whole row, or its deletion.
+fn persist(conn: &Connection, id: &RecordId, record: Option<&Record>) -> Result<(), ReadError> {
+    let Some(r) = record else {
+        return delete(conn, id);
+    };
+    let response = r.response.as_ref();
+    let headers = match response {
+        Some(resp) => codec::encode_headers(&resp.headers)?,
+        None => None,
+    };
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO idem_records (scope, key, state, token, fp_version, fp_digest, \
+         lease_until, expires_at, tombstone_until, claimed_at, has_response, status, headers, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    stmt.execute(params![
+        id.scope.as_str(),
+        id.key.as_str(),
+        r.state.code(),
+        codec::token_to_sql(r.token)?,
+        i64::from(r.fingerprint.version),
+        &r.fingerprint.digest[..],
+        r.lease_until.as_millis(),
+        r.expires_at.as_millis(),
+        r.tombstone_until.as_millis(),
+        r.claimed_at.as_millis(),
+        response.is_some(),
+        response.map(|resp| i64::from(resp.status)),
+        headers,
+        response.and_then(|resp| resp.body.as_deref()),
+    ])?;
+    Ok(())
+}
+
+fn delete(conn: &Connection, id: &RecordId) -> Result<(), ReadError> {
+    conn.prepare_cached("DELETE FROM idem_records WHERE scope = ?1 AND key = ?2")?
+        .execute(params![id.scope.as_str(), id.key.as_str()])?;
+    Ok(())
+}
+
+/// Writes a tombstoned record's remaining payload. The body column is only
+/// cleared, never written: the sweep read just its presence.
+fn write_payload(conn: &Connection, r: &Record) -> Result<(), ReadError> {
+    let headers = match &r.response {
+        Some(resp) => codec::encode_headers(&resp.headers)?,
+        None => None,
+    };
+    let body_gone = r.response.as_ref().is_none_or(|resp| resp.body.is_none());
+    conn.prepare_cached(
+        "UPDATE idem_records SET headers = ?3, body = CASE WHEN ?4 THEN NULL ELSE body END \
+         WHERE scope = ?1 AND key = ?2",
+    )?
+    .execute(params![r.id.scope.as_str(), r.id.key.as_str(), headers, body_gone])?;
+    Ok(())
+}
+
+pub(super) fn read_failed(op: &'static str, e: ReadError) -> StoreError {
+    match e {
+        ReadError::Sqlite(e) => match e {
+            rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<Corrupt>() => StoreError::new("sqlite", op, inner),
+            e => StoreError::new("sqlite", op, e),
+        },
+        ReadError::Corrupt(c) => StoreError::new("sqlite", op, c),
+    }
+}

@@ -1,0 +1,54 @@
+use std::fmt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A store operation failed: the engine could not be reached or refused
+/// the operation. The layer answers 503 `store-unavailable` (fail closed).
+pub struct StoreError {
+    engine: &'static str,
+    op: &'static str,
+    source: BoxError,
+}
+
+impl StoreError {
+    /// Wraps an engine's error for operation `op`.
+    pub fn new(engine: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
+        StoreError {
+            engine,
+            op,
+            source: source.into(),
+        }
+    }
+
+    /// The engine that failed, e.g. `sqlite`.
+    pub fn engine(&self) -> &'static str {
+        self.engine
+    }
+
+    /// The operation that failed, e.g. `claim`.
+    pub fn operation(&self) -> &'static str {
+        self.op
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("engine", &self.engine)
+            .field("op", &self.op)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} store: {} failed: {}", self.engine, self.op, self.source)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}

@@ -1,0 +1,36 @@
+//! Where idem keeps its records: one [`Store`] trait, several engines.
+//!
+//! Every engine applies the contract's claim rule,
+//! [`idem_core::decide_claim`], inside one atomic step of its own, so two
+//! tasks, processes or gateways can never both claim a key. All engines pass
+//! the same conformance suite ([`testing`], behind the `testing` feature).
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use idem_store::{Store, MemoryStore, Claim, ClaimOutcome};
+//! use idem_core::*;
+//! let store = MemoryStore::new();
+//! let now = Timestamp(1_000);
+//! let id = RecordId { scope: Scope::from_stored("global"), key: IdempotencyKey::parse(b"k1").unwrap() };
+//! let fp = Fingerprint::compute(&FingerprintInput {
+//!     method: "POST", path: "/", query: None, content_type: None, extra_headers: &[], body: b"",
+//! });
+//! let claim = Claim::new(id, fp, now, &Retention::default(), false);
+//! assert!(matches!(store.claim(claim.clone()).await.unwrap(), ClaimOutcome::Claimed { .. }));
+//! assert!(matches!(store.claim(claim).await.unwrap(), ClaimOutcome::Existing { .. }));
+//! # });
+//! ```
+
+mod engine;
+mod error;
+mod spec;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use engine::memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use engine::sqlite::{SqliteOptions, SqliteStore};
+pub use error::StoreError;
+pub use spec::{open, StoreSpec, StoreSpecError};
+pub use store::{Claim, ClaimOutcome, Completion, Store, SweepReport, Write};

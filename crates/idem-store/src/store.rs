@@ -1,0 +1,178 @@
+use crate::StoreError;
+use idem_core::{
+    decision::ExistingOutcome, Fingerprint, Record, RecordId, Retention, StoredResponse, Timestamp,
+};
+
+/// A claim attempt: everything the atomic claim step needs. Times are
+/// computed by the caller from its clock and [`Retention`]; engines never
+/// read a clock on this path.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// (scope, key).
+    pub id: RecordId,
+    /// The request's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The caller's clock reading.
+    pub now: Timestamp,
+    /// The lease of the new claim.
+    pub lease_until: Timestamp,
+    /// Provisional retention of the claim itself (reset on completion).
+    pub expires_at: Timestamp,
+    /// Provisional tombstone horizon (reset on completion).
+    pub tombstone_until: Timestamp,
+    /// The route's `upstream_dedupes`: an `outcome-unknown` record may be
+    /// claimed again.
+    pub reclaim_unknown: bool,
+}
+
+impl Claim {
+    /// A claim at `now` with the lease and retention of `retention`.
+    pub fn new(
+        id: RecordId,
+        fingerprint: Fingerprint,
+        now: Timestamp,
+        retention: &Retention,
+        reclaim_unknown: bool,
+    ) -> Self {
+        let expires_at = now.plus(retention.retention);
+        Claim {
+            id,
+            fingerprint,
+            now,
+            lease_until: now.plus(retention.lease),
+            expires_at,
+            tombstone_until: expires_at.plus(retention.tombstone_retention),
+            reclaim_unknown,
+        }
+    }
+
+    /// The in-flight record this claim writes when it wins.
+    pub fn to_record(&self, token: u64) -> Record {
+        Record {
+            id: self.id.clone(),
+            fingerprint: self.fingerprint,
+            state: idem_core::RecordState::InFlight,
+            token,
+            lease_until: self.lease_until,
+            expires_at: self.expires_at,
+            tombstone_until: self.tombstone_until,
+            response: None,
+            claimed_at: self.now,
+        }
+    }
+}
+
+/// The result of a claim attempt.
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    /// The caller owns the key and must execute, then complete, mark
+    /// unknown, or release with this token.
+    Claimed {
+        /// The claim's fencing token.
+        token: u64,
+    },
+    /// The key is taken; answer from the record.
+    Existing {
+        /// How to answer.
+        outcome: ExistingOutcome,
+        /// The record as stored (the response for a replay).
+        record: Box<Record>,
+    },
+}
+
+/// Whether an owner's write (completion, release, renewal) was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Write {
+    /// Applied.
+    Written,
+    /// Refused: the token no longer matches a record in flight (a newer
+    /// owner holds the key, or it was already finished).
+    Fenced,
+}
+
+/// A completion: the response to store and its retention.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// What to replay (deny-listed headers already removed).
+    pub response: StoredResponse,
+    /// The caller's clock reading.
+    pub now: Timestamp,
+    /// Replay until.
+    pub expires_at: Timestamp,
+    /// Tombstone until.
+    pub tombstone_until: Timestamp,
+}
+
+impl Completion {
+    /// A completion at `now` with `retention`'s horizons.
+    pub fn new(response: StoredResponse, now: Timestamp, retention: &Retention) -> Self {
+        let expires_at = now.plus(retention.retention);
+        Completion {
+            response,
+            now,
+            expires_at,
+            tombstone_until: expires_at.plus(retention.tombstone_retention),
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Completed records past retention whose response was dropped.
+    pub tombstoned: usize,
+    /// Records past their tombstone horizon (or released) that were deleted.
+    pub deleted: usize,
+}
+
+/// The record store. Each operation is atomic; writes by an owner are
+/// fenced by the token its claim returned.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Atomically claims the key or reports the record that holds it
+    /// (applying [`idem_core::decide_claim`]).
+    async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError>;
+
+    /// Extends the lease of an in-flight claim.
+    async fn renew(
+        &self,
+        id: &RecordId,
+        token: u64,
+        lease_until: Timestamp,
+    ) -> Result<Write, StoreError>;
+
+    /// Stores the response of an in-flight claim.
+    async fn complete(
+        &self,
+        id: &RecordId,
+        token: u64,
+        completion: Completion,
+    ) -> Result<Write, StoreError>;
+
+    /// Records that the request was sent but no outcome was obtained.
+    async fn mark_unknown(
+        &self,
+        id: &RecordId,
+        token: u64,
+        now: Timestamp,
+    ) -> Result<Write, StoreError>;
+
+    /// Gives the claim back: nothing was executed, the next request with the
+    /// key executes afresh.
+    async fn release(&self, id: &RecordId, token: u64) -> Result<Write, StoreError>;
+
+    /// The record as stored, if any (expiry is for the caller to apply with
+    /// [`Record::effective`]).
+    async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError>;
+
+    /// Drops responses past retention and deletes records past their
+    /// tombstone, at most `limit` records per call.
+    async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError>;
+
+    /// Checks that the engine answers (for `/health`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The engine's name, e.g. `sqlite`, for logs and metrics.
+    fn engine(&self) -> &'static str;
+}

@@ -1,0 +1,350 @@
+//! The conformance suite every engine passes.
+//!
+//! An engine's test file invokes [`conformance_tests!`](crate::conformance_tests)
+//! with an expression that yields a fresh, empty `Arc<dyn Store>`; the macro
+//! expands to one `#[tokio::test]` per behaviour below. Times are given
+//! explicitly, so lease and retention expiry are exact, not slept for.
+
+use crate::{Claim, ClaimOutcome, Completion, Store, Write};
+use bytes::Bytes;
+use idem_core::decision::ExistingOutcome;
+use idem_core::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Expands to the conformance tests for the engine `$make` builds.
+///
+/// ```ignore
+/// idem_store::conformance_tests!(async { std::sync::Arc::new(idem_store::MemoryStore::new()) as std::sync::Arc<dyn idem_store::Store> });
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            absent_key_is_claimed_then_reported_in_progress,
+            claim_race_has_exactly_one_winner,
+            completed_response_round_trips_exactly,
+            stale_owner_completion_is_fenced,
+            stale_owner_release_and_renew_are_fenced,
+            release_frees_the_key_with_a_larger_token,
+            lease_expiry_reads_as_outcome_unknown,
+            renewal_keeps_the_claim_alive,
+            unknown_is_reclaimed_only_when_upstream_dedupes,
+            different_fingerprint_is_a_mismatch_in_every_state,
+            expiry_is_enforced_on_read,
+            sweep_is_bounded_and_spares_live_records,
+            scopes_are_isolated,
+            large_response_without_body_is_not_replayable,
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let store: std::sync::Arc<dyn $crate::Store> = $make.await;
+                $crate::testing::$name(store).await;
+            }
+        )*
+    };
+}
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn retention() -> Retention {
+    Retention {
+        retention: Duration::from_secs(100),
+        tombstone_retention: Duration::from_secs(1000),
+        lease: Duration::from_secs(10),
+    }
+}
+
+fn id(scope: &str, key: &str) -> RecordId {
+    RecordId {
+        scope: Scope::from_stored(scope),
+        key: IdempotencyKey::parse(key.as_bytes()).expect("test keys are valid"),
+    }
+}
+
+fn fp(body: &str) -> Fingerprint {
+    Fingerprint::compute(&FingerprintInput {
+        method: "POST",
+        path: "/charges",
+        query: None,
+        content_type: Some(b"application/json"),
+        extra_headers: &[],
+        body: body.as_bytes(),
+    })
+}
+
+fn claim_at(rid: &RecordId, body: &str, now: Timestamp) -> Claim {
+    Claim::new(rid.clone(), fp(body), now, &retention(), false)
+}
+
+fn response(status: u16, body: Option<&'static [u8]>) -> StoredResponse {
+    StoredResponse {
+        status,
+        headers: vec![
+            ("content-type".into(), Bytes::from_static(b"application/json")),
+            ("x-binary".into(), Bytes::from_static(b"\x00\xff\r")),
+            ("x-multi".into(), Bytes::from_static(b"1")),
+            ("x-multi".into(), Bytes::from_static(b"2")),
+        ],
+        body: body.map(Bytes::from_static),
+    }
+}
+
+async fn must_claim(store: &dyn Store, claim: Claim) -> u64 {
+    match store.claim(claim).await.expect("claim") {
+        ClaimOutcome::Claimed { token } => token,
+        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
+    }
+}
+
+async fn existing(store: &dyn Store, claim: Claim) -> (ExistingOutcome, Record) {
+    match store.claim(claim).await.expect("claim") {
+        ClaimOutcome::Existing { outcome, record } => (outcome, *record),
+        ClaimOutcome::Claimed { token } => panic!("expected an existing record, got claim {token}"),
+    }
+}
+
+async fn complete(store: &dyn Store, rid: &RecordId, token: u64, resp: StoredResponse, now: Timestamp) -> Write {
+    store
+        .complete(rid, token, Completion::new(resp, now, &retention()))
+        .await
+        .expect("complete")
+}
+
+/// An absent key is claimed; the same key again is in progress.
+pub async fn absent_key_is_claimed_then_reported_in_progress(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let (outcome, record) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(1)))).await;
+    assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}");
+    assert_eq!(record.state, RecordState::InFlight);
+    assert_eq!(store.get(&k).await.unwrap().map(|r| r.state), Some(RecordState::InFlight));
+    assert!(store.get(&id("s", "other")).await.unwrap().is_none());
+}
+
+/// Many concurrent claims of one key: exactly one wins.
+pub async fn claim_race_has_exactly_one_winner(store: Arc<dyn Store>) {
+    for round in 0..5 {
+        let k = id("s", &format!("race-{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (store, k, barrier) = (store.clone(), k.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    matches!(store.claim(claim_at(&k, "a", T0)).await.unwrap(), ClaimOutcome::Claimed { .. })
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1, "round {round}: exactly one claim may win");
+    }
+}
+
+/// Status, headers (order, duplicates, arbitrary bytes) and body come back
+/// exactly.
+pub async fn completed_response_round_trips_exactly(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let resp = response(500, Some(b"{\"partial\":true}\x00\x01"));
+    assert_eq!(complete(&*store, &k, token, resp.clone(), T0).await, Write::Written);
+    let (outcome, record) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(5)))).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response, Some(resp));
+    assert_eq!(record.state, RecordState::Completed);
+    // Completing twice is refused: the claim is over.
+    assert_eq!(complete(&*store, &k, token, response(200, Some(b"x")), T0).await, Write::Fenced);
+    // An empty body is a body.
+    let e = id("s", "empty");
+    let token = must_claim(&*store, claim_at(&e, "a", T0)).await;
+    let _ = complete(&*store, &e, token, response(204, Some(b"")), T0).await;
+    let (outcome, record) = existing(&*store, claim_at(&e, "a", T0)).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response.unwrap().body.as_deref(), Some(&b""[..]));
+}
+
+/// A stale owner (lease ran out, key reclaimed) cannot overwrite the new
+/// owner's outcome.
+pub async fn stale_owner_completion_is_fenced(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let old = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let later = T0.plus(Duration::from_secs(11));
+    let mut reclaim = claim_at(&k, "a", later);
+    reclaim.reclaim_unknown = true;
+    let new = must_claim(&*store, reclaim).await;
+    assert!(new > old, "tokens must grow: {old} then {new}");
+    assert_eq!(complete(&*store, &k, old, response(201, Some(b"old")), later).await, Write::Fenced);
+    assert_eq!(complete(&*store, &k, new, response(201, Some(b"new")), later).await, Write::Written);
+    assert_eq!(complete(&*store, &k, old, response(201, Some(b"old")), later).await, Write::Fenced);
+    let record = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(record.response.unwrap().body.as_deref(), Some(&b"new"[..]));
+}
+
+/// Release, renewal and mark-unknown by a stale token are refused too.
+pub async fn stale_owner_release_and_renew_are_fenced(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    assert_eq!(store.release(&k, token + 1).await.unwrap(), Write::Fenced);
+    assert_eq!(store.renew(&k, token + 1, T0.plus(Duration::from_secs(60))).await.unwrap(), Write::Fenced);
+    assert_eq!(store.mark_unknown(&k, token + 1, T0).await.unwrap(), Write::Fenced);
+    assert_eq!(store.get(&k).await.unwrap().unwrap().state, RecordState::InFlight);
+    assert_eq!(store.mark_unknown(&k, token, T0).await.unwrap(), Write::Written);
+    assert_eq!(store.release(&k, token).await.unwrap(), Write::Fenced, "a finished claim cannot be released");
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", T0)).await;
+    assert_eq!(outcome, ExistingOutcome::Unknown);
+    assert_eq!(store.release(&id("s", "never"), 1).await.unwrap(), Write::Fenced);
+}
+
+/// A released key executes afresh, under a larger token.
+pub async fn release_frees_the_key_with_a_larger_token(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let first = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    assert_eq!(store.release(&k, first).await.unwrap(), Write::Written);
+    // Even another body may claim it: nothing was executed.
+    let second = must_claim(&*store, claim_at(&k, "b", T0)).await;
+    assert!(second > first);
+    assert_eq!(complete(&*store, &k, first, response(200, Some(b"x")), T0).await, Write::Fenced);
+}
+
+/// An owner that stops renewing leaves `outcome-unknown`, never a free key.
+pub async fn lease_expiry_reads_as_outcome_unknown(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_millis(9_999)))).await;
+    assert!(matches!(outcome, ExistingOutcome::InProgress { .. }));
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(10)))).await;
+    assert_eq!(outcome, ExistingOutcome::Unknown);
+    // The owner that comes back late still holds the only valid token: its
+    // real outcome is better than "unknown".
+    assert_eq!(complete(&*store, &k, token, response(201, Some(b"late")), T0.plus(Duration::from_secs(12))).await, Write::Written);
+}
+
+/// Renewal moves the lease forward.
+pub async fn renewal_keeps_the_claim_alive(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    for step in 1..=5u64 {
+        let now = T0.plus(Duration::from_secs(8 * step));
+        assert_eq!(store.renew(&k, token, now.plus(Duration::from_secs(10))).await.unwrap(), Write::Written);
+        let (outcome, _) = existing(&*store, claim_at(&k, "a", now.plus(Duration::from_secs(5)))).await;
+        assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "step {step}: {outcome:?}");
+    }
+}
+
+/// `upstream_dedupes` lets an unknown key be forwarded again; otherwise
+/// never.
+pub async fn unknown_is_reclaimed_only_when_upstream_dedupes(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    assert_eq!(store.mark_unknown(&k, token, T0).await.unwrap(), Write::Written);
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", T0)).await;
+    assert_eq!(outcome, ExistingOutcome::Unknown);
+    let mut again = claim_at(&k, "a", T0);
+    again.reclaim_unknown = true;
+    assert!(must_claim(&*store, again).await > token);
+    // ...but not with another body.
+    let k2 = id("s", "k2");
+    let t2 = must_claim(&*store, claim_at(&k2, "a", T0)).await;
+    let _ = store.mark_unknown(&k2, t2, T0).await.unwrap();
+    let mut other = claim_at(&k2, "b", T0);
+    other.reclaim_unknown = true;
+    assert_eq!(existing(&*store, other).await.0, ExistingOutcome::Mismatch);
+}
+
+/// Another fingerprint under the same key is refused while the record
+/// lives.
+pub async fn different_fingerprint_is_a_mismatch_in_every_state(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    assert_eq!(existing(&*store, claim_at(&k, "b", T0)).await.0, ExistingOutcome::Mismatch);
+    let _ = complete(&*store, &k, token, response(200, Some(b"x")), T0).await;
+    assert_eq!(existing(&*store, claim_at(&k, "b", T0)).await.0, ExistingOutcome::Mismatch);
+}
+
+/// Past retention a record is a tombstone even before any sweep; past the
+/// tombstone the key is free.
+pub async fn expiry_is_enforced_on_read(store: Arc<dyn Store>) {
+    let k = id("s", "k1");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let _ = complete(&*store, &k, token, response(201, Some(b"x")), T0).await;
+    let just_before = T0.plus(Duration::from_millis(99_999));
+    assert_eq!(existing(&*store, claim_at(&k, "a", just_before)).await.0, ExistingOutcome::Replay);
+    let retained = T0.plus(Duration::from_secs(100));
+    assert_eq!(existing(&*store, claim_at(&k, "a", retained)).await.0, ExistingOutcome::Expired);
+    let gone = T0.plus(Duration::from_secs(1100));
+    assert!(must_claim(&*store, claim_at(&k, "a", gone)).await > token);
+}
+
+/// A sweep touches at most `limit` records and never a live one.
+pub async fn sweep_is_bounded_and_spares_live_records(store: Arc<dyn Store>) {
+    for i in 0..30 {
+        let k = id("s", &format!("old-{i}"));
+        let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+        let _ = complete(&*store, &k, token, response(201, Some(b"x")), T0).await;
+    }
+    let fresh_at = T0.plus(Duration::from_secs(1050));
+    for i in 0..5 {
+        let k = id("s", &format!("new-{i}"));
+        let token = must_claim(&*store, claim_at(&k, "a", fresh_at)).await;
+        let _ = complete(&*store, &k, token, response(201, Some(b"x")), fresh_at).await;
+    }
+    let now = T0.plus(Duration::from_secs(1100));
+    let mut deleted = 0;
+    for _ in 0..10 {
+        let report = store.sweep(now, 7).await.unwrap();
+        assert!(report.deleted + report.tombstoned <= 7, "{report:?}");
+        deleted += report.deleted;
+        if report.deleted + report.tombstoned == 0 {
+            break;
+        }
+    }
+    assert_eq!(deleted, 30);
+    for i in 0..30 {
+        assert!(store.get(&id("s", &format!("old-{i}"))).await.unwrap().is_none());
+    }
+    for i in 0..5 {
+        let (outcome, _) = existing(&*store, claim_at(&id("s", &format!("new-{i}")), "a", now)).await;
+        assert_eq!(outcome, ExistingOutcome::Replay);
+    }
+    // Past retention but inside the tombstone: the sweep drops the body and
+    // keeps the tombstone.
+    let tomb_time = fresh_at.plus(Duration::from_secs(200));
+    let report = store.sweep(tomb_time, 100).await.unwrap();
+    assert_eq!(report.tombstoned, 5);
+    let (outcome, record) = existing(&*store, claim_at(&id("s", "new-0"), "a", tomb_time)).await;
+    assert_eq!(outcome, ExistingOutcome::Expired);
+    assert_eq!(record.response.map(|r| (r.status, r.body)), Some((201, None)));
+}
+
+/// The same key in two scopes is two records.
+pub async fn scopes_are_isolated(store: Arc<dyn Store>) {
+    let a = id("tenant-a", "k1");
+    let b = id("tenant-b", "k1");
+    let ta = must_claim(&*store, claim_at(&a, "a", T0)).await;
+    let tb = must_claim(&*store, claim_at(&b, "a", T0)).await;
+    let _ = complete(&*store, &a, ta, response(201, Some(b"for a")), T0).await;
+    assert!(matches!(existing(&*store, claim_at(&b, "a", T0)).await.0, ExistingOutcome::InProgress { .. }));
+    let _ = complete(&*store, &b, tb, response(201, Some(b"for b")), T0).await;
+    let (_, ra) = existing(&*store, claim_at(&a, "a", T0)).await;
+    let (_, rb) = existing(&*store, claim_at(&b, "a", T0)).await;
+    assert_eq!(ra.response.unwrap().body.as_deref(), Some(&b"for a"[..]));
+    assert_eq!(rb.response.unwrap().body.as_deref(), Some(&b"for b"[..]));
+}
+
+/// A response stored without its body is reported as not replayable, with
+/// its status.
+pub async fn large_response_without_body_is_not_replayable(store: Arc<dyn Store>) {
+    let k = id("s", "big");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let _ = complete(&*store, &k, token, response(200, None), T0).await;
+    assert_eq!(
+        existing(&*store, claim_at(&k, "a", T0)).await.0,
+        ExistingOutcome::NotReplayable { status: 200 }
+    );
+}

@@ -1,0 +1,421 @@
+//! The SQLite engine: the shared conformance suite, plus what only a durable,
+//! multi-connection engine must show (restarts, group commit, two writers on
+//! one file, a kill -9 mid-stream).
+#![cfg(feature = "sqlite")]
+
+use bytes::Bytes;
+use idem_core::decision::ExistingOutcome;
+use idem_core::*;
+use idem_store::{Claim, ClaimOutcome, Completion, SqliteOptions, SqliteStore, Store, SweepReport, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// A store on a fresh file that deletes its directory after the store is
+/// dropped (fields drop in order: the store closes the file first).
+struct TempStore {
+    store: SqliteStore,
+    _dir: TempDir,
+}
+
+impl TempStore {
+    fn new(options: SqliteOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("idem.db"), options).expect("open");
+        TempStore { store, _dir: dir }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for TempStore {
+    async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, idem_store::StoreError> {
+        self.store.claim(claim).await
+    }
+    async fn renew(&self, id: &RecordId, token: u64, lease_until: Timestamp) -> Result<Write, idem_store::StoreError> {
+        self.store.renew(id, token, lease_until).await
+    }
+    async fn complete(&self, id: &RecordId, token: u64, c: Completion) -> Result<Write, idem_store::StoreError> {
+        self.store.complete(id, token, c).await
+    }
+    async fn mark_unknown(&self, id: &RecordId, token: u64, now: Timestamp) -> Result<Write, idem_store::StoreError> {
+        self.store.mark_unknown(id, token, now).await
+    }
+    async fn release(&self, id: &RecordId, token: u64) -> Result<Write, idem_store::StoreError> {
+        self.store.release(id, token).await
+    }
+    async fn get(&self, id: &RecordId) -> Result<Option<Record>, idem_store::StoreError> {
+        self.store.get(id).await
+    }
+    async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, idem_store::StoreError> {
+        self.store.sweep(now, limit).await
+    }
+    async fn ping(&self) -> Result<(), idem_store::StoreError> {
+        self.store.ping().await
+    }
+    fn engine(&self) -> &'static str {
+        self.store.engine()
+    }
+}
+
+mod conformance {
+    idem_store::conformance_tests!(async {
+        std::sync::Arc::new(super::TempStore::new(idem_store::SqliteOptions::default()))
+            as std::sync::Arc<dyn idem_store::Store>
+    });
+}
+
+/// The same suite with a group-commit window, so that operations of one
+/// test land in shared batches.
+mod conformance_with_window {
+    idem_store::conformance_tests!(async {
+        let options = idem_store::SqliteOptions {
+            group_commit_window: std::time::Duration::from_millis(2),
+            ..Default::default()
+        };
+        std::sync::Arc::new(super::TempStore::new(options)) as std::sync::Arc<dyn idem_store::Store>
+    });
+}
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn retention() -> Retention {
+    Retention {
+        retention: Duration::from_secs(100),
+        tombstone_retention: Duration::from_secs(1000),
+        lease: Duration::from_secs(10),
+    }
+}
+
+fn id(key: &str) -> RecordId {
+    RecordId {
+        scope: Scope::from_stored("tenant"),
+        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
+    }
+}
+
+fn fp(body: &str) -> Fingerprint {
+    Fingerprint::compute(&FingerprintInput {
+        method: "POST",
+        path: "/charges",
+        query: None,
+        content_type: None,
+        extra_headers: &[],
+        body: body.as_bytes(),
+    })
+}
+
+fn claim(rid: &RecordId, now: Timestamp) -> Claim {
+    Claim::new(rid.clone(), fp("a"), now, &retention(), false)
+}
+
+fn response(body: &'static [u8]) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![("x-bin".into(), Bytes::from_static(b"\x00\xff"))],
+        body: Some(Bytes::from_static(body)),
+    }
+}
+
+async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
+    match store.claim(c).await.expect("claim") {
+        ClaimOutcome::Claimed { token } => token,
+        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
+    }
+}
+
+async fn existing(store: &dyn Store, c: Claim) -> (ExistingOutcome, Record) {
+    match store.claim(c).await.expect("claim") {
+        ClaimOutcome::Existing { outcome, record } => (outcome, *record),
+        ClaimOutcome::Claimed { token } => panic!("expected an existing record, got claim {token}"),
+    }
+}
+
+fn open(path: &Path) -> SqliteStore {
+    SqliteStore::open(path, SqliteOptions::default()).expect("open")
+}
+
+fn db_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("idem.db")
+}
+
+#[tokio::test]
+async fn completed_record_survives_reopen_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = id("order-1");
+    {
+        let store = open(&db_path(&dir));
+        let token = must_claim(&store, claim(&k, T0)).await;
+        let written = store
+            .complete(&k, token, Completion::new(response(b"paid"), T0, &retention()))
+            .await
+            .unwrap();
+        assert_eq!(written, Write::Written);
+    }
+    let store = open(&db_path(&dir));
+    let record = store.get(&k).await.unwrap().expect("the record survives a restart");
+    assert_eq!(record.state, RecordState::Completed);
+    assert_eq!(record.response, Some(response(b"paid")));
+    let (outcome, record) = existing(&store, claim(&k, T0.plus(Duration::from_secs(1)))).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response.unwrap().body.as_deref(), Some(&b"paid"[..]));
+}
+
+#[tokio::test]
+async fn claim_in_flight_at_shutdown_reads_as_unknown_after_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = id("order-2");
+    let token = {
+        let store = open(&db_path(&dir));
+        must_claim(&store, claim(&k, T0)).await
+    };
+    let store = open(&db_path(&dir));
+    let (outcome, _) = existing(&store, claim(&k, T0.plus(Duration::from_secs(1)))).await;
+    assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}");
+    let after_lease = T0.plus(Duration::from_secs(10));
+    let (outcome, record) = existing(&store, claim(&k, after_lease)).await;
+    assert_eq!(outcome, ExistingOutcome::Unknown, "never claimed again silently");
+    assert_eq!(record.token, token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_share_commits() {
+    let store = Arc::new(TempStore::new(SqliteOptions::default()));
+    let n = 200;
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                must_claim(&*store, claim(&id(&format!("k-{i}")), T0)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commits = store.store.commit_count();
+    assert_eq!(store.store.committed_operations(), n as u64);
+    assert!(commits < n as u64, "{n} claims took {commits} commits: no group commit");
+    for i in 0..n {
+        let record = store.get(&id(&format!("k-{i}"))).await.unwrap().unwrap();
+        assert_eq!(record.state, RecordState::InFlight);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_batch_with_many_claims_of_one_key_has_one_winner() {
+    // The window puts (nearly) all claims in one transaction: each must see
+    // the effect of the one before it.
+    let options = SqliteOptions {
+        group_commit_window: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let store = Arc::new(TempStore::new(options));
+    let k = id("hot");
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (store, barrier, k) = (store.clone(), barrier.clone(), k.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.claim(claim(&k, T0)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ClaimOutcome::Claimed { .. } => winners += 1,
+            ClaimOutcome::Existing { outcome, .. } => {
+                assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}")
+            }
+        }
+    }
+    assert_eq!(winners, 1);
+    assert!(store.store.commit_count() < 64, "commits: {}", store.store.commit_count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_file_never_both_claim() {
+    // Two writer threads with their own connections stand in for two
+    // gateway processes: BEGIN IMMEDIATE and the busy timeout serialise them.
+    let dir = tempfile::tempdir().unwrap();
+    let stores = [Arc::new(open(&db_path(&dir))), Arc::new(open(&db_path(&dir)))];
+    for round in 0..10 {
+        let k = id(&format!("shared-{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (store, barrier, k) = (stores[i % 2].clone(), barrier.clone(), k.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    matches!(store.claim(claim(&k, T0)).await.unwrap(), ClaimOutcome::Claimed { .. })
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1, "round {round}");
+    }
+    // And an outcome written through one is replayed through the other.
+    let k = id("cross");
+    let token = must_claim(&*stores[0], claim(&k, T0)).await;
+    let _ = stores[0]
+        .complete(&k, token, Completion::new(response(b"one"), T0, &retention()))
+        .await
+        .unwrap();
+    assert_eq!(existing(&*stores[1], claim(&k, T0)).await.0, ExistingOutcome::Replay);
+    assert_eq!(stores[1].complete(&k, token, Completion::new(response(b"two"), T0, &retention())).await.unwrap(), Write::Fenced);
+}
+
+#[tokio::test]
+async fn large_sweeps_run_in_chunks_and_respect_the_limit() {
+    let store = TempStore::new(SqliteOptions::default());
+    for i in 0..700 {
+        let k = id(&format!("old-{i}"));
+        let token = must_claim(&store, claim(&k, T0)).await;
+        let _ = store
+            .complete(&k, token, Completion::new(response(b"x"), T0, &retention()))
+            .await
+            .unwrap();
+    }
+    let tombstone_time = T0.plus(Duration::from_secs(150));
+    let report = store.sweep(tombstone_time, 300).await.unwrap();
+    assert_eq!(report, SweepReport { tombstoned: 300, deleted: 0 });
+    let report = store.sweep(tombstone_time, 10_000).await.unwrap();
+    assert_eq!(report, SweepReport { tombstoned: 400, deleted: 0 });
+    let record = store.get(&id("old-7")).await.unwrap().unwrap();
+    let resp = record.response.unwrap();
+    assert_eq!((resp.status, resp.body, resp.headers.len()), (201, None, 0));
+    let commits_before = store.store.commit_count();
+    let gone = T0.plus(Duration::from_secs(1100));
+    let report = store.sweep(gone, 10_000).await.unwrap();
+    assert_eq!(report, SweepReport { tombstoned: 0, deleted: 700 });
+    assert!(store.store.commit_count() - commits_before >= 3, "700 records are swept in several transactions");
+    assert_eq!(store.sweep(gone, 10).await.unwrap(), SweepReport::default());
+}
+
+#[tokio::test]
+async fn released_records_are_swept_once_their_lease_passes() {
+    let store = TempStore::new(SqliteOptions::default());
+    let k = id("released");
+    let token = must_claim(&store, claim(&k, T0)).await;
+    assert_eq!(store.release(&k, token).await.unwrap(), Write::Written);
+    assert_eq!(store.sweep(T0.plus(Duration::from_secs(1)), 10).await.unwrap(), SweepReport::default());
+    let report = store.sweep(T0.plus(Duration::from_secs(10)), 10).await.unwrap();
+    assert_eq!(report.deleted, 1);
+    assert!(store.get(&k).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_damaged_row_fails_its_own_operation_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&db_path(&dir));
+    let bad = id("bad");
+    let good = id("good");
+    must_claim(&store, claim(&bad, T0)).await;
+    let raw = rusqlite::Connection::open(db_path(&dir)).unwrap();
+    raw.execute("UPDATE idem_records SET state = 99 WHERE key = 'bad'", []).unwrap();
+    drop(raw);
+    let err = store.claim(claim(&bad, T0)).await.unwrap_err();
+    assert_eq!(err.operation(), "claim");
+    assert!(err.to_string().contains("state code 99"), "{err}");
+    assert!(store.get(&bad).await.is_err());
+    // Other keys, even in the same batch, are unaffected.
+    let (a, b) = tokio::join!(store.claim(claim(&bad, T0)), store.claim(claim(&good, T0)));
+    assert!(a.is_err());
+    assert!(matches!(b.unwrap(), ClaimOutcome::Claimed { .. }));
+}
+
+#[tokio::test]
+async fn open_explains_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("idem.db");
+    let err = SqliteStore::open(&missing, SqliteOptions::default()).err().expect("missing directory");
+    assert_eq!(err.operation(), "open");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    let not_db = dir.path().join("notes.txt");
+    std::fs::write(&not_db, vec![b'x'; 4096]).unwrap();
+    let err = SqliteStore::open(&not_db, SqliteOptions::default()).err().expect("not a database");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+
+    let newer = db_path(&dir);
+    drop(open(&newer));
+    let raw = rusqlite::Connection::open(&newer).unwrap();
+    raw.pragma_update(None, "user_version", 99).unwrap();
+    drop(raw);
+    let err = SqliteStore::open(&newer, SqliteOptions::default()).err().expect("newer schema");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+#[tokio::test]
+async fn opens_in_wal_mode_with_full_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(&db_path(&dir));
+    let raw = rusqlite::Connection::open(db_path(&dir)).unwrap();
+    let mode: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 1);
+}
+
+/// The child half of [`acknowledged_outcomes_survive_kill_9`]: claims and
+/// completes keys, printing each one once its future has resolved.
+#[tokio::test]
+async fn kill_9_child() {
+    let Some(path) = std::env::var_os("IDEM_SQLITE_KILL_CHILD_DB") else {
+        return; // Only runs as the child process.
+    };
+    let store = open(Path::new(&path));
+    for i in 0..100_000 {
+        let k = id(&format!("k-{i}"));
+        let token = must_claim(&store, claim(&k, T0)).await;
+        let _ = store
+            .complete(&k, token, Completion::new(response(b"done"), T0, &retention()))
+            .await
+            .unwrap();
+        println!("acked {i}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn acknowledged_outcomes_survive_kill_9() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_9_child", "--nocapture", "--test-threads=1"])
+        .env("IDEM_SQLITE_KILL_CHILD_DB", &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut last = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("acked ") {
+            last = Some(n.parse::<u64>().unwrap());
+            if last == Some(200) {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor, no clean close.
+    let _ = child.wait();
+    let last = last.expect("the child acknowledged outcomes");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = open(&path);
+        for i in 0..=last {
+            let record = store.get(&id(&format!("k-{i}"))).await.unwrap();
+            let record = record.unwrap_or_else(|| panic!("acknowledged k-{i} was lost"));
+            assert_eq!(record.state, RecordState::Completed, "k-{i}");
+        }
+    });
+}

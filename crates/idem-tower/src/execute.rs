@@ -1,0 +1,273 @@
+//! The owner of a claim: runs the inner service on a task of its own,
+//! renews the lease while it works, and stores the outcome whether or not
+//! the client is still there.
+
+use crate::layer::Shared;
+use crate::metrics::{self, InFlightGuard, Outcome};
+use crate::respond::{self, KeyEcho};
+use crate::{error::is_not_executed, BoxError, RequestBody, ResponseBody};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use idem_core::{headers::is_hop_by_hop, Problem, ProblemType, RecordId, StoredResponse};
+use idem_store::{Completion, Write};
+use std::sync::Arc;
+use std::time::Instant;
+use tower_service::Service;
+
+/// What the inner service produced, read as far as the layer needs.
+enum Exchange<RB> {
+    /// Not sent anywhere: release.
+    NotExecuted(BoxError),
+    /// Sent, then failed: outcome unknown.
+    Failed(BoxError),
+    /// A "nothing was done, try again" status: release and pass it on.
+    Released(Response<RB>),
+    /// A whole response, small enough to store.
+    Complete(Parts, Bytes),
+    /// A response whose body is over the storage limit: what was read, and
+    /// the rest of the stream.
+    TooLarge(Parts, Bytes, RB),
+}
+
+pub(crate) struct Owner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: RecordId,
+    pub(crate) token: u64,
+    pub(crate) echo: KeyEcho,
+}
+
+impl Owner {
+    /// Spawns the execution and returns its response once the outcome is
+    /// stored. If the caller drops the returned future, the execution still
+    /// runs to the end.
+    pub(crate) async fn execute<S, B, RB>(
+        self,
+        inner: S,
+        request: Request<RequestBody<B>>,
+    ) -> Response<ResponseBody<RB>>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Body<Data = Bytes> + Send + Unpin + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let tracker = self.shared.executions.clone();
+        let key = self.id.key.clone();
+        let echo = self.echo.clone();
+        match tracker.spawn(self.run(inner, request)).await {
+            Ok(response) => response,
+            // The owner task itself failed (a bug): say so; its key's lease
+            // runs out and it reads as outcome-unknown.
+            Err(e) => respond::problem(
+                Problem::new(ProblemType::UpstreamTimeout, format!("The execution failed internally: {e}."))
+                    .with_key(Some(&key)),
+                Some(&echo),
+            ),
+        }
+    }
+
+    async fn run<S, B, RB>(self, inner: S, request: Request<RequestBody<B>>) -> Response<ResponseBody<RB>>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Body<Data = Bytes> + Send + Unpin + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let _gauge = InFlightGuard::enter();
+        let config = &self.shared.config;
+        let max_body = config.max_response_body;
+        let releases = config.release_statuses.clone();
+        // The exchange runs on a task of its own so a panic in the inner
+        // service is caught (as a JoinError) and a timeout can abort it.
+        let mut exchange = tokio::spawn(async move {
+            let mut inner = inner;
+            let call = async {
+                std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                inner.call(request).await
+            };
+            match call.await.map_err(Into::into) {
+                Err(e) if is_not_executed(&e) => Exchange::NotExecuted(e),
+                Err(e) => Exchange::Failed(e),
+                Ok(response) if releases.releases(response.status().as_u16()) => {
+                    Exchange::Released(response)
+                }
+                Ok(response) => read_body(response, max_body).await,
+            }
+        });
+        let lease = config.retention.lease;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+        let deadline = tokio::time::sleep(config.upstream_timeout);
+        tokio::pin!(deadline);
+        let result = loop {
+            tokio::select! {
+                joined = &mut exchange => break joined.ok(),
+                () = &mut deadline => {
+                    exchange.abort();
+                    break None;
+                }
+                _ = renew.tick() => self.renew().await,
+            }
+        };
+        let response = match result {
+            Some(Exchange::Complete(parts, body)) => self.store_and_respond(parts, body).await,
+            Some(Exchange::TooLarge(parts, prefix, rest)) => {
+                self.complete(stored(&parts, None, &self.shared.config)).await;
+                metrics::count(Outcome::Executed);
+                let mut response = Response::from_parts(parts, ResponseBody::prefixed(Some(prefix), rest));
+                self.echo.apply(&mut response);
+                response
+            }
+            Some(Exchange::Released(response)) => {
+                self.release().await;
+                metrics::count(Outcome::Released);
+                let mut response = response.map(ResponseBody::stream);
+                self.echo.apply(&mut response);
+                response
+            }
+            Some(Exchange::NotExecuted(e)) => {
+                self.release().await;
+                metrics::count(Outcome::Released);
+                tracing::warn!(key = %self.id.key, error = %e, "upstream not reached; key released");
+                respond::problem(
+                    Problem::new(
+                        ProblemType::UpstreamUnavailable,
+                        format!("The request was not delivered ({e}). Nothing was executed; retry with the same key."),
+                    )
+                    .with_key(Some(&self.id.key)),
+                    Some(&self.echo),
+                )
+            }
+            Some(Exchange::Failed(e)) => self.unknown(format!("The upstream failed after the request was sent ({e}).")).await,
+            None => {
+                self.unknown(format!(
+                    "The upstream did not answer within {:?}, or the handler panicked.",
+                    self.shared.config.upstream_timeout
+                ))
+                .await
+            }
+        };
+        self.shared.waiters.wake(&self.id);
+        response
+    }
+
+    async fn store_and_respond<RB>(&self, mut parts: Parts, body: Bytes) -> Response<ResponseBody<RB>> {
+        self.complete(stored(&parts, Some(body.clone()), &self.shared.config)).await;
+        metrics::count(Outcome::Executed);
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut response = Response::from_parts(parts, ResponseBody::full(body));
+        self.echo.apply(&mut response);
+        response
+    }
+
+    async fn unknown<RB>(&self, detail: String) -> Response<ResponseBody<RB>> {
+        let started = Instant::now();
+        let now = self.shared.clock.now();
+        match self.shared.store.mark_unknown(&self.id, self.token, now).await {
+            Ok(Write::Written) => {}
+            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "outcome-unknown not written: a newer claim holds the key"),
+            Err(e) => tracing::error!(key = %self.id.key, error = %e, "could not mark outcome unknown; the lease will run out instead"),
+        }
+        metrics::store_op(self.shared.store.engine(), "mark_unknown", started);
+        metrics::count(Outcome::Unknown);
+        tracing::warn!(key = %self.id.key, %detail, "outcome unknown");
+        respond::problem(
+            Problem::new(
+                ProblemType::UpstreamTimeout,
+                format!("{detail} The request may have been executed; the key is now outcome-unknown and will not be executed again."),
+            )
+            .with_key(Some(&self.id.key)),
+            Some(&self.echo),
+        )
+    }
+
+    async fn complete(&self, response: StoredResponse) {
+        let started = Instant::now();
+        let now = self.shared.clock.now();
+        let completion = Completion::new(response, now, &self.shared.config.retention);
+        match self.shared.store.complete(&self.id, self.token, completion).await {
+            Ok(Write::Written) => {}
+            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "completion refused: a newer claim holds the key"),
+            // The client still gets the real response; the key's lease runs
+            // out and retries are told outcome-unknown, never re-executed.
+            Err(e) => {
+                metrics::count(Outcome::StoreError);
+                tracing::error!(key = %self.id.key, error = %e, "could not store the outcome");
+            }
+        }
+        metrics::store_op(self.shared.store.engine(), "complete", started);
+    }
+
+    async fn release(&self) {
+        let started = Instant::now();
+        match self.shared.store.release(&self.id, self.token).await {
+            Ok(Write::Written) => {}
+            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "release refused: a newer claim holds the key"),
+            Err(e) => tracing::error!(key = %self.id.key, error = %e, "could not release the key; it becomes outcome-unknown when its lease runs out"),
+        }
+        metrics::store_op(self.shared.store.engine(), "release", started);
+    }
+
+    async fn renew(&self) {
+        let started = Instant::now();
+        let lease_until = self.shared.clock.now().plus(self.shared.config.retention.lease);
+        match self.shared.store.renew(&self.id, self.token, lease_until).await {
+            Ok(Write::Written) => {}
+            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "lease renewal refused: the claim was taken over"),
+            Err(e) => tracing::warn!(key = %self.id.key, error = %e, "lease renewal failed; will retry"),
+        }
+        metrics::store_op(self.shared.store.engine(), "renew", started);
+    }
+}
+
+/// Reads a response body up to `max` bytes.
+async fn read_body<RB>(response: Response<RB>, max: usize) -> Exchange<RB>
+where
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let (parts, mut body) = response.into_parts();
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Exchange::Complete(parts, buf.freeze()),
+            Some(Err(e)) => return Exchange::Failed(e.into()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > max {
+                        return Exchange::TooLarge(parts, buf.freeze(), body);
+                    }
+                }
+                // Trailers are not stored: replays carry none.
+            }
+        }
+    }
+}
+
+fn stored(parts: &Parts, body: Option<Bytes>, config: &crate::IdempotencyConfig) -> StoredResponse {
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            !is_hop_by_hop(name) && config.replay_headers.keeps(name) && *name != config.key_header
+        })
+        .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
+        .collect();
+    StoredResponse {
+        status: parts.status.as_u16(),
+        headers,
+        body,
+    }
+}

@@ -1,0 +1,77 @@
+use crate::wait::Waiters;
+use crate::{Clock, Idempotency, IdempotencyConfig, SystemClock};
+use idem_store::Store;
+use std::sync::Arc;
+use tokio_util::task::TaskTracker;
+use tower_layer::Layer;
+
+/// Applies idem's contract to an inner HTTP service.
+///
+/// Cloning is cheap: clones share the config, the store and the set of
+/// executions in progress.
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: IdempotencyConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) executions: TaskTracker,
+    pub(crate) waiters: Waiters,
+}
+
+impl IdempotencyLayer {
+    /// A layer with `config`, keeping records in `store`.
+    pub fn new(config: IdempotencyConfig, store: Arc<dyn Store>) -> Self {
+        Self::with_clock(config, store, Arc::new(SystemClock))
+    }
+
+    /// Like [`IdempotencyLayer::new`], reading time from `clock`.
+    pub fn with_clock(config: IdempotencyConfig, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        IdempotencyLayer {
+            shared: Arc::new(Shared {
+                config,
+                store,
+                clock,
+                executions: TaskTracker::new(),
+                waiters: Waiters::default(),
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &IdempotencyConfig {
+        &self.shared.config
+    }
+
+    /// The store in use.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// How many keyed executions are running (each outlives its client).
+    pub fn executions_in_progress(&self) -> usize {
+        self.shared.executions.len()
+    }
+
+    /// Waits until every execution started so far has stored its outcome.
+    /// For graceful shutdown: stop accepting requests first.
+    pub async fn drain(&self) {
+        self.shared.executions.close();
+        self.shared.executions.wait().await;
+        self.shared.executions.reopen();
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Stripe-style idempotency keys for any Tower HTTP service.
+//!
+//! [`IdempotencyLayer`] applies idem's contract (docs/contract.md) in front
+//! of an inner service: it parses and validates the `Idempotency-Key`,
+//! scopes it per tenant, fingerprints the request, claims the key
+//! atomically in a [`Store`](idem_store::Store), runs the inner service
+//! exactly once per key, stores its response and replays it to retries.
+//!
+//! The inner service runs on its own task: a client that disconnects or
+//! times out never cancels it. Its outcome is stored either way, and the
+//! retry gets the replay.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{routing::post, Router};
+//! use idem_tower::{IdempotencyConfig, IdempotencyLayer};
+//!
+//! let store = Arc::new(idem_store::MemoryStore::new());
+//! let app: Router = Router::new()
+//!     .route("/charges", post(|| async { "charged" }))
+//!     .layer(IdempotencyLayer::new(IdempotencyConfig::default(), store));
+//! ```
+
+mod body;
+mod clock;
+mod config;
+mod error;
+mod execute;
+mod future;
+mod layer;
+mod metrics;
+mod respond;
+mod service;
+mod wait;
+
+pub use body::{RequestBody, ResponseBody};
+pub use clock::{Clock, SystemClock};
+pub use config::{IdempotencyConfig, Route};
+pub use error::{BoxError, NotExecuted};
+pub use future::ResponseFuture;
+pub use layer::IdempotencyLayer;
+pub use service::Idempotency;
+
+pub use idem_core::{InFlightMode, Policy, ReleaseStatuses, Retention, ScopeSource};
+
+/// An RFC 9457 problem response, as the layer itself answers, for errors
+/// the embedding server produces (e.g. a gateway's 502).
+pub fn problem_response<B>(problem: idem_core::Problem) -> http::Response<ResponseBody<B>> {
+    respond::problem(problem, None)
+}

@@ -1,0 +1,43 @@
+//! In-process wake-ups for requests that wait on a key in flight. Other
+//! gateway instances are not notified; waiters also poll the store, so a
+//! missed wake-up costs at most one poll interval.
+
+use idem_core::RecordId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub(crate) struct Waiters {
+    map: Mutex<HashMap<RecordId, Arc<Notify>>>,
+}
+
+impl Waiters {
+    fn entry(&self, id: &RecordId) -> Arc<Notify> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(id.clone()).or_default().clone()
+    }
+
+    /// Wakes every waiter on `id` (the owner stored an outcome).
+    pub(crate) fn wake(&self, id: &RecordId) {
+        let entry = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.remove(id)
+        };
+        if let Some(n) = entry {
+            n.notify_waiters();
+        }
+    }
+
+    /// Sleeps until `id` is woken or `timeout` passes.
+    pub(crate) async fn wait(&self, id: &RecordId, timeout: Duration) {
+        let notify = self.entry(id);
+        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop the entry once no one else holds it, so the map stays small.
+        if map.get(id).is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) == 2) {
+            map.remove(id);
+        }
+    }
+}

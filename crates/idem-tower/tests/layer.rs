@@ -1,0 +1,163 @@
+//! The layer as a library user embeds it: around an axum router, driven
+//! with `tower::ServiceExt::oneshot`, no sockets.
+
+use axum::body::Body;
+use axum::routing::post;
+use axum::Router;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use idem_core::Timestamp;
+use idem_store::{MemoryStore, Store};
+use idem_tower::{Clock, IdempotencyConfig, IdempotencyLayer, Route};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+struct TestClock(AtomicI64);
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+struct App {
+    router: Router,
+    executions: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    clock: Arc<TestClock>,
+    layer: IdempotencyLayer,
+}
+
+fn app(config: IdempotencyConfig) -> App {
+    let executions = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let clock = Arc::new(TestClock(AtomicI64::new(1_700_000_000_000)));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let layer = IdempotencyLayer::with_clock(config, store, clock.clone());
+    let (e1, e2, g) = (executions.clone(), executions.clone(), gate.clone());
+    let router = Router::new()
+        .route(
+            "/charges",
+            post(move |body: String| async move {
+                let n = e1.fetch_add(1, Ordering::SeqCst) + 1;
+                (StatusCode::CREATED, format!("charge {n} for {body}"))
+            }),
+        )
+        .route(
+            "/slow",
+            post(move || async move {
+                e2.fetch_add(1, Ordering::SeqCst);
+                // Held until the test opens the gate; no timing involved.
+                g.acquire().await.unwrap().forget();
+                (StatusCode::CREATED, "slow done")
+            }),
+        )
+        .layer(layer.clone());
+    App {
+        router,
+        executions,
+        gate,
+        clock,
+        layer,
+    }
+}
+
+fn post_with_key(path: &str, key: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header("idempotency-key", key)
+        .header("content-type", "text/plain")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn send(router: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let response = router.clone().oneshot(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn handler_runs_once_per_key_and_retries_get_the_replay() {
+    let app = app(IdempotencyConfig::default());
+    let (s1, h1, b1) = send(&app.router, post_with_key("/charges", "k1", "10 eur")).await;
+    let (s2, h2, b2) = send(&app.router, post_with_key("/charges", "k1", "10 eur")).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(b1, "charge 1 for 10 eur");
+    assert_eq!(b2, b1);
+    assert!(h1.get("idempotent-replayed").is_none());
+    assert_eq!(h2.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(h2.get("idempotency-key").unwrap(), "k1");
+    assert_eq!(app.executions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn dropped_request_future_does_not_cancel_the_handler() {
+    let app = app(IdempotencyConfig::default());
+    // The client gives up: its future is dropped while the handler waits.
+    let pending = tokio::spawn({
+        let router = app.router.clone();
+        async move { send(&router, post_with_key("/slow", "k1", "")).await }
+    });
+    wait_until("the handler to start", || app.executions.load(Ordering::SeqCst) == 1).await;
+    pending.abort();
+    let _ = pending.await;
+    let (status, _, _) = send(&app.router, post_with_key("/slow", "k1", "")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a retry during execution is told to wait");
+    app.gate.add_permits(2);
+    app.layer.drain().await;
+    let (status, headers, body) = send(&app.router, post_with_key("/slow", "k1", "")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::CREATED, "slow done"));
+    assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(app.executions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn replay_turns_into_key_expired_after_retention() {
+    let mut config = IdempotencyConfig::default();
+    config.retention.retention = Duration::from_secs(60);
+    let app = app(config);
+    let _ = send(&app.router, post_with_key("/charges", "k1", "x")).await;
+    app.clock.0.fetch_add(60_000, Ordering::SeqCst);
+    let (status, headers, body) = send(&app.router, post_with_key("/charges", "k1", "x")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(headers.get("content-type").unwrap(), "application/problem+json");
+    assert!(body.contains("/key-expired"), "{body}");
+    assert_eq!(app.executions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn required_key_and_uncovered_methods() {
+    let mut route = Route::new("/charges");
+    route.policy.require_key = true;
+    let app = app(IdempotencyConfig {
+        routes: vec![route],
+        ..IdempotencyConfig::default()
+    });
+    let keyless = Request::post("/charges").body(Body::from("x")).unwrap();
+    let (status, _, body) = send(&app.router, keyless).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("/missing-key"), "{body}");
+    // /slow is not a covered route: a key there is ignored.
+    let app2 = app.router.clone();
+    let h = tokio::spawn(async move { send(&app2, post_with_key("/slow", "k", "")).await });
+    wait_until("the handler to start", || app.executions.load(Ordering::SeqCst) == 1).await;
+    let h2 = tokio::spawn({
+        let r = app.router.clone();
+        async move { send(&r, post_with_key("/slow", "k", "")).await }
+    });
+    wait_until("the second handler to start", || app.executions.load(Ordering::SeqCst) == 2).await;
+    app.gate.add_permits(2);
+    let _ = (h.await.unwrap(), h2.await.unwrap());
+}

@@ -1,0 +1,104 @@
+//! `idem gateway`: flags, config file, and the process's life cycle.
+
+use anyhow::Context;
+use clap::Args;
+use idem_gateway::config;
+use idem_gateway::{GatewayOptions, RunningGateway};
+use idem_store::StoreSpec;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags of `idem gateway`. Each overrides the same setting in `--config`.
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The API to protect, e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
+    upstream: Option<http::Uri>,
+    /// Where records live: sqlite:PATH (default sqlite:idem.db) or memory.
+    #[arg(long, value_name = "STORE")]
+    store: Option<StoreSpec>,
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve /health and /metrics on this address (off unless given).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Validate FILE and exit without starting.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.check_config {
+        config::check(path)?;
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    let settings = match &args.config {
+        Some(path) => config::check(path)?,
+        None => config::Settings::default(),
+    };
+    let listen = args
+        .listen
+        .or(settings.listen)
+        .context("--listen is required (or `listen` in --config), e.g. --listen 127.0.0.1:8080")?;
+    let upstream = args
+        .upstream
+        .or(settings.upstream)
+        .context("--upstream is required (or `upstream` in --config), e.g. --upstream http://127.0.0.1:3000")?;
+    let store_spec = args.store.unwrap_or(settings.store);
+    let admin = args.admin.or(settings.admin);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let store = idem_store::open(&store_spec).await?;
+        let gateway = idem_gateway::start(GatewayOptions {
+            listen,
+            upstream,
+            store,
+            admin,
+            idempotency: settings.idempotency,
+            shutdown_grace: settings.shutdown_grace,
+            sweep_interval: settings.sweep_interval,
+            sweep_batch: settings.sweep_batch,
+        })
+        .await?;
+        // Scripts wait for this line.
+        println!("listening on {}", gateway.addr());
+        if let Some(admin) = gateway.admin_addr() {
+            println!("admin on {admin}");
+        }
+        tracing::info!(store = %store_spec, "ready");
+        wait_for_signal(&gateway).await;
+        tracing::info!("signal received; shutting down gracefully");
+        gateway.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal(_gateway: &RunningGateway) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

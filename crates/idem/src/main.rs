@@ -1,0 +1,42 @@
+//! `idem`: one binary for idem's tools.
+
+mod gateway;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Correct idempotency for HTTP APIs.
+#[derive(Parser)]
+#[command(name = "idem", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a reverse proxy that enforces Stripe-style idempotency keys in
+    /// front of an HTTP API.
+    Gateway(gateway::GatewayArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IDEM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Gateway(args) => gateway::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("idem: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
