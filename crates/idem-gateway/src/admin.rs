@@ -19,8 +19,8 @@ pub fn prometheus() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                    1.0,
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0,
                 ])
                 .unwrap_or_else(|_| PrometheusBuilder::new())
                 .build_recorder();
@@ -62,7 +62,11 @@ pub async fn serve(listener: TcpListener, store: Arc<dyn Store>, stop: Cancellat
     }
 }
 
-async fn route(req: Request<Incoming>, store: &dyn Store, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+async fn route(
+    req: Request<Incoming>,
+    store: &dyn Store,
+    handle: &PrometheusHandle,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/health" => match store.ping().await {
             Ok(()) => (

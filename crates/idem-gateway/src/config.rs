@@ -1,1 +1,296 @@
-//! Gateway configuration (being written).
+//! The gateway's TOML configuration file: what it may say ([`FileConfig`]),
+//! and what the gateway runs with once it has been checked ([`Settings`]).
+//!
+//! Loading is two steps. [`load`] reads and parses the file: TOML syntax,
+//! unknown fields and values of the wrong shape (a duration that is not one,
+//! a status that is not a number) fail here, with the line and column.
+//! [`FileConfig::into_settings`] then checks what only makes sense across
+//! fields or against the contract (bounds, the scope's header, duplicate
+//! routes) and builds the runtime types. [`check`] does both. Every error
+//! names the field it is about, e.g. `routes[2].in_flight.wait`.
+//!
+//! Options and defaults are described in `docs/configuration.md`; the
+//! defaults are the contract's, i.e. [`IdempotencyConfig::default`].
+//!
+//! ```
+//! use idem_gateway::config;
+//! use std::time::Duration;
+//!
+//! let file: config::FileConfig = r#"
+//!     upstream = "http://127.0.0.1:3000"
+//!     lease = "10s"
+//!
+//!     [[routes]]
+//!     path_prefix = "/v1/charges"
+//!     require_key = true
+//!     in_flight = { wait = "5s" }
+//! "#.parse()?;
+//! let settings = file.into_settings()?;
+//! assert_eq!(settings.idempotency.retention.lease, Duration::from_secs(10));
+//! assert!(settings.idempotency.routes[0].policy.require_key);
+//!
+//! let err = "lease = \"10x\"".parse::<config::FileConfig>().unwrap_err();
+//! assert_eq!(err.field(), Some("lease"));
+//! # Ok::<(), config::ConfigError>(())
+//! ```
+
+mod de;
+mod error;
+mod validate;
+
+pub use error::ConfigError;
+
+use http::{HeaderName, Method, Uri};
+use idem_core::InFlightMode;
+use idem_store::StoreSpec;
+use idem_tower::IdempotencyConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The store used when neither the file nor `--store` names one.
+pub const DEFAULT_STORE: &str = "sqlite:idem.db";
+
+/// The configuration file as written: every option is optional, and an
+/// absent one takes its default in [`FileConfig::into_settings`].
+///
+/// Values are already parsed (durations, sizes, addresses, header names),
+/// but not yet checked against each other or the contract's bounds.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The file this was loaded from; named in error messages.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+    /// `listen`: address clients connect to.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub listen: Option<SocketAddr>,
+    /// `upstream`: the API behind the gateway, `http://host[:port][/base]`.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub upstream: Option<Uri>,
+    /// `store`: `sqlite:PATH` or `memory`.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub store: Option<StoreSpec>,
+    /// `admin`: address for `/health` and `/metrics`; off unless given.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub admin: Option<SocketAddr>,
+    /// `key_header`: the request header carrying the key.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub key_header: Option<HeaderName>,
+    /// `retention`: how long a completed response is replayed.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub retention: Option<Duration>,
+    /// `tombstone_retention`: how long a tombstone outlives the response.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub tombstone_retention: Option<Duration>,
+    /// `lease`: the lease of a claim, renewed while the upstream works.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub lease: Option<Duration>,
+    /// `upstream_timeout`: how long the upstream may take before the
+    /// outcome is declared unknown.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub upstream_timeout: Option<Duration>,
+    /// `max_request_body`: largest request body, in bytes; larger is 413.
+    #[serde(default, deserialize_with = "de::opt_size")]
+    pub max_request_body: Option<u64>,
+    /// `max_response_body`: largest response body stored for replay, in bytes.
+    #[serde(default, deserialize_with = "de::opt_size")]
+    pub max_response_body: Option<u64>,
+    /// `replay_header_deny`: response headers not stored for replay, added
+    /// to the default deny-list; a trailing `*` denies a prefix. Lower case.
+    #[serde(default, deserialize_with = "de::opt_deny")]
+    pub replay_header_deny: Option<Vec<String>>,
+    /// `release_statuses`: statuses that release the claim; replaces the
+    /// default list.
+    #[serde(default, deserialize_with = "de::opt_statuses")]
+    pub release_statuses: Option<Vec<u16>>,
+    /// `fingerprint_headers`: extra request headers in the fingerprint.
+    #[serde(default, deserialize_with = "de::opt_vec")]
+    pub fingerprint_headers: Option<Vec<HeaderName>>,
+    /// `fail_open`: forward unprotected when the store fails, instead of 503.
+    #[serde(default)]
+    pub fail_open: Option<bool>,
+    /// `retry_after`: the `Retry-After` of a 409 `request-in-progress`.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub retry_after: Option<Duration>,
+    /// `shutdown_grace`: how long graceful shutdown waits for executions.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub shutdown_grace: Option<Duration>,
+    /// `sweep_interval`: how often expired records are swept.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub sweep_interval: Option<Duration>,
+    /// `sweep_batch`: most records one sweep batch touches.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub sweep_batch: Option<usize>,
+    /// `[scope]`: where a request's tenant scope comes from.
+    #[serde(default)]
+    pub scope: Option<ScopeConfig>,
+    /// `[[routes]]`: covered routes, first match wins.
+    #[serde(default)]
+    pub routes: Option<Vec<RouteConfig>>,
+}
+
+/// The `[scope]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// `scope.source`; default `header-hash`.
+    #[serde(default)]
+    pub source: Option<ScopeKind>,
+    /// `scope.header`: the header the scope is read from.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub header: Option<HeaderName>,
+}
+
+/// `scope.source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScopeKind {
+    /// `"header-hash"`: SHA-256 of a header's value (default `Authorization`).
+    #[default]
+    HeaderHash,
+    /// `"trusted-header"`: a header set by a trusted proxy, used as is.
+    TrustedHeader,
+    /// `"none"`: one global scope, for single-tenant APIs only.
+    #[serde(rename = "none")]
+    Global,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `methods`; default POST and PATCH.
+    #[serde(default, deserialize_with = "de::opt_vec")]
+    pub methods: Option<Vec<Method>>,
+    /// `path_prefix`, matched on segment boundaries; required.
+    pub path_prefix: String,
+    /// `require_key`; default false.
+    #[serde(default)]
+    pub require_key: Option<bool>,
+    /// `in_flight`: `"reject"` (default) or `{ wait = "5s" }`.
+    #[serde(default, deserialize_with = "de::opt_in_flight")]
+    pub in_flight: Option<InFlightMode>,
+    /// `upstream_dedupes`; default false.
+    #[serde(default)]
+    pub upstream_dedupes: Option<bool>,
+}
+
+impl RouteConfig {
+    /// A route entry for `path_prefix` with every other option left out.
+    pub fn new(path_prefix: impl Into<String>) -> Self {
+        RouteConfig {
+            methods: None,
+            path_prefix: path_prefix.into(),
+            require_key: None,
+            in_flight: None,
+            upstream_dedupes: None,
+        }
+    }
+}
+
+/// What the gateway runs with: the file's values checked, defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where clients connect, if the file says; `--listen` overrides it,
+    /// and [`DEFAULT_LISTEN`] is the fallback.
+    pub listen: Option<SocketAddr>,
+    /// The API behind the gateway (an `http://` URI with a host), if the
+    /// file says; `--upstream` overrides it.
+    pub upstream: Option<Uri>,
+    /// The record store. Default [`DEFAULT_STORE`].
+    pub store: StoreSpec,
+    /// Where `/health` and `/metrics` are served; off unless given.
+    pub admin: Option<SocketAddr>,
+    /// How long graceful shutdown waits for executions. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// How often expired records are swept. Default 60 s.
+    pub sweep_interval: Duration,
+    /// Most records one sweep batch touches. Default 1000.
+    pub sweep_batch: usize,
+    /// The contract's settings, for the layer.
+    pub idempotency: IdempotencyConfig,
+}
+
+impl Default for Settings {
+    /// The settings of an empty file.
+    fn default() -> Self {
+        Settings {
+            listen: None,
+            upstream: None,
+            store: StoreSpec::from_str(DEFAULT_STORE).expect("the default store parses"),
+            admin: None,
+            shutdown_grace: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(60),
+            sweep_batch: 1000,
+            idempotency: IdempotencyConfig::default(),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Checks the file's values against each other and the contract's
+    /// bounds, and builds the runtime settings, defaults filled in.
+    ///
+    /// Errors name the field (`routes[1].in_flight.wait: ...`) and, when
+    /// [`FileConfig::file`] is set, the file.
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let file = self.file.clone();
+        validate::settings(self).map_err(|e| match file {
+            Some(path) => e.in_file(&path),
+            None => e,
+        })
+    }
+}
+
+impl FromStr for FileConfig {
+    type Err = ConfigError;
+
+    /// Parses TOML text; see [`parse`].
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse(text)
+    }
+}
+
+/// Parses a configuration from TOML text (no file involved).
+///
+/// Fails on TOML syntax, unknown fields and malformed values; errors carry
+/// the line and column. Checks across fields happen in
+/// [`FileConfig::into_settings`].
+pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let deserializer =
+        toml::de::Deserializer::parse(text).map_err(|e| ConfigError::syntax(text, &e))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| ConfigError::from_serde(text, e))
+}
+
+/// Reads and parses the configuration file at `path`; errors name the file.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    let mut config = parse(&text).map_err(|e| e.in_file(path))?;
+    config.file = Some(path.to_owned());
+    Ok(config)
+}
+
+/// Loads and fully checks the file at `path`: what
+/// `idem gateway --check-config FILE` runs.
+pub fn check(path: &Path) -> Result<Settings, ConfigError> {
+    load(path)?.into_settings()
+}
+
+/// Parses and checks an upstream URI the way the `upstream` option is
+/// checked: `http://` with a host, an optional base path, no query, no
+/// credentials. `https://` is not supported yet.
+///
+/// Fits clap's `value_parser` for `--upstream`.
+///
+/// ```
+/// use idem_gateway::config::parse_upstream;
+/// assert!(parse_upstream("http://127.0.0.1:3000").is_ok());
+/// assert!(parse_upstream("https://api.example.com").is_err());
+/// ```
+pub fn parse_upstream(s: &str) -> Result<Uri, ConfigError> {
+    de::upstream(s).map_err(|message| ConfigError::invalid("upstream", message))
+}

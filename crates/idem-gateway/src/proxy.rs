@@ -44,11 +44,17 @@ impl Proxy {
             uri: upstream.to_string(),
             reason,
         };
-        let scheme = upstream.scheme().cloned().ok_or_else(|| invalid("needs a scheme, e.g. http://127.0.0.1:3000"))?;
+        let scheme = upstream
+            .scheme()
+            .cloned()
+            .ok_or_else(|| invalid("needs a scheme, e.g. http://127.0.0.1:3000"))?;
         if scheme != Scheme::HTTP {
             return Err(invalid("only http:// upstreams are supported"));
         }
-        let authority = upstream.authority().cloned().ok_or_else(|| invalid("needs a host"))?;
+        let authority = upstream
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid("needs a host"))?;
         let base_path = upstream.path().trim_end_matches('/').to_owned();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -66,7 +72,10 @@ impl Proxy {
     }
 
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
-        let path_and_query = uri.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+        let path_and_query = uri
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
         let pq: PathAndQuery = if self.base_path.is_empty() {
             PathAndQuery::try_from(path_and_query)?
         } else {
@@ -152,4 +161,3 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
         })
     }
 }
-

@@ -96,12 +96,13 @@ impl RunningGateway {
 /// Binds the listeners and starts serving.
 pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayError> {
     let proxy = Proxy::new(&options.upstream)?;
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: options.listen,
+                source,
+            })?;
     let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
         addr: options.listen,
         source,
@@ -110,19 +111,43 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
     let admin_addr = match options.admin {
         Some(admin) => {
             crate::admin::prometheus();
-            let admin_listener = TcpListener::bind(admin)
-                .await
-                .map_err(|source| GatewayError::Bind { addr: admin, source })?;
-            let bound = admin_listener.local_addr().map_err(|source| GatewayError::Bind { addr: admin, source })?;
-            tokio::spawn(crate::admin::serve(admin_listener, options.store.clone(), stop.clone()));
+            let admin_listener =
+                TcpListener::bind(admin)
+                    .await
+                    .map_err(|source| GatewayError::Bind {
+                        addr: admin,
+                        source,
+                    })?;
+            let bound = admin_listener
+                .local_addr()
+                .map_err(|source| GatewayError::Bind {
+                    addr: admin,
+                    source,
+                })?;
+            tokio::spawn(crate::admin::serve(
+                admin_listener,
+                options.store.clone(),
+                stop.clone(),
+            ));
             Some(bound)
         }
         None => None,
     };
-    tokio::spawn(sweep(options.store.clone(), options.sweep_interval, options.sweep_batch, stop.clone()));
+    tokio::spawn(sweep(
+        options.store.clone(),
+        options.sweep_interval,
+        options.sweep_batch,
+        stop.clone(),
+    ));
     let layer = IdempotencyLayer::new(options.idempotency, options.store);
     let service = layer.layer(proxy);
-    let task = tokio::spawn(serve(listener, service, layer, options.shutdown_grace, stop.clone()));
+    let task = tokio::spawn(serve(
+        listener,
+        service,
+        layer,
+        options.shutdown_grace,
+        stop.clone(),
+    ));
     tracing::info!(%addr, upstream = %options.upstream, "gateway listening");
     Ok(RunningGateway {
         addr,
@@ -172,7 +197,8 @@ async fn serve(
                 }
             }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(e) = connection.await {

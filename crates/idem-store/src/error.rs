@@ -43,7 +43,11 @@ impl fmt::Debug for StoreError {
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} store: {} failed: {}", self.engine, self.op, self.source)
+        write!(
+            f,
+            "{} store: {} failed: {}",
+            self.engine, self.op, self.source
+        )
     }
 }
 

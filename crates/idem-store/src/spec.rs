@@ -76,12 +76,14 @@ pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreSpecError> {
     match spec {
         StoreSpec::Memory => Ok(Arc::new(crate::MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        StoreSpec::Sqlite { path } => crate::SqliteStore::open(path, crate::SqliteOptions::default())
-            .map(|s| Arc::new(s) as Arc<dyn Store>)
-            .map_err(|source| StoreSpecError::Open {
-                spec: spec.to_string(),
-                source,
-            }),
+        StoreSpec::Sqlite { path } => {
+            crate::SqliteStore::open(path, crate::SqliteOptions::default())
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+                .map_err(|source| StoreSpecError::Open {
+                    spec: spec.to_string(),
+                    source,
+                })
+        }
         #[cfg(not(feature = "sqlite"))]
         StoreSpec::Sqlite { .. } => Err(StoreSpecError::NotCompiled("sqlite")),
     }

@@ -84,7 +84,10 @@ fn response(status: u16, body: Option<&'static [u8]>) -> StoredResponse {
     StoredResponse {
         status,
         headers: vec![
-            ("content-type".into(), Bytes::from_static(b"application/json")),
+            (
+                "content-type".into(),
+                Bytes::from_static(b"application/json"),
+            ),
             ("x-binary".into(), Bytes::from_static(b"\x00\xff\r")),
             ("x-multi".into(), Bytes::from_static(b"1")),
             ("x-multi".into(), Bytes::from_static(b"2")),
@@ -107,7 +110,13 @@ async fn existing(store: &dyn Store, claim: Claim) -> (ExistingOutcome, Record) 
     }
 }
 
-async fn complete(store: &dyn Store, rid: &RecordId, token: u64, resp: StoredResponse, now: Timestamp) -> Write {
+async fn complete(
+    store: &dyn Store,
+    rid: &RecordId,
+    token: u64,
+    resp: StoredResponse,
+    now: Timestamp,
+) -> Write {
     store
         .complete(rid, token, Completion::new(resp, now, &retention()))
         .await
@@ -118,10 +127,17 @@ async fn complete(store: &dyn Store, rid: &RecordId, token: u64, resp: StoredRes
 pub async fn absent_key_is_claimed_then_reported_in_progress(store: Arc<dyn Store>) {
     let k = id("s", "k1");
     must_claim(&*store, claim_at(&k, "a", T0)).await;
-    let (outcome, record) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(1)))).await;
-    assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}");
+    let (outcome, record) =
+        existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(1)))).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
     assert_eq!(record.state, RecordState::InFlight);
-    assert_eq!(store.get(&k).await.unwrap().map(|r| r.state), Some(RecordState::InFlight));
+    assert_eq!(
+        store.get(&k).await.unwrap().map(|r| r.state),
+        Some(RecordState::InFlight)
+    );
     assert!(store.get(&id("s", "other")).await.unwrap().is_none());
 }
 
@@ -135,7 +151,10 @@ pub async fn claim_race_has_exactly_one_winner(store: Arc<dyn Store>) {
                 let (store, k, barrier) = (store.clone(), k.clone(), barrier.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    matches!(store.claim(claim_at(&k, "a", T0)).await.unwrap(), ClaimOutcome::Claimed { .. })
+                    matches!(
+                        store.claim(claim_at(&k, "a", T0)).await.unwrap(),
+                        ClaimOutcome::Claimed { .. }
+                    )
                 })
             })
             .collect();
@@ -153,13 +172,20 @@ pub async fn completed_response_round_trips_exactly(store: Arc<dyn Store>) {
     let k = id("s", "k1");
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
     let resp = response(500, Some(b"{\"partial\":true}\x00\x01"));
-    assert_eq!(complete(&*store, &k, token, resp.clone(), T0).await, Write::Written);
-    let (outcome, record) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(5)))).await;
+    assert_eq!(
+        complete(&*store, &k, token, resp.clone(), T0).await,
+        Write::Written
+    );
+    let (outcome, record) =
+        existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(5)))).await;
     assert_eq!(outcome, ExistingOutcome::Replay);
     assert_eq!(record.response, Some(resp));
     assert_eq!(record.state, RecordState::Completed);
     // Completing twice is refused: the claim is over.
-    assert_eq!(complete(&*store, &k, token, response(200, Some(b"x")), T0).await, Write::Fenced);
+    assert_eq!(
+        complete(&*store, &k, token, response(200, Some(b"x")), T0).await,
+        Write::Fenced
+    );
     // An empty body is a body.
     let e = id("s", "empty");
     let token = must_claim(&*store, claim_at(&e, "a", T0)).await;
@@ -179,9 +205,18 @@ pub async fn stale_owner_completion_is_fenced(store: Arc<dyn Store>) {
     reclaim.reclaim_unknown = true;
     let new = must_claim(&*store, reclaim).await;
     assert!(new > old, "tokens must grow: {old} then {new}");
-    assert_eq!(complete(&*store, &k, old, response(201, Some(b"old")), later).await, Write::Fenced);
-    assert_eq!(complete(&*store, &k, new, response(201, Some(b"new")), later).await, Write::Written);
-    assert_eq!(complete(&*store, &k, old, response(201, Some(b"old")), later).await, Write::Fenced);
+    assert_eq!(
+        complete(&*store, &k, old, response(201, Some(b"old")), later).await,
+        Write::Fenced
+    );
+    assert_eq!(
+        complete(&*store, &k, new, response(201, Some(b"new")), later).await,
+        Write::Written
+    );
+    assert_eq!(
+        complete(&*store, &k, old, response(201, Some(b"old")), later).await,
+        Write::Fenced
+    );
     let record = store.get(&k).await.unwrap().unwrap();
     assert_eq!(record.response.unwrap().body.as_deref(), Some(&b"new"[..]));
 }
@@ -191,14 +226,36 @@ pub async fn stale_owner_release_and_renew_are_fenced(store: Arc<dyn Store>) {
     let k = id("s", "k1");
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
     assert_eq!(store.release(&k, token + 1).await.unwrap(), Write::Fenced);
-    assert_eq!(store.renew(&k, token + 1, T0.plus(Duration::from_secs(60))).await.unwrap(), Write::Fenced);
-    assert_eq!(store.mark_unknown(&k, token + 1, T0).await.unwrap(), Write::Fenced);
-    assert_eq!(store.get(&k).await.unwrap().unwrap().state, RecordState::InFlight);
-    assert_eq!(store.mark_unknown(&k, token, T0).await.unwrap(), Write::Written);
-    assert_eq!(store.release(&k, token).await.unwrap(), Write::Fenced, "a finished claim cannot be released");
+    assert_eq!(
+        store
+            .renew(&k, token + 1, T0.plus(Duration::from_secs(60)))
+            .await
+            .unwrap(),
+        Write::Fenced
+    );
+    assert_eq!(
+        store.mark_unknown(&k, token + 1, T0).await.unwrap(),
+        Write::Fenced
+    );
+    assert_eq!(
+        store.get(&k).await.unwrap().unwrap().state,
+        RecordState::InFlight
+    );
+    assert_eq!(
+        store.mark_unknown(&k, token, T0).await.unwrap(),
+        Write::Written
+    );
+    assert_eq!(
+        store.release(&k, token).await.unwrap(),
+        Write::Fenced,
+        "a finished claim cannot be released"
+    );
     let (outcome, _) = existing(&*store, claim_at(&k, "a", T0)).await;
     assert_eq!(outcome, ExistingOutcome::Unknown);
-    assert_eq!(store.release(&id("s", "never"), 1).await.unwrap(), Write::Fenced);
+    assert_eq!(
+        store.release(&id("s", "never"), 1).await.unwrap(),
+        Write::Fenced
+    );
 }
 
 /// A released key executes afresh, under a larger token.
@@ -209,20 +266,37 @@ pub async fn release_frees_the_key_with_a_larger_token(store: Arc<dyn Store>) {
     // Even another body may claim it: nothing was executed.
     let second = must_claim(&*store, claim_at(&k, "b", T0)).await;
     assert!(second > first);
-    assert_eq!(complete(&*store, &k, first, response(200, Some(b"x")), T0).await, Write::Fenced);
+    assert_eq!(
+        complete(&*store, &k, first, response(200, Some(b"x")), T0).await,
+        Write::Fenced
+    );
 }
 
 /// An owner that stops renewing leaves `outcome-unknown`, never a free key.
 pub async fn lease_expiry_reads_as_outcome_unknown(store: Arc<dyn Store>) {
     let k = id("s", "k1");
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
-    let (outcome, _) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_millis(9_999)))).await;
+    let (outcome, _) = existing(
+        &*store,
+        claim_at(&k, "a", T0.plus(Duration::from_millis(9_999))),
+    )
+    .await;
     assert!(matches!(outcome, ExistingOutcome::InProgress { .. }));
     let (outcome, _) = existing(&*store, claim_at(&k, "a", T0.plus(Duration::from_secs(10)))).await;
     assert_eq!(outcome, ExistingOutcome::Unknown);
     // The owner that comes back late still holds the only valid token: its
     // real outcome is better than "unknown".
-    assert_eq!(complete(&*store, &k, token, response(201, Some(b"late")), T0.plus(Duration::from_secs(12))).await, Write::Written);
+    assert_eq!(
+        complete(
+            &*store,
+            &k,
+            token,
+            response(201, Some(b"late")),
+            T0.plus(Duration::from_secs(12))
+        )
+        .await,
+        Write::Written
+    );
 }
 
 /// Renewal moves the lease forward.
@@ -231,9 +305,19 @@ pub async fn renewal_keeps_the_claim_alive(store: Arc<dyn Store>) {
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
     for step in 1..=5u64 {
         let now = T0.plus(Duration::from_secs(8 * step));
-        assert_eq!(store.renew(&k, token, now.plus(Duration::from_secs(10))).await.unwrap(), Write::Written);
-        let (outcome, _) = existing(&*store, claim_at(&k, "a", now.plus(Duration::from_secs(5)))).await;
-        assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "step {step}: {outcome:?}");
+        assert_eq!(
+            store
+                .renew(&k, token, now.plus(Duration::from_secs(10)))
+                .await
+                .unwrap(),
+            Write::Written
+        );
+        let (outcome, _) =
+            existing(&*store, claim_at(&k, "a", now.plus(Duration::from_secs(5)))).await;
+        assert!(
+            matches!(outcome, ExistingOutcome::InProgress { .. }),
+            "step {step}: {outcome:?}"
+        );
     }
 }
 
@@ -242,7 +326,10 @@ pub async fn renewal_keeps_the_claim_alive(store: Arc<dyn Store>) {
 pub async fn unknown_is_reclaimed_only_when_upstream_dedupes(store: Arc<dyn Store>) {
     let k = id("s", "k1");
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
-    assert_eq!(store.mark_unknown(&k, token, T0).await.unwrap(), Write::Written);
+    assert_eq!(
+        store.mark_unknown(&k, token, T0).await.unwrap(),
+        Write::Written
+    );
     let (outcome, _) = existing(&*store, claim_at(&k, "a", T0)).await;
     assert_eq!(outcome, ExistingOutcome::Unknown);
     let mut again = claim_at(&k, "a", T0);
@@ -262,9 +349,15 @@ pub async fn unknown_is_reclaimed_only_when_upstream_dedupes(store: Arc<dyn Stor
 pub async fn different_fingerprint_is_a_mismatch_in_every_state(store: Arc<dyn Store>) {
     let k = id("s", "k1");
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
-    assert_eq!(existing(&*store, claim_at(&k, "b", T0)).await.0, ExistingOutcome::Mismatch);
+    assert_eq!(
+        existing(&*store, claim_at(&k, "b", T0)).await.0,
+        ExistingOutcome::Mismatch
+    );
     let _ = complete(&*store, &k, token, response(200, Some(b"x")), T0).await;
-    assert_eq!(existing(&*store, claim_at(&k, "b", T0)).await.0, ExistingOutcome::Mismatch);
+    assert_eq!(
+        existing(&*store, claim_at(&k, "b", T0)).await.0,
+        ExistingOutcome::Mismatch
+    );
 }
 
 /// Past retention a record is a tombstone even before any sweep; past the
@@ -274,9 +367,15 @@ pub async fn expiry_is_enforced_on_read(store: Arc<dyn Store>) {
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
     let _ = complete(&*store, &k, token, response(201, Some(b"x")), T0).await;
     let just_before = T0.plus(Duration::from_millis(99_999));
-    assert_eq!(existing(&*store, claim_at(&k, "a", just_before)).await.0, ExistingOutcome::Replay);
+    assert_eq!(
+        existing(&*store, claim_at(&k, "a", just_before)).await.0,
+        ExistingOutcome::Replay
+    );
     let retained = T0.plus(Duration::from_secs(100));
-    assert_eq!(existing(&*store, claim_at(&k, "a", retained)).await.0, ExistingOutcome::Expired);
+    assert_eq!(
+        existing(&*store, claim_at(&k, "a", retained)).await.0,
+        ExistingOutcome::Expired
+    );
     let gone = T0.plus(Duration::from_secs(1100));
     assert!(must_claim(&*store, claim_at(&k, "a", gone)).await > token);
 }
@@ -306,10 +405,15 @@ pub async fn sweep_is_bounded_and_spares_live_records(store: Arc<dyn Store>) {
     }
     assert_eq!(deleted, 30);
     for i in 0..30 {
-        assert!(store.get(&id("s", &format!("old-{i}"))).await.unwrap().is_none());
+        assert!(store
+            .get(&id("s", &format!("old-{i}")))
+            .await
+            .unwrap()
+            .is_none());
     }
     for i in 0..5 {
-        let (outcome, _) = existing(&*store, claim_at(&id("s", &format!("new-{i}")), "a", now)).await;
+        let (outcome, _) =
+            existing(&*store, claim_at(&id("s", &format!("new-{i}")), "a", now)).await;
         assert_eq!(outcome, ExistingOutcome::Replay);
     }
     // Past retention but inside the tombstone: the sweep drops the body and
@@ -319,7 +423,10 @@ pub async fn sweep_is_bounded_and_spares_live_records(store: Arc<dyn Store>) {
     assert_eq!(report.tombstoned, 5);
     let (outcome, record) = existing(&*store, claim_at(&id("s", "new-0"), "a", tomb_time)).await;
     assert_eq!(outcome, ExistingOutcome::Expired);
-    assert_eq!(record.response.map(|r| (r.status, r.body)), Some((201, None)));
+    assert_eq!(
+        record.response.map(|r| (r.status, r.body)),
+        Some((201, None))
+    );
 }
 
 /// The same key in two scopes is two records.
@@ -329,7 +436,10 @@ pub async fn scopes_are_isolated(store: Arc<dyn Store>) {
     let ta = must_claim(&*store, claim_at(&a, "a", T0)).await;
     let tb = must_claim(&*store, claim_at(&b, "a", T0)).await;
     let _ = complete(&*store, &a, ta, response(201, Some(b"for a")), T0).await;
-    assert!(matches!(existing(&*store, claim_at(&b, "a", T0)).await.0, ExistingOutcome::InProgress { .. }));
+    assert!(matches!(
+        existing(&*store, claim_at(&b, "a", T0)).await.0,
+        ExistingOutcome::InProgress { .. }
+    ));
     let _ = complete(&*store, &b, tb, response(201, Some(b"for b")), T0).await;
     let (_, ra) = existing(&*store, claim_at(&a, "a", T0)).await;
     let (_, rb) = existing(&*store, claim_at(&b, "a", T0)).await;

@@ -6,7 +6,9 @@
 use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
 use idem_core::*;
-use idem_store::{Claim, ClaimOutcome, Completion, SqliteOptions, SqliteStore, Store, SweepReport, Write};
+use idem_store::{
+    Claim, ClaimOutcome, Completion, SqliteOptions, SqliteStore, Store, SweepReport, Write,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,13 +34,28 @@ impl Store for TempStore {
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, idem_store::StoreError> {
         self.store.claim(claim).await
     }
-    async fn renew(&self, id: &RecordId, token: u64, lease_until: Timestamp) -> Result<Write, idem_store::StoreError> {
+    async fn renew(
+        &self,
+        id: &RecordId,
+        token: u64,
+        lease_until: Timestamp,
+    ) -> Result<Write, idem_store::StoreError> {
         self.store.renew(id, token, lease_until).await
     }
-    async fn complete(&self, id: &RecordId, token: u64, c: Completion) -> Result<Write, idem_store::StoreError> {
+    async fn complete(
+        &self,
+        id: &RecordId,
+        token: u64,
+        c: Completion,
+    ) -> Result<Write, idem_store::StoreError> {
         self.store.complete(id, token, c).await
     }
-    async fn mark_unknown(&self, id: &RecordId, token: u64, now: Timestamp) -> Result<Write, idem_store::StoreError> {
+    async fn mark_unknown(
+        &self,
+        id: &RecordId,
+        token: u64,
+        now: Timestamp,
+    ) -> Result<Write, idem_store::StoreError> {
         self.store.mark_unknown(id, token, now).await
     }
     async fn release(&self, id: &RecordId, token: u64) -> Result<Write, idem_store::StoreError> {
@@ -47,7 +64,11 @@ impl Store for TempStore {
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, idem_store::StoreError> {
         self.store.get(id).await
     }
-    async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, idem_store::StoreError> {
+    async fn sweep(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<SweepReport, idem_store::StoreError> {
         self.store.sweep(now, limit).await
     }
     async fn ping(&self) -> Result<(), idem_store::StoreError> {
@@ -147,13 +168,21 @@ async fn completed_record_survives_reopen_and_replays() {
         let store = open(&db_path(&dir));
         let token = must_claim(&store, claim(&k, T0)).await;
         let written = store
-            .complete(&k, token, Completion::new(response(b"paid"), T0, &retention()))
+            .complete(
+                &k,
+                token,
+                Completion::new(response(b"paid"), T0, &retention()),
+            )
             .await
             .unwrap();
         assert_eq!(written, Write::Written);
     }
     let store = open(&db_path(&dir));
-    let record = store.get(&k).await.unwrap().expect("the record survives a restart");
+    let record = store
+        .get(&k)
+        .await
+        .unwrap()
+        .expect("the record survives a restart");
     assert_eq!(record.state, RecordState::Completed);
     assert_eq!(record.response, Some(response(b"paid")));
     let (outcome, record) = existing(&store, claim(&k, T0.plus(Duration::from_secs(1)))).await;
@@ -171,10 +200,17 @@ async fn claim_in_flight_at_shutdown_reads_as_unknown_after_its_lease() {
     };
     let store = open(&db_path(&dir));
     let (outcome, _) = existing(&store, claim(&k, T0.plus(Duration::from_secs(1)))).await;
-    assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
     let after_lease = T0.plus(Duration::from_secs(10));
     let (outcome, record) = existing(&store, claim(&k, after_lease)).await;
-    assert_eq!(outcome, ExistingOutcome::Unknown, "never claimed again silently");
+    assert_eq!(
+        outcome,
+        ExistingOutcome::Unknown,
+        "never claimed again silently"
+    );
     assert_eq!(record.token, token);
 }
 
@@ -197,7 +233,10 @@ async fn concurrent_claims_share_commits() {
     }
     let commits = store.store.commit_count();
     assert_eq!(store.store.committed_operations(), n as u64);
-    assert!(commits < n as u64, "{n} claims took {commits} commits: no group commit");
+    assert!(
+        commits < n as u64,
+        "{n} claims took {commits} commits: no group commit"
+    );
     for i in 0..n {
         let record = store.get(&id(&format!("k-{i}"))).await.unwrap().unwrap();
         assert_eq!(record.state, RecordState::InFlight);
@@ -229,12 +268,19 @@ async fn one_batch_with_many_claims_of_one_key_has_one_winner() {
         match t.await.unwrap() {
             ClaimOutcome::Claimed { .. } => winners += 1,
             ClaimOutcome::Existing { outcome, .. } => {
-                assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}")
+                assert!(
+                    matches!(outcome, ExistingOutcome::InProgress { .. }),
+                    "{outcome:?}"
+                )
             }
         }
     }
     assert_eq!(winners, 1);
-    assert!(store.store.commit_count() < 64, "commits: {}", store.store.commit_count());
+    assert!(
+        store.store.commit_count() < 64,
+        "commits: {}",
+        store.store.commit_count()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,7 +288,10 @@ async fn two_stores_on_one_file_never_both_claim() {
     // Two writer threads with their own connections stand in for two
     // gateway processes: BEGIN IMMEDIATE and the busy timeout serialise them.
     let dir = tempfile::tempdir().unwrap();
-    let stores = [Arc::new(open(&db_path(&dir))), Arc::new(open(&db_path(&dir)))];
+    let stores = [
+        Arc::new(open(&db_path(&dir))),
+        Arc::new(open(&db_path(&dir))),
+    ];
     for round in 0..10 {
         let k = id(&format!("shared-{round}"));
         let barrier = Arc::new(tokio::sync::Barrier::new(64));
@@ -251,7 +300,10 @@ async fn two_stores_on_one_file_never_both_claim() {
                 let (store, barrier, k) = (stores[i % 2].clone(), barrier.clone(), k.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    matches!(store.claim(claim(&k, T0)).await.unwrap(), ClaimOutcome::Claimed { .. })
+                    matches!(
+                        store.claim(claim(&k, T0)).await.unwrap(),
+                        ClaimOutcome::Claimed { .. }
+                    )
                 })
             })
             .collect();
@@ -265,37 +317,81 @@ async fn two_stores_on_one_file_never_both_claim() {
     let k = id("cross");
     let token = must_claim(&*stores[0], claim(&k, T0)).await;
     let _ = stores[0]
-        .complete(&k, token, Completion::new(response(b"one"), T0, &retention()))
+        .complete(
+            &k,
+            token,
+            Completion::new(response(b"one"), T0, &retention()),
+        )
         .await
         .unwrap();
-    assert_eq!(existing(&*stores[1], claim(&k, T0)).await.0, ExistingOutcome::Replay);
-    assert_eq!(stores[1].complete(&k, token, Completion::new(response(b"two"), T0, &retention())).await.unwrap(), Write::Fenced);
+    assert_eq!(
+        existing(&*stores[1], claim(&k, T0)).await.0,
+        ExistingOutcome::Replay
+    );
+    assert_eq!(
+        stores[1]
+            .complete(
+                &k,
+                token,
+                Completion::new(response(b"two"), T0, &retention())
+            )
+            .await
+            .unwrap(),
+        Write::Fenced
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_sweeps_run_in_chunks_and_respect_the_limit() {
-    let store = TempStore::new(SqliteOptions::default());
-    for i in 0..700 {
-        let k = id(&format!("old-{i}"));
-        let token = must_claim(&store, claim(&k, T0)).await;
-        let _ = store
-            .complete(&k, token, Completion::new(response(b"x"), T0, &retention()))
-            .await
-            .unwrap();
+    let store = Arc::new(TempStore::new(SqliteOptions::default()));
+    let tasks: Vec<_> = (0..700)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let k = id(&format!("old-{i}"));
+                let token = must_claim(&*store, claim(&k, T0)).await;
+                let c = Completion::new(response(b"x"), T0, &retention());
+                assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
     }
     let tombstone_time = T0.plus(Duration::from_secs(150));
     let report = store.sweep(tombstone_time, 300).await.unwrap();
-    assert_eq!(report, SweepReport { tombstoned: 300, deleted: 0 });
+    assert_eq!(
+        report,
+        SweepReport {
+            tombstoned: 300,
+            deleted: 0
+        }
+    );
     let report = store.sweep(tombstone_time, 10_000).await.unwrap();
-    assert_eq!(report, SweepReport { tombstoned: 400, deleted: 0 });
+    assert_eq!(
+        report,
+        SweepReport {
+            tombstoned: 400,
+            deleted: 0
+        }
+    );
     let record = store.get(&id("old-7")).await.unwrap().unwrap();
     let resp = record.response.unwrap();
     assert_eq!((resp.status, resp.body, resp.headers.len()), (201, None, 0));
     let commits_before = store.store.commit_count();
     let gone = T0.plus(Duration::from_secs(1100));
     let report = store.sweep(gone, 10_000).await.unwrap();
-    assert_eq!(report, SweepReport { tombstoned: 0, deleted: 700 });
-    assert!(store.store.commit_count() - commits_before >= 3, "700 records are swept in several transactions");
+    assert_eq!(
+        report,
+        SweepReport {
+            tombstoned: 0,
+            deleted: 700
+        }
+    );
+    assert!(
+        store.store.commit_count() - commits_before >= 3,
+        "700 records are swept in several transactions"
+    );
     assert_eq!(store.sweep(gone, 10).await.unwrap(), SweepReport::default());
 }
 
@@ -305,8 +401,17 @@ async fn released_records_are_swept_once_their_lease_passes() {
     let k = id("released");
     let token = must_claim(&store, claim(&k, T0)).await;
     assert_eq!(store.release(&k, token).await.unwrap(), Write::Written);
-    assert_eq!(store.sweep(T0.plus(Duration::from_secs(1)), 10).await.unwrap(), SweepReport::default());
-    let report = store.sweep(T0.plus(Duration::from_secs(10)), 10).await.unwrap();
+    assert_eq!(
+        store
+            .sweep(T0.plus(Duration::from_secs(1)), 10)
+            .await
+            .unwrap(),
+        SweepReport::default()
+    );
+    let report = store
+        .sweep(T0.plus(Duration::from_secs(10)), 10)
+        .await
+        .unwrap();
     assert_eq!(report.deleted, 1);
     assert!(store.get(&k).await.unwrap().is_none());
 }
@@ -319,7 +424,8 @@ async fn a_damaged_row_fails_its_own_operation_only() {
     let good = id("good");
     must_claim(&store, claim(&bad, T0)).await;
     let raw = rusqlite::Connection::open(db_path(&dir)).unwrap();
-    raw.execute("UPDATE idem_records SET state = 99 WHERE key = 'bad'", []).unwrap();
+    raw.execute("UPDATE idem_records SET state = 99 WHERE key = 'bad'", [])
+        .unwrap();
     drop(raw);
     let err = store.claim(claim(&bad, T0)).await.unwrap_err();
     assert_eq!(err.operation(), "claim");
@@ -335,13 +441,17 @@ async fn a_damaged_row_fails_its_own_operation_only() {
 async fn open_explains_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir").join("idem.db");
-    let err = SqliteStore::open(&missing, SqliteOptions::default()).err().expect("missing directory");
+    let err = SqliteStore::open(&missing, SqliteOptions::default())
+        .err()
+        .expect("missing directory");
     assert_eq!(err.operation(), "open");
     assert!(err.to_string().contains("does not exist"), "{err}");
 
     let not_db = dir.path().join("notes.txt");
     std::fs::write(&not_db, vec![b'x'; 4096]).unwrap();
-    let err = SqliteStore::open(&not_db, SqliteOptions::default()).err().expect("not a database");
+    let err = SqliteStore::open(&not_db, SqliteOptions::default())
+        .err()
+        .expect("not a database");
     assert!(err.to_string().contains("notes.txt"), "{err}");
 
     let newer = db_path(&dir);
@@ -349,7 +459,9 @@ async fn open_explains_what_is_wrong() {
     let raw = rusqlite::Connection::open(&newer).unwrap();
     raw.pragma_update(None, "user_version", 99).unwrap();
     drop(raw);
-    let err = SqliteStore::open(&newer, SqliteOptions::default()).err().expect("newer schema");
+    let err = SqliteStore::open(&newer, SqliteOptions::default())
+        .err()
+        .expect("newer schema");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
 
@@ -358,9 +470,13 @@ async fn opens_in_wal_mode_with_full_sync() {
     let dir = tempfile::tempdir().unwrap();
     let _store = open(&db_path(&dir));
     let raw = rusqlite::Connection::open(db_path(&dir)).unwrap();
-    let mode: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = raw
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
-    let version: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let version: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(version, 1);
 }
 
@@ -376,7 +492,11 @@ async fn kill_9_child() {
         let k = id(&format!("k-{i}"));
         let token = must_claim(&store, claim(&k, T0)).await;
         let _ = store
-            .complete(&k, token, Completion::new(response(b"done"), T0, &retention()))
+            .complete(
+                &k,
+                token,
+                Completion::new(response(b"done"), T0, &retention()),
+            )
             .await
             .unwrap();
         println!("acked {i}");
@@ -418,4 +538,43 @@ fn acknowledged_outcomes_survive_kill_9() {
             assert_eq!(record.state, RecordState::Completed, "k-{i}");
         }
     });
+}
+
+/// Throughput of claim + complete under concurrency, for a rough number:
+/// `cargo test --release -p idem-store --test sqlite -- --ignored --nocapture throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement, not a check"]
+async fn throughput_of_claim_and_complete() {
+    for (concurrency, window) in [(1, 0), (16, 0), (64, 0), (256, 0), (256, 1)] {
+        let options = SqliteOptions {
+            group_commit_window: Duration::from_millis(window),
+            ..Default::default()
+        };
+        let store = Arc::new(TempStore::new(options));
+        let per_task = 4_000 / concurrency;
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        let k = id(&format!("t{t}-{i}"));
+                        let token = must_claim(&*store, claim(&k, T0)).await;
+                        let c = Completion::new(response(b"{\"ok\":true}"), T0, &retention());
+                        assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let requests = (concurrency * per_task) as f64;
+        println!(
+            "concurrency {concurrency:>3}, window {window} ms: {:>8.0} claim+complete/s, {:.1} ops per commit",
+            requests / elapsed.as_secs_f64(),
+            store.store.committed_operations() as f64 / store.store.commit_count() as f64,
+        );
+    }
 }

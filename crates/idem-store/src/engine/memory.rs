@@ -52,15 +52,30 @@ impl Store for MemoryStore {
         Ok(self.with_slot(&claim.id, |slot| apply_claim(slot, &claim)))
     }
 
-    async fn renew(&self, id: &RecordId, token: u64, lease_until: Timestamp) -> Result<Write, StoreError> {
+    async fn renew(
+        &self,
+        id: &RecordId,
+        token: u64,
+        lease_until: Timestamp,
+    ) -> Result<Write, StoreError> {
         Ok(self.with_slot(id, |slot| apply_renew(slot, token, lease_until)))
     }
 
-    async fn complete(&self, id: &RecordId, token: u64, completion: Completion) -> Result<Write, StoreError> {
+    async fn complete(
+        &self,
+        id: &RecordId,
+        token: u64,
+        completion: Completion,
+    ) -> Result<Write, StoreError> {
         Ok(self.with_slot(id, |slot| apply_complete(slot, token, &completion)))
     }
 
-    async fn mark_unknown(&self, id: &RecordId, token: u64, _now: Timestamp) -> Result<Write, StoreError> {
+    async fn mark_unknown(
+        &self,
+        id: &RecordId,
+        token: u64,
+        _now: Timestamp,
+    ) -> Result<Write, StoreError> {
         Ok(self.with_slot(id, |slot| apply_unknown(slot, token)))
     }
 

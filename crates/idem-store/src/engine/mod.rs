@@ -6,12 +6,19 @@ pub mod memory;
 pub mod sqlite;
 
 use crate::{Claim, ClaimOutcome, Completion, Write};
-use idem_core::{decide_claim, decision::owner_may_write, ClaimDecision, Record, RecordState, Timestamp};
+use idem_core::{
+    decide_claim, decision::owner_may_write, ClaimDecision, Record, RecordState, Timestamp,
+};
 
 /// Applies a claim to the record slot of its key. The caller holds whatever
 /// makes this atomic (a lock, a transaction).
 pub(crate) fn apply_claim(slot: &mut Option<Record>, claim: &Claim) -> ClaimOutcome {
-    match decide_claim(slot.as_ref(), &claim.fingerprint, claim.now, claim.reclaim_unknown) {
+    match decide_claim(
+        slot.as_ref(),
+        &claim.fingerprint,
+        claim.now,
+        claim.reclaim_unknown,
+    ) {
         ClaimDecision::Claim { token } => {
             *slot = Some(claim.to_record(token));
             ClaimOutcome::Claimed { token }
@@ -77,7 +84,11 @@ pub(crate) enum SweepAction {
 pub(crate) fn sweep_action(r: &Record, now: Timestamp) -> SweepAction {
     if now >= r.tombstone_until || r.state == RecordState::Released && now >= r.lease_until {
         SweepAction::Delete
-    } else if now >= r.expires_at && r.response.as_ref().is_some_and(|resp| resp.body.is_some() || !resp.headers.is_empty()) {
+    } else if now >= r.expires_at
+        && r.response
+            .as_ref()
+            .is_some_and(|resp| resp.body.is_some() || !resp.headers.is_empty())
+    {
         SweepAction::Tombstone
     } else {
         SweepAction::Keep

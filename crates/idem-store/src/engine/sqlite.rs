@@ -15,6 +15,7 @@
 
 #[macro_use]
 mod codec;
+mod rows;
 mod schema;
 mod writer;
 
@@ -106,11 +107,19 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
         });
         // Fail now, not at the first `get`, if readers cannot open.
-        let reader = readers.take().map_err(|e| fail("open", format!("{}: {e}", path.display())))?;
+        let reader = readers
+            .take()
+            .map_err(|e| fail("open", format!("{}: {e}", path.display())))?;
         readers.put(reader);
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::new(conn, rx, options.max_batch, options.group_commit_window, stats.clone());
+        let writer = Writer::new(
+            conn,
+            rx,
+            options.max_batch,
+            options.group_commit_window,
+            stats.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("idem-sqlite-writer".into())
             .spawn(move || writer.run())
@@ -137,7 +146,11 @@ impl SqliteStore {
     }
 
     /// Sends one operation to the writer and waits for its committed result.
-    async fn call<T>(&self, op: &'static str, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        make: impl FnOnce(Reply<T>) -> Op,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         let sent = self.ops.as_ref().map(|ops| ops.send(make(reply)));
         if !matches!(sent, Some(Ok(()))) {
@@ -151,7 +164,12 @@ impl SqliteStore {
         })
     }
 
-    async fn owner(&self, id: &RecordId, token: u64, action: OwnerAction) -> Result<Write, StoreError> {
+    async fn owner(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: OwnerAction,
+    ) -> Result<Write, StoreError> {
         let id = id.clone();
         self.call(action.name(), move |reply| Op::Owner {
             id,
@@ -182,15 +200,31 @@ impl Store for SqliteStore {
         self.call("claim", |reply| Op::Claim { claim, reply }).await
     }
 
-    async fn renew(&self, id: &RecordId, token: u64, lease_until: Timestamp) -> Result<Write, StoreError> {
+    async fn renew(
+        &self,
+        id: &RecordId,
+        token: u64,
+        lease_until: Timestamp,
+    ) -> Result<Write, StoreError> {
         self.owner(id, token, OwnerAction::Renew(lease_until)).await
     }
 
-    async fn complete(&self, id: &RecordId, token: u64, completion: Completion) -> Result<Write, StoreError> {
-        self.owner(id, token, OwnerAction::Complete(Box::new(completion))).await
+    async fn complete(
+        &self,
+        id: &RecordId,
+        token: u64,
+        completion: Completion,
+    ) -> Result<Write, StoreError> {
+        self.owner(id, token, OwnerAction::Complete(Box::new(completion)))
+            .await
     }
 
-    async fn mark_unknown(&self, id: &RecordId, token: u64, _now: Timestamp) -> Result<Write, StoreError> {
+    async fn mark_unknown(
+        &self,
+        id: &RecordId,
+        token: u64,
+        _now: Timestamp,
+    ) -> Result<Write, StoreError> {
         self.owner(id, token, OwnerAction::Unknown).await
     }
 
@@ -260,7 +294,7 @@ impl Readers {
         let conn = self
             .take()
             .map_err(|e| fail("get", format!("cannot open a read connection: {e}")))?;
-        let result = writer::load(&conn, id).map_err(|e| writer::read_failed("get", e));
+        let result = rows::load(&conn, id).map_err(|e| rows::row_error("get", e));
         self.put(conn);
         result
     }
@@ -269,4 +303,94 @@ impl Readers {
 /// An engine error for `op` with a message.
 fn fail(op: &'static str, message: impl Into<String>) -> StoreError {
     StoreError::new("sqlite", op, message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idem_core::{Fingerprint, IdempotencyKey, Retention, Scope};
+
+    fn claim(key: &str) -> Claim {
+        let id = RecordId {
+            scope: Scope::from_stored("s"),
+            key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
+        };
+        let fingerprint = Fingerprint {
+            version: 1,
+            digest: [7; 32],
+        };
+        Claim::new(
+            id,
+            fingerprint,
+            Timestamp(1_000),
+            &Retention::default(),
+            false,
+        )
+    }
+
+    fn open_temp() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), SqliteOptions::default()).unwrap();
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn after_the_writer_stops_writes_fail_and_reads_still_work() {
+        let (mut store, _dir) = open_temp();
+        assert!(matches!(
+            store.claim(claim("k")).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
+        drop(store.ops.take());
+        store.writer.take().unwrap().join().unwrap();
+        let err = store.claim(claim("k2")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("writer thread has stopped"),
+            "{err}"
+        );
+        assert!(store.ping().await.is_err());
+        assert!(store.sweep(Timestamp(0), 10).await.is_err());
+        assert!(store.get(&claim("k").id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_operation_the_writer_drops_fails_instead_of_hanging() {
+        let (mut store, _dir) = open_temp();
+        let (tx, rx) = mpsc::channel::<Op>();
+        let black_hole = std::thread::spawn(move || rx.into_iter().for_each(drop));
+        store.ops = Some(tx);
+        let err = store.claim(claim("k")).await.unwrap_err();
+        assert!(err.to_string().contains("not acknowledged"), "{err}");
+        drop(store);
+        black_hole.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_operations_and_the_writer_carries_on() {
+        let options = SqliteOptions {
+            group_commit_window: Duration::from_millis(200),
+            ..SqliteOptions::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), options).unwrap();
+        // Queued together, so they share the panicking batch.
+        let first = store.claim(claim("before"));
+        let panic = async {
+            store.ops.as_ref().unwrap().send(Op::Panic).unwrap();
+        };
+        let (first, ()) = tokio::join!(first, panic);
+        assert!(
+            first.is_err(),
+            "a claim in a rolled-back batch is not acknowledged"
+        );
+        assert!(
+            store.get(&claim("before").id).await.unwrap().is_none(),
+            "and not stored"
+        );
+        assert!(matches!(
+            store.claim(claim("after")).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
+        store.ping().await.unwrap();
+    }
 }

@@ -3,7 +3,9 @@
 //! answer.
 
 use bytes::Bytes;
-use idem_core::{Fingerprint, IdempotencyKey, Record, RecordId, RecordState, StoredResponse, Timestamp};
+use idem_core::{
+    Fingerprint, IdempotencyKey, Record, RecordId, RecordState, StoredResponse, Timestamp,
+};
 use rusqlite::Row;
 use std::fmt;
 
@@ -48,13 +50,20 @@ pub(super) fn encode_headers(headers: &[(String, Bytes)]) -> Result<Option<Vec<u
     if headers.is_empty() {
         return Ok(None);
     }
-    let size = 1 + headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum::<usize>();
+    let size = 1 + headers
+        .iter()
+        .map(|(n, v)| 8 + n.len() + v.len())
+        .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.push(HEADERS_V1);
     for (name, value) in headers {
         for part in [name.as_bytes(), &value[..]] {
-            let len = u32::try_from(part.len())
-                .map_err(|_| Corrupt(format!("a header part of {} bytes is over 4 GiB", part.len())))?;
+            let len = u32::try_from(part.len()).map_err(|_| {
+                Corrupt(format!(
+                    "a header part of {} bytes is over 4 GiB",
+                    part.len()
+                ))
+            })?;
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(part);
         }
@@ -115,12 +124,17 @@ pub(super) fn key_from_stored(stored: &str) -> Result<IdempotencyKey, Corrupt> {
         quoted.push(c);
     }
     quoted.push('"');
-    IdempotencyKey::parse(quoted.as_bytes()).map_err(|e| Corrupt(format!("stored key {stored:?}: {e}")))
+    IdempotencyKey::parse(quoted.as_bytes())
+        .map_err(|e| Corrupt(format!("stored key {stored:?}: {e}")))
 }
 
 /// A token as SQLite stores it (a signed 64-bit integer).
 pub(super) fn token_to_sql(token: u64) -> Result<i64, Corrupt> {
-    i64::try_from(token).map_err(|_| Corrupt(format!("fencing token {token} does not fit a SQLite integer")))
+    i64::try_from(token).map_err(|_| {
+        Corrupt(format!(
+            "fencing token {token} does not fit a SQLite integer"
+        ))
+    })
 }
 
 /// How much of a record to read: everything, or everything but the body
@@ -136,27 +150,40 @@ pub(super) enum Body {
 
 /// Reads a record from a row selected with [`record_columns!`] starting at
 /// column `first`.
-pub(super) fn read_record(row: &Row<'_>, first: usize, id: RecordId, body: Body) -> Result<Record, ReadError> {
+pub(super) fn read_record(
+    row: &Row<'_>,
+    first: usize,
+    id: RecordId,
+    body: Body,
+) -> Result<Record, RowError> {
     let c = |i: usize| first + i;
     let code: i64 = row.get(c(0))?;
-    let state = RecordState::from_code(code).ok_or_else(|| Corrupt(format!("unknown state code {code}")))?;
+    let state = RecordState::from_code(code)
+        .ok_or_else(|| Corrupt(format!("unknown state code {code}")))?;
     let token: i64 = row.get(c(1))?;
-    let token = u64::try_from(token).map_err(|_| Corrupt(format!("negative fencing token {token}")))?;
+    let token =
+        u64::try_from(token).map_err(|_| Corrupt(format!("negative fencing token {token}")))?;
     let version: i64 = row.get(c(2))?;
-    let version = u16::try_from(version).map_err(|_| Corrupt(format!("fingerprint version {version}")))?;
+    let version =
+        u16::try_from(version).map_err(|_| Corrupt(format!("fingerprint version {version}")))?;
     let digest: Vec<u8> = row.get(c(3))?;
     let digest: [u8; 32] = digest
         .try_into()
         .map_err(|d: Vec<u8>| Corrupt(format!("fingerprint digest of {} bytes", d.len())))?;
     let response = if row.get::<_, bool>(c(8))? {
         let status: i64 = row.get(c(9))?;
-        let status = u16::try_from(status).map_err(|_| Corrupt(format!("response status {status}")))?;
+        let status =
+            u16::try_from(status).map_err(|_| Corrupt(format!("response status {status}")))?;
         let headers = decode_headers(row.get(c(10))?)?;
         let body = match body {
             Body::Load => row.get::<_, Option<Vec<u8>>>(c(11))?.map(Bytes::from),
             Body::PresenceOnly => row.get::<_, bool>(c(11))?.then(Bytes::new),
         };
-        Some(StoredResponse { status, headers, body })
+        Some(StoredResponse {
+            status,
+            headers,
+            body,
+        })
     } else {
         None
     };
@@ -173,31 +200,35 @@ pub(super) fn read_record(row: &Row<'_>, first: usize, id: RecordId, body: Body)
     })
 }
 
-/// Reading a row failed: SQLite failed, or the row is damaged.
+/// Reading or writing a row failed: SQLite failed, or the row is damaged.
 #[derive(Debug)]
-pub(super) enum ReadError {
+pub(super) enum RowError {
     Sqlite(rusqlite::Error),
     Corrupt(Corrupt),
 }
 
-impl From<rusqlite::Error> for ReadError {
+impl From<rusqlite::Error> for RowError {
     fn from(e: rusqlite::Error) -> Self {
-        ReadError::Sqlite(e)
+        RowError::Sqlite(e)
     }
 }
 
-impl From<Corrupt> for ReadError {
+impl From<Corrupt> for RowError {
     fn from(e: Corrupt) -> Self {
-        ReadError::Corrupt(e)
+        RowError::Corrupt(e)
     }
 }
 
-impl From<ReadError> for rusqlite::Error {
+impl From<RowError> for rusqlite::Error {
     /// Lets a damaged row travel through rusqlite's row-mapping closures.
-    fn from(e: ReadError) -> Self {
+    fn from(e: RowError) -> Self {
         match e {
-            ReadError::Sqlite(e) => e,
-            ReadError::Corrupt(c) => rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, Box::new(c)),
+            RowError::Sqlite(e) => e,
+            RowError::Corrupt(c) => rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Null,
+                Box::new(c),
+            ),
         }
     }
 }
@@ -246,12 +277,17 @@ mod tests {
             (String::new(), Bytes::new()),
             ("x-a".to_owned(), Bytes::from_static(b"2")),
         ];
-        assert_eq!(decode_headers(encode_headers(&headers).unwrap()).unwrap(), headers);
+        assert_eq!(
+            decode_headers(encode_headers(&headers).unwrap()).unwrap(),
+            headers
+        );
     }
 
     #[test]
     fn damaged_header_encodings_are_errors_not_panics() {
-        let good = encode_headers(&[("name".into(), Bytes::from_static(b"value"))]).unwrap().unwrap();
+        let good = encode_headers(&[("name".into(), Bytes::from_static(b"value"))])
+            .unwrap()
+            .unwrap();
         for cut in 0..good.len() {
             let r = decode_headers(Some(good[..cut].to_vec()));
             // Cutting exactly after a whole header (only the full length
@@ -271,7 +307,15 @@ mod tests {
 
     #[test]
     fn stored_keys_come_back_even_with_quotes_and_backslashes() {
-        for raw in [&b"plain"[..], br#""\"x""#, br#"a"b"#, br"\", br#""\"\"""#, br#""\\""#, br#"x\"#] {
+        for raw in [
+            &b"plain"[..],
+            br#""\"x""#,
+            br#"a"b"#,
+            br"\",
+            br#""\"\"""#,
+            br#""\\""#,
+            br#"x\"#,
+        ] {
             let key = IdempotencyKey::parse(raw).unwrap();
             assert_eq!(key_from_stored(key.as_str()).unwrap(), key, "{raw:?}");
         }

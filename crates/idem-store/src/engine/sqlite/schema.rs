@@ -57,17 +57,25 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
         if !parent.is_dir() {
             return Err(fail(
                 "open",
-                format!("cannot create {shown}: directory {} does not exist", parent.display()),
+                format!(
+                    "cannot create {shown}: directory {} does not exist",
+                    parent.display()
+                ),
             ));
         }
     }
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| fail("open", format!("cannot open or create {shown}: {e}")))?;
     let ctx = |what: &str, e: rusqlite::Error| fail("open", format!("{shown}: {what}: {e}"));
     conn.busy_timeout(options.busy_timeout)
         .map_err(|e| ctx("setting busy_timeout", e))?;
-    if conn.is_readonly(rusqlite::MAIN_DB).map_err(|e| ctx("checking access", e))? {
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(|e| ctx("checking access", e))?
+    {
         return Err(fail(
             "open",
             format!("{shown} is read-only: the store must write (check the file's and its directory's permissions)"),
@@ -75,7 +83,12 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
     }
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|e| ctx("cannot switch to WAL (is the file and its directory writable?)", e))?;
+        .map_err(|e| {
+            ctx(
+                "cannot switch to WAL (is the file and its directory writable?)",
+                e,
+            )
+        })?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(fail(
             "open",
@@ -101,7 +114,10 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
 }
 
 /// Opens a connection for `get`: read-only, sharing the WAL.
-pub(super) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite::Error> {
+pub(super) fn open_reader(
+    path: &Path,
+    busy_timeout: Duration,
+) -> Result<Connection, rusqlite::Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
@@ -152,7 +168,29 @@ mod tests {
     fn the_released_literal_in_sql_is_the_released_code() {
         assert_eq!(RecordState::Released.code(), RELEASED_CODE);
         assert!(SCHEMA_V1.contains(&format!("WHERE state = {RELEASED_CODE};")));
-        assert!(super::super::writer::SWEEP_QUERIES[1].contains(&format!("WHERE state = {RELEASED_CODE} AND")));
+        assert!(super::super::rows::SWEEP_QUERIES[1]
+            .contains(&format!("WHERE state = {RELEASED_CODE} AND")));
+    }
+
+    #[test]
+    fn the_writer_connection_syncs_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("t.db"), &SqliteOptions::default()).unwrap();
+        let get = |pragma: &str| -> String {
+            conn.query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+        };
+        assert_eq!(get("journal_mode"), "wal");
+        assert_eq!(get("synchronous"), "2", "FULL");
+        assert_eq!(get("busy_timeout"), "5000");
+        assert_eq!(get("user_version"), SCHEMA_VERSION.to_string());
     }
 
     /// A sweep must never scan the table: each query walks its own index.
@@ -160,12 +198,25 @@ mod tests {
     fn every_query_uses_an_index() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA_V1).unwrap();
-        let lookup = concat!("SELECT ", record_columns!(), " FROM idem_records WHERE scope = ?1 AND key = ?2");
+        let lookup = concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM idem_records WHERE scope = ?1 AND key = ?2"
+        );
         let expected = [
             (lookup, "USING PRIMARY KEY"),
-            (super::super::writer::SWEEP_QUERIES[0], "USING INDEX idem_records_by_tombstone_until"),
-            (super::super::writer::SWEEP_QUERIES[1], "USING INDEX idem_records_released_by_lease_until"),
-            (super::super::writer::SWEEP_QUERIES[2], "USING INDEX idem_records_with_payload_by_expires_at"),
+            (
+                super::super::rows::SWEEP_QUERIES[0],
+                "USING INDEX idem_records_by_tombstone_until",
+            ),
+            (
+                super::super::rows::SWEEP_QUERIES[1],
+                "USING INDEX idem_records_released_by_lease_until",
+            ),
+            (
+                super::super::rows::SWEEP_QUERIES[2],
+                "USING INDEX idem_records_with_payload_by_expires_at",
+            ),
         ];
         for (sql, index) in expected {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -174,7 +225,10 @@ mod tests {
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-            assert!(plan.iter().any(|step| step.contains(index)), "{sql}\n{plan:?}");
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "{sql}\n{plan:?}"
+            );
         }
     }
 }

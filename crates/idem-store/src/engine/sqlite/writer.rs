@@ -9,15 +9,13 @@
 //! in one batch see each other's effects, because each one reads its row
 //! inside the transaction.
 
-use super::codec::{self, Body, Corrupt, ReadError};
+use super::codec::RowError;
+use super::rows::{load, persist, row_error, sweep_candidates};
 use super::{fail, Stats};
-use crate::engine::{
-    apply_claim, apply_complete, apply_release, apply_renew, apply_unknown, sweep_action, to_tombstone,
-    SweepAction,
-};
+use crate::engine::{apply_claim, apply_complete, apply_release, apply_renew, apply_unknown};
 use crate::{Claim, ClaimOutcome, Completion, StoreError, SweepReport, Write};
-use idem_core::{Record, RecordId, Scope, Timestamp};
-use rusqlite::{params, Connection, OptionalExtension};
+use idem_core::{RecordId, Timestamp};
+use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -48,6 +46,9 @@ pub(super) enum Op {
     Ping {
         reply: Reply<()>,
     },
+    /// A bug in the middle of a batch.
+    #[cfg(test)]
+    Panic,
 }
 
 /// A write by the owner of a claim, fenced by its token.
@@ -85,6 +86,8 @@ impl Op {
             Op::Owner { action, .. } => action.name(),
             Op::Sweep(_) => "sweep",
             Op::Ping { .. } => "ping",
+            #[cfg(test)]
+            Op::Panic => "panic",
         }
     }
 
@@ -96,6 +99,8 @@ impl Op {
             Op::Owner { reply, .. } => drop(reply.send(Err(err))),
             Op::Sweep(job) => drop(job.reply.send(Err(err))),
             Op::Ping { reply } => drop(reply.send(Err(err))),
+            #[cfg(test)]
+            Op::Panic => {}
         }
     }
 }
@@ -236,7 +241,9 @@ impl Writer {
         match catch_unwind(AssertUnwindSafe(|| self.run_batch(batch))) {
             Ok(carry) => carry,
             Err(_) => {
-                tracing::error!("sqlite writer: a batch panicked; its operations failed and were rolled back");
+                tracing::error!(
+                    "sqlite writer: a batch panicked; its operations failed and were rolled back"
+                );
                 self.rollback();
                 None
             }
@@ -252,7 +259,11 @@ impl Writer {
     }
 
     fn run_batch(&mut self, batch: Vec<Op>) -> Option<SweepJob> {
-        if let Err(e) = self.conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+        if let Err(e) = self
+            .conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
             let why = format!("cannot start a write transaction: {e}");
             tracing::warn!("sqlite writer: {why}");
             self.rollback();
@@ -283,11 +294,16 @@ impl Writer {
                 return None;
             }
         }
-        let commit = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+        let commit = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
         match commit {
             Ok(_) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats.operations.fetch_add(done.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .operations
+                    .fetch_add(done.len() as u64, Ordering::Relaxed);
                 done.into_iter().for_each(Done::committed);
                 carry
             }
@@ -330,22 +346,24 @@ impl Writer {
                 result: Ok(()),
                 reply,
             })),
+            #[cfg(test)]
+            Op::Panic => panic!("a bug in a batch"),
         }
     }
 
     fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let op = "claim";
-        let mut slot = load(&self.conn, &claim.id).map_err(|e| read_failed(op, e))?;
+        let mut slot = load(&self.conn, &claim.id).map_err(|e| row_error(op, e))?;
         let outcome = apply_claim(&mut slot, claim);
         if let ClaimOutcome::Claimed { .. } = outcome {
-            persist(&self.conn, &claim.id, slot.as_ref()).map_err(|e| read_failed(op, e))?;
+            persist(&self.conn, &claim.id, slot.as_ref()).map_err(|e| row_error(op, e))?;
         }
         Ok(outcome)
     }
 
     fn owner(&self, id: &RecordId, token: u64, action: &OwnerAction) -> Result<Write, StoreError> {
         let op = action.name();
-        let mut slot = load(&self.conn, id).map_err(|e| read_failed(op, e))?;
+        let mut slot = load(&self.conn, id).map_err(|e| row_error(op, e))?;
         let write = match action {
             OwnerAction::Renew(lease_until) => apply_renew(&mut slot, token, *lease_until),
             OwnerAction::Complete(completion) => apply_complete(&mut slot, token, completion),
@@ -353,7 +371,7 @@ impl Writer {
             OwnerAction::Release => apply_release(&mut slot, token),
         };
         if write == Write::Written {
-            persist(&self.conn, id, slot.as_ref()).map_err(|e| read_failed(op, e))?;
+            persist(&self.conn, id, slot.as_ref()).map_err(|e| row_error(op, e))?;
         }
         Ok(write)
     }
@@ -385,7 +403,7 @@ impl Writer {
             }
             Err(e) => Step::Answer(Done::Sweep(Pending {
                 op: "sweep",
-                result: Err(read_failed("sweep", e)),
+                result: Err(row_error("sweep", e)),
                 reply: job.reply,
             })),
         }
@@ -394,7 +412,7 @@ impl Writer {
     /// Sweeps at most `budget` records inside a savepoint, so a failure
     /// leaves none of them half done. Returns whether the candidates ran
     /// out before the budget did.
-    fn sweep_chunk(&self, now: Timestamp, budget: usize) -> Result<(SweepReport, bool), ReadError> {
+    fn sweep_chunk(&self, now: Timestamp, budget: usize) -> Result<(SweepReport, bool), RowError> {
         self.conn.prepare_cached("SAVEPOINT sweep")?.execute([])?;
         let result = sweep_candidates(&self.conn, now, budget);
         if result.is_err() && !self.conn.is_autocommit() {
@@ -404,142 +422,5 @@ impl Writer {
             self.conn.prepare_cached("RELEASE sweep")?.execute([])?;
         }
         result
-    }
-}
-
-/// The three kinds of records a sweep acts on, each found through its own
-/// index. The helper [`sweep_action`] still decides each record; these
-/// queries only find the candidates, and match its rules exactly (a
-/// candidate it kept would be found again by the next sweep). The
-/// released state's code is a literal so the partial index applies.
-pub(super) const SWEEP_QUERIES: [&str; 3] = [
-    // Past the tombstone: delete.
-    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE tombstone_until <= ?1 LIMIT ?2"),
-    // Released and past its lease: delete.
-    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE state = 4 AND lease_until <= ?1 LIMIT ?2"),
-    // Past retention with a payload still stored: tombstone.
-    concat!(
-        "SELECT scope, key, ", sweep_columns!(),
-        " FROM idem_records WHERE expires_at <= ?1 AND (body IS NOT NULL OR headers IS NOT NULL) LIMIT ?2"
-    ),
-];
-
-fn sweep_candidates(conn: &Connection, now: Timestamp, budget: usize) -> Result<(SweepReport, bool), ReadError> {
-    let mut report = SweepReport::default();
-    let mut found = 0;
-    for sql in SWEEP_QUERIES {
-        let want = budget - found;
-        if want == 0 {
-            break;
-        }
-        let mut stmt = conn.prepare_cached(sql)?;
-        let rows = stmt
-            .query_map(params![now.as_millis(), want as i64], |row| {
-                let scope: String = row.get(0)?;
-                let key: String = row.get(1)?;
-                let id = RecordId {
-                    scope: Scope::from_stored(scope),
-                    key: codec::key_from_stored(&key).map_err(ReadError::Corrupt)?,
-                };
-                Ok(codec::read_record(row, 2, id, Body::PresenceOnly)?)
-            })?
-            .collect::<Result<Vec<Record>, rusqlite::Error>>()?;
-        drop(stmt);
-        found += rows.len();
-        for mut record in rows {
-            match sweep_action(&record, now) {
-                SweepAction::Keep => {}
-                SweepAction::Delete => {
-                    delete(conn, &record.id)?;
-                    report.deleted += 1;
-                }
-                SweepAction::Tombstone => {
-                    to_tombstone(&mut record);
-                    write_payload(conn, &record)?;
-                    report.tombstoned += 1;
-                }
-            }
-        }
-    }
-    Ok((report, found < budget))
-}
-
-/// The record stored under `id`, read inside the current transaction.
-pub(super) fn load(conn: &Connection, id: &RecordId) -> Result<Option<Record>, ReadError> {
-    let mut stmt = conn.prepare_cached(concat!(
-        "SELECT ",
-        record_columns!(),
-        " FROM idem_records WHERE scope = ?1 AND key = ?2"
-    ))?;
-    stmt.query_row(params![id.scope.as_str(), id.key.as_str()], |row| {
-        Ok(codec::read_record(row, 0, id.clone(), Body::Load)?)
-    })
-    .optional()
-    .map_err(ReadError::from)
-}
-
-/// Writes the slot back: the whole row, or its deletion.
-fn persist(conn: &Connection, id: &RecordId, record: Option<&Record>) -> Result<(), ReadError> {
-    let Some(r) = record else {
-        return delete(conn, id);
-    };
-    let response = r.response.as_ref();
-    let headers = match response {
-        Some(resp) => codec::encode_headers(&resp.headers)?,
-        None => None,
-    };
-    let mut stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO idem_records (scope, key, state, token, fp_version, fp_digest, \
-         lease_until, expires_at, tombstone_until, claimed_at, has_response, status, headers, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?;
-    stmt.execute(params![
-        id.scope.as_str(),
-        id.key.as_str(),
-        r.state.code(),
-        codec::token_to_sql(r.token)?,
-        i64::from(r.fingerprint.version),
-        &r.fingerprint.digest[..],
-        r.lease_until.as_millis(),
-        r.expires_at.as_millis(),
-        r.tombstone_until.as_millis(),
-        r.claimed_at.as_millis(),
-        response.is_some(),
-        response.map(|resp| i64::from(resp.status)),
-        headers,
-        response.and_then(|resp| resp.body.as_deref()),
-    ])?;
-    Ok(())
-}
-
-fn delete(conn: &Connection, id: &RecordId) -> Result<(), ReadError> {
-    conn.prepare_cached("DELETE FROM idem_records WHERE scope = ?1 AND key = ?2")?
-        .execute(params![id.scope.as_str(), id.key.as_str()])?;
-    Ok(())
-}
-
-/// Writes a tombstoned record's remaining payload. The body column is only
-/// cleared, never written: the sweep read just its presence.
-fn write_payload(conn: &Connection, r: &Record) -> Result<(), ReadError> {
-    let headers = match &r.response {
-        Some(resp) => codec::encode_headers(&resp.headers)?,
-        None => None,
-    };
-    let body_gone = r.response.as_ref().is_none_or(|resp| resp.body.is_none());
-    conn.prepare_cached(
-        "UPDATE idem_records SET headers = ?3, body = CASE WHEN ?4 THEN NULL ELSE body END \
-         WHERE scope = ?1 AND key = ?2",
-    )?
-    .execute(params![r.id.scope.as_str(), r.id.key.as_str(), headers, body_gone])?;
-    Ok(())
-}
-
-pub(super) fn read_failed(op: &'static str, e: ReadError) -> StoreError {
-    match e {
-        ReadError::Sqlite(e) => match e {
-            rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<Corrupt>() => StoreError::new("sqlite", op, inner),
-            e => StoreError::new("sqlite", op, e),
-        },
-        ReadError::Corrupt(c) => StoreError::new("sqlite", op, c),
     }
 }

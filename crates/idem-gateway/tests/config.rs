@@ -1,0 +1,651 @@
+//! The configuration file: real files in a temporary directory, read the way
+//! `idem gateway --config FILE` and `--check-config FILE` read them.
+
+use http::{HeaderName, Method, Uri};
+use idem_core::headers::ReplayHeaderFilter;
+use idem_gateway::config::{self, ConfigError, FileConfig, Settings};
+use idem_store::StoreSpec;
+use idem_tower::{
+    IdempotencyConfig, InFlightMode, Policy, ReleaseStatuses, Retention, Route, ScopeSource,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const FULL_EXAMPLE: &str = r#"
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:3000"
+store = "sqlite:idem.db"
+admin = "127.0.0.1:9090"
+key_header = "Idempotency-Key"
+retention = "24h"
+tombstone_retention = "7d"
+lease = "30s"
+upstream_timeout = "60s"
+max_request_body = "10MiB"
+max_response_body = "10MiB"
+replay_header_deny = ["x-request-id", "x-trace-*"]
+release_statuses = [408, 425, 429, 502, 503, 504]
+fingerprint_headers = ["x-api-version"]
+fail_open = false
+retry_after = "1s"
+shutdown_grace = "30s"
+sweep_interval = "60s"
+sweep_batch = 1000
+
+[scope]
+source = "header-hash"
+header = "Authorization"
+
+[[routes]]
+methods = ["POST", "PATCH"]
+path_prefix = "/v1/charges"
+require_key = true
+in_flight = "reject"
+upstream_dedupes = false
+"#;
+
+/// A config file in its own temporary directory.
+struct File {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn write(text: &str) -> File {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    File { _dir: dir, path }
+}
+
+fn check(text: &str) -> Result<Settings, ConfigError> {
+    config::check(&write(text).path)
+}
+
+/// Checks `text` as a file, expects it refused, and returns the error after
+/// asserting that it names `field` (in `field()` and in the message) and the
+/// file, and that the message contains `says`.
+fn refused(text: &str, field: &str, says: &str) -> ConfigError {
+    let file = write(text);
+    let err = match config::check(&file.path) {
+        Ok(settings) => panic!("accepted: {settings:?}"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert_eq!(err.field(), Some(field), "{message}");
+    assert_eq!(err.file(), Some(file.path.as_path()));
+    assert!(
+        message.starts_with(&format!("{}: ", file.path.display())),
+        "{message}"
+    );
+    if err.is_unknown_field() {
+        // Named as `unknown field "KEY" in PARENT` (or "at top level").
+        let (parent, key) = field.rsplit_once('.').unwrap_or(("", field));
+        assert!(
+            message.contains(&format!("unknown field \"{key}\"")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("in {parent};")) || parent.is_empty(),
+            "{message}"
+        );
+    } else {
+        assert!(message.contains(&format!("{field}: ")), "{message}");
+    }
+    assert!(
+        message.contains(says),
+        "{message}\n  should contain: {says}"
+    );
+    err
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn full_example_parses_to_the_values_it_states() {
+    let s = check(FULL_EXAMPLE).unwrap();
+    assert_eq!(s.listen, Some(addr("127.0.0.1:8080")));
+    assert_eq!(s.upstream, Some(Uri::from_static("http://127.0.0.1:3000")));
+    assert_eq!(
+        s.store,
+        StoreSpec::Sqlite {
+            path: "idem.db".into()
+        }
+    );
+    assert_eq!(s.admin, Some(addr("127.0.0.1:9090")));
+    assert_eq!(s.shutdown_grace, secs(30));
+    assert_eq!(s.sweep_interval, secs(60));
+    assert_eq!(s.sweep_batch, 1000);
+
+    let c = &s.idempotency;
+    assert_eq!(c.key_header, HeaderName::from_static("idempotency-key"));
+    assert_eq!(
+        c.retention,
+        Retention {
+            retention: secs(24 * 3600),
+            tombstone_retention: secs(7 * 24 * 3600),
+            lease: secs(30),
+        }
+    );
+    assert_eq!(c.upstream_timeout, secs(60));
+    assert_eq!(c.max_request_body, 10 * 1024 * 1024);
+    assert_eq!(c.max_response_body, 10 * 1024 * 1024);
+    assert_eq!(
+        c.replay_headers,
+        ReplayHeaderFilter::with_extra(["x-request-id", "x-trace-*"])
+    );
+    assert!(!c.replay_headers.keeps("x-request-id"));
+    assert!(!c.replay_headers.keeps("x-trace-parent"));
+    assert!(c.replay_headers.keeps("content-type"));
+    assert_eq!(
+        c.release_statuses.as_slice(),
+        [408, 425, 429, 502, 503, 504]
+    );
+    assert_eq!(
+        c.fingerprint_headers,
+        [HeaderName::from_static("x-api-version")]
+    );
+    assert!(!c.fail_open);
+    assert_eq!(c.retry_after, secs(1));
+    assert_eq!(
+        c.scope,
+        ScopeSource::HeaderHash {
+            header: "authorization".into()
+        }
+    );
+    assert_eq!(
+        c.routes,
+        [Route {
+            methods: vec![Method::POST, Method::PATCH],
+            path_prefix: "/v1/charges".into(),
+            policy: Policy {
+                require_key: true,
+                in_flight: InFlightMode::Reject,
+                upstream_dedupes: false,
+            },
+        }]
+    );
+}
+
+/// Field by field, since `IdempotencyConfig` is not `PartialEq`.
+fn assert_same_idempotency(a: &IdempotencyConfig, b: &IdempotencyConfig) {
+    assert_eq!(a.key_header, b.key_header);
+    assert_eq!(a.routes, b.routes);
+    assert_eq!(a.scope, b.scope);
+    assert_eq!(a.retention, b.retention);
+    assert_eq!(a.upstream_timeout, b.upstream_timeout);
+    assert_eq!(a.max_request_body, b.max_request_body);
+    assert_eq!(a.max_response_body, b.max_response_body);
+    assert_eq!(a.replay_headers, b.replay_headers);
+    assert_eq!(a.release_statuses, b.release_statuses);
+    assert_eq!(a.fingerprint_headers, b.fingerprint_headers);
+    assert_eq!(a.fail_open, b.fail_open);
+    assert_eq!(a.retry_after, b.retry_after);
+}
+
+#[test]
+fn empty_file_gives_the_contracts_defaults() {
+    let s = check("# nothing configured\n").unwrap();
+    assert_eq!(s.listen, None);
+    assert_eq!(s.upstream, None);
+    assert_eq!(s.admin, None);
+    assert_eq!(
+        s.store,
+        StoreSpec::Sqlite {
+            path: "idem.db".into()
+        }
+    );
+    assert_eq!(s.store.to_string(), config::DEFAULT_STORE);
+    assert_eq!(s.shutdown_grace, secs(30));
+    assert_eq!(s.sweep_interval, secs(60));
+    assert_eq!(s.sweep_batch, 1000);
+    assert_same_idempotency(&s.idempotency, &IdempotencyConfig::default());
+
+    // The contract's numbers, stated once here so a drift is noticed.
+    let c = &s.idempotency;
+    assert_eq!(c.key_header.as_str(), "idempotency-key");
+    assert_eq!(c.retention, Retention::default());
+    assert_eq!(c.retention.retention, secs(24 * 3600));
+    assert_eq!(c.retention.tombstone_retention, secs(7 * 24 * 3600));
+    assert_eq!(c.retention.lease, secs(30));
+    assert_eq!(c.upstream_timeout, secs(60));
+    assert_eq!(c.max_request_body, 10 << 20);
+    assert_eq!(c.max_response_body, 10 << 20);
+    assert_eq!(
+        c.release_statuses,
+        ReleaseStatuses::new([408, 425, 429, 502, 503, 504])
+    );
+    assert_eq!(
+        c.scope,
+        ScopeSource::HeaderHash {
+            header: "authorization".into()
+        }
+    );
+    assert_eq!(c.routes, [Route::new("/")]);
+    assert_eq!(c.routes[0].methods, [Method::POST, Method::PATCH]);
+    assert!(!c.routes[0].policy.require_key);
+    assert!(!c.fail_open);
+    assert_eq!(c.retry_after, secs(1));
+}
+
+#[test]
+fn settings_default_is_an_empty_file() {
+    let from_file = FileConfig::default().into_settings().unwrap();
+    let default = Settings::default();
+    assert_eq!(from_file.store, default.store);
+    assert_eq!(from_file.shutdown_grace, default.shutdown_grace);
+    assert_eq!(from_file.sweep_interval, default.sweep_interval);
+    assert_eq!(from_file.sweep_batch, default.sweep_batch);
+    assert_same_idempotency(&from_file.idempotency, &default.idempotency);
+}
+
+#[test]
+fn load_remembers_the_file_and_parse_does_not() {
+    let file = write("lease = \"10s\"\n");
+    let loaded = config::load(&file.path).unwrap();
+    assert_eq!(loaded.file.as_deref(), Some(file.path.as_path()));
+    assert_eq!(loaded.lease, Some(secs(10)));
+    let parsed: FileConfig = "lease = \"10s\"\n".parse().unwrap();
+    assert_eq!(parsed.file, None);
+    assert_eq!(
+        FileConfig {
+            file: None,
+            ..loaded
+        },
+        parsed
+    );
+}
+
+#[test]
+fn sizes_take_bytes_binary_and_decimal_units() {
+    let s = check("max_request_body = 4096\nmax_response_body = \"512 KiB\"\n").unwrap();
+    assert_eq!(s.idempotency.max_request_body, 4096);
+    assert_eq!(s.idempotency.max_response_body, 512 * 1024);
+    for (written, bytes) in [
+        ("\"100B\"", 100),
+        ("\"10KB\"", 10_000),
+        ("\"10MB\"", 10_000_000),
+        ("\"1GB\"", 1_000_000_000),
+        ("\"10MiB\"", 10 << 20),
+        ("\"1GiB\"", 1 << 30),
+        ("\"2048\"", 2048),
+    ] {
+        let s = check(&format!("max_request_body = {written}")).unwrap();
+        assert_eq!(s.idempotency.max_request_body, bytes, "{written}");
+    }
+}
+
+#[test]
+fn routes_map_onto_the_layers_routes_in_order() {
+    let s = check(
+        r#"
+        [[routes]]
+        path_prefix = "/v1/charges"
+        methods = ["post", "PUT", "DELETE"]
+        in_flight = { wait = "5s" }
+        upstream_dedupes = true
+
+        [[routes]]
+        path_prefix = "/"
+        "#,
+    )
+    .unwrap();
+    let routes = &s.idempotency.routes;
+    assert_eq!(routes.len(), 2);
+    assert_eq!(
+        routes[0].methods,
+        [Method::POST, Method::PUT, Method::DELETE]
+    );
+    assert_eq!(routes[0].policy.in_flight, InFlightMode::Wait(secs(5)));
+    assert!(routes[0].policy.upstream_dedupes);
+    assert!(!routes[0].policy.require_key);
+    assert_eq!(routes[1], Route::new("/"));
+    assert_eq!(
+        s.idempotency
+            .route_for(&Method::POST, "/v1/charges/ch_1")
+            .unwrap()
+            .path_prefix,
+        "/v1/charges"
+    );
+}
+
+#[test]
+fn scope_sources_map_onto_the_layers() {
+    let trusted =
+        check("[scope]\nsource = \"trusted-header\"\nheader = \"X-Tenant-Id\"\n").unwrap();
+    assert_eq!(
+        trusted.idempotency.scope,
+        ScopeSource::TrustedHeader {
+            header: "x-tenant-id".into()
+        }
+    );
+    let global = check("[scope]\nsource = \"none\"\n").unwrap();
+    assert_eq!(global.idempotency.scope, ScopeSource::Global);
+    let hashed = check("[scope]\nheader = \"X-Api-Key\"\n").unwrap();
+    assert_eq!(
+        hashed.idempotency.scope,
+        ScopeSource::HeaderHash {
+            header: "x-api-key".into()
+        }
+    );
+}
+
+#[test]
+fn header_names_are_lower_cased() {
+    let s = check("key_header = \"X-Idempotency-Key\"\nfingerprint_headers = [\"X-Api-Version\", \"x-api-version\"]\n").unwrap();
+    assert_eq!(s.idempotency.key_header.as_str(), "x-idempotency-key");
+    assert_eq!(
+        s.idempotency.fingerprint_headers,
+        [HeaderName::from_static("x-api-version")]
+    );
+}
+
+#[test]
+fn memory_store_and_base_path_upstream_are_accepted() {
+    let s = check("store = \"memory\"\nupstream = \"http://api.internal:3000/base\"\n").unwrap();
+    assert_eq!(s.store, StoreSpec::Memory);
+    assert_eq!(s.upstream.unwrap().path(), "/base");
+}
+
+// Every refusal names its field.
+
+#[test]
+fn unknown_field_is_named_with_a_suggestion_and_the_known_fields() {
+    let err = refused(
+        "lease = \"30s\"\nretension = \"24h\"\n",
+        "retension",
+        r#"unknown field "retension" at top level; did you mean "retention"? expected one of "listen", "upstream""#,
+    );
+    assert!(err.is_unknown_field());
+    assert_eq!(err.line_column(), Some((2, 1)));
+    assert!(err.to_string().contains("line 2, column 1"));
+}
+
+#[test]
+fn unknown_field_in_a_route_names_the_route() {
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\n\n[[routes]]\npath_prefix = \"/v1\"\nrequire_keys = true\n",
+        "routes[1].require_keys",
+        r#"unknown field "require_keys" in routes[1]; did you mean "require_key"?"#,
+    );
+    refused(
+        "[scope]\nsorce = \"none\"\n",
+        "scope.sorce",
+        r#"unknown field "sorce" in scope"#,
+    );
+}
+
+#[test]
+fn bad_duration_names_its_path_down_to_the_wait_bound() {
+    let err = refused(
+        "[[routes]]\npath_prefix = \"/a\"\n[[routes]]\npath_prefix = \"/b\"\n[[routes]]\npath_prefix = \"/c\"\nin_flight = { wait = \"5x\" }\n",
+        "routes[2].in_flight.wait",
+        r#"routes[2].in_flight.wait: "5x" is not a duration (expected e.g. "5s", "250ms")"#,
+    );
+    assert_eq!(err.line_column().map(|(line, _)| line), Some(7));
+    refused(
+        "lease = \"thirty seconds\"",
+        "lease",
+        r#""thirty seconds" is not a duration"#,
+    );
+}
+
+#[test]
+fn duration_written_as_a_number_is_a_type_error() {
+    refused(
+        "upstream_timeout = 60",
+        "upstream_timeout",
+        r#"expected a duration such as "30s""#,
+    );
+}
+
+#[test]
+fn bad_size_is_refused() {
+    refused(
+        "max_request_body = \"10 megs\"",
+        "max_request_body",
+        r#"max_request_body: "10 megs" is not a size (expected e.g. "10MiB", "512KiB" or a number of bytes)"#,
+    );
+    refused(
+        "max_response_body = -1",
+        "max_response_body",
+        "-1 is not a size",
+    );
+    refused(
+        "max_response_body = 0",
+        "max_response_body",
+        "must be greater than 0",
+    );
+}
+
+#[test]
+fn bad_status_names_its_index() {
+    refused(
+        "release_statuses = [503, 700]",
+        "release_statuses[1]",
+        "release_statuses[1]: 700 is not an HTTP status (100-599)",
+    );
+    refused(
+        "release_statuses = [70000]",
+        "release_statuses[0]",
+        "70000 is not an HTTP status (100-599)",
+    );
+    refused(
+        "release_statuses = [\"503\"]",
+        "release_statuses[0]",
+        "expected an HTTP status code",
+    );
+}
+
+#[test]
+fn get_in_methods_is_refused_because_it_always_passes_through() {
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nmethods = [\"POST\", \"GET\"]\n",
+        "routes[0].methods[1]",
+        "GET cannot be covered: GET, HEAD, OPTIONS and TRACE always pass through",
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nmethods = []\n",
+        "routes[0].methods",
+        "empty",
+    );
+}
+
+#[test]
+fn trusted_header_without_a_header_is_refused() {
+    refused(
+        "[scope]\nsource = \"trusted-header\"\n",
+        "scope.header",
+        r#"scope.header: required when scope.source = "trusted-header""#,
+    );
+}
+
+#[test]
+fn scope_none_with_a_header_is_refused() {
+    refused(
+        "[scope]\nsource = \"none\"\nheader = \"Authorization\"\n",
+        "scope.header",
+        r#"not allowed when scope.source = "none""#,
+    );
+    refused(
+        "[scope]\nsource = \"tenant\"\n",
+        "scope.source",
+        r#"unknown value "tenant""#,
+    );
+}
+
+#[test]
+fn upstream_must_be_plain_http_with_a_host() {
+    refused(
+        "upstream = \"https://api.example.com\"",
+        "upstream",
+        "https upstreams are not supported yet",
+    );
+    refused(
+        "upstream = \"ftp://files.example.com\"",
+        "upstream",
+        r#"scheme "ftp" is not supported"#,
+    );
+    refused("upstream = \"127.0.0.1:3000\"", "upstream", "has no scheme");
+    refused(
+        "upstream = \"http://127.0.0.1:3000/?x=1\"",
+        "upstream",
+        "a query string is not supported",
+    );
+    assert!(config::parse_upstream("https://api.example.com")
+        .unwrap_err()
+        .to_string()
+        .contains("not supported yet"));
+}
+
+#[test]
+fn wait_bound_must_be_positive_and_at_most_ten_minutes() {
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nin_flight = { wait = \"11m\" }\n",
+        "routes[0].in_flight.wait",
+        "routes[0].in_flight.wait: must be greater than 0 and at most 10m (got 11m)",
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nin_flight = { wait = \"0s\" }\n",
+        "routes[0].in_flight.wait",
+        "must be greater than 0",
+    );
+    check("[[routes]]\npath_prefix = \"/\"\nin_flight = { wait = \"10m\" }\n").unwrap();
+}
+
+#[test]
+fn in_flight_wait_without_a_bound_is_explained() {
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nin_flight = \"wait\"\n",
+        "routes[0].in_flight",
+        r#"write in_flight = { wait = "5s" }"#,
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nin_flight = {}\n",
+        "routes[0].in_flight.wait",
+        "required",
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nin_flight = { wait = \"1s\", timeout = \"2s\" }\n",
+        "routes[0].in_flight.timeout",
+        r#"unknown field "timeout" in routes[0].in_flight; expected "wait""#,
+    );
+}
+
+#[test]
+fn toml_syntax_error_gives_line_and_column() {
+    let file = write("listen = \"127.0.0.1:8080\"\n\nlease = 30s\n");
+    let err = config::check(&file.path).unwrap_err();
+    assert!(err.is_syntax());
+    assert_eq!(err.field(), None);
+    assert_eq!(err.line_column().map(|(line, _)| line), Some(3));
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("{}: line 3, column ", file.path.display())),
+        "{message}"
+    );
+    assert!(message.contains("TOML syntax error"), "{message}");
+}
+
+#[test]
+fn duplicate_route_is_refused_and_first_match_shadowing_is_not() {
+    refused(
+        "[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"POST\"]\n[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"PATCH\", \"POST\"]\n",
+        "routes[1]",
+        r#"path_prefix "/v1" with method POST is already covered by routes[0]"#,
+    );
+    // Same prefix, other methods: fine. A broader route first: fine too
+    // (first match wins; ordering is the operator's call).
+    check("[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"POST\"]\n[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"PATCH\"]\n")
+        .unwrap();
+    check("[[routes]]\npath_prefix = \"/\"\n[[routes]]\npath_prefix = \"/v1\"\n").unwrap();
+}
+
+#[test]
+fn route_needs_a_path_prefix_starting_with_a_slash() {
+    refused(
+        "[[routes]]\nrequire_key = true\n",
+        "routes[0].path_prefix",
+        "required",
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"v1/charges\"\n",
+        "routes[0].path_prefix",
+        r#"must start with "/""#,
+    );
+    refused("routes = []", "routes", "empty");
+}
+
+#[test]
+fn lease_must_be_at_least_a_second() {
+    refused(
+        "lease = \"500ms\"",
+        "lease",
+        "lease: must be at least 1s (got 500ms)",
+    );
+    refused("retention = \"0s\"", "retention", "must be greater than 0");
+    check("tombstone_retention = \"0s\"\nlease = \"1s\"\n").unwrap();
+}
+
+#[test]
+fn other_malformed_values_name_their_field() {
+    refused(
+        "listen = \"localhost:8080\"",
+        "listen",
+        "is not a socket address",
+    );
+    refused("admin = \"127.0.0.1\"", "admin", "is not a socket address");
+    refused("store = \"mysql://db\"", "store", "unknown store");
+    refused(
+        "key_header = \"Idempotency Key\"",
+        "key_header",
+        "is not a valid header name",
+    );
+    refused(
+        "replay_header_deny = [\"x-*-id\"]",
+        "replay_header_deny[0]",
+        "only allowed at the end",
+    );
+    refused(
+        "replay_header_deny = [\"*\"]",
+        "replay_header_deny[0]",
+        "would deny every header",
+    );
+    refused("sweep_batch = 0", "sweep_batch", "must be greater than 0");
+    refused("fail_open = \"yes\"", "fail_open", "expected a boolean");
+    refused(
+        "listen = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:8080\"\n",
+        "admin",
+        "also `listen`",
+    );
+}
+
+#[test]
+fn unreadable_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let err = config::check(&path).unwrap_err();
+    assert!(err.is_io());
+    assert_eq!(err.file(), Some(path.as_path()));
+    assert!(err
+        .to_string()
+        .starts_with(&format!("{}: cannot read", path.display())));
+}
+
+#[test]
+fn errors_found_after_parsing_still_name_the_file() {
+    let file = write("lease = \"1ms\"");
+    let err = config::load(&file.path)
+        .unwrap()
+        .into_settings()
+        .unwrap_err();
+    assert_eq!(err.file(), Some(Path::new(&file.path)));
+    assert_eq!(err.line_column(), None);
+}
+

@@ -1,0 +1,716 @@
+//! Shared harness for the gateway's contract tests: a real upstream HTTP
+//! server that counts side effects, an in-process gateway, a small client,
+//! and a deadline-bounded polling helper. No fixed sleeps: tests wait on
+//! conditions.
+
+#![allow(dead_code, missing_docs)]
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use idem_core::{IdempotencyKey, Record, RecordId, RecordState, Scope, ScopeSource};
+use idem_gateway::{GatewayOptions, RunningGateway};
+use idem_store::{
+    Claim, ClaimOutcome, Completion, MemoryStore, SqliteOptions, SqliteStore, Store, StoreError,
+    SweepReport, Write,
+};
+use idem_tower::IdempotencyConfig;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long any single client exchange may take before the test fails.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default deadline for `wait_until`.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+/// A date no real clock produces, to tell the upstream's `Date` apart.
+pub const UPSTREAM_DATE: &str = "Wed, 01 Jan 2020 00:00:00 GMT";
+
+// ---------------------------------------------------------------------------
+// Polling
+// ---------------------------------------------------------------------------
+
+/// Polls `condition` every few milliseconds until it holds; panics with
+/// `what` once `deadline` has passed.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            panic!("timed out after {deadline:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Upstream
+// ---------------------------------------------------------------------------
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+struct UpstreamState {
+    counts: Mutex<HashMap<String, usize>>,
+    seen: Mutex<Vec<Seen>>,
+    /// `/slow` and `/stream` wait until this is `true`.
+    gate: watch::Sender<bool>,
+}
+
+impl UpstreamState {
+    fn count(&self, path: &str) -> usize {
+        let mut counts = self.counts.lock().unwrap();
+        let n = counts.entry(path.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1:0 that counts side effects per path.
+///
+/// Behaviour by path (any method):
+/// - `/charges...` : 201 `{"charge":N}` + `Set-Cookie`, `Date`,
+///   `X-RateLimit-Remaining`, `X-Custom: yes`
+/// - `/status/NNN` : status NNN, body `{"status":NNN}`
+/// - `/slow`       : counts, waits for [`Upstream::release`], then 201 `{"slow":N}`
+/// - `/big/N`      : 201 with a body of N bytes
+/// - `/hang`       : counts, never answers
+/// - `/reset`      : reads the request, drops the connection unanswered
+/// - `/flaky`      : first call like `/reset`, later calls 201 `{"flaky":N}`
+/// - `/stream`     : 200, sends `first\n`, waits for the release, sends `second\n`
+/// - anything else : 200 `ok`
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Returned by the upstream's service to make hyper drop the connection
+/// without writing a response.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+type UpBody = UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> UpBody {
+    Full::new(body.into()).boxed_unsync()
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(UpstreamState {
+            counts: Mutex::default(),
+            seen: Mutex::default(),
+            gate: watch::channel(false).0,
+        });
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = accept_state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, state, task }
+    }
+
+    pub fn uri(&self) -> Uri {
+        format!("http://{}", self.addr).parse().unwrap()
+    }
+
+    /// Side effects performed on exactly `path`.
+    pub fn count(&self, path: &str) -> usize {
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Side effects performed on any path.
+    pub fn total(&self) -> usize {
+        self.state.counts.lock().unwrap().values().sum()
+    }
+
+    /// Every request received, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// The last request received on `path`.
+    pub fn last_seen(&self, path: &str) -> Seen {
+        self.seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.path == path)
+            .unwrap_or_else(|| panic!("upstream never saw {path}"))
+    }
+
+    /// Lets every `/slow` and `/stream` request (held now or later) finish.
+    pub fn release(&self) {
+        self.state.gate.send_replace(true);
+    }
+
+    /// Waits until `path` has been executed at least `n` times.
+    pub async fn wait_for_count(&self, path: &str, n: usize) {
+        wait_until(
+            DEADLINE,
+            &format!("the upstream executed {path} {n} time(s)"),
+            || async { self.count(path) >= n },
+        )
+        .await;
+    }
+}
+
+async fn handle(
+    state: Arc<UpstreamState>,
+    req: Request<Incoming>,
+) -> Result<Response<UpBody>, DropConnection> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    state.seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        body,
+    });
+    let n = state.count(&path);
+    let response = |status: u16, body: UpBody| {
+        let mut r = Response::new(body);
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        r
+    };
+    if path.starts_with("/charges") {
+        let mut r = response(201, full(format!(r#"{{"charge":{n}}}"#)));
+        let h = r.headers_mut();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert(
+            "set-cookie",
+            HeaderValue::from_static("session=secret; HttpOnly"),
+        );
+        h.insert("date", HeaderValue::from_static(UPSTREAM_DATE));
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("99"));
+        h.insert("x-custom", HeaderValue::from_static("yes"));
+        return Ok(r);
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().expect("/status/NNN");
+        let mut r = response(code, full(format!(r#"{{"status":{code}}}"#)));
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return Ok(r);
+    }
+    if let Some(len) = path.strip_prefix("/big/") {
+        let len: usize = len.parse().expect("/big/N");
+        let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        return Ok(response(201, full(body)));
+    }
+    match path.as_str() {
+        "/slow" => {
+            let mut gate = state.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(response(201, full(format!(r#"{{"slow":{n}}}"#))))
+        }
+        "/hang" => std::future::pending().await,
+        "/reset" => Err(DropConnection),
+        "/flaky" if n == 1 => Err(DropConnection),
+        "/flaky" => Ok(response(201, full(format!(r#"{{"flaky":{n}}}"#)))),
+        "/stream" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+            let mut gate = state.gate.subscribe();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first\n")).await;
+                let _ = gate.wait_for(|open| *open).await;
+                let _ = tx.send(Bytes::from_static(b"second\n")).await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
+            Ok(response(200, StreamBody::new(stream).boxed_unsync()))
+        }
+        _ => Ok(response(200, full("ok"))),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stores
+// ---------------------------------------------------------------------------
+
+/// Which engine a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Memory,
+    Sqlite,
+}
+
+/// A store and whatever must outlive it (the SQLite file's directory).
+#[derive(Clone)]
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    _dir: Option<Arc<tempfile::TempDir>>,
+}
+
+impl TestStore {
+    pub fn new(engine: Engine) -> TestStore {
+        match engine {
+            Engine::Memory => TestStore {
+                store: Arc::new(MemoryStore::new()),
+                _dir: None,
+            },
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let store =
+                    SqliteStore::open(&dir.path().join("idem.db"), SqliteOptions::default())
+                        .expect("open sqlite store");
+                TestStore {
+                    store: Arc::new(store),
+                    _dir: Some(Arc::new(dir)),
+                }
+            }
+        }
+    }
+
+    pub fn from(store: Arc<dyn Store>) -> TestStore {
+        TestStore { store, _dir: None }
+    }
+
+    pub async fn get(&self, id: &RecordId) -> Option<Record> {
+        self.store.get(id).await.expect("store.get")
+    }
+
+    pub async fn state(&self, id: &RecordId) -> Option<RecordState> {
+        self.get(id).await.map(|r| r.state)
+    }
+
+    pub async fn wait_for_state(&self, id: &RecordId, state: RecordState) {
+        wait_until(
+            DEADLINE,
+            &format!("the record of {:?} is {state:?}", id.key),
+            || async { self.state(id).await == Some(state) },
+        )
+        .await;
+    }
+}
+
+/// The record id of `key` sent without the scope header, under the default
+/// scope source (SHA-256 of `Authorization`).
+pub fn anon_id(key: &str) -> RecordId {
+    scoped_id(&ScopeSource::default(), None, key)
+}
+
+/// The record id of `key` sent with `scope_value` in the scope header.
+pub fn scoped_id(source: &ScopeSource, scope_value: Option<&str>, key: &str) -> RecordId {
+    RecordId {
+        scope: Scope::resolve(source, scope_value.map(str::as_bytes)),
+        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
+    }
+}
+
+/// A store that fails every operation, as an unreachable database would.
+pub struct FailingStore;
+
+fn injected(op: &'static str) -> StoreError {
+    StoreError::new(
+        "failing",
+        op,
+        "injected failure: the store cannot be reached",
+    )
+}
+
+#[async_trait::async_trait]
+impl Store for FailingStore {
+    async fn claim(&self, _claim: Claim) -> Result<ClaimOutcome, StoreError> {
+        Err(injected("claim"))
+    }
+    async fn renew(
+        &self,
+        _id: &RecordId,
+        _token: u64,
+        _lease_until: idem_core::Timestamp,
+    ) -> Result<Write, StoreError> {
+        Err(injected("renew"))
+    }
+    async fn complete(
+        &self,
+        _id: &RecordId,
+        _token: u64,
+        _completion: Completion,
+    ) -> Result<Write, StoreError> {
+        Err(injected("complete"))
+    }
+    async fn mark_unknown(
+        &self,
+        _id: &RecordId,
+        _token: u64,
+        _now: idem_core::Timestamp,
+    ) -> Result<Write, StoreError> {
+        Err(injected("mark_unknown"))
+    }
+    async fn release(&self, _id: &RecordId, _token: u64) -> Result<Write, StoreError> {
+        Err(injected("release"))
+    }
+    async fn get(&self, _id: &RecordId) -> Result<Option<Record>, StoreError> {
+        Err(injected("get"))
+    }
+    async fn sweep(
+        &self,
+        _now: idem_core::Timestamp,
+        _limit: usize,
+    ) -> Result<SweepReport, StoreError> {
+        Err(injected("sweep"))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Err(injected("ping"))
+    }
+    fn engine(&self) -> &'static str {
+        "failing"
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gateway
+// ---------------------------------------------------------------------------
+
+/// A gateway running in-process on 127.0.0.1:0 with an admin listener.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub store: TestStore,
+    pub client: Client,
+    running: Option<RunningGateway>,
+}
+
+impl Gateway {
+    pub async fn start(upstream: Uri, config: IdempotencyConfig, store: TestStore) -> Gateway {
+        let running = idem_gateway::start(GatewayOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            store: store.store.clone(),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            idempotency: config,
+            shutdown_grace: Duration::from_secs(5),
+            sweep_interval: Duration::from_millis(50),
+            sweep_batch: 100,
+        })
+        .await
+        .expect("gateway starts");
+        let addr = running.addr();
+        Gateway {
+            addr,
+            admin_addr: running.admin_addr().expect("admin enabled"),
+            store,
+            client: Client::new(addr),
+            running: Some(running),
+        }
+    }
+
+    pub async fn send(&self, req: Req) -> Resp {
+        self.client.send(req).await
+    }
+
+    /// Takes the running gateway out, e.g. to shut it down from a task.
+    pub fn take_running(&mut self) -> RunningGateway {
+        self.running.take().expect("gateway still running")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        Client::new(self.admin_addr).send(Req::get(path)).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.stop_token().cancel();
+        }
+    }
+}
+
+/// An upstream and a gateway in front of it, with `config`, on `engine`.
+pub async fn setup_on(engine: Engine, config: IdempotencyConfig) -> (Upstream, Gateway) {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(upstream.uri(), config, TestStore::new(engine)).await;
+    (upstream, gateway)
+}
+
+/// [`setup_on`] with the memory store.
+pub async fn setup(config: IdempotencyConfig) -> (Upstream, Gateway) {
+    setup_on(Engine::Memory, config).await
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+/// A request to build: method, path, raw headers, body.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: Method,
+    pub path: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Req {
+    pub fn new(method: Method, path: &str) -> Req {
+        Req {
+            method,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+    pub fn post(path: &str) -> Req {
+        Req::new(Method::POST, path)
+    }
+    pub fn patch(path: &str) -> Req {
+        Req::new(Method::PATCH, path)
+    }
+    pub fn get(path: &str) -> Req {
+        Req::new(Method::GET, path)
+    }
+    /// Adds an `Idempotency-Key` header (appended: call twice for two).
+    pub fn key(self, key: impl AsRef<[u8]>) -> Req {
+        self.header("idempotency-key", key)
+    }
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Req {
+        self.headers.push((
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value.as_ref()).unwrap(),
+        ));
+        self
+    }
+    pub fn body(mut self, body: impl Into<Bytes>) -> Req {
+        self.body = body.into();
+        self
+    }
+    /// A JSON body with `Content-Type: application/json`.
+    pub fn json(self, body: &str) -> Req {
+        self.header("content-type", "application/json")
+            .body(Bytes::copy_from_slice(body.as_bytes()))
+    }
+}
+
+/// A whole response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header"))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn is_replay(&self) -> bool {
+        self.header("idempotent-replayed") == Some("true")
+    }
+    /// Whether this is a problem response with this slug.
+    pub fn is_problem(&self, slug: &str) -> bool {
+        self.header("content-type") == Some(idem_core::problem::PROBLEM_CONTENT_TYPE)
+            && serde_json::from_slice::<serde_json::Value>(&self.body)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(|t| t.ends_with(&format!("/{slug}"))))
+                .unwrap_or(false)
+    }
+    /// Asserts an RFC 9457 problem with `slug` and `status`, and returns its
+    /// JSON body.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, slug: &str) -> serde_json::Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "expected {status} {slug}, got {} {:?} {}",
+            self.status,
+            self.headers,
+            self.text()
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "problem content type; body {}",
+            self.text()
+        );
+        let v = self.json();
+        let ty = v["type"].as_str().expect("problem has a type");
+        assert!(
+            ty.ends_with(&format!("/{slug}")),
+            "type {ty} should end with /{slug}"
+        );
+        assert_eq!(v["status"], status, "status field of {v}");
+        assert!(v["title"].is_string(), "title in {v}");
+        assert!(v["detail"].is_string(), "detail in {v}");
+        v
+    }
+}
+
+/// A pooled HTTP/1.1 client to one address.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    fn build(&self, req: Req) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(req.method)
+            .uri(format!("http://{}{}", self.addr, req.path));
+        for (name, value) in req.headers {
+            builder = builder.header(name, value);
+        }
+        builder.body(Full::new(req.body)).unwrap()
+    }
+
+    /// Sends and reads the whole response.
+    pub async fn send(&self, req: Req) -> Resp {
+        let what = format!("{} {}", req.method, req.path);
+        let exchange = async {
+            let response = self
+                .inner
+                .request(self.build(req))
+                .await
+                .expect("request sent");
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.expect("response body").to_bytes();
+            Resp {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            }
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no response within {EXCHANGE_TIMEOUT:?}"))
+    }
+
+    /// Sends and returns the response with its body unread (for streaming).
+    pub async fn send_streaming(&self, req: Req) -> Response<Incoming> {
+        tokio::time::timeout(EXCHANGE_TIMEOUT, self.inner.request(self.build(req)))
+            .await
+            .expect("response head in time")
+            .expect("request sent")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw TCP
+// ---------------------------------------------------------------------------
+
+/// A raw HTTP/1.1 request's bytes.
+pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Opens a connection and writes `bytes`; the caller decides when to drop it.
+pub async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+/// Writes `bytes` (which should say `connection: close`) and reads until
+/// the server closes; returns the status code and the raw response text.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
+    let mut stream = raw_send(addr, bytes).await;
+    let mut buf = Vec::new();
+    tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read_to_end(&mut buf))
+        .await
+        .expect("raw response in time")
+        .expect("raw read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}
+
+/// A local port nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}

@@ -1,0 +1,164 @@
+//! The SQL for one record: read it, write it back, and find what a sweep
+//! acts on. Used inside the writer's transaction, and by the readers.
+
+use super::codec::{self, Body, Corrupt, RowError};
+use crate::engine::{sweep_action, to_tombstone, SweepAction};
+use crate::{StoreError, SweepReport};
+use idem_core::{Record, RecordId, Scope, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The three kinds of records a sweep acts on, each found through its own
+/// index. The helper [`sweep_action`] still decides each record; these
+/// queries only find the candidates, and match its rules exactly (a
+/// candidate it kept would be found again by the next sweep). The
+/// released state's code is a literal so the partial index applies.
+pub(super) const SWEEP_QUERIES: [&str; 3] = [
+    // Past the tombstone: delete.
+    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE tombstone_until <= ?1 LIMIT ?2"),
+    // Released and past its lease: delete.
+    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE state = 4 AND lease_until <= ?1 LIMIT ?2"),
+    // Past retention with a payload still stored: tombstone.
+    concat!(
+        "SELECT scope, key, ", sweep_columns!(),
+        " FROM idem_records WHERE expires_at <= ?1 AND (body IS NOT NULL OR headers IS NOT NULL) LIMIT ?2"
+    ),
+];
+
+/// Deletes or tombstones at most `budget` records due at `now`, as
+/// [`sweep_action`] decides. Returns what it did and whether the candidates
+/// ran out before the budget did.
+pub(super) fn sweep_candidates(
+    conn: &Connection,
+    now: Timestamp,
+    budget: usize,
+) -> Result<(SweepReport, bool), RowError> {
+    let mut report = SweepReport::default();
+    let mut found = 0;
+    for sql in SWEEP_QUERIES {
+        let want = budget - found;
+        if want == 0 {
+            break;
+        }
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt
+            .query_map(params![now.as_millis(), want as i64], |row| {
+                let scope: String = row.get(0)?;
+                let key: String = row.get(1)?;
+                let id = RecordId {
+                    scope: Scope::from_stored(scope),
+                    key: codec::key_from_stored(&key).map_err(RowError::Corrupt)?,
+                };
+                Ok(codec::read_record(row, 2, id, Body::PresenceOnly)?)
+            })?
+            .collect::<Result<Vec<Record>, rusqlite::Error>>()?;
+        drop(stmt);
+        found += rows.len();
+        for mut record in rows {
+            match sweep_action(&record, now) {
+                SweepAction::Keep => {}
+                SweepAction::Delete => {
+                    delete(conn, &record.id)?;
+                    report.deleted += 1;
+                }
+                SweepAction::Tombstone => {
+                    to_tombstone(&mut record);
+                    write_payload(conn, &record)?;
+                    report.tombstoned += 1;
+                }
+            }
+        }
+    }
+    Ok((report, found < budget))
+}
+
+/// The record stored under `id`, read inside the current transaction.
+pub(super) fn load(conn: &Connection, id: &RecordId) -> Result<Option<Record>, RowError> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM idem_records WHERE scope = ?1 AND key = ?2"
+    ))?;
+    stmt.query_row(params![id.scope.as_str(), id.key.as_str()], |row| {
+        Ok(codec::read_record(row, 0, id.clone(), Body::Load)?)
+    })
+    .optional()
+    .map_err(RowError::from)
+}
+
+/// Writes the slot back: the whole row, or its deletion.
+pub(super) fn persist(
+    conn: &Connection,
+    id: &RecordId,
+    record: Option<&Record>,
+) -> Result<(), RowError> {
+    let Some(r) = record else {
+        return delete(conn, id);
+    };
+    let response = r.response.as_ref();
+    let headers = match response {
+        Some(resp) => codec::encode_headers(&resp.headers)?,
+        None => None,
+    };
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO idem_records (scope, key, state, token, fp_version, fp_digest, \
+         lease_until, expires_at, tombstone_until, claimed_at, has_response, status, headers, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    stmt.execute(params![
+        id.scope.as_str(),
+        id.key.as_str(),
+        r.state.code(),
+        codec::token_to_sql(r.token)?,
+        i64::from(r.fingerprint.version),
+        &r.fingerprint.digest[..],
+        r.lease_until.as_millis(),
+        r.expires_at.as_millis(),
+        r.tombstone_until.as_millis(),
+        r.claimed_at.as_millis(),
+        response.is_some(),
+        response.map(|resp| i64::from(resp.status)),
+        headers,
+        response.and_then(|resp| resp.body.as_deref()),
+    ])?;
+    Ok(())
+}
+
+fn delete(conn: &Connection, id: &RecordId) -> Result<(), RowError> {
+    conn.prepare_cached("DELETE FROM idem_records WHERE scope = ?1 AND key = ?2")?
+        .execute(params![id.scope.as_str(), id.key.as_str()])?;
+    Ok(())
+}
+
+/// Writes a tombstoned record's remaining payload. The body column is only
+/// cleared, never written: the sweep read just its presence.
+fn write_payload(conn: &Connection, r: &Record) -> Result<(), RowError> {
+    let headers = match &r.response {
+        Some(resp) => codec::encode_headers(&resp.headers)?,
+        None => None,
+    };
+    let body_gone = r.response.as_ref().is_none_or(|resp| resp.body.is_none());
+    conn.prepare_cached(
+        "UPDATE idem_records SET headers = ?3, body = CASE WHEN ?4 THEN NULL ELSE body END \
+         WHERE scope = ?1 AND key = ?2",
+    )?
+    .execute(params![
+        r.id.scope.as_str(),
+        r.id.key.as_str(),
+        headers,
+        body_gone
+    ])?;
+    Ok(())
+}
+
+/// The error an operation reports when reading or writing its row failed.
+pub(super) fn row_error(op: &'static str, e: RowError) -> StoreError {
+    match e {
+        RowError::Sqlite(e) => match e {
+            rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<Corrupt>() => {
+                StoreError::new("sqlite", op, inner)
+            }
+            e => StoreError::new("sqlite", op, e),
+        },
+        RowError::Corrupt(c) => StoreError::new("sqlite", op, c),
+    }
+}
