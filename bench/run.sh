@@ -193,34 +193,33 @@ run_wrk() {
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" "$WORK/last"; }
 
 # ---- CPU used by other programs during a measurement (noise indicator).
-# Machine-wide user+nice+system ticks minus the ticks of the processes of this
-# benchmark (upstream, proxy, and wrk/curl as waited-for children of this
-# shell). Interrupt time is left out on both sides: loopback traffic is
-# largely accounted as softirq, not to a process.
+# Machine-wide busy ticks (user, nice, system, irq, softirq from /proc/stat)
+# minus the ticks of this benchmark's processes: upstream and proxy from
+# /proc/PID/stat, wrk (and the curl probes) as waited-for children of this
+# shell from the `times` builtin. Task times include the softirq work done in
+# their context, hence irq and softirq on the machine side.
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 NCPU="$(nproc)"
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4; exit }' /proc/stat; }
-pid_ticks() { # utime + stime of a running process (0 if gone)
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null || true)"
-  [[ -n "$stat" ]] || { echo 0; return 0; }
-  # Drop "pid (comm) " so that spaces in comm cannot shift the fields.
-  awk '{ print $12 + $13 }' <<<"${stat##*) }"
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+pids_ticks() { # utime + stime of running processes (0 for those gone)
+  local pid stat total=0
+  for pid in "$@"; do
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null || true)"
+    [[ -n "$stat" ]] || continue
+    # Drop "pid (comm) " so that spaces in comm cannot shift the fields.
+    total=$((total + $(awk '{ print $12 + $13 }' <<<"${stat##*) }")))
+  done
+  echo "$total"
 }
-children_ticks() { # CPU of this shell's waited-for children, from `times`
-  times | awk -v hz="$CLK_TCK" 'NR == 2 {
+# children_ticks FILE: CPU ticks of waited-for children, from `times` output
+# saved to FILE. `times` must run in this shell, not in $(...), where it
+# would only see the subshell's own children.
+children_ticks() {
+  awk -v hz="$CLK_TCK" 'NR == 2 {
     t = 0
     for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); t += p[1] * 60 + p[2] }
     printf "%.0f", t * hz
-  }'
-}
-ours_ticks() { # ours_ticks PID...
-  local total pid
-  total="$(children_ticks)"
-  for pid in "$@"; do
-    total=$((total + $(pid_ticks "$pid")))
-  done
-  echo "$total"
+  }' "$1"
 }
 
 # measure WORKLOAD TARGET NONCE: one measured wrk run, results stored.
@@ -229,19 +228,22 @@ measure() {
   local k="$workload:$target"
   before="$(upstream_count)"
   log "measuring $workload on $target for $DURATION"
-  local pids=("$UP_PID") m0 o0 t0 m1 o1 t1
+  local pids=("$UP_PID") m0 p0 t0 m1 p1 t1 ours
   [[ -n "$PROXY_PID" ]] && pids+=("$PROXY_PID")
+  times >"$WORK/times0"
   m0="$(machine_ticks)"
-  o0="$(ours_ticks "${pids[@]}")"
+  p0="$(pids_ticks "${pids[@]}")"
   t0="$(date +%s%N)"
   if ! run_wrk "$workload" "$target" "$nonce" "$DURATION"; then
     SKIP_ROW[$k]="wrk failed"
     return 0
   fi
   m1="$(machine_ticks)"
-  o1="$(ours_ticks "${pids[@]}")"
+  p1="$(pids_ticks "${pids[@]}")"
   t1="$(date +%s%N)"
-  OTHER[$k]="$(awk -v m="$((m1 - m0))" -v o="$((o1 - o0))" -v ns="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$NCPU" \
+  times >"$WORK/times1"
+  ours=$((p1 - p0 + $(children_ticks "$WORK/times1") - $(children_ticks "$WORK/times0")))
+  OTHER[$k]="$(awk -v m="$((m1 - m0))" -v o="$ours" -v ns="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$NCPU" \
     'BEGIN { x = 100 * (m - o) / (n * hz * ns / 1e9); if (x < 0) x = 0; printf "%.0f%%", x }')"
   if ((${OTHER[$k]%\%} >= 10)); then
     log "warning: other programs used ${OTHER[$k]} of the CPU during this run; its numbers are unreliable"
@@ -430,7 +432,7 @@ REPORT="$WORK/report.md"
   echo "  (hits can exceed requests by up to the connection count: requests still in flight when wrk stops are not counted)."
   echo "  A proxy that replays should show almost no upstream hits in \`replay\`."
   echo "- **other CPU**: share of the machine's CPU used by programs outside this benchmark during the run."
-  echo "  Above a few percent, something else competed for the cores and that row is unreliable."
+  echo "  About 0-5% on an idle machine; above 10% (the script warns) something else competed for the cores and that row is unreliable."
   echo
   if [[ "$WARMUP" == "0" || "$WARMUP" == "0s" ]]; then
     warm="no warm-up"

@@ -46,7 +46,10 @@ pub enum ExistingOutcome {
 /// key whose record was swept and claimed again never reuses a token a
 /// long-stalled owner of the old record may still hold.
 pub fn first_token(now: Timestamp) -> u64 {
-    u64::try_from(now.as_millis()).unwrap_or(0).saturating_mul(1000).max(1)
+    u64::try_from(now.as_millis())
+        .unwrap_or(0)
+        .saturating_mul(1000)
+        .max(1)
 }
 
 /// Decides a claim attempt against the record currently stored (if any).
@@ -199,7 +202,8 @@ mod tests {
             panic!("absent key must be claimable")
         };
         let later = t0.plus(Duration::from_secs(1));
-        let ClaimDecision::Claim { token: second } = decide_claim(None, &fp(b"a"), later, false) else {
+        let ClaimDecision::Claim { token: second } = decide_claim(None, &fp(b"a"), later, false)
+        else {
             panic!("absent key must be claimable")
         };
         assert!(second > first);

@@ -117,7 +117,8 @@ pub fn is_json_media_type(content_type: &[u8]) -> bool {
         .next()
         .unwrap_or_default();
     let essence = String::from_utf8_lossy(essence).trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The RFC 8785 form of a JSON body, or `None` if the body is not declared
@@ -142,7 +143,13 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{Map, Value};
 
-    fn fp(method: &str, path: &str, query: Option<&str>, ct: Option<&[u8]>, body: &[u8]) -> Fingerprint {
+    fn fp(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        ct: Option<&[u8]>,
+        body: &[u8],
+    ) -> Fingerprint {
         Fingerprint::compute(&FingerprintInput {
             method,
             path,
@@ -161,28 +168,46 @@ mod tests {
         assert_ne!(base, fp("PATCH", "/a", Some("x=1"), JSON, b"{}"));
         assert_ne!(base, fp("POST", "/b", Some("x=1"), JSON, b"{}"));
         assert_ne!(base, fp("POST", "/a", Some("x=2"), JSON, b"{}"));
-        assert_ne!(base, fp("POST", "/a", Some("x=1"), Some(b"text/plain"), b"{}"));
-        assert_eq!(fp("POST", "/a", Some("b=2&a=1"), None, b""), fp("POST", "/a", Some("a=1&b=2"), None, b""));
+        assert_ne!(
+            base,
+            fp("POST", "/a", Some("x=1"), Some(b"text/plain"), b"{}")
+        );
+        assert_eq!(
+            fp("POST", "/a", Some("b=2&a=1"), None, b""),
+            fp("POST", "/a", Some("a=1&b=2"), None, b"")
+        );
     }
 
     #[test]
     fn non_json_bodies_are_hashed_as_bytes() {
-        assert_ne!(fp("POST", "/a", None, Some(b"text/plain"), b"{\"a\":1}"), fp("POST", "/a", None, Some(b"text/plain"), b"{ \"a\": 1 }"));
+        assert_ne!(
+            fp("POST", "/a", None, Some(b"text/plain"), b"{\"a\":1}"),
+            fp("POST", "/a", None, Some(b"text/plain"), b"{ \"a\": 1 }")
+        );
         // Malformed JSON falls back to bytes instead of failing.
-        assert_ne!(fp("POST", "/a", None, JSON, b"{"), fp("POST", "/a", None, JSON, b"{ "));
+        assert_ne!(
+            fp("POST", "/a", None, JSON, b"{"),
+            fp("POST", "/a", None, JSON, b"{ ")
+        );
     }
 
     #[test]
     fn numbers_are_normalised() {
-        assert_eq!(fp("POST", "/a", None, JSON, br#"{"n":1.50}"#), fp("POST", "/a", None, JSON, br#"{"n":15e-1}"#));
-        assert_ne!(fp("POST", "/a", None, JSON, br#"{"n":1.5}"#), fp("POST", "/a", None, JSON, br#"{"n":1.6}"#));
+        assert_eq!(
+            fp("POST", "/a", None, JSON, br#"{"n":1.50}"#),
+            fp("POST", "/a", None, JSON, br#"{"n":15e-1}"#)
+        );
+        assert_ne!(
+            fp("POST", "/a", None, JSON, br#"{"n":1.5}"#),
+            fp("POST", "/a", None, JSON, br#"{"n":1.6}"#)
+        );
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i32>().prop_map(|n| Value::from(n)),
+            any::<i32>().prop_map(Value::from),
             "[a-z0-9 ]{0,8}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 24, 5, |inner| {
@@ -201,11 +226,20 @@ mod tests {
                 let parts: Vec<String> = m
                     .iter()
                     .rev()
-                    .map(|(k, v)| format!("\n  {} :\t{}", serde_json::to_string(k).unwrap(), reshuffled(v)))
+                    .map(|(k, v)| {
+                        format!(
+                            "\n  {} :\t{}",
+                            serde_json::to_string(k).unwrap(),
+                            reshuffled(v)
+                        )
+                    })
                     .collect();
                 format!("{{ {} }}", parts.join(" , "))
             }
-            Value::Array(a) => format!("[ {} ]", a.iter().map(reshuffled).collect::<Vec<_>>().join(" ,")),
+            Value::Array(a) => format!(
+                "[ {} ]",
+                a.iter().map(reshuffled).collect::<Vec<_>>().join(" ,")
+            ),
             other => other.to_string(),
         }
     }

@@ -74,7 +74,10 @@ impl ReplayHeaderFilter {
     /// ```
     pub fn keeps(&self, name: &str) -> bool {
         !self.deny.iter().any(|d| d == name)
-            && !self.deny_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            && !self
+                .deny_prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
     }
 }
 

@@ -100,9 +100,15 @@ impl ProblemType {
             ProblemType::InvalidKey => "The Idempotency-Key header is not valid",
             ProblemType::KeyReused => "This idempotency key was used with a different request",
             ProblemType::KeyExpired => "This idempotency key has expired",
-            ProblemType::RequestInProgress => "A request with this idempotency key is still in progress",
-            ProblemType::OutcomeUnknown => "The outcome of the earlier request with this key is unknown",
-            ProblemType::ResponseNotReplayable => "The stored response for this key cannot be replayed",
+            ProblemType::RequestInProgress => {
+                "A request with this idempotency key is still in progress"
+            }
+            ProblemType::OutcomeUnknown => {
+                "The outcome of the earlier request with this key is unknown"
+            }
+            ProblemType::ResponseNotReplayable => {
+                "The stored response for this key cannot be replayed"
+            }
             ProblemType::BodyTooLarge => "The request body is too large",
             ProblemType::StoreUnavailable => "The idempotency store is unavailable",
             ProblemType::UpstreamUnavailable => "The upstream could not be reached",

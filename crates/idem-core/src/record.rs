@@ -104,18 +104,30 @@ pub enum EffectiveState {
 impl Record {
     /// The state a request arriving at `now` must be answered from.
     pub fn effective(&self, now: Timestamp) -> EffectiveState {
-        if now >= self.tombstone_until || self.state == RecordState::Released {
+        if self.state == RecordState::Released {
+            return EffectiveState::Absent;
+        }
+        // A claim whose owner still renews its lease is in flight however
+        // long it runs: retention only starts counting once it has an
+        // outcome, so a slow execution can never be claimed a second time.
+        if self.is_live_claim(now) {
+            return EffectiveState::InFlight;
+        }
+        if now >= self.tombstone_until {
             return EffectiveState::Absent;
         }
         if now >= self.expires_at {
             return EffectiveState::Tombstone;
         }
         match self.state {
-            RecordState::InFlight if now >= self.lease_until => EffectiveState::OutcomeUnknown,
-            RecordState::InFlight => EffectiveState::InFlight,
+            RecordState::InFlight | RecordState::OutcomeUnknown => EffectiveState::OutcomeUnknown,
             RecordState::Completed => EffectiveState::Completed,
-            RecordState::OutcomeUnknown => EffectiveState::OutcomeUnknown,
             RecordState::Released => EffectiveState::Absent,
         }
+    }
+
+    /// In flight with a lease that has not run out.
+    pub fn is_live_claim(&self, now: Timestamp) -> bool {
+        self.state == RecordState::InFlight && now < self.lease_until
     }
 }

@@ -194,8 +194,7 @@ impl RouteConfig {
 /// What the gateway runs with: the file's values checked, defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Where clients connect, if the file says; `--listen` overrides it,
-    /// and [`DEFAULT_LISTEN`] is the fallback.
+    /// Where clients connect, if the file says; `--listen` overrides it.
     pub listen: Option<SocketAddr>,
     /// The API behind the gateway (an `http://` URI with a host), if the
     /// file says; `--upstream` overrides it.

@@ -142,7 +142,7 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
         let uri = self.upstream_uri(request.uri());
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            parts.uri = uri.map_err(|e| NotExecuted::new(e))?;
+            parts.uri = uri.map_err(NotExecuted::new)?;
             let client_addr = parts.extensions.get::<ClientAddr>().map(|c| c.0);
             strip_hop_by_hop(&mut parts.headers);
             set_forwarded(&mut parts.headers, client_addr);

@@ -13,35 +13,35 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const FULL_EXAMPLE: &str = r#"
-listen = "127.0.0.1:8080"
-upstream = "http://127.0.0.1:3000"
-store = "sqlite:idem.db"
-admin = "127.0.0.1:9090"
+listen = "127.0.0.1:8080"          # optional (may come from --listen)
+upstream = "http://127.0.0.1:3000"  # optional (may come from --upstream)
+store = "sqlite:idem.db"            # optional, default sqlite:idem.db
+admin = "127.0.0.1:9090"            # optional, off unless given
 key_header = "Idempotency-Key"
 retention = "24h"
 tombstone_retention = "7d"
 lease = "30s"
 upstream_timeout = "60s"
-max_request_body = "10MiB"
+max_request_body = "10MiB"          # integer bytes or string with B/KiB/MiB/GiB (also KB/MB = 1000-based)
 max_response_body = "10MiB"
-replay_header_deny = ["x-request-id", "x-trace-*"]
-release_statuses = [408, 425, 429, 502, 503, 504]
+replay_header_deny = ["x-request-id", "x-trace-*"]   # added to the default deny-list; `*` suffix = prefix
+release_statuses = [408, 425, 429, 502, 503, 504]    # replaces the default list; each 100..=599
 fingerprint_headers = ["x-api-version"]
 fail_open = false
 retry_after = "1s"
-shutdown_grace = "30s"
-sweep_interval = "60s"
+shutdown_grace = "30s"              # how long graceful shutdown waits for executions
+sweep_interval = "60s"              # how often expired records are swept
 sweep_batch = 1000
 
 [scope]
-source = "header-hash"
-header = "Authorization"
+source = "header-hash"   # or "trusted-header" or "none"
+header = "Authorization" # required for trusted-header; default Authorization for header-hash; must be absent for none
 
 [[routes]]
-methods = ["POST", "PATCH"]
-path_prefix = "/v1/charges"
-require_key = true
-in_flight = "reject"
+methods = ["POST", "PATCH"]     # default; GET/HEAD/OPTIONS/TRACE are refused (they always pass through)
+path_prefix = "/v1/charges"     # must start with '/'
+require_key = true              # default false
+in_flight = "reject"            # or { wait = "5s" }  (the bound must be > 0 and <= 10 min)
 upstream_dedupes = false
 "#;
 
@@ -649,3 +649,17 @@ fn errors_found_after_parsing_still_name_the_file() {
     assert_eq!(err.line_column(), None);
 }
 
+#[test]
+fn full_example_in_the_docs_is_the_one_tested_here() {
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    let start = docs
+        .find("```toml\n")
+        .expect("a toml block in docs/configuration.md")
+        + "```toml\n".len();
+    let example = &docs[start..start + docs[start..].find("```").unwrap()];
+    assert_eq!(example.trim(), FULL_EXAMPLE.trim());
+    check(example).unwrap();
+}

@@ -665,7 +665,7 @@ async fn sqlite_request_abandoned_right_after_sending_is_executed_exactly_once()
 // ---------------------------------------------------------------------------
 
 async fn release_status(engine: Engine) {
-    let (up, gw) = setup(config()).await;
+    let (up, gw) = setup_on(engine, config()).await;
     let first = gw.send(Req::post("/status/503").key("k503")).await;
     assert_eq!(first.status, 503);
     assert_eq!(
@@ -716,7 +716,7 @@ async fn status_500_is_stored_and_replayed() {
 
 async fn refused(engine: Engine) {
     let dead = closed_port().await;
-    let store = TestStore::new(Engine::Memory);
+    let store = TestStore::new(engine);
     let gw = Gateway::start(
         format!("http://{dead}").parse().unwrap(),
         config(),
@@ -764,7 +764,7 @@ fn short_timeout(policy: Policy) -> IdempotencyConfig {
 }
 
 async fn timeout_unknown(engine: Engine) {
-    let (up, gw) = setup(short_timeout(Policy::default())).await;
+    let (up, gw) = setup_on(engine, short_timeout(Policy::default())).await;
     let r = gw.send(Req::post("/hang").key("hang-1")).await;
     let p = r.assert_problem(504, "upstream-timeout");
     assert_eq!(p["idempotency_key"], "hang-1");
@@ -903,14 +903,17 @@ async fn request_body_over_limit_is_413_body_too_large_and_never_forwarded() {
 // ---------------------------------------------------------------------------
 
 async fn retention(engine: Engine) {
-    let (up, gw) = setup(IdempotencyConfig {
-        retention: Retention {
-            retention: Duration::from_millis(200),
-            tombstone_retention: Duration::from_secs(60),
-            lease: Duration::from_secs(30),
+    let (up, gw) = setup_on(
+        engine,
+        IdempotencyConfig {
+            retention: Retention {
+                retention: Duration::from_millis(200),
+                tombstone_retention: Duration::from_secs(60),
+                lease: Duration::from_secs(30),
+            },
+            ..config()
         },
-        ..config()
-    })
+    )
     .await;
     let req = Req::post("/charges").key("old-1").json("{}");
     let first = gw.send(req.clone()).await;
@@ -1025,6 +1028,60 @@ async fn lease_is_renewed_while_the_upstream_executes() {
     let retry = gw.send(Req::post("/slow").key("lease-1")).await;
     assert!(retry.is_replay());
     assert_eq!(up.count("/slow"), 1);
+}
+
+/// A request that runs longer than `retention` (+ `tombstone_retention`)
+/// is still in flight: retention applies to completed records (section 7),
+/// and an in-flight key answers 409 `request-in-progress` (section 3). The
+/// claim's provisional horizons must not expire a live, renewed claim.
+async fn long_execution_outlives_retention(tombstone_retention: Duration) {
+    let (up, gw) = setup(IdempotencyConfig {
+        retention: Retention {
+            retention: Duration::from_millis(200),
+            tombstone_retention,
+            lease: Duration::from_secs(30),
+        },
+        ..config()
+    })
+    .await;
+    let client = gw.client.clone();
+    let first = tokio::spawn(async move { client.send(Req::post("/slow").key("long-1")).await });
+    up.wait_for_count("/slow", 1).await;
+    let held_until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::Instant::now() < held_until {
+        // A duplicate that is forwarded blocks in /slow: bound the wait.
+        let dup = tokio::time::timeout(
+            Duration::from_millis(500),
+            gw.send(Req::post("/slow").key("long-1")),
+        )
+        .await;
+        let Ok(dup) = dup else {
+            panic!(
+                "the duplicate was forwarded while the first still executes: /slow executed {} times",
+                up.count("/slow")
+            );
+        };
+        assert!(
+            dup.is_problem("request-in-progress"),
+            "a key still executing answered {} {}",
+            dup.status,
+            dup.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    up.release();
+    assert_eq!(first.await.unwrap().status, 201);
+    assert_eq!(up.count("/slow"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn execution_longer_than_retention_is_still_request_in_progress_not_key_expired() {
+    long_execution_outlives_retention(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn execution_longer_than_retention_and_tombstone_is_never_executed_twice() {
+    long_execution_outlives_retention(Duration::ZERO).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             sweep_is_bounded_and_spares_live_records,
             scopes_are_isolated,
             large_response_without_body_is_not_replayable,
+            live_claim_outlives_retention_and_is_never_swept,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -457,4 +458,42 @@ pub async fn large_response_without_body_is_not_replayable(store: Arc<dyn Store>
         existing(&*store, claim_at(&k, "a", T0)).await.0,
         ExistingOutcome::NotReplayable { status: 200 }
     );
+}
+
+/// A claim whose owner keeps renewing stays in flight past retention and
+/// tombstone retention, and no sweep removes it: a slow execution can never
+/// be claimed twice.
+pub async fn live_claim_outlives_retention_and_is_never_swept(store: Arc<dyn Store>) {
+    let k = id("s", "slow");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let far = T0.plus(Duration::from_secs(5000));
+    assert_eq!(
+        store
+            .renew(&k, token, far.plus(Duration::from_secs(10)))
+            .await
+            .unwrap(),
+        Write::Written
+    );
+    let report = store.sweep(far, 100).await.unwrap();
+    assert_eq!(
+        report,
+        crate::SweepReport::default(),
+        "a live claim is not swept"
+    );
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", far)).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    // Its completion starts retention afresh.
+    assert_eq!(
+        complete(&*store, &k, token, response(201, Some(b"done")), far).await,
+        Write::Written
+    );
+    let (outcome, _) = existing(
+        &*store,
+        claim_at(&k, "a", far.plus(Duration::from_secs(50))),
+    )
+    .await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
 }

@@ -41,39 +41,14 @@ pub(crate) struct Owner {
 }
 
 impl Owner {
-    /// Spawns the execution and returns its response once the outcome is
-    /// stored. If the caller drops the returned future, the execution still
-    /// runs to the end.
+    /// Executes the request and returns its response once the outcome is
+    /// stored. Runs on a task of the layer's (never on the client's
+    /// connection), so a client that goes away does not cancel it.
     pub(crate) async fn execute<S, B, RB>(
         self,
         inner: S,
         request: Request<RequestBody<B>>,
     ) -> Response<ResponseBody<RB>>
-    where
-        S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError> + Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-        RB: Body<Data = Bytes> + Send + Unpin + 'static,
-        RB::Error: Into<BoxError>,
-    {
-        let tracker = self.shared.executions.clone();
-        let key = self.id.key.clone();
-        let echo = self.echo.clone();
-        match tracker.spawn(self.run(inner, request)).await {
-            Ok(response) => response,
-            // The owner task itself failed (a bug): say so; its key's lease
-            // runs out and it reads as outcome-unknown.
-            Err(e) => respond::problem(
-                Problem::new(ProblemType::UpstreamTimeout, format!("The execution failed internally: {e}."))
-                    .with_key(Some(&key)),
-                Some(&echo),
-            ),
-        }
-    }
-
-    async fn run<S, B, RB>(self, inner: S, request: Request<RequestBody<B>>) -> Response<ResponseBody<RB>>
     where
         S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
         S::Future: Send + 'static,
@@ -105,7 +80,8 @@ impl Owner {
             }
         });
         let lease = config.retention.lease;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
         let deadline = tokio::time::sleep(config.upstream_timeout);
         tokio::pin!(deadline);
         let result = loop {
@@ -121,9 +97,11 @@ impl Owner {
         let response = match result {
             Some(Exchange::Complete(parts, body)) => self.store_and_respond(parts, body).await,
             Some(Exchange::TooLarge(parts, prefix, rest)) => {
-                self.complete(stored(&parts, None, &self.shared.config)).await;
+                self.complete(stored(&parts, None, &self.shared.config))
+                    .await;
                 metrics::count(Outcome::Executed);
-                let mut response = Response::from_parts(parts, ResponseBody::prefixed(Some(prefix), rest));
+                let mut response =
+                    Response::from_parts(parts, ResponseBody::prefixed(Some(prefix), rest));
                 self.echo.apply(&mut response);
                 response
             }
@@ -147,7 +125,12 @@ impl Owner {
                     Some(&self.echo),
                 )
             }
-            Some(Exchange::Failed(e)) => self.unknown(format!("The upstream failed after the request was sent ({e}).")).await,
+            Some(Exchange::Failed(e)) => {
+                self.unknown(format!(
+                    "The upstream failed after the request was sent ({e})."
+                ))
+                .await
+            }
             None => {
                 self.unknown(format!(
                     "The upstream did not answer within {:?}, or the handler panicked.",
@@ -160,11 +143,18 @@ impl Owner {
         response
     }
 
-    async fn store_and_respond<RB>(&self, mut parts: Parts, body: Bytes) -> Response<ResponseBody<RB>> {
-        self.complete(stored(&parts, Some(body.clone()), &self.shared.config)).await;
+    async fn store_and_respond<RB>(
+        &self,
+        mut parts: Parts,
+        body: Bytes,
+    ) -> Response<ResponseBody<RB>> {
+        self.complete(stored(&parts, Some(body.clone()), &self.shared.config))
+            .await;
         metrics::count(Outcome::Executed);
         parts.headers.remove(TRANSFER_ENCODING);
-        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         let mut response = Response::from_parts(parts, ResponseBody::full(body));
         self.echo.apply(&mut response);
         response
@@ -173,10 +163,19 @@ impl Owner {
     async fn unknown<RB>(&self, detail: String) -> Response<ResponseBody<RB>> {
         let started = Instant::now();
         let now = self.shared.clock.now();
-        match self.shared.store.mark_unknown(&self.id, self.token, now).await {
+        match self
+            .shared
+            .store
+            .mark_unknown(&self.id, self.token, now)
+            .await
+        {
             Ok(Write::Written) => {}
-            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "outcome-unknown not written: a newer claim holds the key"),
-            Err(e) => tracing::error!(key = %self.id.key, error = %e, "could not mark outcome unknown; the lease will run out instead"),
+            Ok(Write::Fenced) => {
+                tracing::warn!(key = %self.id.key, "outcome-unknown not written: a newer claim holds the key")
+            }
+            Err(e) => {
+                tracing::error!(key = %self.id.key, error = %e, "could not mark outcome unknown; the lease will run out instead")
+            }
         }
         metrics::store_op(self.shared.store.engine(), "mark_unknown", started);
         metrics::count(Outcome::Unknown);
@@ -195,9 +194,16 @@ impl Owner {
         let started = Instant::now();
         let now = self.shared.clock.now();
         let completion = Completion::new(response, now, &self.shared.config.retention);
-        match self.shared.store.complete(&self.id, self.token, completion).await {
+        match self
+            .shared
+            .store
+            .complete(&self.id, self.token, completion)
+            .await
+        {
             Ok(Write::Written) => {}
-            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "completion refused: a newer claim holds the key"),
+            Ok(Write::Fenced) => {
+                tracing::warn!(key = %self.id.key, "completion refused: a newer claim holds the key")
+            }
             // The client still gets the real response; the key's lease runs
             // out and retries are told outcome-unknown, never re-executed.
             Err(e) => {
@@ -212,19 +218,36 @@ impl Owner {
         let started = Instant::now();
         match self.shared.store.release(&self.id, self.token).await {
             Ok(Write::Written) => {}
-            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "release refused: a newer claim holds the key"),
-            Err(e) => tracing::error!(key = %self.id.key, error = %e, "could not release the key; it becomes outcome-unknown when its lease runs out"),
+            Ok(Write::Fenced) => {
+                tracing::warn!(key = %self.id.key, "release refused: a newer claim holds the key")
+            }
+            Err(e) => {
+                tracing::error!(key = %self.id.key, error = %e, "could not release the key; it becomes outcome-unknown when its lease runs out")
+            }
         }
         metrics::store_op(self.shared.store.engine(), "release", started);
     }
 
     async fn renew(&self) {
         let started = Instant::now();
-        let lease_until = self.shared.clock.now().plus(self.shared.config.retention.lease);
-        match self.shared.store.renew(&self.id, self.token, lease_until).await {
+        let lease_until = self
+            .shared
+            .clock
+            .now()
+            .plus(self.shared.config.retention.lease);
+        match self
+            .shared
+            .store
+            .renew(&self.id, self.token, lease_until)
+            .await
+        {
             Ok(Write::Written) => {}
-            Ok(Write::Fenced) => tracing::warn!(key = %self.id.key, "lease renewal refused: the claim was taken over"),
-            Err(e) => tracing::warn!(key = %self.id.key, error = %e, "lease renewal failed; will retry"),
+            Ok(Write::Fenced) => {
+                tracing::warn!(key = %self.id.key, "lease renewal refused: the claim was taken over")
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.id.key, error = %e, "lease renewal failed; will retry")
+            }
         }
         metrics::store_op(self.shared.store.engine(), "renew", started);
     }
@@ -263,7 +286,12 @@ fn stored(parts: &Parts, body: Option<Bytes>, config: &crate::IdempotencyConfig)
             let name = name.as_str();
             !is_hop_by_hop(name) && config.replay_headers.keeps(name) && *name != config.key_header
         })
-        .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            )
+        })
         .collect();
     StoredResponse {
         status: parts.status.as_u16(),

@@ -29,7 +29,11 @@ impl IdempotencyLayer {
     }
 
     /// Like [`IdempotencyLayer::new`], reading time from `clock`.
-    pub fn with_clock(config: IdempotencyConfig, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(
+        config: IdempotencyConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         IdempotencyLayer {
             shared: Arc::new(Shared {
                 config,

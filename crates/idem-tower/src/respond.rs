@@ -79,6 +79,10 @@ pub(crate) fn replay<B>(stored: &StoredResponse, echo: &KeyEcho) -> Response<Res
 }
 
 /// Shorthand for a problem of `kind` with a key.
-pub(crate) fn kind(kind: ProblemType, detail: impl Into<String>, key: &idem_core::IdempotencyKey) -> Problem {
+pub(crate) fn kind(
+    kind: ProblemType,
+    detail: impl Into<String>,
+    key: &idem_core::IdempotencyKey,
+) -> Problem {
     Problem::new(kind, detail).with_key(Some(key))
 }

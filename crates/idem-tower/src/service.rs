@@ -58,7 +58,10 @@ where
         let mut values = request.headers().get_all(&config.key_header).iter();
         let first = values.next().cloned();
         let key = IdempotencyKey::from_header_values(
-            first.iter().map(|v| v.as_bytes()).chain(values.map(|v| v.as_bytes())),
+            first
+                .iter()
+                .map(|v| v.as_bytes())
+                .chain(values.map(|v| v.as_bytes())),
         );
         match (key, first) {
             (Err(e), _) => {
@@ -92,7 +95,10 @@ where
 }
 
 /// Unprotected: streamed both ways, nothing buffered.
-async fn pass_through<S, B, RB>(mut inner: S, request: Request<B>) -> Result<Response<ResponseBody<RB>>, S::Error>
+async fn pass_through<S, B, RB>(
+    mut inner: S,
+    request: Request<B>,
+) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
 {
@@ -124,7 +130,10 @@ where
         Ok(respond::problem(
             respond::kind(
                 ProblemType::BodyTooLarge,
-                format!("The request body is over the {} byte limit.", config.max_request_body),
+                format!(
+                    "The request body is over the {} byte limit.",
+                    config.max_request_body
+                ),
                 &key,
             ),
             Some(&echo),
@@ -154,9 +163,62 @@ where
         }
     };
 
-    let scope = Scope::resolve(&config.scope, scope_value(&config.scope, &parts.headers).as_deref());
+    let scope = Scope::resolve(
+        &config.scope,
+        scope_value(&config.scope, &parts.headers).as_deref(),
+    );
     let fingerprint = fingerprint(config, &parts, &body);
     let id = RecordId { scope, key };
+    // From the claim on, the work belongs to a task of its own, not to the
+    // client's connection: a client that hangs up while its claim is being
+    // written must not leave a claim that nobody executes or releases.
+    let task = shared.executions.spawn(claim_and_answer(
+        shared.clone(),
+        inner,
+        parts,
+        body,
+        id,
+        fingerprint,
+        policy,
+        echo.clone(),
+    ));
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Ok(respond::problem(
+            idem_core::Problem::new(
+                ProblemType::UpstreamTimeout,
+                format!(
+                    "The execution failed internally ({e}); the key will read as outcome-unknown."
+                ),
+            ),
+            Some(&echo),
+        )),
+    }
+}
+
+/// Claims the key and answers: executes as the owner, replays, waits, or
+/// refuses, as the record says.
+#[allow(clippy::too_many_arguments)]
+async fn claim_and_answer<S, B, RB>(
+    shared: Arc<Shared>,
+    inner: S,
+    parts: http::request::Parts,
+    body: Bytes,
+    id: RecordId,
+    fingerprint: Fingerprint,
+    policy: Policy,
+    echo: KeyEcho,
+) -> Result<Response<ResponseBody<RB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Send + Unpin + 'static,
+    RB::Error: Into<BoxError>,
+{
+    let config = &shared.config;
     let deadline = match policy.in_flight {
         InFlightMode::Wait(bound) => Some(Instant::now() + bound),
         InFlightMode::Reject => None,
@@ -164,7 +226,13 @@ where
     let mut poll = Duration::from_millis(10);
     loop {
         let now = shared.clock.now();
-        let claim = Claim::new(id.clone(), fingerprint, now, &config.retention, policy.upstream_dedupes);
+        let claim = Claim::new(
+            id.clone(),
+            fingerprint,
+            now,
+            &config.retention,
+            policy.upstream_dedupes,
+        );
         let started = Instant::now();
         let outcome = shared.store.claim(claim).await;
         metrics::store_op(shared.store.engine(), "claim", started);
@@ -303,7 +371,11 @@ fn scope_value(source: &idem_core::ScopeSource, headers: &HeaderMap) -> Option<V
     Some(joined)
 }
 
-fn fingerprint(config: &crate::IdempotencyConfig, parts: &http::request::Parts, body: &[u8]) -> Fingerprint {
+fn fingerprint(
+    config: &crate::IdempotencyConfig,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Fingerprint {
     let extra: Vec<(&str, Option<&[u8]>)> = config
         .fingerprint_headers
         .iter()

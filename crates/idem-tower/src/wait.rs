@@ -36,7 +36,10 @@ impl Waiters {
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Drop the entry once no one else holds it, so the map stays small.
-        if map.get(id).is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) == 2) {
+        if map
+            .get(id)
+            .is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) == 2)
+        {
             map.remove(id);
         }
     }

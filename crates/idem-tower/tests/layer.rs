@@ -77,13 +77,20 @@ async fn send(router: &Router, req: Request<Body>) -> (StatusCode, http::HeaderM
     let response = router.clone().oneshot(req).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -110,11 +117,18 @@ async fn dropped_request_future_does_not_cancel_the_handler() {
         let router = app.router.clone();
         async move { send(&router, post_with_key("/slow", "k1", "")).await }
     });
-    wait_until("the handler to start", || app.executions.load(Ordering::SeqCst) == 1).await;
+    wait_until("the handler to start", || {
+        app.executions.load(Ordering::SeqCst) == 1
+    })
+    .await;
     pending.abort();
     let _ = pending.await;
     let (status, _, _) = send(&app.router, post_with_key("/slow", "k1", "")).await;
-    assert_eq!(status, StatusCode::CONFLICT, "a retry during execution is told to wait");
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a retry during execution is told to wait"
+    );
     app.gate.add_permits(2);
     app.layer.drain().await;
     let (status, headers, body) = send(&app.router, post_with_key("/slow", "k1", "")).await;
@@ -132,7 +146,10 @@ async fn replay_turns_into_key_expired_after_retention() {
     app.clock.0.fetch_add(60_000, Ordering::SeqCst);
     let (status, headers, body) = send(&app.router, post_with_key("/charges", "k1", "x")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(headers.get("content-type").unwrap(), "application/problem+json");
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
     assert!(body.contains("/key-expired"), "{body}");
     assert_eq!(app.executions.load(Ordering::SeqCst), 1);
 }
@@ -152,12 +169,18 @@ async fn required_key_and_uncovered_methods() {
     // /slow is not a covered route: a key there is ignored.
     let app2 = app.router.clone();
     let h = tokio::spawn(async move { send(&app2, post_with_key("/slow", "k", "")).await });
-    wait_until("the handler to start", || app.executions.load(Ordering::SeqCst) == 1).await;
+    wait_until("the handler to start", || {
+        app.executions.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let h2 = tokio::spawn({
         let r = app.router.clone();
         async move { send(&r, post_with_key("/slow", "k", "")).await }
     });
-    wait_until("the second handler to start", || app.executions.load(Ordering::SeqCst) == 2).await;
+    wait_until("the second handler to start", || {
+        app.executions.load(Ordering::SeqCst) == 2
+    })
+    .await;
     app.gate.add_permits(2);
     let _ = (h.await.unwrap(), h2.await.unwrap());
 }

@@ -15,7 +15,7 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// The API to protect, e.g. http://127.0.0.1:3000.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = config::parse_upstream)]
     upstream: Option<http::Uri>,
     /// Where records live: sqlite:PATH (default sqlite:idem.db) or memory.
     #[arg(long, value_name = "STORE")]
@@ -45,10 +45,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .listen
         .or(settings.listen)
         .context("--listen is required (or `listen` in --config), e.g. --listen 127.0.0.1:8080")?;
-    let upstream = args
-        .upstream
-        .or(settings.upstream)
-        .context("--upstream is required (or `upstream` in --config), e.g. --upstream http://127.0.0.1:3000")?;
+    let upstream = args.upstream.or(settings.upstream).context(
+        "--upstream is required (or `upstream` in --config), e.g. --upstream http://127.0.0.1:3000",
+    )?;
     let store_spec = args.store.unwrap_or(settings.store);
     let admin = args.admin.or(settings.admin);
     let runtime = tokio::runtime::Builder::new_multi_thread()

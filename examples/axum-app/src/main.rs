@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 static CHARGES: AtomicU64 = AtomicU64::new(0);
 
-async fn create_charge(Json(body): Json<serde_json::Value>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+async fn create_charge(
+    Json(body): Json<serde_json::Value>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
     // The side effect the layer protects: it runs once per key.
     let id = CHARGES.fetch_add(1, Ordering::SeqCst) + 1;
     (

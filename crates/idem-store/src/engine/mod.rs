@@ -82,6 +82,9 @@ pub(crate) enum SweepAction {
 }
 
 pub(crate) fn sweep_action(r: &Record, now: Timestamp) -> SweepAction {
+    if r.is_live_claim(now) {
+        return SweepAction::Keep;
+    }
     if now >= r.tombstone_until || r.state == RecordState::Released && now >= r.lease_until {
         SweepAction::Delete
     } else if now >= r.expires_at

@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// released state's code is a literal so the partial index applies.
 pub(super) const SWEEP_QUERIES: [&str; 3] = [
     // Past the tombstone: delete.
-    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE tombstone_until <= ?1 LIMIT ?2"),
+    concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE tombstone_until <= ?1 AND NOT (state = 1 AND lease_until > ?1) LIMIT ?2"),
     // Released and past its lease: delete.
     concat!("SELECT scope, key, ", sweep_columns!(), " FROM idem_records WHERE state = 4 AND lease_until <= ?1 LIMIT ?2"),
     // Past retention with a payload still stored: tombstone.
