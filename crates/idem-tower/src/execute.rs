@@ -7,6 +7,7 @@ use crate::metrics::{self, InFlightGuard, Outcome};
 use crate::respond::{self, KeyEcho};
 use crate::{error::is_not_executed, BoxError, RequestBody, ResponseBody};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderValue, Request, Response};
@@ -14,8 +15,10 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use idem_core::{headers::is_hop_by_hop, Problem, ProblemType, RecordId, StoredResponse};
 use idem_store::{Completion, Write};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Instant as StdInstant;
+use tokio::time::Instant;
 use tower_service::Service;
 
 /// What the inner service produced, read as far as the layer needs.
@@ -62,9 +65,9 @@ impl Owner {
         let config = &self.shared.config;
         let max_body = config.max_response_body;
         let releases = config.release_statuses.clone();
-        // The exchange runs on a task of its own so a panic in the inner
-        // service is caught (as a JoinError) and a timeout can abort it.
-        let mut exchange = tokio::spawn(async move {
+        // A panic in the inner service is caught here, so the key is marked
+        // outcome-unknown instead of staying in flight until its lease ends.
+        let exchange = AssertUnwindSafe(async move {
             let mut inner = inner;
             let call = async {
                 std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
@@ -78,20 +81,28 @@ impl Owner {
                 }
                 Ok(response) => read_body(response, max_body).await,
             }
-        });
-        let lease = config.retention.lease;
-        let mut renew =
-            tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
-        let deadline = tokio::time::sleep(config.upstream_timeout);
-        tokio::pin!(deadline);
+        })
+        .catch_unwind();
+        tokio::pin!(exchange);
+        // One timer serves both the lease renewals and the upstream deadline.
+        let renew_every = config.retention.lease / 3;
+        let deadline = Instant::now() + config.upstream_timeout;
+        let mut next_renewal = Instant::now() + renew_every;
+        let timer = tokio::time::sleep_until(next_renewal.min(deadline));
+        tokio::pin!(timer);
         let result = loop {
             tokio::select! {
-                joined = &mut exchange => break joined.ok(),
-                () = &mut deadline => {
-                    exchange.abort();
-                    break None;
+                biased;
+                done = &mut exchange => break done.ok(),
+                () = &mut timer => {
+                    if Instant::now() >= deadline {
+                        // Dropping the exchange cancels the upstream call.
+                        break None;
+                    }
+                    self.renew().await;
+                    next_renewal = Instant::now() + renew_every;
+                    timer.as_mut().reset(next_renewal.min(deadline));
                 }
-                _ = renew.tick() => self.renew().await,
             }
         };
         let response = match result {
@@ -161,7 +172,7 @@ impl Owner {
     }
 
     async fn unknown<RB>(&self, detail: String) -> Response<ResponseBody<RB>> {
-        let started = Instant::now();
+        let started = StdInstant::now();
         let now = self.shared.clock.now();
         match self
             .shared
@@ -191,7 +202,7 @@ impl Owner {
     }
 
     async fn complete(&self, response: StoredResponse) {
-        let started = Instant::now();
+        let started = StdInstant::now();
         let now = self.shared.clock.now();
         let completion = Completion::new(response, now, &self.shared.config.retention);
         match self
@@ -215,7 +226,7 @@ impl Owner {
     }
 
     async fn release(&self) {
-        let started = Instant::now();
+        let started = StdInstant::now();
         match self.shared.store.release(&self.id, self.token).await {
             Ok(Write::Written) => {}
             Ok(Write::Fenced) => {
@@ -229,7 +240,7 @@ impl Owner {
     }
 
     async fn renew(&self) {
-        let started = Instant::now();
+        let started = StdInstant::now();
         let lease_until = self
             .shared
             .clock

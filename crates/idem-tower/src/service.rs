@@ -1,4 +1,5 @@
 use crate::execute::Owner;
+use crate::future::DetachOnDrop;
 use crate::layer::Shared;
 use crate::metrics::{self, Outcome};
 use crate::respond::{self, KeyEcho};
@@ -169,31 +170,23 @@ where
     );
     let fingerprint = fingerprint(config, &parts, &body);
     let id = RecordId { scope, key };
-    // From the claim on, the work belongs to a task of its own, not to the
-    // client's connection: a client that hangs up while its claim is being
-    // written must not leave a claim that nobody executes or releases.
-    let task = shared.executions.spawn(claim_and_answer(
-        shared.clone(),
-        inner,
-        parts,
-        body,
-        id,
-        fingerprint,
-        policy,
-        echo.clone(),
-    ));
-    match task.await {
-        Ok(result) => result,
-        Err(e) => Ok(respond::problem(
-            idem_core::Problem::new(
-                ProblemType::UpstreamTimeout,
-                format!(
-                    "The execution failed internally ({e}); the key will read as outcome-unknown."
-                ),
-            ),
-            Some(&echo),
-        )),
-    }
+    // From the claim on, the work no longer belongs to the client's
+    // connection: a client that hangs up (even while its claim is being
+    // written) must not leave a claim that nobody executes or releases.
+    DetachOnDrop::new(
+        claim_and_answer(
+            shared.clone(),
+            inner,
+            parts,
+            body,
+            id,
+            fingerprint,
+            policy,
+            echo,
+        ),
+        shared.executions.clone(),
+    )
+    .await
 }
 
 /// Claims the key and answers: executes as the owner, replays, waits, or

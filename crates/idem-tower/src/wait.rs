@@ -4,6 +4,7 @@
 
 use idem_core::RecordId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -11,6 +12,9 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub(crate) struct Waiters {
     map: Mutex<HashMap<RecordId, Arc<Notify>>>,
+    /// Waiters right now; lets every completion skip the lock when nobody
+    /// waits (always, unless a route uses `in_flight = wait`).
+    count: AtomicUsize,
 }
 
 impl Waiters {
@@ -21,6 +25,9 @@ impl Waiters {
 
     /// Wakes every waiter on `id` (the owner stored an outcome).
     pub(crate) fn wake(&self, id: &RecordId) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let entry = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             map.remove(id)
@@ -32,8 +39,10 @@ impl Waiters {
 
     /// Sleeps until `id` is woken or `timeout` passes.
     pub(crate) async fn wait(&self, id: &RecordId, timeout: Duration) {
+        self.count.fetch_add(1, Ordering::AcqRel);
         let notify = self.entry(id);
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
+        self.count.fetch_sub(1, Ordering::AcqRel);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Drop the entry once no one else holds it, so the map stays small.
         if map

@@ -1,5 +1,10 @@
 //! `idem`: one binary for idem's tools.
 
+/// mimalloc: allocation is a large share of a proxy's per-request work
+/// (see docs/benchmarks.md); the bench proxies use it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod gateway;
 
 use clap::{Parser, Subcommand};

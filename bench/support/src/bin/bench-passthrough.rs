@@ -8,6 +8,11 @@
 //! directions and `X-Forwarded-For` is set. Its throughput is the ceiling any
 //! proxy in this benchmark can reach.
 
+/// The same allocator in the gateway and the benchmark's pass-through proxy,
+/// so their ratio compares proxies, not allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 

@@ -6,6 +6,11 @@
 //! request body is always drained before answering. Connections are kept
 //! alive.
 
+/// The same allocator in the gateway and the benchmark's pass-through proxy,
+/// so their ratio compares proxies, not allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,9 +3,10 @@
 
 use super::*;
 use crate::{Store, StoreError, SweepReport};
+use foldhash::quality::RandomState;
 use idem_core::RecordId;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 const SHARDS: usize = 64;
@@ -13,7 +14,9 @@ const SHARDS: usize = 64;
 /// Records in sharded maps; each operation holds one shard's lock for the
 /// length of a map lookup, never across an await.
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<RecordId, Record>>]>,
+    // foldhash, seeded per process: far cheaper than SipHash on the hot
+    // path, and keys are still not predictable to a client.
+    shards: Box<[Mutex<HashMap<RecordId, Option<Record>, RandomState>>]>,
     hasher: RandomState,
 }
 
@@ -27,8 +30,10 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(RandomState::default())))
+                .collect(),
+            hasher: RandomState::default(),
         }
     }
 
@@ -37,10 +42,14 @@ impl MemoryStore {
         // A poisoned shard only means another thread panicked mid-update of
         // plain data; the map itself is still consistent.
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let mut slot = map.remove(id);
+        // Existing keys are updated in place (no rehash, no key clone).
+        if let Some(slot) = map.get_mut(id) {
+            return f(slot);
+        }
+        let mut slot = None;
         let out = f(&mut slot);
-        if let Some(r) = slot {
-            map.insert(id.clone(), r);
+        if slot.is_some() {
+            map.insert(id.clone(), slot);
         }
         out
     }
@@ -67,7 +76,7 @@ impl Store for MemoryStore {
         token: u64,
         completion: Completion,
     ) -> Result<Write, StoreError> {
-        Ok(self.with_slot(id, |slot| apply_complete(slot, token, &completion)))
+        Ok(self.with_slot(id, |slot| apply_complete(slot, token, completion)))
     }
 
     async fn mark_unknown(
@@ -91,7 +100,10 @@ impl Store for MemoryStore {
         let mut report = SweepReport::default();
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-            map.retain(|_, r| {
+            map.retain(|_, slot| {
+                let Some(r) = slot else {
+                    return false;
+                };
                 if report.deleted + report.tombstoned >= limit {
                     return true;
                 }

@@ -41,11 +41,11 @@ pub(crate) fn apply_renew(slot: &mut Option<Record>, token: u64, lease_until: Ti
     }
 }
 
-pub(crate) fn apply_complete(slot: &mut Option<Record>, token: u64, c: &Completion) -> Write {
+pub(crate) fn apply_complete(slot: &mut Option<Record>, token: u64, c: Completion) -> Write {
     match slot {
         Some(r) if owner_may_write(Some(r), token) => {
             r.state = RecordState::Completed;
-            r.response = Some(c.response.clone());
+            r.response = Some(c.response);
             r.expires_at = c.expires_at;
             r.tombstone_until = c.tombstone_until;
             Write::Written

@@ -366,7 +366,9 @@ impl Writer {
         let mut slot = load(&self.conn, id).map_err(|e| row_error(op, e))?;
         let write = match action {
             OwnerAction::Renew(lease_until) => apply_renew(&mut slot, token, *lease_until),
-            OwnerAction::Complete(completion) => apply_complete(&mut slot, token, completion),
+            OwnerAction::Complete(completion) => {
+                apply_complete(&mut slot, token, Completion::clone(completion))
+            }
             OwnerAction::Unknown => apply_unknown(&mut slot, token),
             OwnerAction::Release => apply_release(&mut slot, token),
         };
