@@ -11,12 +11,15 @@ use std::sync::Mutex;
 
 const SHARDS: usize = 64;
 
+/// One lock's worth of records. A slot is `None` once its record is gone.
+type Shard = Mutex<HashMap<RecordId, Option<Record>, RandomState>>;
+
 /// Records in sharded maps; each operation holds one shard's lock for the
 /// length of a map lookup, never across an await.
 pub struct MemoryStore {
     // foldhash, seeded per process: far cheaper than SipHash on the hot
     // path, and keys are still not predictable to a client.
-    shards: Box<[Mutex<HashMap<RecordId, Option<Record>, RandomState>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 
