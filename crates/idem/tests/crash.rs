@@ -270,3 +270,52 @@ async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_the_request_in_flight_finish_and_store_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idem.db");
+    let config = dir.path().join("idem.toml");
+    std::fs::write(&config, "shutdown_grace = \"30s\"\n").unwrap();
+    let upstream = Upstream::default();
+    let upstream_addr = upstream.start().await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut gateway = spawn_gateway(upstream_addr, &db, &config);
+    let addr = gateway.addr;
+
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { post(&client, addr, "slow-term").await }
+    });
+    wait_until("the request to reach the upstream", || {
+        let upstream = upstream.clone();
+        async move { upstream.count("slow-term") == 1 }
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // New connections are refused once shutdown has begun...
+    wait_until("the listener to close", || {
+        let client = client.clone();
+        async move { post(&client, addr, "after-term").await.is_none() }
+    })
+    .await;
+    assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway waits for the request in flight");
+    // ...but the request in flight completes and gets its answer.
+    upstream.gate.add_permits(1);
+    let (status, replayed, body, _) = in_flight.await.unwrap().expect("an answer");
+    assert_eq!((status, replayed), (201, false));
+    let exit = gateway.child.wait().unwrap();
+    assert!(exit.success(), "graceful exit, got {exit:?}");
+
+    // Its outcome was stored before the exit: a retry after restart replays.
+    let mut restarted = spawn_gateway(upstream_addr, &db, &config);
+    let (status, replayed, replay_body, _) = post(&client, restarted.addr, "slow-term").await.unwrap();
+    assert_eq!((status, replayed, &replay_body), (201, true, &body));
+    assert_eq!(upstream.count("slow-term"), 1);
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
