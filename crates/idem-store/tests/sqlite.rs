@@ -578,3 +578,104 @@ async fn throughput_of_claim_and_complete() {
         );
     }
 }
+
+/// The child half of [`processes_racing_on_one_file_claim_each_key_once`]:
+/// waits for the start file, then races to claim every key, printing the
+/// ones it won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claim_race_child() {
+    let Some(path) = std::env::var_os("IDEM_SQLITE_RACE_CHILD_DB") else {
+        return; // Only runs as a child process.
+    };
+    let start = PathBuf::from(std::env::var_os("IDEM_SQLITE_RACE_START").unwrap());
+    let store = std::sync::Arc::new(open(Path::new(&path)));
+    println!("ready");
+    // The parent creates the start file once every child is ready, so the
+    // claims overlap. Polling a file keeps the protocol dependency-free.
+    while !start.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // One claim per transaction, each child walking the keys from its own
+    // offset, so the four writers interleave on the file lock throughout.
+    let offset: usize = std::env::var("IDEM_SQLITE_RACE_OFFSET")
+        .unwrap()
+        .parse()
+        .unwrap();
+    for n in 0..200 {
+        let i = (n + offset) % 200;
+        let k = id(&format!("race-{i}"));
+        if matches!(
+            store.claim(claim(&k, T0)).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ) {
+            println!("won {i}");
+        }
+    }
+    println!("done");
+}
+
+/// Four processes, each with its own writer connection, race for the same
+/// 200 keys in one database file: every key is won exactly once.
+#[cfg(unix)]
+#[test]
+fn processes_racing_on_one_file_claim_each_key_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    drop(open(&path)); // create the schema once, up front
+    let start = dir.path().join("start");
+    let mut children: Vec<_> = (0..4)
+        .map(|child| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "claim_race_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("IDEM_SQLITE_RACE_CHILD_DB", &path)
+                .env("IDEM_SQLITE_RACE_START", &start)
+                .env("IDEM_SQLITE_RACE_OFFSET", (child * 50 % 200).to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().unwrap()).lines())
+        .collect();
+    for lines in readers.iter_mut() {
+        // libtest may print "test claim_race_child ... " on the same line first.
+        let ready = lines
+            .by_ref()
+            .map(|l| l.unwrap())
+            .any(|l| l.ends_with("ready"));
+        assert!(ready, "a child exited before it was ready");
+    }
+    std::fs::write(&start, b"go").unwrap();
+    let mut winners = vec![0usize; 200];
+    let mut per_child = Vec::new();
+    for lines in readers {
+        let mut done = false;
+        let mut won = 0;
+        for line in lines {
+            let line = line.unwrap();
+            if let Some(i) = line.strip_prefix("won ") {
+                winners[i.parse::<usize>().unwrap()] += 1;
+                won += 1;
+            }
+            done |= line == "done";
+        }
+        assert!(done, "a child did not finish its claims");
+        per_child.push(won);
+    }
+    eprintln!("keys won per process: {per_child:?}");
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    for (i, n) in winners.iter().enumerate() {
+        assert_eq!(*n, 1, "race-{i} was claimed {n} times");
+    }
+}

@@ -303,7 +303,10 @@ async fn sigterm_lets_the_request_in_flight_finish_and_store_its_outcome() {
         async move { post(&client, addr, "after-term").await.is_none() }
     })
     .await;
-    assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway waits for the request in flight");
+    assert!(
+        gateway.child.try_wait().unwrap().is_none(),
+        "the gateway waits for the request in flight"
+    );
     // ...but the request in flight completes and gets its answer.
     upstream.gate.add_permits(1);
     let (status, replayed, body, _) = in_flight.await.unwrap().expect("an answer");
@@ -313,7 +316,8 @@ async fn sigterm_lets_the_request_in_flight_finish_and_store_its_outcome() {
 
     // Its outcome was stored before the exit: a retry after restart replays.
     let mut restarted = spawn_gateway(upstream_addr, &db, &config);
-    let (status, replayed, replay_body, _) = post(&client, restarted.addr, "slow-term").await.unwrap();
+    let (status, replayed, replay_body, _) =
+        post(&client, restarted.addr, "slow-term").await.unwrap();
     assert_eq!((status, replayed, &replay_body), (201, true, &body));
     assert_eq!(upstream.count("slow-term"), 1);
     restarted.child.kill().unwrap();
