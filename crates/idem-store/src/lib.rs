@@ -3,7 +3,7 @@
 //! Every engine applies the contract's claim rule,
 //! [`idem_core::decide_claim`], inside one atomic step of its own, so two
 //! tasks, processes or gateways can never both claim a key. All engines pass
-//! the same conformance suite ([`testing`], behind the `testing` feature).
+//! the same conformance suite (module `testing`, behind the `testing` feature).
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {

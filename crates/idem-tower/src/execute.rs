@@ -205,24 +205,30 @@ impl Owner {
         let started = StdInstant::now();
         let now = self.shared.clock.now();
         let completion = Completion::new(response, now, &self.shared.config.retention);
-        match self
+        let result = self
             .shared
             .store
-            .complete(&self.id, self.token, completion)
-            .await
-        {
+            .complete(&self.id, self.token, completion.clone())
+            .await;
+        metrics::store_op(self.shared.store.engine(), "complete", started);
+        match result {
             Ok(Write::Written) => {}
             Ok(Write::Fenced) => {
                 tracing::warn!(key = %self.id.key, "completion refused: a newer claim holds the key")
             }
-            // The client still gets the real response; the key's lease runs
-            // out and retries are told outcome-unknown, never re-executed.
+            // The client still gets the real response now. The outcome is
+            // written as soon as the store is back; until then the key reads
+            // in progress, then outcome-unknown, and is never re-executed.
             Err(e) => {
                 metrics::count(Outcome::StoreError);
-                tracing::error!(key = %self.id.key, error = %e, "could not store the outcome");
+                tracing::error!(key = %self.id.key, error = %e, "could not store the outcome; retrying in the background");
+                let shared = self.shared.clone();
+                let (id, token) = (self.id.clone(), self.token);
+                self.shared
+                    .executions
+                    .spawn(retry_completion(shared, id, token, completion));
             }
         }
-        metrics::store_op(self.shared.store.engine(), "complete", started);
     }
 
     async fn release(&self) {
@@ -308,5 +314,34 @@ fn stored(parts: &Parts, body: Option<Bytes>, config: &crate::IdempotencyConfig)
         status: parts.status.as_u16(),
         headers,
         body,
+    }
+}
+
+/// Writes a completion the store refused, with capped exponential backoff,
+/// until it is written or fenced, or retention has passed (then there is
+/// nothing left to replay anyway).
+async fn retry_completion(shared: Arc<Shared>, id: RecordId, token: u64, completion: Completion) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(backoff).await;
+        if shared.clock.now() >= completion.expires_at {
+            tracing::error!(key = %id.key, "gave up storing the outcome: retention passed while the store was unavailable");
+            return;
+        }
+        match shared.store.complete(&id, token, completion.clone()).await {
+            Ok(Write::Written) => {
+                tracing::info!(key = %id.key, "outcome stored after the store came back");
+                shared.waiters.wake(&id);
+                return;
+            }
+            Ok(Write::Fenced) => {
+                tracing::warn!(key = %id.key, "late completion refused: a newer claim holds the key");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(key = %id.key, error = %e, "store still unavailable");
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
     }
 }

@@ -184,3 +184,122 @@ async fn required_key_and_uncovered_methods() {
     app.gate.add_permits(2);
     let _ = (h.await.unwrap(), h2.await.unwrap());
 }
+
+/// A real memory store whose `complete` fails while `down` is set: the
+/// store outage of a networked engine, reduced to the one operation.
+struct CompletionOutage {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for CompletionOutage {
+    async fn claim(
+        &self,
+        c: idem_store::Claim,
+    ) -> Result<idem_store::ClaimOutcome, idem_store::StoreError> {
+        self.inner.claim(c).await
+    }
+    async fn renew(
+        &self,
+        id: &idem_core::RecordId,
+        t: u64,
+        l: Timestamp,
+    ) -> Result<idem_store::Write, idem_store::StoreError> {
+        self.inner.renew(id, t, l).await
+    }
+    async fn complete(
+        &self,
+        id: &idem_core::RecordId,
+        t: u64,
+        c: idem_store::Completion,
+    ) -> Result<idem_store::Write, idem_store::StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(idem_store::StoreError::new(
+                "outage",
+                "complete",
+                "connection refused",
+            ));
+        }
+        self.inner.complete(id, t, c).await
+    }
+    async fn mark_unknown(
+        &self,
+        id: &idem_core::RecordId,
+        t: u64,
+        n: Timestamp,
+    ) -> Result<idem_store::Write, idem_store::StoreError> {
+        self.inner.mark_unknown(id, t, n).await
+    }
+    async fn release(
+        &self,
+        id: &idem_core::RecordId,
+        t: u64,
+    ) -> Result<idem_store::Write, idem_store::StoreError> {
+        self.inner.release(id, t).await
+    }
+    async fn get(
+        &self,
+        id: &idem_core::RecordId,
+    ) -> Result<Option<idem_core::Record>, idem_store::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn sweep(
+        &self,
+        n: Timestamp,
+        l: usize,
+    ) -> Result<idem_store::SweepReport, idem_store::StoreError> {
+        self.inner.sweep(n, l).await
+    }
+    async fn ping(&self) -> Result<(), idem_store::StoreError> {
+        Ok(())
+    }
+    fn engine(&self) -> &'static str {
+        "outage"
+    }
+}
+
+#[tokio::test]
+async fn outcome_is_stored_once_the_store_returns_and_never_re_executed() {
+    let store = Arc::new(CompletionOutage {
+        inner: MemoryStore::new(),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counter = executions.clone();
+    let router = Router::new()
+        .route(
+            "/charges",
+            post(move || async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::CREATED, "charged")
+            }),
+        )
+        .layer(IdempotencyLayer::new(
+            IdempotencyConfig::default(),
+            store.clone(),
+        ));
+    // The store cannot take the outcome, but the client gets the real answer.
+    let (status, _, body) = send(&router, post_with_key("/charges", "k1", "x")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::CREATED, "charged"));
+    // Meanwhile a retry is held off, not executed again.
+    let (status, _, _) = send(&router, post_with_key("/charges", "k1", "x")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    store.down.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, headers, body) = send(&router, post_with_key("/charges", "k1", "x")).await;
+        if status == StatusCode::CREATED {
+            assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
+            assert_eq!(body, "charged");
+            break;
+        }
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outcome was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(executions.load(Ordering::SeqCst), 1);
+}
