@@ -5,7 +5,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod chaos;
 mod gateway;
+mod math;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +25,13 @@ enum Command {
     /// Run a reverse proxy that enforces Stripe-style idempotency keys in
     /// front of an HTTP API.
     Gateway(gateway::GatewayArgs),
+    /// What a duplicate rate means at scale: expected duplicates per day and
+    /// year, the chance of a duplicate-free day, the cost, and what N clean
+    /// trials prove.
+    Math(math::MathArgs),
+    /// Run an HTTP fault proxy: duplicate requests, drop responses or
+    /// requests, delay and reset, per request, from a seeded RNG.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +45,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Gateway(args) => gateway::run(args),
+        Command::Math(args) => math::run(args),
+        Command::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
