@@ -29,6 +29,10 @@ mod store;
 pub mod testing;
 
 pub use engine::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use engine::postgres::{MigrationReport, PostgresOptions, PostgresStore};
+#[cfg(feature = "redis")]
+pub use engine::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use engine::sqlite::{SqliteOptions, SqliteStore};
 pub use error::StoreError;

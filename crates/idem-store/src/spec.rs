@@ -14,17 +14,46 @@ pub enum StoreSpec {
         /// The database file.
         path: PathBuf,
     },
+    /// `postgres://…` or `postgresql://…`: PostgreSQL, shared by many
+    /// gateways.
+    Postgres {
+        /// The connection URL, as given.
+        url: String,
+    },
+    /// `redis://…`: one Redis server, shared by many gateways.
+    Redis {
+        /// The connection URL, as given.
+        url: String,
+    },
+    /// `redis+cluster://HOST:PORT,HOST:PORT` (or `redis://` with several
+    /// comma-separated nodes): Redis Cluster, reached through any of the
+    /// nodes.
+    RedisCluster {
+        /// Each node as a `redis://` URL (credentials of the spec repeated
+        /// on each).
+        nodes: Vec<String>,
+    },
 }
 
 /// A `--store` value that names no engine, or a bad one.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreSpecError {
     /// The scheme is not one of the engines.
-    #[error("unknown store `{0}`: expected `memory` or `sqlite:PATH` (e.g. sqlite:idem.db)")]
+    #[error(
+        "unknown store `{0}`: expected `memory`, `sqlite:PATH` (e.g. sqlite:idem.db), \
+         `postgres://USER@HOST:PORT/DB`, `redis://HOST:PORT/` or \
+         `redis+cluster://HOST:PORT,HOST:PORT`"
+    )]
     UnknownScheme(String),
     /// `sqlite:` without a path.
     #[error("store `sqlite:` needs a file path, e.g. sqlite:idem.db")]
     MissingPath,
+    /// A URL store without a host.
+    #[error(
+        "store `{0}` names no server: expected e.g. postgres://idem@db:5432/idem, \
+         redis://cache:6379/ or redis+cluster://node1:7000,node2:7000"
+    )]
+    MissingHost(String),
     /// The engine was compiled out.
     #[error("store engine `{0}` is not compiled into this build")]
     NotCompiled(&'static str),
@@ -45,6 +74,12 @@ impl std::str::FromStr for StoreSpec {
     /// use idem_store::StoreSpec;
     /// assert_eq!("memory".parse::<StoreSpec>().unwrap(), StoreSpec::Memory);
     /// assert!(matches!("sqlite:/tmp/x.db".parse::<StoreSpec>().unwrap(), StoreSpec::Sqlite { .. }));
+    /// assert!(matches!("postgres://idem@db/idem".parse::<StoreSpec>().unwrap(), StoreSpec::Postgres { .. }));
+    /// assert!(matches!("redis://cache:6379/".parse::<StoreSpec>().unwrap(), StoreSpec::Redis { .. }));
+    /// assert_eq!(
+    ///     "redis+cluster://a:7000,b:7001".parse::<StoreSpec>().unwrap(),
+    ///     StoreSpec::RedisCluster { nodes: vec!["redis://a:7000".into(), "redis://b:7001".into()] },
+    /// );
     /// assert!("mysql://x".parse::<StoreSpec>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -58,6 +93,25 @@ impl std::str::FromStr for StoreSpec {
             }
             return Ok(StoreSpec::Sqlite { path: path.into() });
         }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            if authority(s).is_none_or(|a| a.rsplit('@').next().unwrap_or("").is_empty()) {
+                return Err(StoreSpecError::MissingHost(redact(s)));
+            }
+            return Ok(StoreSpec::Postgres { url: s.to_owned() });
+        }
+        if let Some(rest) = s.strip_prefix("redis+cluster://") {
+            return cluster_nodes(s, rest).map(|nodes| StoreSpec::RedisCluster { nodes });
+        }
+        if let Some(rest) = s.strip_prefix("redis://") {
+            let hosts = authority(s).map(|a| a.rsplit('@').next().unwrap_or(""));
+            if hosts.is_none_or(str::is_empty) {
+                return Err(StoreSpecError::MissingHost(redact(s)));
+            }
+            if hosts.is_some_and(|h| h.contains(',')) {
+                return cluster_nodes(s, rest).map(|nodes| StoreSpec::RedisCluster { nodes });
+            }
+            return Ok(StoreSpec::Redis { url: s.to_owned() });
+        }
         Err(StoreSpecError::UnknownScheme(s.to_owned()))
     }
 }
@@ -67,8 +121,73 @@ impl std::fmt::Display for StoreSpec {
         match self {
             StoreSpec::Memory => f.write_str("memory"),
             StoreSpec::Sqlite { path } => write!(f, "sqlite:{}", path.display()),
+            // Passwords are never shown (this is what logs and errors print).
+            StoreSpec::Postgres { url } | StoreSpec::Redis { url } => f.write_str(&redact(url)),
+            StoreSpec::RedisCluster { nodes } => {
+                f.write_str("redis+cluster://")?;
+                for (i, node) in nodes.iter().enumerate() {
+                    let shown = redact(node);
+                    let host = shown.strip_prefix("redis://").unwrap_or(&shown);
+                    // Credentials, repeated on every node, are shown once.
+                    let host = if i == 0 {
+                        host
+                    } else {
+                        host.rsplit('@').next().unwrap_or(host)
+                    };
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(host)?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// The authority of a `scheme://authority/...` URL.
+fn authority(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    Some(&rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())])
+}
+
+/// `url` with the password in its user info replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let Some(auth) = authority(url) else {
+        return url.to_owned();
+    };
+    let Some(at) = auth.rfind('@') else {
+        return url.to_owned();
+    };
+    match auth[..at].find(':') {
+        Some(colon) => format!("{}***{}", &url[..start + colon + 1], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The nodes of `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT[/]`, each
+/// as a `redis://` URL carrying the credentials.
+fn cluster_nodes(spec: &str, rest: &str) -> Result<Vec<String>, StoreSpecError> {
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hosts) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .map(|host| match userinfo {
+            Some(u) => format!("redis://{u}@{host}"),
+            None => format!("redis://{host}"),
+        })
+        .collect();
+    if hosts.split(',').any(|h| h.trim().is_empty()) {
+        return Err(StoreSpecError::MissingHost(redact(spec)));
+    }
+    Ok(nodes)
 }
 
 /// Opens the engine a spec names.
@@ -86,5 +205,118 @@ pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreSpecError> {
         }
         #[cfg(not(feature = "sqlite"))]
         StoreSpec::Sqlite { .. } => Err(StoreSpecError::NotCompiled("sqlite")),
+        #[cfg(feature = "postgres")]
+        StoreSpec::Postgres { url } => {
+            crate::PostgresStore::open(url, crate::PostgresOptions::default())
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+                .map_err(|source| StoreSpecError::Open {
+                    spec: spec.to_string(),
+                    source,
+                })
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreSpec::Postgres { .. } => Err(StoreSpecError::NotCompiled("postgres")),
+        #[cfg(feature = "redis")]
+        StoreSpec::Redis { url } => crate::RedisStore::open(url, crate::RedisOptions::default())
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|source| StoreSpecError::Open {
+                spec: spec.to_string(),
+                source,
+            }),
+        #[cfg(feature = "redis")]
+        StoreSpec::RedisCluster { nodes } => {
+            crate::RedisStore::open_cluster(nodes, crate::RedisOptions::default())
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+                .map_err(|source| StoreSpecError::Open {
+                    spec: spec.to_string(),
+                    source,
+                })
+        }
+        #[cfg(not(feature = "redis"))]
+        StoreSpec::Redis { .. } | StoreSpec::RedisCluster { .. } => {
+            Err(StoreSpecError::NotCompiled("redis"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> StoreSpec {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn url_stores_parse_and_never_show_passwords() {
+        let pg = parse("postgresql://idem:s3cret@db:5432/idem?sslmode=disable");
+        assert_eq!(
+            pg,
+            StoreSpec::Postgres {
+                url: "postgresql://idem:s3cret@db:5432/idem?sslmode=disable".into()
+            }
+        );
+        assert_eq!(
+            pg.to_string(),
+            "postgresql://idem:***@db:5432/idem?sslmode=disable"
+        );
+        assert_eq!(
+            parse("postgres://db/idem").to_string(),
+            "postgres://db/idem"
+        );
+        let redis = parse("redis://:pw@cache:6379/2");
+        assert_eq!(redis.to_string(), "redis://:***@cache:6379/2");
+        assert!(matches!(redis, StoreSpec::Redis { .. }));
+    }
+
+    #[test]
+    fn clusters_are_named_by_their_nodes() {
+        let c = parse("redis+cluster://u:pw@a:7000,b:7001/");
+        assert_eq!(
+            c,
+            StoreSpec::RedisCluster {
+                nodes: vec!["redis://u:pw@a:7000".into(), "redis://u:pw@b:7001".into()]
+            }
+        );
+        assert_eq!(c.to_string(), "redis+cluster://u:***@a:7000,b:7001");
+        // Several nodes in a redis:// URL are a cluster too.
+        assert_eq!(
+            parse("redis://a:7000,b:7001"),
+            StoreSpec::RedisCluster {
+                nodes: vec!["redis://a:7000".into(), "redis://b:7001".into()]
+            }
+        );
+        assert_eq!(
+            parse(&parse("redis+cluster://a:1,b:2").to_string()),
+            parse("redis+cluster://a:1,b:2")
+        );
+    }
+
+    #[test]
+    fn url_stores_without_a_server_are_refused_with_examples() {
+        for bad in [
+            "postgres://",
+            "postgres://user:pw@/db",
+            "redis://",
+            "redis+cluster://",
+            "redis+cluster://a:1,,b:2",
+        ] {
+            let err = bad.parse::<StoreSpec>().unwrap_err().to_string();
+            assert!(err.contains("names no server"), "{bad}: {err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+        let err = "mysql://x".parse::<StoreSpec>().unwrap_err().to_string();
+        for form in [
+            "memory",
+            "sqlite:PATH",
+            "postgres://",
+            "redis://",
+            "redis+cluster://",
+        ] {
+            assert!(err.contains(form), "{err}");
+        }
     }
 }

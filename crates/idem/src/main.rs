@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod chaos;
 mod gateway;
 mod math;
+mod migrate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +33,9 @@ enum Command {
     /// Run an HTTP fault proxy: duplicate requests, drop responses or
     /// requests, delay and reset, per request, from a seeded RNG.
     Chaos(chaos::ChaosArgs),
+    /// Create or upgrade a store's schema ahead of a deploy, print what was
+    /// applied, and exit.
+    Migrate(migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(args),
         Command::Math(args) => math::run(args),
         Command::Chaos(args) => chaos::run(args),
+        Command::Migrate(args) => migrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,668 @@
+//! The PostgreSQL engine: many gateways sharing one database, with the
+//! strongest guarantee (a commit is durable and replicated as the server is
+//! configured to; nothing acknowledged is lost on failover to a synchronous
+//! standby).
+//!
+//! - The claim of an absent key is one `INSERT … ON CONFLICT DO NOTHING`:
+//!   no check-then-act. When the key exists, the stored record is read and
+//!   the shared rule ([`crate::engine::apply_claim`], i.e.
+//!   [`idem_core::decide_claim`]) answers from it; only when that rule says
+//!   the key may be claimed again (released, past its tombstone, or
+//!   `outcome-unknown` with `upstream_dedupes`) is the row locked
+//!   (`SELECT … FOR UPDATE`), decided again under the lock, and rewritten,
+//!   in one transaction.
+//! - Completion, release, lease renewal and mark-unknown are each one
+//!   conditional `UPDATE` whose `WHERE` is exactly
+//!   [`idem_core::decision::owner_may_write`] (same token, still in
+//!   flight), so a stale owner can never overwrite.
+//! - The sweep finds candidates through an index per kind (past the
+//!   tombstone, released, past retention with a payload), locks them with
+//!   `FOR UPDATE SKIP LOCKED` (sweepers on many gateways take disjoint rows
+//!   and never wait), lets [`crate::engine::sweep_action`] decide each, and
+//!   deletes or tombstones in bounded transactions.
+//! - The schema is created and upgraded by versioned migrations
+//!   (`idem_schema_migrations`) under an advisory lock, on open and by
+//!   `idem migrate`.
+//! - Every operation is bounded: a pool wait, a connect timeout, a
+//!   server-side `statement_timeout`/`lock_timeout`, and an overall client
+//!   deadline. A database that is down or unreachable yields a
+//!   [`StoreError`] within [`PostgresOptions::operation_timeout`], never a
+//!   hang; the pool reconnects by itself when the database returns.
+
+mod rows;
+mod schema;
+
+pub use schema::MigrationReport;
+
+use super::{apply_claim, sweep_action, to_tombstone, SweepAction};
+use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use idem_core::{Record, RecordId, Scope, Timestamp};
+use rows::{read_record, Body, Corrupt, RowError, RowValues};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+
+/// How often a claim retries when the row it saw vanished (swept) before it
+/// could read or lock it. Each retry is caused by a concurrent delete, so
+/// more than a couple in a row is not expected.
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// Most records one sweep transaction touches.
+const SWEEP_CHUNK: usize = 500;
+
+/// Tuning of the PostgreSQL engine.
+///
+/// ```
+/// use idem_store::PostgresOptions;
+/// let options = PostgresOptions { pool_size: 32, ..PostgresOptions::default() };
+/// assert!(options.operation_timeout > options.statement_timeout);
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections in the pool. Default 16.
+    pub pool_size: usize,
+    /// Bound on opening one connection (TCP, TLS-less startup,
+    /// authentication). Default 2 s.
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout` and `lock_timeout` of every
+    /// statement the engine runs. Default 2 s.
+    pub statement_timeout: Duration,
+    /// Bound on one whole store operation, waiting for a pooled connection
+    /// included: past it the operation fails with a [`StoreError`] (and the
+    /// connection it used is discarded). Default 3 s. A sweep gets ten
+    /// times this.
+    pub operation_timeout: Duration,
+    /// Bound on running the migrations at open. Default 60 s.
+    pub migration_timeout: Duration,
+    /// Keep the tables in this schema (created if missing) instead of the
+    /// first schema of the connection's `search_path`. Letters, digits and
+    /// `_` only. Default: none, or the URL's `schema=NAME` parameter (an
+    /// idem parameter, removed before the URL reaches the driver).
+    pub schema: Option<String>,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(2),
+            operation_timeout: Duration::from_secs(3),
+            migration_timeout: Duration::from_secs(60),
+            schema: None,
+        }
+    }
+}
+
+/// Records in a PostgreSQL table shared by any number of gateways.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), idem_store::StoreError> {
+/// use idem_store::{PostgresOptions, PostgresStore, Store};
+/// let store = PostgresStore::open("postgres://idem@db.internal/idem", PostgresOptions::default()).await?;
+/// store.ping().await?;
+/// # Ok(()) }
+/// ```
+pub struct PostgresStore {
+    pool: Pool,
+    options: PostgresOptions,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a `postgres://` or
+    /// `postgresql://` URL, or a libpq key-value string) and brings its
+    /// schema up to date. Fails if the database cannot be reached within
+    /// the timeouts, or has a schema from a newer build.
+    pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(url, options)?;
+        store.migrate_schema().await?;
+        store.check_durability().await;
+        Ok(store)
+    }
+
+    /// Applies the migrations the database at `url` lacks, and reports
+    /// them (`idem migrate`).
+    pub async fn migrate(
+        url: &str,
+        options: PostgresOptions,
+    ) -> Result<MigrationReport, StoreError> {
+        Self::connect(url, options)?.migrate_schema().await
+    }
+
+    /// Builds the pool; no connection is made yet.
+    fn connect(url: &str, mut options: PostgresOptions) -> Result<Self, StoreError> {
+        let (url, schema) = split_schema_param(url);
+        if options.schema.is_none() {
+            options.schema = schema;
+        }
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| fail("open", format!("invalid PostgreSQL URL: {e}")))?;
+        config.connect_timeout(options.connect_timeout);
+        // Notice a peer that vanished without closing (a partition, a
+        // powered-off host) on idle connections too.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        if config.get_application_name().is_none() {
+            config.application_name("idem");
+        }
+        let statement_ms = options.statement_timeout.as_millis().max(1);
+        let mut server_options = config.get_options().unwrap_or_default().to_owned();
+        server_options.push_str(&format!(
+            " -c statement_timeout={statement_ms} -c lock_timeout={statement_ms} \
+             -c idle_in_transaction_session_timeout={}",
+            statement_ms * 5
+        ));
+        if let Some(schema) = &options.schema {
+            if !schema::valid_schema_name(schema) {
+                return Err(fail(
+                    "open",
+                    format!("schema name {schema:?}: use letters, digits and `_` only"),
+                ));
+            }
+            server_options.push_str(&format!(" -c search_path={schema}"));
+        }
+        config.options(server_options.trim_start());
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.operation_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| fail("open", format!("cannot build the connection pool: {e}")))?;
+        Ok(PostgresStore { pool, options })
+    }
+
+    async fn migrate_schema(&self) -> Result<MigrationReport, StoreError> {
+        let op = "migrate";
+        let deadline = Instant::now() + self.options.migration_timeout;
+        let mut client = self.client(op, deadline).await?;
+        let schema = self.options.schema.as_deref();
+        let result = tokio::time::timeout_at(deadline, schema::migrate(&mut client, schema)).await;
+        match result {
+            Ok(Ok(report)) => {
+                for (version, name) in &report.applied {
+                    tracing::info!(version, name, "postgres store: applied migration");
+                }
+                Ok(report)
+            }
+            Ok(Err(schema::MigrateError::Db(e))) => {
+                let hint = if e.code()
+                    == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME)
+                {
+                    " (the search_path names no existing schema: create it, or add schema=NAME to the URL to have idem create it)"
+                } else {
+                    ""
+                };
+                Err(fail(
+                    op,
+                    format!(
+                        "cannot create or upgrade the schema: {}{hint}",
+                        db_message(&e)
+                    ),
+                ))
+            }
+            Ok(Err(schema::MigrateError::TooNew(v))) => Err(fail(
+                op,
+                format!(
+                    "the database has schema version {v}, newer than this build's {}: upgrade idem",
+                    schema::LATEST
+                ),
+            )),
+            Err(_) => {
+                drop(Object::take(client));
+                Err(fail(
+                    op,
+                    format!(
+                        "migrations did not finish within {:?}",
+                        self.options.migration_timeout
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Warns when the server acknowledges commits before they are durable.
+    async fn check_durability(&self) {
+        let setting = self
+            .run("open", self.options.operation_timeout, |client| {
+                Box::pin(async move {
+                    let row = client.query_one("SHOW synchronous_commit", &[]).await?;
+                    Ok(row.try_get::<_, String>(0)?)
+                })
+            })
+            .await;
+        if let Ok(setting) = setting {
+            if setting == "off" {
+                tracing::warn!(
+                    "postgres store: synchronous_commit is off: a database crash can lose acknowledged claims and outcomes (see docs/stores.md)"
+                );
+            }
+        }
+    }
+
+    /// A pooled connection, or an error once `deadline` passes.
+    async fn client(&self, op: &'static str, deadline: Instant) -> Result<Object, StoreError> {
+        match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(fail(op, format!("cannot get a connection: {}", chain(&e)))),
+            Err(_) => Err(fail(
+                op,
+                format!("no connection within {:?}", self.options.operation_timeout),
+            )),
+        }
+    }
+
+    /// Runs one operation with a pooled connection under the operation's
+    /// deadline. A connection whose operation ran out of time may be stuck
+    /// on a dead peer: it is discarded, not returned to the pool.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        bound: Duration,
+        f: impl for<'c> FnOnce(&'c mut Object) -> BoxFuture<'c, Result<T, RowError>>,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + bound;
+        let mut client = self.client(op, deadline).await?;
+        let result = tokio::time::timeout_at(deadline, f(&mut client)).await;
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(row_error(op, e)),
+            Err(_) => {
+                drop(Object::take(client));
+                Err(fail(op, format!("no answer within {bound:?}")))
+            }
+        }
+    }
+
+    async fn owner_write(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        id: &RecordId,
+        token: u64,
+        extra: Extra,
+    ) -> Result<Write, StoreError> {
+        let token = rows::token_to_sql(token).map_err(|e| StoreError::new(ENGINE, op, e))?;
+        let (scope, key) = (id.scope.as_str().to_owned(), id.key.as_str().to_owned());
+        self.run(op, self.options.operation_timeout, move |client| {
+            Box::pin(async move {
+                let stmt = client.prepare_cached(sql).await?;
+                let updated = match &extra {
+                    Extra::None => client.execute(&stmt, &[&scope, &key, &token]).await?,
+                    Extra::Lease(lease_until) => {
+                        client
+                            .execute(&stmt, &[&scope, &key, &token, lease_until])
+                            .await?
+                    }
+                    Extra::Completion(c) => {
+                        let (names, values) = rows::header_arrays(&c.response.headers);
+                        let status = i32::from(c.response.status);
+                        let body = c.response.body.as_deref();
+                        let (expires_at, tombstone_until) =
+                            (c.expires_at.as_millis(), c.tombstone_until.as_millis());
+                        client
+                            .execute(
+                                &stmt,
+                                &[
+                                    &scope,
+                                    &key,
+                                    &token,
+                                    &status,
+                                    &names,
+                                    &values,
+                                    &body,
+                                    &expires_at,
+                                    &tombstone_until,
+                                ],
+                            )
+                            .await?
+                    }
+                };
+                Ok(if updated == 1 {
+                    Write::Written
+                } else {
+                    Write::Fenced
+                })
+            })
+        })
+        .await
+    }
+}
+
+/// `url` without its `schema=NAME` query parameter, and the name.
+fn split_schema_param(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|param| match param.strip_prefix("schema=") {
+            Some(name) => {
+                schema = Some(name.to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, schema)
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The values an owner's write sets besides the state.
+enum Extra {
+    None,
+    Lease(i64),
+    Completion(Box<Completion>),
+}
+
+/// Claims `claim.id` (see the module documentation).
+async fn claim_on(client: &mut Object, claim: &Claim) -> Result<ClaimOutcome, RowError> {
+    let mut fresh = None;
+    let won = apply_claim(&mut fresh, claim);
+    let record = fresh.expect("an absent key is always claimed");
+    let values = RowValues::of(&record)?;
+    let (scope, key) = (claim.id.scope.as_str(), claim.id.key.as_str());
+    let insert = client.prepare_cached(rows::INSERT_IF_ABSENT).await?;
+    let select = client.prepare_cached(rows::SELECT).await?;
+    for _ in 0..CLAIM_ATTEMPTS {
+        if client.execute(&insert, &values.params()).await? == 1 {
+            return Ok(won);
+        }
+        // The key is taken. Most often the rule answers from the record as
+        // it is (in progress, replay, mismatch...): that answer is the
+        // latest committed state, read without a lock.
+        let Some(row) = client.query_opt(&select, &[&scope, &key]).await? else {
+            continue; // swept in between: try the insert again
+        };
+        let mut slot = Some(read_record(&row, 0, claim.id.clone(), Body::Load)?);
+        if let existing @ ClaimOutcome::Existing { .. } = apply_claim(&mut slot, claim) {
+            return Ok(existing);
+        }
+        // The rule would claim it again: decide under the row lock, so two
+        // gateways cannot both take it over.
+        let tx = client.transaction().await?;
+        let lock = tx.prepare_cached(rows::SELECT_FOR_UPDATE).await?;
+        let Some(row) = tx.query_opt(&lock, &[&scope, &key]).await? else {
+            tx.rollback().await?;
+            continue;
+        };
+        let mut slot = Some(read_record(&row, 0, claim.id.clone(), Body::Load)?);
+        let outcome = apply_claim(&mut slot, claim);
+        if let ClaimOutcome::Claimed { .. } = outcome {
+            let record = slot.as_ref().expect("a claim leaves a record");
+            let overwrite = tx.prepare_cached(rows::OVERWRITE).await?;
+            tx.execute(&overwrite, &RowValues::of(record)?.params())
+                .await?;
+        }
+        tx.commit().await?;
+        return Ok(outcome);
+    }
+    Err(RowError::Corrupt(Corrupt(format!(
+        "the record vanished {CLAIM_ATTEMPTS} times in a row while claiming it"
+    ))))
+}
+
+/// Sweeps at most `limit` records in transactions of [`SWEEP_CHUNK`].
+async fn sweep_on(
+    client: &mut Object,
+    now: Timestamp,
+    limit: usize,
+) -> Result<SweepReport, RowError> {
+    let mut report = SweepReport::default();
+    let mut remaining = limit;
+    while remaining > 0 {
+        let budget = remaining.min(SWEEP_CHUNK);
+        let tx = client.transaction().await?;
+        let mut found = 0;
+        let mut chunk = SweepReport::default();
+        // Each query's records are acted on before the next query runs, so
+        // a record two queries match is found (and counted) once.
+        for sql in rows::SWEEP_QUERIES {
+            let want = budget - found;
+            if want == 0 {
+                break;
+            }
+            let stmt = tx.prepare_cached(sql).await?;
+            let want_sql = i64::try_from(want).unwrap_or(i64::MAX);
+            let candidates = tx.query(&stmt, &[&now.as_millis(), &want_sql]).await?;
+            found += candidates.len();
+            let (mut delete, mut tombstone) = (Keys::default(), Keys::default());
+            for row in &candidates {
+                let scope: String = row.try_get(0)?;
+                let key: String = row.try_get(1)?;
+                let id = RecordId {
+                    scope: Scope::from_stored(scope.as_str()),
+                    key: rows::key_from_stored(&key)?,
+                };
+                let mut record: Record = read_record(row, 2, id, Body::PresenceOnly)?;
+                match sweep_action(&record, now) {
+                    SweepAction::Keep => {}
+                    SweepAction::Delete => delete.push(scope, key),
+                    SweepAction::Tombstone => {
+                        to_tombstone(&mut record);
+                        // TOMBSTONE_MANY writes what to_tombstone leaves.
+                        debug_assert!(record
+                            .response
+                            .as_ref()
+                            .is_none_or(|r| r.body.is_none() && r.headers.is_empty()));
+                        tombstone.push(scope, key);
+                    }
+                }
+            }
+            if !delete.is_empty() {
+                let stmt = tx.prepare_cached(rows::DELETE_MANY).await?;
+                chunk.deleted += tx.execute(&stmt, &[&delete.scopes, &delete.keys]).await? as usize;
+            }
+            if !tombstone.is_empty() {
+                let stmt = tx.prepare_cached(rows::TOMBSTONE_MANY).await?;
+                chunk.tombstoned += tx
+                    .execute(&stmt, &[&tombstone.scopes, &tombstone.keys])
+                    .await? as usize;
+            }
+        }
+        tx.commit().await?;
+        let touched = chunk.deleted + chunk.tombstoned;
+        report.deleted += chunk.deleted;
+        report.tombstoned += chunk.tombstoned;
+        remaining -= touched.min(remaining);
+        if found < budget || touched == 0 {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// (scope, key) pairs as two arrays, for `unnest`.
+#[derive(Default)]
+struct Keys {
+    scopes: Vec<String>,
+    keys: Vec<String>,
+}
+
+impl Keys {
+    fn push(&mut self, scope: String, key: String) {
+        self.scopes.push(scope);
+        self.keys.push(key);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
+        self.run("claim", self.options.operation_timeout, |client| {
+            Box::pin(async move { claim_on(client, &claim).await })
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        id: &RecordId,
+        token: u64,
+        lease_until: Timestamp,
+    ) -> Result<Write, StoreError> {
+        self.owner_write(
+            "renew",
+            rows::RENEW,
+            id,
+            token,
+            Extra::Lease(lease_until.as_millis()),
+        )
+        .await
+    }
+
+    async fn complete(
+        &self,
+        id: &RecordId,
+        token: u64,
+        completion: Completion,
+    ) -> Result<Write, StoreError> {
+        self.owner_write(
+            "complete",
+            rows::COMPLETE,
+            id,
+            token,
+            Extra::Completion(Box::new(completion)),
+        )
+        .await
+    }
+
+    async fn mark_unknown(
+        &self,
+        id: &RecordId,
+        token: u64,
+        _now: Timestamp,
+    ) -> Result<Write, StoreError> {
+        self.owner_write("mark_unknown", rows::MARK_UNKNOWN, id, token, Extra::None)
+            .await
+    }
+
+    async fn release(&self, id: &RecordId, token: u64) -> Result<Write, StoreError> {
+        self.owner_write("release", rows::RELEASE, id, token, Extra::None)
+            .await
+    }
+
+    async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let id = id.clone();
+        self.run("get", self.options.operation_timeout, move |client| {
+            Box::pin(async move {
+                let stmt = client.prepare_cached(rows::SELECT).await?;
+                let row = client
+                    .query_opt(&stmt, &[&id.scope.as_str(), &id.key.as_str()])
+                    .await?;
+                row.map(|row| read_record(&row, 0, id, Body::Load))
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
+        self.run(
+            "sweep",
+            self.options.operation_timeout * 10,
+            move |client| Box::pin(sweep_on(client, now, limit)),
+        )
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run("ping", self.options.operation_timeout, |client| {
+            Box::pin(async move {
+                client.simple_query("SELECT 1").await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+}
+
+const ENGINE: &str = "postgres";
+
+fn fail(op: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::new(ENGINE, op, message.into())
+}
+
+/// The server's own message when there is one (tokio-postgres's Display
+/// only says "db error"), else the error with its causes.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => chain(e),
+    }
+}
+
+/// An error and its sources, e.g. "error connecting to server: Connection
+/// refused (os error 111)" (tokio-postgres and deadpool keep the cause out
+/// of their Display).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn row_error(op: &'static str, e: RowError) -> StoreError {
+    match e {
+        RowError::Db(e) => fail(op, db_message(&e)),
+        RowError::Corrupt(c) => StoreError::new(ENGINE, op, c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_parameter_is_idems_not_the_drivers() {
+        assert_eq!(
+            split_schema_param("postgres://u@h/db?schema=idem&sslmode=disable"),
+            (
+                "postgres://u@h/db?sslmode=disable".to_owned(),
+                Some("idem".to_owned())
+            )
+        );
+        assert_eq!(
+            split_schema_param("postgres://u@h/db?schema=idem"),
+            ("postgres://u@h/db".to_owned(), Some("idem".to_owned()))
+        );
+        assert_eq!(
+            split_schema_param("postgres://u@h/db"),
+            ("postgres://u@h/db".to_owned(), None)
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! How a [`Record`] maps to a row of `idem_records`, and the SQL that reads
+//! and writes one.
+
+use bytes::Bytes;
+use idem_core::{
+    Fingerprint, IdempotencyKey, Record, RecordId, RecordState, StoredResponse, Timestamp,
+};
+use std::fmt;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+/// The columns [`read_record`] expects, in order.
+macro_rules! record_columns {
+    () => {
+        "state, token, fp_version, fp_digest, lease_until, expires_at, \
+         tombstone_until, claimed_at, has_response, status, header_names, header_values, body"
+    };
+}
+
+/// [`record_columns!`] with the body reduced to whether there is one, for
+/// [`Body::PresenceOnly`] (a sweep never moves response bodies around).
+macro_rules! sweep_columns {
+    () => {
+        "state, token, fp_version, fp_digest, lease_until, expires_at, \
+         tombstone_until, claimed_at, has_response, status, header_names, header_values, \
+         body IS NOT NULL"
+    };
+}
+
+pub(super) const SELECT: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM idem_records WHERE scope = $1 AND key = $2"
+);
+
+pub(super) const SELECT_FOR_UPDATE: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM idem_records WHERE scope = $1 AND key = $2 FOR UPDATE"
+);
+
+/// The claim of an absent key: one statement, no check-then-act. A row
+/// that already exists is left alone (and reported by zero rows).
+pub(super) const INSERT_IF_ABSENT: &str = "INSERT INTO idem_records (scope, key, state, token, \
+     fp_version, fp_digest, lease_until, expires_at, tombstone_until, claimed_at, has_response, \
+     status, header_names, header_values, body) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+     ON CONFLICT (scope, key) DO NOTHING";
+
+/// Rewrites a locked row with the record [`crate::engine::apply_claim`]
+/// produced.
+pub(super) const OVERWRITE: &str = "UPDATE idem_records SET state = $3, token = $4, \
+     fp_version = $5, fp_digest = $6, lease_until = $7, expires_at = $8, tombstone_until = $9, \
+     claimed_at = $10, has_response = $11, status = $12, header_names = $13, \
+     header_values = $14, body = $15 WHERE scope = $1 AND key = $2";
+
+/// The owner's writes. Each is one conditional UPDATE whose WHERE clause is
+/// exactly [`idem_core::decision::owner_may_write`] (same token, still in
+/// flight: state code 1), and whose SET is exactly the matching helper of
+/// [`crate::engine`] (`apply_renew`, `apply_complete`, `apply_unknown`,
+/// `apply_release`). One row updated is `Written`, none is `Fenced`.
+pub(super) const RENEW: &str = "UPDATE idem_records SET lease_until = GREATEST(lease_until, $4) \
+     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
+pub(super) const COMPLETE: &str = "UPDATE idem_records SET state = 2, has_response = true, \
+     status = $4, header_names = $5, header_values = $6, body = $7, expires_at = $8, \
+     tombstone_until = $9 WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
+pub(super) const MARK_UNKNOWN: &str = "UPDATE idem_records SET state = 3 \
+     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
+pub(super) const RELEASE: &str = "UPDATE idem_records SET state = 4 \
+     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
+
+/// The three kinds of records a sweep acts on, each found through its own
+/// index, as in the SQLite engine: the helper `sweep_action` still decides
+/// each one. `FOR UPDATE SKIP LOCKED`: sweepers on several gateways take
+/// disjoint rows and never wait for each other or for a claim.
+pub(super) const SWEEP_QUERIES: [&str; 3] = [
+    // Past the tombstone (and not a live claim): delete.
+    concat!(
+        "SELECT scope, key, ", sweep_columns!(),
+        " FROM idem_records WHERE tombstone_until <= $1 AND NOT (state = 1 AND lease_until > $1)",
+        " LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ),
+    // Released and past its lease: delete.
+    concat!(
+        "SELECT scope, key, ", sweep_columns!(),
+        " FROM idem_records WHERE state = 4 AND lease_until <= $1",
+        " LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ),
+    // Past retention with a payload still stored: tombstone.
+    concat!(
+        "SELECT scope, key, ", sweep_columns!(),
+        " FROM idem_records WHERE expires_at <= $1 AND (body IS NOT NULL OR header_names IS NOT NULL)",
+        " LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ),
+];
+
+pub(super) const DELETE_MANY: &str = "DELETE FROM idem_records AS r \
+     USING unnest($1::text[], $2::text[]) AS d(scope, key) \
+     WHERE r.scope = d.scope AND r.key = d.key";
+
+/// What `to_tombstone` leaves of a response: status and time, no headers,
+/// no body.
+pub(super) const TOMBSTONE_MANY: &str = "UPDATE idem_records AS r \
+     SET header_names = NULL, header_values = NULL, body = NULL \
+     FROM unnest($1::text[], $2::text[]) AS d(scope, key) \
+     WHERE r.scope = d.scope AND r.key = d.key";
+
+/// A row this build cannot turn back into a record, or a record that does
+/// not fit the schema's types.
+#[derive(Debug)]
+pub(super) struct Corrupt(pub(super) String);
+
+impl fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "damaged record in the database: {}", self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// Reading or writing a row failed: PostgreSQL failed, or the row is
+/// damaged.
+#[derive(Debug)]
+pub(super) enum RowError {
+    Db(tokio_postgres::Error),
+    Corrupt(Corrupt),
+}
+
+impl From<tokio_postgres::Error> for RowError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        RowError::Db(e)
+    }
+}
+
+impl From<Corrupt> for RowError {
+    fn from(e: Corrupt) -> Self {
+        RowError::Corrupt(e)
+    }
+}
+
+/// How much of a record to read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Body {
+    Load,
+    /// The body column was selected as `body IS NOT NULL`; a present body
+    /// is an empty placeholder that is never written back.
+    PresenceOnly,
+}
+
+/// A fencing token as PostgreSQL stores it (a signed 64-bit integer).
+pub(super) fn token_to_sql(token: u64) -> Result<i64, Corrupt> {
+    i64::try_from(token)
+        .map_err(|_| Corrupt(format!("fencing token {token} does not fit a bigint")))
+}
+
+/// Reads a record from a row whose columns start with [`record_columns!`]
+/// at `first`.
+pub(super) fn read_record(
+    row: &Row,
+    first: usize,
+    id: RecordId,
+    body: Body,
+) -> Result<Record, RowError> {
+    let c = |i: usize| first + i;
+    let code: i16 = row.try_get(c(0))?;
+    let state = RecordState::from_code(i64::from(code))
+        .ok_or_else(|| Corrupt(format!("unknown state code {code}")))?;
+    let token: i64 = row.try_get(c(1))?;
+    let token =
+        u64::try_from(token).map_err(|_| Corrupt(format!("negative fencing token {token}")))?;
+    let version: i32 = row.try_get(c(2))?;
+    let version =
+        u16::try_from(version).map_err(|_| Corrupt(format!("fingerprint version {version}")))?;
+    let digest: &[u8] = row.try_get(c(3))?;
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| Corrupt(format!("fingerprint digest of {} bytes", digest.len())))?;
+    let response = if row.try_get::<_, bool>(c(8))? {
+        let status: Option<i32> = row.try_get(c(9))?;
+        let status = status
+            .and_then(|s| u16::try_from(s).ok())
+            .ok_or_else(|| Corrupt(format!("response status {status:?}")))?;
+        let names: Option<Vec<Vec<u8>>> = row.try_get(c(10))?;
+        let values: Option<Vec<Vec<u8>>> = row.try_get(c(11))?;
+        let headers = decode_headers(names, values)?;
+        let body = match body {
+            Body::Load => row.try_get::<_, Option<Vec<u8>>>(c(12))?.map(Bytes::from),
+            Body::PresenceOnly => row.try_get::<_, bool>(c(12))?.then(Bytes::new),
+        };
+        Some(StoredResponse {
+            status,
+            headers,
+            body,
+        })
+    } else {
+        None
+    };
+    Ok(Record {
+        id,
+        fingerprint: Fingerprint { version, digest },
+        state,
+        token,
+        lease_until: Timestamp(row.try_get(c(4))?),
+        expires_at: Timestamp(row.try_get(c(5))?),
+        tombstone_until: Timestamp(row.try_get(c(6))?),
+        claimed_at: Timestamp(row.try_get(c(7))?),
+        response,
+    })
+}
+
+fn decode_headers(
+    names: Option<Vec<Vec<u8>>>,
+    values: Option<Vec<Vec<u8>>>,
+) -> Result<Vec<(String, Bytes)>, Corrupt> {
+    match (names, values) {
+        (None, None) => Ok(Vec::new()),
+        (Some(names), Some(values)) if names.len() == values.len() && !names.is_empty() => names
+            .into_iter()
+            .zip(values)
+            .map(|(n, v)| {
+                let n = String::from_utf8(n)
+                    .map_err(|_| Corrupt("a header name is not UTF-8".into()))?;
+                Ok((n, Bytes::from(v)))
+            })
+            .collect(),
+        (n, v) => Err(Corrupt(format!(
+            "header names and values do not pair up ({:?} names, {:?} values)",
+            n.map(|n| n.len()),
+            v.map(|v| v.len())
+        ))),
+    }
+}
+
+/// The values of a whole row, in the order of [`INSERT_IF_ABSENT`] and
+/// [`OVERWRITE`] (`$1`..`$15`).
+pub(super) struct RowValues<'a> {
+    scope: &'a str,
+    key: &'a str,
+    state: i16,
+    token: i64,
+    fp_version: i32,
+    fp_digest: &'a [u8],
+    lease_until: i64,
+    expires_at: i64,
+    tombstone_until: i64,
+    claimed_at: i64,
+    has_response: bool,
+    status: Option<i32>,
+    header_names: Option<Vec<&'a [u8]>>,
+    header_values: Option<Vec<&'a [u8]>>,
+    body: Option<&'a [u8]>,
+}
+
+impl<'a> RowValues<'a> {
+    pub(super) fn of(r: &'a Record) -> Result<Self, Corrupt> {
+        let response = r.response.as_ref();
+        let (header_names, header_values) = response
+            .map(|resp| header_arrays(&resp.headers))
+            .unwrap_or((None, None));
+        Ok(RowValues {
+            scope: r.id.scope.as_str(),
+            key: r.id.key.as_str(),
+            state: state_code(r.state),
+            token: token_to_sql(r.token)?,
+            fp_version: i32::from(r.fingerprint.version),
+            fp_digest: &r.fingerprint.digest,
+            lease_until: r.lease_until.as_millis(),
+            expires_at: r.expires_at.as_millis(),
+            tombstone_until: r.tombstone_until.as_millis(),
+            claimed_at: r.claimed_at.as_millis(),
+            has_response: response.is_some(),
+            status: response.map(|resp| i32::from(resp.status)),
+            header_names,
+            header_values,
+            body: response.and_then(|resp| resp.body.as_deref()),
+        })
+    }
+
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+        [
+            &self.scope,
+            &self.key,
+            &self.state,
+            &self.token,
+            &self.fp_version,
+            &self.fp_digest,
+            &self.lease_until,
+            &self.expires_at,
+            &self.tombstone_until,
+            &self.claimed_at,
+            &self.has_response,
+            &self.status,
+            &self.header_names,
+            &self.header_values,
+            &self.body,
+        ]
+    }
+}
+
+/// Header names and values as two parallel arrays (`bytea[]`), or NULLs.
+pub(super) type HeaderArrays<'a> = (Option<Vec<&'a [u8]>>, Option<Vec<&'a [u8]>>);
+
+/// Headers as two parallel arrays, or NULLs when there are none (which
+/// keeps tombstones out of the sweep's "has a payload" index).
+pub(super) fn header_arrays(headers: &[(String, Bytes)]) -> HeaderArrays<'_> {
+    if headers.is_empty() {
+        return (None, None);
+    }
+    (
+        Some(headers.iter().map(|(n, _)| n.as_bytes()).collect()),
+        Some(headers.iter().map(|(_, v)| &v[..]).collect()),
+    )
+}
+
+fn state_code(state: RecordState) -> i16 {
+    // Codes are 1..=4.
+    i16::try_from(state.code()).expect("state codes fit a smallint")
+}
+
+/// A key from its stored form. Keys are stored unquoted, and a key may
+/// itself start with `"`, so it is re-quoted as a structured-field string
+/// before going through the one parser (as the SQLite engine does).
+pub(super) fn key_from_stored(stored: &str) -> Result<IdempotencyKey, Corrupt> {
+    let mut quoted = String::with_capacity(stored.len() + 2);
+    quoted.push('"');
+    for c in stored.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    IdempotencyKey::parse(quoted.as_bytes())
+        .map_err(|e| Corrupt(format!("stored key {stored:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_writes_are_fenced_exactly_like_owner_may_write() {
+        for sql in [RENEW, COMPLETE, MARK_UNKNOWN, RELEASE] {
+            assert!(
+                sql.ends_with("WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1"),
+                "{sql}"
+            );
+        }
+        assert_eq!(RecordState::InFlight.code(), 1);
+        assert_eq!(RecordState::Completed.code(), 2);
+        assert_eq!(RecordState::OutcomeUnknown.code(), 3);
+        assert_eq!(RecordState::Released.code(), 4);
+    }
+
+    #[test]
+    fn headers_pair_up_or_are_damaged() {
+        let h = vec![
+            ("x-a".to_owned(), Bytes::from_static(b"\x00\xff")),
+            ("x-a".to_owned(), Bytes::from_static(b"2")),
+        ];
+        let (n, v) = header_arrays(&h);
+        let n = n.map(|n| n.into_iter().map(<[u8]>::to_vec).collect());
+        let v = v.map(|v| v.into_iter().map(<[u8]>::to_vec).collect());
+        assert_eq!(decode_headers(n, v).unwrap(), h);
+        assert_eq!(header_arrays(&[]), (None, None));
+        assert!(decode_headers(None, None).unwrap().is_empty());
+        assert!(decode_headers(Some(vec![b"a".to_vec()]), None).is_err());
+        assert!(decode_headers(Some(vec![]), Some(vec![])).is_err());
+        assert!(decode_headers(Some(vec![vec![0xff]]), Some(vec![vec![]])).is_err());
+    }
+
+    #[test]
+    fn stored_keys_come_back_even_with_quotes_and_backslashes() {
+        for raw in [&b"plain"[..], br#""\"x""#, br#"a"b"#, br"\", br#"x\"#] {
+            let key = IdempotencyKey::parse(raw).unwrap();
+            assert_eq!(key_from_stored(key.as_str()).unwrap(), key, "{raw:?}");
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! The Redis engine (standalone Redis, or Redis Cluster): many gateways,
+//! lowest latency, weaker durability than PostgreSQL (see docs/stores.md:
+//! replication is asynchronous, so a failover can lose an acknowledged
+//! claim).
+//!
+//! - Claim, complete, release, renew and mark-unknown are each one Lua
+//!   script ([`scripts`]), atomic on the server, checking the fencing
+//!   token. The claim script ports the "may this key be claimed?" half of
+//!   [`idem_core::decide_claim`]; when the answer is no it returns the
+//!   record and `decide_claim` itself, in Rust, says how to answer.
+//! - A record is a hash under `<prefix>:{<shard>}:r:<len>:<scope>:<key>`.
+//!   The hash tag is one of 256 shards: every key a script touches (the
+//!   record and its shard's due index) is in one Cluster slot.
+//! - Retention is a key TTL: a record's key expires a grace period (5 min
+//!   by default) after the later of its lease and its tombstone horizon, so
+//!   Redis frees the memory even if no sweep ever runs. The TTL is relative
+//!   (the callers' horizon minus the callers' `now`), so a gateway's clock
+//!   and the server's need not agree. Expiry is also enforced on read: the
+//!   scripts compare the stored horizons with the caller's `now`.
+//! - The sweep reads each shard's due index (a sorted set of records by the
+//!   earliest time a sweep acts on them), and a script applies
+//!   `sweep_action` to the due records: tombstoning drops body and headers
+//!   after retention (the TTL alone would keep them until the tombstone
+//!   goes), deleting removes what is past its tombstone. Bounded by the
+//!   sweep's limit; safe on many gateways at once (each script is atomic).
+//! - Every operation is bounded: connect and response timeouts, and an
+//!   overall deadline; an operation that times out also replaces the
+//!   connection (it may be half-open), so the store recovers by itself.
+
+mod codec;
+mod scripts;
+
+use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use codec::{due_key, record_key, SHARDS};
+use idem_core::decision::first_token;
+use idem_core::{decide_claim, ClaimDecision, Record, RecordId, Timestamp};
+use scripts::SCRIPTS;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Most records one sweep script acts on.
+const SWEEP_CHUNK: usize = 100;
+
+/// Largest integer a Lua number (a double) holds exactly.
+const MAX_EXACT: i64 = (1 << 53) - 1;
+
+/// Tuning of the Redis engine.
+///
+/// ```
+/// use idem_store::RedisOptions;
+/// let options = RedisOptions { prefix: "payments-idem".into(), ..RedisOptions::default() };
+/// assert!(options.operation_timeout >= options.response_timeout);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Prefix of every key the engine writes. No `{` or `}`. Default
+    /// `idem`.
+    pub prefix: String,
+    /// Bound on opening one connection. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Bound on one command's answer. Default 2 s.
+    pub response_timeout: Duration,
+    /// Bound on one whole store operation (a sweep runs several). Default
+    /// 3 s.
+    pub operation_timeout: Duration,
+    /// How long a record's key outlives its horizon before Redis expires
+    /// it, absorbing clock differences between gateways. Default 5 min.
+    pub ttl_grace: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            prefix: "idem".to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            operation_timeout: Duration::from_secs(3),
+            ttl_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A connection: one server (multiplexed, reconnecting), or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Backend {
+    /// The current connection manager and its generation; replaced when an
+    /// operation times out.
+    Single(Box<Single>),
+    /// The cluster connection refreshes its slots and reconnects itself.
+    Cluster(ClusterConnection),
+}
+
+struct Single {
+    client: ::redis::Client,
+    config: ConnectionManagerConfig,
+    current: RwLock<(u64, ConnectionManager)>,
+}
+
+/// Records in Redis or Redis Cluster, shared by any number of gateways.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), idem_store::StoreError> {
+/// use idem_store::{RedisOptions, RedisStore, Store};
+/// let store = RedisStore::open("redis://cache.internal:6379/", RedisOptions::default()).await?;
+/// store.ping().await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisStore {
+    backend: Backend,
+    options: RedisOptions,
+    /// The shard the next sweep starts at.
+    sweep_cursor: AtomicUsize,
+}
+
+impl RedisStore {
+    /// Connects to one Redis server (`redis://[user:password@]host:port[/db]`).
+    pub async fn open(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        check_prefix(&options.prefix)?;
+        let client = ::redis::Client::open(url)
+            .map_err(|e| fail("open", format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            // Reconnection is retried briefly in the background; an
+            // operation meanwhile fails within its own deadline.
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = tokio::time::timeout(
+            options.operation_timeout,
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
+        )
+        .await
+        .map_err(|_| {
+            fail(
+                "open",
+                format!("no connection within {:?}", options.operation_timeout),
+            )
+        })?
+        .map_err(|e| fail("open", format!("cannot connect: {e}")))?;
+        let store = RedisStore {
+            backend: Backend::Single(Box::new(Single {
+                client,
+                config,
+                current: RwLock::new((0, manager)),
+            })),
+            options,
+            sweep_cursor: AtomicUsize::new(0),
+        };
+        store.ping().await?;
+        store.check_eviction_policy().await;
+        Ok(store)
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes`
+    /// (`redis://host:port` each).
+    pub async fn open_cluster(nodes: &[String], options: RedisOptions) -> Result<Self, StoreError> {
+        check_prefix(&options.prefix)?;
+        let client = ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout)
+            .retries(2)
+            .build()
+            .map_err(|e| fail("open", format!("invalid Redis Cluster nodes: {e}")))?;
+        let conn = tokio::time::timeout(options.operation_timeout, client.get_async_connection())
+            .await
+            .map_err(|_| {
+                fail(
+                    "open",
+                    format!(
+                        "no cluster connection within {:?}",
+                        options.operation_timeout
+                    ),
+                )
+            })?
+            .map_err(|e| fail("open", format!("cannot connect to the cluster: {e}")))?;
+        let store = RedisStore {
+            backend: Backend::Cluster(conn),
+            options,
+            sweep_cursor: AtomicUsize::new(0),
+        };
+        store.ping().await?;
+        store.check_eviction_policy().await;
+        Ok(store)
+    }
+
+    /// Warns when Redis may evict records: every record key has a TTL, so
+    /// any `volatile-*` or `allkeys-*` policy can drop a claim or an
+    /// outcome under memory pressure. (Managed services may refuse CONFIG:
+    /// then nothing is said.)
+    async fn check_eviction_policy(&self) {
+        let policy: Result<Vec<String>, StoreError> = self
+            .call("open", |mut conn| {
+                Box::pin(async move {
+                    ::redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg("maxmemory-policy")
+                        .query_async(&mut conn)
+                        .await
+                })
+            })
+            .await;
+        if let Ok([_, policy]) = policy.as_deref() {
+            if policy != "noeviction" {
+                tracing::warn!(
+                    policy,
+                    "redis store: maxmemory-policy is not `noeviction`: under memory pressure Redis may evict claims and stored responses (see docs/stores.md)"
+                );
+            }
+        }
+    }
+
+    fn conn(&self) -> (u64, Conn) {
+        match &self.backend {
+            Backend::Single(single) => {
+                let current = single.current.read().unwrap_or_else(|e| e.into_inner());
+                (current.0, Conn::Single(current.1.clone()))
+            }
+            Backend::Cluster(c) => (0, Conn::Cluster(c.clone())),
+        }
+    }
+
+    /// Replaces a connection that timed out (it may be half-open: no reset
+    /// ever comes) with a fresh one, connected on first use.
+    fn reconnect(&self, generation: u64) {
+        let Backend::Single(single) = &self.backend else {
+            return;
+        };
+        let Single {
+            client,
+            config,
+            current,
+        } = &**single;
+        let mut current = current.write().unwrap_or_else(|e| e.into_inner());
+        if current.0 != generation {
+            return; // another operation replaced it already
+        }
+        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+            Ok(manager) => *current = (generation + 1, manager),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis store: cannot replace a timed-out connection")
+            }
+        }
+    }
+
+    /// Runs one request under the operation deadline.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        request: impl FnOnce(Conn) -> BoxFuture<RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let (generation, conn) = self.conn();
+        match tokio::time::timeout(self.options.operation_timeout, request(conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_timeout() {
+                    self.reconnect(generation);
+                }
+                Err(fail(op, e.to_string()))
+            }
+            Err(_) => {
+                self.reconnect(generation);
+                Err(fail(
+                    op,
+                    format!("no answer within {:?}", self.options.operation_timeout),
+                ))
+            }
+        }
+    }
+
+    async fn invoke(
+        &self,
+        op: &'static str,
+        invocation: ::redis::ScriptInvocation<'static>,
+    ) -> Result<Value, StoreError> {
+        self.call(op, move |mut conn| {
+            Box::pin(async move { invocation.invoke_async(&mut conn).await })
+        })
+        .await
+    }
+
+    /// Runs an owner's write script: `[record, due index]`, token, `args`.
+    async fn owner_write(
+        &self,
+        op: &'static str,
+        script: &'static ::redis::Script,
+        id: &RecordId,
+        token: u64,
+        args: impl FnOnce(&mut ::redis::ScriptInvocation<'static>),
+    ) -> Result<Write, StoreError> {
+        let prefix = &self.options.prefix;
+        let mut invocation = script.key(record_key(prefix, id));
+        invocation
+            .key(due_key(prefix, codec::shard(id)))
+            .arg(token.to_string());
+        args(&mut invocation);
+        match self.invoke(op, invocation).await? {
+            Value::Int(1) => Ok(Write::Written),
+            Value::Int(0) => Ok(Write::Fenced),
+            other => Err(fail(op, format!("unexpected script reply {other:?}"))),
+        }
+    }
+
+    fn grace_ms(&self) -> i64 {
+        i64::try_from(self.options.ttl_grace.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+fn check_prefix(prefix: &str) -> Result<(), StoreError> {
+    if prefix.is_empty() || prefix.contains(['{', '}']) {
+        return Err(fail(
+            "open",
+            format!("key prefix {prefix:?} must be non-empty and without braces"),
+        ));
+    }
+    Ok(())
+}
+
+/// Times and tokens go through Lua numbers: refuse what a double cannot
+/// hold exactly instead of corrupting it.
+fn exact(op: &'static str, what: &str, value: i64) -> Result<i64, StoreError> {
+    if (0..=MAX_EXACT).contains(&value) {
+        Ok(value)
+    } else {
+        Err(fail(
+            op,
+            format!("{what} {value} is out of the engine's range"),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
+        let op = "claim";
+        let first = i64::try_from(first_token(claim.now)).unwrap_or(i64::MAX);
+        let prefix = &self.options.prefix;
+        let mut invocation = SCRIPTS.claim.key(record_key(prefix, &claim.id));
+        invocation
+            .key(due_key(prefix, codec::shard(&claim.id)))
+            .arg(exact(op, "time", claim.now.as_millis())?)
+            .arg(claim.fingerprint.version)
+            .arg(&claim.fingerprint.digest[..])
+            .arg(if claim.reclaim_unknown { "1" } else { "0" })
+            .arg(exact(op, "fencing token", first)?)
+            .arg(exact(op, "lease", claim.lease_until.as_millis())?)
+            .arg(exact(op, "expiry", claim.expires_at.as_millis())?)
+            .arg(exact(
+                op,
+                "tombstone horizon",
+                claim.tombstone_until.as_millis(),
+            )?)
+            .arg(self.grace_ms());
+        let reply = self.invoke(op, invocation).await?;
+        let Value::Array(items) = reply else {
+            return Err(fail(op, format!("unexpected script reply {reply:?}")));
+        };
+        let mut items = items.into_iter();
+        match (items.next(), items.next()) {
+            (Some(Value::Int(1)), Some(Value::BulkString(token))) => {
+                let token = std::str::from_utf8(&token)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| fail(op, "the script returned a malformed token"))?;
+                Ok(ClaimOutcome::Claimed { token })
+            }
+            (Some(Value::Int(0)), Some(hash)) => {
+                let record = codec::record_from_hash(claim.id.clone(), hash)
+                    .map_err(|e| StoreError::new(ENGINE, op, e))?
+                    .ok_or_else(|| fail(op, "the script returned an empty record"))?;
+                match decide_claim(
+                    Some(&record),
+                    &claim.fingerprint,
+                    claim.now,
+                    claim.reclaim_unknown,
+                ) {
+                    ClaimDecision::Existing(outcome) => Ok(ClaimOutcome::Existing {
+                        outcome,
+                        record: Box::new(record),
+                    }),
+                    // Only a bug makes the port and the rule disagree;
+                    // refuse rather than answer wrongly.
+                    ClaimDecision::Claim { .. } => Err(fail(
+                        op,
+                        "the claim script and decide_claim disagree (a bug): not claimed",
+                    )),
+                }
+            }
+            (a, b) => Err(fail(op, format!("unexpected script reply [{a:?}, {b:?}]"))),
+        }
+    }
+
+    async fn renew(
+        &self,
+        id: &RecordId,
+        token: u64,
+        lease_until: Timestamp,
+    ) -> Result<Write, StoreError> {
+        let lease = exact("renew", "lease", lease_until.as_millis())?;
+        self.owner_write("renew", &SCRIPTS.renew, id, token, |inv| {
+            inv.arg(lease);
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        id: &RecordId,
+        token: u64,
+        completion: Completion,
+    ) -> Result<Write, StoreError> {
+        let op = "complete";
+        let headers = codec::encode_headers(&completion.response.headers)
+            .map_err(|e| StoreError::new(ENGINE, op, e))?;
+        let now = exact(op, "time", completion.now.as_millis())?;
+        let expires_at = exact(op, "expiry", completion.expires_at.as_millis())?;
+        let tombstone_until = exact(
+            op,
+            "tombstone horizon",
+            completion.tombstone_until.as_millis(),
+        )?;
+        let grace = self.grace_ms();
+        let response = completion.response;
+        self.owner_write(op, &SCRIPTS.complete, id, token, move |inv| {
+            inv.arg(now)
+                .arg(response.status)
+                .arg(headers)
+                .arg(if response.body.is_some() { "1" } else { "0" })
+                .arg(response.body.as_deref().unwrap_or_default())
+                .arg(expires_at)
+                .arg(tombstone_until)
+                .arg(grace);
+        })
+        .await
+    }
+
+    async fn mark_unknown(
+        &self,
+        id: &RecordId,
+        token: u64,
+        _now: Timestamp,
+    ) -> Result<Write, StoreError> {
+        self.owner_write("mark_unknown", &SCRIPTS.mark_unknown, id, token, |_| {})
+            .await
+    }
+
+    async fn release(&self, id: &RecordId, token: u64) -> Result<Write, StoreError> {
+        self.owner_write("release", &SCRIPTS.release, id, token, |_| {})
+            .await
+    }
+
+    async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let key = record_key(&self.options.prefix, id);
+        let reply: Value = self
+            .call("get", move |mut conn| {
+                Box::pin(async move {
+                    ::redis::cmd("HGETALL")
+                        .arg(key)
+                        .query_async(&mut conn)
+                        .await
+                })
+            })
+            .await?;
+        codec::record_from_hash(id.clone(), reply).map_err(|e| StoreError::new(ENGINE, "get", e))
+    }
+
+    /// Walks the shards from where the last sweep stopped, reading each
+    /// one's due index and sweeping what is due, until `limit` records
+    /// were acted on or every shard was visited once.
+    async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
+        let op = "sweep";
+        let now_ms = exact(op, "time", now.as_millis())?;
+        let mut report = SweepReport::default();
+        let mut remaining = limit;
+        let start = self.sweep_cursor.load(Ordering::Relaxed) % SHARDS;
+        for step in 0..SHARDS {
+            let shard = (start + step) % SHARDS;
+            let due = due_key(&self.options.prefix, shard);
+            while remaining > 0 {
+                let want = remaining.min(SWEEP_CHUNK);
+                let index = due.clone();
+                let candidates: Vec<Vec<u8>> = self
+                    .call(op, move |mut conn| {
+                        Box::pin(async move {
+                            ::redis::cmd("ZRANGEBYSCORE")
+                                .arg(index)
+                                .arg("-inf")
+                                .arg(now_ms)
+                                .arg("LIMIT")
+                                .arg(0)
+                                .arg(want)
+                                .query_async(&mut conn)
+                                .await
+                        })
+                    })
+                    .await?;
+                if candidates.is_empty() {
+                    break;
+                }
+                let mut invocation = SCRIPTS.sweep.key(&due);
+                for key in &candidates {
+                    invocation.key(&key[..]);
+                }
+                invocation.arg(now_ms);
+                let reply = self.invoke(op, invocation).await?;
+                let (tombstoned, deleted): (usize, usize) =
+                    ::redis::from_redis_value(reply).map_err(|e| fail(op, e.to_string()))?;
+                report.tombstoned += tombstoned;
+                report.deleted += deleted;
+                remaining -= (tombstoned + deleted).min(remaining);
+                if candidates.len() < want {
+                    break;
+                }
+            }
+            if remaining == 0 {
+                // Resume here: this shard may have more.
+                self.sweep_cursor.store(shard, Ordering::Relaxed);
+                return Ok(report);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self
+            .call("ping", |mut conn| {
+                Box::pin(async move { ::redis::cmd("PING").query_async(&mut conn).await })
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+}
+
+const ENGINE: &str = "redis";
+
+fn fail(op: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::new(ENGINE, op, message.into())
+}

@@ -1,0 +1,242 @@
+//! The Lua scripts: each operation is one script, so it is atomic on the
+//! server. `redis::Script` sends EVALSHA and falls back to EVAL (loading the
+//! script) when the server does not know it yet.
+//!
+//! Every script touches only keys of one shard (one hash tag), so each
+//! runs unchanged on Redis Cluster. A record is a hash with these fields
+//! (numbers in decimal, times in milliseconds of the callers' clock):
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `st` | state code: 1 in flight, 2 completed, 3 outcome unknown, 4 released |
+//! | `tok` | fencing token |
+//! | `fpv`, `fpd` | fingerprint version and 32-byte digest |
+//! | `lease`, `exp`, `tomb`, `at` | lease, retention, tombstone horizons; claim time |
+//! | `hr`, `status` | whether there is a response (1/0), its status |
+//! | `hdr`, `body` | encoded headers, body; absent when there are none |
+//!
+//! Beside the records, each shard has a sorted set (its "due index")
+//! scoring each record with the earliest time a sweep may act on it
+//! (`due` in the scripts): the sweep reads only what is due.
+//!
+//! The decisions are ports of the shared rules, kept line for line:
+//! `Record::effective` and `decide_claim` (only "may this be claimed?":
+//! when not, the record is returned and `decide_claim` itself answers in
+//! Rust), `owner_may_write`, `apply_*` and `sweep_action`. The shared
+//! conformance suite runs against them.
+//!
+//! Lua numbers are doubles: times and tokens are exact below 2^53, which
+//! the engine checks (tokens are the claim time in ms × 1000, so that holds
+//! until the year 2255). Numbers are always formatted with `%.0f` before
+//! they go back to Redis.
+
+use ::redis::Script;
+use std::sync::LazyLock;
+
+/// Shared by the scripts: the earliest time `sweep_action` acts on a
+/// record that is not acted on now. A claim in flight carries no payload.
+const DUE: &str = r"
+local function fmt(n) return string.format('%.0f', n) end
+local function due(st, lease, exp, tomb, payload)
+  if st == 1 then return math.max(lease, tomb) end
+  if st == 4 then return math.min(lease, tomb) end
+  if payload then return math.min(exp, tomb) end
+  return tomb
+end
+";
+
+/// KEYS: record, due index.
+/// ARGV: now, fp version, fp digest, reclaim_unknown ('1'/'0'),
+/// first token for `now`, lease_until, expires_at, tombstone_until,
+/// TTL grace (ms).
+/// Returns `{1, token}` when claimed, `{0, HGETALL}` when not.
+const CLAIM: &str = r"
+local now = tonumber(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'fpv', 'fpd', 'lease', 'exp', 'tomb')
+local token
+if not f[1] then
+  token = tonumber(ARGV[5])
+else
+  local st, last = tonumber(f[1]), tonumber(f[2])
+  local lease, exp, tomb = tonumber(f[5]), tonumber(f[6]), tonumber(f[7])
+  if not (st and last and lease and exp and tomb) then
+    return redis.error_reply('idem: damaged record ' .. KEYS[1])
+  end
+  -- Record::effective
+  local eff
+  if st == 4 then eff = 'absent'
+  elseif st == 1 and now < lease then eff = 'in-flight'
+  elseif now >= tomb then eff = 'absent'
+  elseif now >= exp then eff = 'tombstone'
+  elseif st == 1 or st == 3 then eff = 'unknown'
+  elseif st == 2 then eff = 'completed'
+  else return redis.error_reply('idem: unknown state code ' .. f[1] .. ' in ' .. KEYS[1]) end
+  -- decide_claim: absent is claimed whatever the fingerprint; unknown only
+  -- with upstream_dedupes and the same fingerprint; everything else is
+  -- answered from the record.
+  local same = f[3] == ARGV[2] and f[4] == ARGV[3]
+  if not (eff == 'absent' or (eff == 'unknown' and same and ARGV[4] == '1')) then
+    return {0, redis.call('HGETALL', KEYS[1])}
+  end
+  if last >= 9007199254740991 then
+    return redis.error_reply('idem: fencing token out of range in ' .. KEYS[1])
+  end
+  token = math.max(last + 1, tonumber(ARGV[5]))
+end
+local tok = fmt(token)
+local lease, tomb = tonumber(ARGV[6]), tonumber(ARGV[8])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'st', '1', 'tok', tok, 'fpv', ARGV[2], 'fpd', ARGV[3],
+  'lease', ARGV[6], 'exp', ARGV[7], 'tomb', ARGV[8], 'at', ARGV[1], 'hr', '0')
+local horizon = math.max(lease, tomb)
+redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[9])))
+redis.call('ZADD', KEYS[2], fmt(due(1, lease, 0, tomb, false)), KEYS[1])
+return {1, tok}
+";
+
+/// KEYS: record, due index. ARGV: token, lease_until.
+/// Returns 1 (written) or 0 (fenced).
+const RENEW: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'tomb')
+if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
+local old, new, tomb = tonumber(f[3]), tonumber(ARGV[2]), tonumber(f[4])
+if new > old then
+  redis.call('HSET', KEYS[1], 'lease', ARGV[2])
+  -- The key lives until the later of lease and tombstone (plus grace):
+  -- move its expiry by as much as that horizon moved.
+  local grow = math.max(new, tomb) - math.max(old, tomb)
+  if grow > 0 then
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[1], fmt(ttl + grow)) end
+    redis.call('ZADD', KEYS[2], fmt(due(1, new, 0, tomb, false)), KEYS[1])
+  end
+end
+return 1
+";
+
+/// KEYS: record, due index. ARGV: token, now, status, encoded headers
+/// ('' for none), has body ('1'/'0'), body, expires_at, tombstone_until,
+/// TTL grace (ms). Returns 1 (written) or 0 (fenced).
+const COMPLETE: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease')
+if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'st', '2', 'hr', '1', 'status', ARGV[3], 'exp', ARGV[7], 'tomb', ARGV[8])
+local payload = false
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'hdr', ARGV[4])
+  payload = true
+else
+  redis.call('HDEL', KEYS[1], 'hdr')
+end
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'body', ARGV[6])
+  payload = true
+else
+  redis.call('HDEL', KEYS[1], 'body')
+end
+local now, lease = tonumber(ARGV[2]), tonumber(f[3])
+local exp, tomb = tonumber(ARGV[7]), tonumber(ARGV[8])
+local horizon = math.max(lease, tomb)
+redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[9])))
+redis.call('ZADD', KEYS[2], fmt(due(2, lease, exp, tomb, payload)), KEYS[1])
+return 1
+";
+
+/// KEYS: record, due index. ARGV: token. Returns 1 or 0.
+const MARK_UNKNOWN: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'exp', 'tomb')
+if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'st', '3')
+local due_at = due(3, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]), false)
+redis.call('ZADD', KEYS[2], fmt(due_at), KEYS[1])
+return 1
+";
+
+/// KEYS: record, due index. ARGV: token. Returns 1 or 0.
+const RELEASE: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'exp', 'tomb')
+if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'st', '4')
+local due_at = due(4, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]), false)
+redis.call('ZADD', KEYS[2], fmt(due_at), KEYS[1])
+return 1
+";
+
+/// KEYS: due index, then the records it lists as due (all of one shard).
+/// ARGV: now. Applies `sweep_action` to each record and re-scores what it
+/// keeps. Returns `{tombstoned, deleted}`.
+const SWEEP: &str = r"
+local now = tonumber(ARGV[1])
+local tombstoned, deleted = 0, 0
+for i = 2, #KEYS do
+  local k = KEYS[i]
+  local f = redis.call('HMGET', k, 'st', 'lease', 'exp', 'tomb')
+  local st, lease, exp, tomb = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4])
+  if not (st and lease and exp and tomb) then
+    -- Gone already (its TTL ran out), or damaged (its TTL still bounds it).
+    redis.call('ZREM', KEYS[1], k)
+  else
+    local payload = redis.call('HEXISTS', k, 'body') == 1 or redis.call('HEXISTS', k, 'hdr') == 1
+    -- sweep_action
+    if st == 1 and now < lease then
+      redis.call('ZADD', KEYS[1], fmt(due(st, lease, exp, tomb, payload)), k)
+    elseif now >= tomb or (st == 4 and now >= lease) then
+      redis.call('DEL', k)
+      redis.call('ZREM', KEYS[1], k)
+      deleted = deleted + 1
+    elseif now >= exp and payload then
+      -- to_tombstone: status and times stay, headers and body go.
+      redis.call('HDEL', k, 'body', 'hdr')
+      redis.call('ZADD', KEYS[1], fmt(due(st, lease, exp, tomb, false)), k)
+      tombstoned = tombstoned + 1
+    else
+      redis.call('ZADD', KEYS[1], fmt(due(st, lease, exp, tomb, payload)), k)
+    end
+  end
+end
+return {tombstoned, deleted}
+";
+
+/// The scripts, each prefixed with the shared helpers.
+pub(super) struct Scripts {
+    pub(super) claim: Script,
+    pub(super) renew: Script,
+    pub(super) complete: Script,
+    pub(super) mark_unknown: Script,
+    pub(super) release: Script,
+    pub(super) sweep: Script,
+}
+
+pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let with_helpers = |body: &str| Script::new(&format!("{DUE}{body}"));
+    Scripts {
+        claim: with_helpers(CLAIM),
+        renew: with_helpers(RENEW),
+        complete: with_helpers(COMPLETE),
+        mark_unknown: with_helpers(MARK_UNKNOWN),
+        release: with_helpers(RELEASE),
+        sweep: with_helpers(SWEEP),
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idem_core::RecordState;
+
+    #[test]
+    fn state_codes_in_the_scripts_are_the_record_states() {
+        assert_eq!(RecordState::InFlight.code(), 1);
+        assert_eq!(RecordState::Completed.code(), 2);
+        assert_eq!(RecordState::OutcomeUnknown.code(), 3);
+        assert_eq!(RecordState::Released.code(), 4);
+        // Owner writes are fenced exactly like owner_may_write: same token,
+        // still in flight.
+        for script in [RENEW, COMPLETE, MARK_UNKNOWN, RELEASE] {
+            assert!(
+                script.contains("if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end"),
+                "{script}"
+            );
+        }
+    }
+}

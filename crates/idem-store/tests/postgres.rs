@@ -1,0 +1,572 @@
+//! The PostgreSQL engine against a real server: the shared conformance
+//! suite, plus what only a shared, networked engine must show (several
+//! independent stores racing on one key, migrations from many gateways at
+//! once, sweeps on many instances, bounded failure when the database is
+//! unreachable and recovery when it returns).
+//!
+//! The server: `IDEM_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`. Each test works in a fresh
+//! schema of its own, dropped afterwards. Without a server the tests skip
+//! (and say how to start one); with `CI=true` they fail instead.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use bytes::Bytes;
+use idem_core::decision::ExistingOutcome;
+use idem_core::*;
+use idem_store::{
+    Claim, ClaimOutcome, Completion, PostgresOptions, PostgresStore, Store, SweepReport, Write,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Cleaned, Proxy};
+
+const START: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+
+fn url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Short bounds, so the outage tests finish quickly.
+fn options(schema: &str) -> PostgresOptions {
+    PostgresOptions {
+        pool_size: 8,
+        connect_timeout: Duration::from_millis(800),
+        statement_timeout: Duration::from_secs(1),
+        operation_timeout: Duration::from_millis(1500),
+        migration_timeout: Duration::from_secs(20),
+        schema: Some(schema.to_owned()),
+    }
+}
+
+/// Whether the server answers; if not, skips (or fails under CI).
+async fn server_up() -> bool {
+    let url = url();
+    let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
+    match tokio::time::timeout(Duration::from_secs(3), connect).await {
+        Ok(Ok((client, connection))) => {
+            drop(client);
+            let _ = connection.await;
+            true
+        }
+        Ok(Err(e)) => {
+            support::unavailable("PostgreSQL", &support::chain(&e), START);
+            false
+        }
+        Err(_) => {
+            support::unavailable("PostgreSQL", "no answer within 3 s", START);
+            false
+        }
+    }
+}
+
+/// Drops a test schema (after its store closed its connections).
+fn drop_schema(schema: String) {
+    support::block_on_thread(move || async move {
+        let Ok((client, connection)) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await
+        else {
+            return;
+        };
+        let conn = tokio::spawn(connection);
+        let _ = client
+            .batch_execute(&format!(
+                "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            ))
+            .await;
+        drop(client);
+        let _ = conn.await;
+    });
+}
+
+/// A fresh schema name, dropped when the returned guard is.
+struct Schema(String);
+
+impl Schema {
+    fn new() -> Self {
+        Schema(support::unique_name("idem_test"))
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        drop_schema(self.0.clone());
+    }
+}
+
+/// A store in a fresh schema, or `None` when there is no server.
+async fn fresh() -> Option<Arc<dyn Store>> {
+    if !server_up().await {
+        return None;
+    }
+    let schema = support::unique_name("idem_test");
+    let store = PostgresStore::open(&url(), options(&schema))
+        .await
+        .expect("open a store in a fresh schema");
+    Some(Arc::new(Cleaned::new(store, move || drop_schema(schema))))
+}
+
+idem_store::conformance_tests!(match fresh().await {
+    Some(store) => std::future::ready(store),
+    None => return,
+});
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn retention() -> Retention {
+    Retention {
+        retention: Duration::from_secs(100),
+        tombstone_retention: Duration::from_secs(1000),
+        lease: Duration::from_secs(10),
+    }
+}
+
+fn id(key: &str) -> RecordId {
+    RecordId {
+        scope: Scope::from_stored("s"),
+        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
+    }
+}
+
+fn claim(rid: &RecordId, now: Timestamp) -> Claim {
+    let fp = Fingerprint::compute(&FingerprintInput {
+        method: "POST",
+        path: "/",
+        query: None,
+        content_type: None,
+        extra_headers: &[],
+        body: b"a",
+    });
+    Claim::new(rid.clone(), fp, now, &retention(), false)
+}
+
+fn response(body: &'static [u8]) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
+        body: Some(Bytes::from_static(body)),
+    }
+}
+
+async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
+    match store.claim(c).await.unwrap() {
+        ClaimOutcome::Claimed { token } => token,
+        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn independent_stores_never_both_claim_a_key() {
+    if !server_up().await {
+        return;
+    }
+    // Four stores with their own pools stand in for four gateways.
+    let schema = Schema::new();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(
+            PostgresStore::open(&url(), options(&schema.0))
+                .await
+                .unwrap(),
+        ));
+    }
+    for round in 0..10 {
+        let k = id(&format!("shared-{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (store, barrier, k) = (stores[i % 4].clone(), barrier.clone(), k.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.claim(claim(&k, T0)).await.unwrap()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                ClaimOutcome::Claimed { .. } => winners += 1,
+                ClaimOutcome::Existing { outcome, .. } => assert!(
+                    matches!(outcome, ExistingOutcome::InProgress { .. }),
+                    "{outcome:?}"
+                ),
+            }
+        }
+        assert_eq!(winners, 1, "round {round}");
+    }
+    // Racing reclaims of a released key: one winner too, under the row lock.
+    for round in 0..5 {
+        let k = id(&format!("released-{round}"));
+        let first = must_claim(&*stores[0], claim(&k, T0)).await;
+        assert_eq!(stores[0].release(&k, first).await.unwrap(), Write::Written);
+        let barrier = Arc::new(tokio::sync::Barrier::new(32));
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let (store, barrier, k) = (stores[i % 4].clone(), barrier.clone(), k.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    matches!(
+                        store.claim(claim(&k, T0)).await.unwrap(),
+                        ClaimOutcome::Claimed { .. }
+                    )
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1, "released round {round}");
+    }
+    // An outcome written through one is replayed through another, and the
+    // token it was written with is spent everywhere.
+    let k = id("cross");
+    let token = must_claim(&*stores[0], claim(&k, T0)).await;
+    let c = Completion::new(response(b"one"), T0, &retention());
+    assert_eq!(
+        stores[1].complete(&k, token, c.clone()).await.unwrap(),
+        Write::Written
+    );
+    match stores[2].claim(claim(&k, T0)).await.unwrap() {
+        ClaimOutcome::Existing { outcome, record } => {
+            assert_eq!(outcome, ExistingOutcome::Replay);
+            assert_eq!(record.response, Some(response(b"one")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        stores[3].complete(&k, token, c).await.unwrap(),
+        Write::Fenced
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_gateways_migrating_at_once_apply_each_migration_once() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let options = options(&schema.0);
+            tokio::spawn(async move { PostgresStore::open(&url(), options).await })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().expect("every concurrent open succeeds");
+    }
+    let report = PostgresStore::migrate(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    assert_eq!(report.applied, vec![]);
+    assert_eq!(report.version, 1);
+
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT version, name FROM \"{}\".idem_schema_migrations",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(applied, vec![(1, "records".to_owned())]);
+
+    // A schema written by a newer build is refused, not misread.
+    client
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".idem_schema_migrations (version, name) VALUES (99, 'future')",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .err()
+        .expect("a newer schema is refused");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    drop(client);
+    let _ = conn.await;
+}
+
+#[tokio::test]
+async fn migrate_on_a_fresh_schema_reports_what_it_applied() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let report = PostgresStore::migrate(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    assert_eq!(report.applied, vec![(1, "records")]);
+    assert_eq!(report.version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sweeps_on_many_instances_at_once_share_the_work() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(Arc::new(
+            PostgresStore::open(&url(), options(&schema.0))
+                .await
+                .unwrap(),
+        ));
+    }
+    let tasks: Vec<_> = (0..600)
+        .map(|i| {
+            let store = stores[i % 3].clone();
+            tokio::spawn(async move {
+                let k = id(&format!("old-{i}"));
+                let token = must_claim(&*store, claim(&k, T0)).await;
+                let c = Completion::new(response(b"x"), T0, &retention());
+                assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let gone = T0.plus(Duration::from_secs(1100));
+    let sweeps: Vec<_> = (0..6)
+        .map(|i| {
+            let store = stores[i % 3].clone();
+            tokio::spawn(async move {
+                let mut total = SweepReport::default();
+                loop {
+                    let r = store.sweep(gone, 70).await.unwrap();
+                    assert!(r.deleted + r.tombstoned <= 70, "{r:?}");
+                    total.deleted += r.deleted;
+                    total.tombstoned += r.tombstoned;
+                    if r.deleted + r.tombstoned == 0 {
+                        return total;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut deleted = 0;
+    for s in sweeps {
+        let r = s.await.unwrap();
+        assert_eq!(r.tombstoned, 0);
+        deleted += r.deleted;
+    }
+    assert_eq!(deleted, 600, "each record deleted exactly once");
+    assert_eq!(
+        stores[0].sweep(gone, 1000).await.unwrap(),
+        SweepReport::default()
+    );
+}
+
+#[tokio::test]
+async fn every_sweep_query_walks_an_index() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let _store = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "SET search_path = \"{}\"; SET enable_seqscan = off",
+            schema.0
+        ))
+        .await
+        .unwrap();
+    for (query, index) in [
+        (
+            "SELECT 1 FROM idem_records WHERE tombstone_until <= 5 AND NOT (state = 1 AND lease_until > 5) LIMIT 10 FOR UPDATE SKIP LOCKED",
+            "idem_records_by_tombstone_until",
+        ),
+        (
+            "SELECT 1 FROM idem_records WHERE state = 4 AND lease_until <= 5 LIMIT 10 FOR UPDATE SKIP LOCKED",
+            "idem_records_released_by_lease_until",
+        ),
+        (
+            "SELECT 1 FROM idem_records WHERE expires_at <= 5 AND (body IS NOT NULL OR header_names IS NOT NULL) LIMIT 10 FOR UPDATE SKIP LOCKED",
+            "idem_records_with_payload_by_expires_at",
+        ),
+    ] {
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN {query}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            plan.iter().any(|line| line.contains(index)),
+            "{query}\n{plan:#?}"
+        );
+    }
+    drop(client);
+    let _ = conn.await;
+}
+
+fn server_addr() -> std::net::SocketAddr {
+    // The proxy needs the server's socket address; the tests' default URL
+    // names it directly.
+    let config: tokio_postgres::Config = url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    use std::net::ToSocketAddrs;
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+fn via(proxy: &Proxy) -> String {
+    let config: tokio_postgres::Config = url().parse().unwrap();
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or("test");
+    format!("postgres://{user}@{}/{db}", proxy.addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_a_quick_error_and_recovery_is_automatic() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let proxy = Proxy::start(server_addr()).await;
+    let opts = options(&schema.0);
+    let bound = opts.operation_timeout + Duration::from_millis(500);
+    let store = PostgresStore::open(&via(&proxy), opts).await.unwrap();
+    let k = id("before");
+    let token = must_claim(&store, claim(&k, T0)).await;
+
+    proxy.cut();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let err = store
+            .claim(claim(&id(&format!("during-{attempt}")), T0))
+            .await
+            .expect_err("no claim while the database is unreachable");
+        assert!(started.elapsed() < bound, "{:?}: {err}", started.elapsed());
+        assert_eq!(err.engine(), "postgres");
+        let started = Instant::now();
+        let c = Completion::new(response(b"x"), T0, &retention());
+        assert!(store.complete(&k, token, c).await.is_err());
+        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+        assert!(store.ping().await.is_err());
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.ping().await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the store did not recover: {e}"),
+        }
+    }
+    let c = Completion::new(response(b"late"), T0, &retention());
+    assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
+    must_claim(&store, claim(&id("after"), T0)).await;
+}
+
+#[tokio::test]
+async fn opening_an_unresponsive_or_closed_server_fails_within_the_bound() {
+    // No real server needed: a proxy that never answers, and a closed port.
+    let proxy = Proxy::start("127.0.0.1:9".parse().unwrap()).await;
+    proxy.cut();
+    let opts = PostgresOptions {
+        migration_timeout: Duration::from_secs(3),
+        ..options("idem_unused")
+    };
+    let started = Instant::now();
+    let err = PostgresStore::open(&via(&proxy), opts.clone())
+        .await
+        .err()
+        .expect("nothing answers");
+    assert!(started.elapsed() < Duration::from_secs(4), "{err}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = Instant::now();
+    let err = PostgresStore::open(&format!("postgres://postgres@127.0.0.1:{port}/test"), opts)
+        .await
+        .err()
+        .expect("connection refused");
+    assert!(started.elapsed() < Duration::from_secs(4), "{err}");
+    assert!(err.to_string().contains("postgres store"), "{err}");
+}
+
+#[tokio::test]
+async fn a_damaged_row_fails_its_own_operation_only() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let store = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    must_claim(&store, claim(&id("bad"), T0)).await;
+    must_claim(&store, claim(&id("good"), T0)).await;
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    client
+        .execute(
+            &format!(
+                "UPDATE \"{}\".idem_records SET state = 99 WHERE key = 'bad'",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = store.claim(claim(&id("bad"), T0)).await.unwrap_err();
+    assert_eq!(err.operation(), "claim");
+    assert!(err.to_string().contains("state code 99"), "{err}");
+    assert!(store.get(&id("bad")).await.is_err());
+    assert!(matches!(
+        store.claim(claim(&id("good"), T0)).await.unwrap(),
+        ClaimOutcome::Existing { .. }
+    ));
+    drop(client);
+    let _ = conn.await;
+}
+
+#[tokio::test]
+async fn bad_urls_and_schema_names_are_refused_up_front() {
+    let err = PostgresStore::open("postgres://[::1", PostgresOptions::default())
+        .await
+        .err()
+        .expect("bad url");
+    assert!(err.to_string().contains("invalid PostgreSQL URL"), "{err}");
+    let err = PostgresStore::open(&url(), options("bad-name"))
+        .await
+        .err()
+        .expect("bad schema");
+    assert!(err.to_string().contains("letters, digits"), "{err}");
+}

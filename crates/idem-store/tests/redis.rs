@@ -1,0 +1,619 @@
+//! The Redis engine against a real server: the shared conformance suite,
+//! plus what only a shared, networked engine must show (several
+//! independent stores racing on one key, TTLs on every record, bounded
+//! failure when the server is unreachable and recovery when it returns),
+//! and the same suite on a real Redis Cluster of three nodes this test
+//! starts itself.
+//!
+//! The server: `IDEM_TEST_REDIS_URL`, default `redis://127.0.0.1:6379/`.
+//! Each test uses a fresh key prefix of its own, deleted afterwards.
+//! Without a server the tests skip (and say how to start one); with
+//! `CI=true` they fail instead.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use bytes::Bytes;
+use idem_core::decision::ExistingOutcome;
+use idem_core::*;
+use idem_store::{Claim, ClaimOutcome, Completion, RedisOptions, RedisStore, Store, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Cleaned, Proxy};
+
+const START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" \
+     --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+
+fn url() -> String {
+    std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+/// Short bounds, so the outage tests finish quickly.
+fn options(prefix: &str) -> RedisOptions {
+    RedisOptions {
+        prefix: prefix.to_owned(),
+        connect_timeout: Duration::from_millis(800),
+        response_timeout: Duration::from_secs(1),
+        operation_timeout: Duration::from_millis(1500),
+        ttl_grace: Duration::from_secs(60),
+    }
+}
+
+/// Whether the server answers; if not, skips (or fails under CI).
+async fn server_up() -> bool {
+    let ping = async {
+        let client = redis::Client::open(url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            support::unavailable("Redis", &e.to_string(), START);
+            false
+        }
+        Err(_) => {
+            support::unavailable("Redis", "no answer within 3 s", START);
+            false
+        }
+    }
+}
+
+/// Deletes every key under `prefix` (after its store is closed).
+fn delete_prefix(urls: Vec<String>, prefix: String) {
+    support::block_on_thread(move || async move {
+        for url in urls {
+            let Ok(client) = redis::Client::open(url) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let mut cursor = 0u64;
+            loop {
+                let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}:*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                else {
+                    break;
+                };
+                // One key per command: on a cluster node keys of several
+                // slots cannot go in one DEL.
+                for key in keys {
+                    let _: Result<i64, _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// A store under a fresh prefix, or `None` when there is no server.
+async fn fresh() -> Option<Arc<dyn Store>> {
+    if !server_up().await {
+        return None;
+    }
+    let prefix = support::unique_name("idem-test");
+    let store = RedisStore::open(&url(), options(&prefix))
+        .await
+        .expect("open a store");
+    Some(Arc::new(Cleaned::new(store, move || {
+        delete_prefix(vec![url()], prefix)
+    })))
+}
+
+idem_store::conformance_tests!(match fresh().await {
+    Some(store) => std::future::ready(store),
+    None => return,
+});
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn retention() -> Retention {
+    Retention {
+        retention: Duration::from_secs(100),
+        tombstone_retention: Duration::from_secs(1000),
+        lease: Duration::from_secs(10),
+    }
+}
+
+fn id(key: &str) -> RecordId {
+    RecordId {
+        scope: Scope::from_stored("s"),
+        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
+    }
+}
+
+fn claim(rid: &RecordId, now: Timestamp) -> Claim {
+    let fp = Fingerprint::compute(&FingerprintInput {
+        method: "POST",
+        path: "/",
+        query: None,
+        content_type: None,
+        extra_headers: &[],
+        body: b"a",
+    });
+    Claim::new(rid.clone(), fp, now, &retention(), false)
+}
+
+fn response(body: &'static [u8]) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
+        body: Some(Bytes::from_static(body)),
+    }
+}
+
+async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
+    match store.claim(c).await.unwrap() {
+        ClaimOutcome::Claimed { token } => token,
+        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
+    }
+}
+
+/// A prefix deleted when the guard is dropped.
+struct Prefix(String);
+
+impl Prefix {
+    fn new() -> Self {
+        Prefix(support::unique_name("idem-test"))
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        delete_prefix(vec![url()], self.0.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn independent_stores_never_both_claim_a_key() {
+    if !server_up().await {
+        return;
+    }
+    let prefix = Prefix::new();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(
+            RedisStore::open(&url(), options(&prefix.0)).await.unwrap(),
+        ));
+    }
+    for round in 0..10 {
+        let k = id(&format!("shared-{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (store, barrier, k) = (stores[i % 4].clone(), barrier.clone(), k.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.claim(claim(&k, T0)).await.unwrap()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                ClaimOutcome::Claimed { .. } => winners += 1,
+                ClaimOutcome::Existing { outcome, .. } => assert!(
+                    matches!(outcome, ExistingOutcome::InProgress { .. }),
+                    "{outcome:?}"
+                ),
+            }
+        }
+        assert_eq!(winners, 1, "round {round}");
+    }
+    let k = id("cross");
+    let token = must_claim(&*stores[0], claim(&k, T0)).await;
+    let c = Completion::new(response(b"one"), T0, &retention());
+    assert_eq!(
+        stores[1].complete(&k, token, c.clone()).await.unwrap(),
+        Write::Written
+    );
+    match stores[2].claim(claim(&k, T0)).await.unwrap() {
+        ClaimOutcome::Existing { outcome, record } => {
+            assert_eq!(outcome, ExistingOutcome::Replay);
+            assert_eq!(record.response, Some(response(b"one")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        stores[3].complete(&k, token, c).await.unwrap(),
+        Write::Fenced
+    );
+}
+
+/// Every record key carries a TTL: the later of lease and tombstone
+/// horizon, relative to the caller's clock, plus the grace.
+#[tokio::test]
+async fn every_record_expires_by_itself() {
+    if !server_up().await {
+        return;
+    }
+    let prefix = Prefix::new();
+    let store = RedisStore::open(&url(), options(&prefix.0)).await.unwrap();
+    let k = id("ttl");
+    let token = must_claim(&store, claim(&k, T0)).await;
+    let client = redis::Client::open(url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:r:*", prefix.0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Claimed: tombstone horizon 1100 s after `now`, plus 60 s grace.
+    let expected = 1_160_000;
+    assert!((expected - 5_000..=expected).contains(&ttl), "{ttl}");
+    // Completed later: the horizon moves with the completion.
+    let later = T0.plus(Duration::from_secs(50));
+    let c = Completion::new(response(b"x"), later, &retention());
+    assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((expected - 5_000..=expected).contains(&ttl), "{ttl}");
+    // A live claim that outlives its tombstone keeps its key alive.
+    let slow = id("slow");
+    let token = must_claim(&store, claim(&slow, T0)).await;
+    let far = T0.plus(Duration::from_secs(3000));
+    assert_eq!(
+        store.renew(&slow, token, far).await.unwrap(),
+        Write::Written
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:r:*:slow", prefix.0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let expected = 3_060_000;
+    assert!((expected - 5_000..=expected).contains(&ttl), "{ttl}");
+}
+
+fn server_addr() -> std::net::SocketAddr {
+    let info = redis::Client::open(url()).unwrap();
+    let addr = info.get_connection_info().addr().to_string();
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs().unwrap().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_quick_error_and_recovery_is_automatic() {
+    if !server_up().await {
+        return;
+    }
+    let prefix = Prefix::new();
+    let proxy = Proxy::start(server_addr()).await;
+    let opts = options(&prefix.0);
+    let bound = opts.operation_timeout + Duration::from_millis(500);
+    let store = RedisStore::open(&format!("redis://{}/", proxy.addr), opts)
+        .await
+        .unwrap();
+    let k = id("before");
+    let token = must_claim(&store, claim(&k, T0)).await;
+
+    proxy.cut();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let err = store
+            .claim(claim(&id(&format!("during-{attempt}")), T0))
+            .await
+            .expect_err("no claim while the server is unreachable");
+        assert!(started.elapsed() < bound, "{:?}: {err}", started.elapsed());
+        assert_eq!(err.engine(), "redis");
+        let started = Instant::now();
+        let c = Completion::new(response(b"x"), T0, &retention());
+        assert!(store.complete(&k, token, c).await.is_err());
+        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+        assert!(store.ping().await.is_err());
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.ping().await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the store did not recover: {e}"),
+        }
+    }
+    let c = Completion::new(response(b"late"), T0, &retention());
+    assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
+    must_claim(&store, claim(&id("after"), T0)).await;
+}
+
+#[tokio::test]
+async fn opening_an_unresponsive_or_closed_server_fails_within_the_bound() {
+    let proxy = Proxy::start("127.0.0.1:9".parse().unwrap()).await;
+    proxy.cut();
+    let started = Instant::now();
+    let err = RedisStore::open(&format!("redis://{}/", proxy.addr), options("idem"))
+        .await
+        .err()
+        .expect("nothing answers");
+    assert!(started.elapsed() < Duration::from_secs(3), "{err}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = Instant::now();
+    let err = RedisStore::open(&format!("redis://127.0.0.1:{port}/"), options("idem"))
+        .await
+        .err()
+        .expect("connection refused");
+    assert!(started.elapsed() < Duration::from_secs(3), "{err}");
+    assert!(err.to_string().contains("redis store"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_urls_and_prefixes_are_refused_up_front() {
+    let err = RedisStore::open("nope://x", options("idem"))
+        .await
+        .err()
+        .expect("bad url");
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+    let err = RedisStore::open(&url(), options("a{b}"))
+        .await
+        .err()
+        .expect("bad prefix");
+    assert!(err.to_string().contains("without braces"), "{err}");
+}
+
+#[tokio::test]
+async fn a_damaged_record_fails_its_own_operation_only() {
+    if !server_up().await {
+        return;
+    }
+    let prefix = Prefix::new();
+    let store = RedisStore::open(&url(), options(&prefix.0)).await.unwrap();
+    must_claim(&store, claim(&id("bad"), T0)).await;
+    must_claim(&store, claim(&id("good"), T0)).await;
+    let client = redis::Client::open(url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:r:*:bad", prefix.0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&keys[0])
+        .arg("st")
+        .arg("99")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store.claim(claim(&id("bad"), T0)).await.unwrap_err();
+    assert_eq!(err.operation(), "claim");
+    assert!(err.to_string().contains("state code 99"), "{err}");
+    assert!(store.get(&id("bad")).await.is_err());
+    assert!(matches!(
+        store.claim(claim(&id("good"), T0)).await.unwrap(),
+        ClaimOutcome::Existing { .. }
+    ));
+}
+
+/// The nodes of a three-master Redis Cluster on loopback ports, started
+/// once per test binary from the `redis-server` binary (a watchdog stops
+/// each node within a second of this process exiting), or `None` when
+/// there is no `redis-server` (a skip, or a failure under `CI=true`).
+async fn cluster_nodes() -> Option<Vec<String>> {
+    static NODES: tokio::sync::OnceCell<Option<Vec<String>>> = tokio::sync::OnceCell::const_new();
+    NODES
+        .get_or_init(|| async {
+            match start_cluster().await {
+                Ok(nodes) => Some(nodes),
+                Err(why) => {
+                    support::unavailable(
+                        "Redis Cluster (started by this test from redis-server)",
+                        &why,
+                        "apt-get install redis-server",
+                    );
+                    None
+                }
+            }
+        })
+        .await
+        .clone()
+}
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+async fn start_cluster() -> Result<Vec<String>, String> {
+    let dir = std::env::temp_dir().join(support::unique_name("idem-redis-cluster"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let parent = std::process::id();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let port = free_cluster_port();
+        let node_dir = dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).map_err(|e| e.to_string())?;
+        // The watchdog shell ends the node once this test process is gone.
+        let script = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --cluster-enabled yes \
+             --cluster-config-file nodes.conf --dir '{}' --save '' --appendonly no \
+             --daemonize no --logfile '{}/log' & node=$!; \
+             while kill -0 {parent} 2>/dev/null && kill -0 $node 2>/dev/null; do sleep 1; done; \
+             kill $node 2>/dev/null; sleep 1; rm -rf '{}'; rmdir '{}' 2>/dev/null",
+            node_dir.display(),
+            node_dir.display(),
+            node_dir.display(),
+            dir.display(),
+        );
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run sh: {e}"))?;
+        ports.push(port);
+    }
+    let mut conns = Vec::new();
+    for port in &ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let conn = loop {
+            match client.get_multiplexed_async_connection().await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("redis-server did not start on port {port}: {e}"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        conns.push(conn);
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let (first, last) = (i * 16384 / 3, (i + 1) * 16384 / 3 - 1);
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(first)
+            .arg(last)
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("CLUSTER ADDSLOTSRANGE: {e}"))?;
+    }
+    for port in &ports[1..] {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(*port)
+            .query_async(&mut conns[0])
+            .await
+            .map_err(|e| format!("CLUSTER MEET: {e}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for conn in &mut conns {
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(conn)
+                .await
+                .map_err(|e| format!("CLUSTER INFO: {e}"))?;
+            if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the cluster did not form: {info}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect())
+}
+
+/// A store on the test cluster under a fresh prefix.
+async fn fresh_on_cluster() -> Option<Arc<dyn Store>> {
+    let nodes = cluster_nodes().await?;
+    let prefix = support::unique_name("idem-test");
+    let store = RedisStore::open_cluster(&nodes, options(&prefix))
+        .await
+        .expect("open a store on the cluster");
+    Some(Arc::new(Cleaned::new(store, move || {
+        delete_prefix(nodes, prefix)
+    })))
+}
+
+/// The same suite, unchanged, on Redis Cluster: every script's keys hash to
+/// one slot, and the records of a test spread over all three masters.
+mod cluster {
+    use super::*;
+
+    idem_store::conformance_tests!(match fresh_on_cluster().await {
+        Some(store) => std::future::ready(store),
+        None => return,
+    });
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn keys_spread_over_every_master_and_one_claim_wins() {
+        let Some(nodes) = cluster_nodes().await else {
+            return;
+        };
+        let prefix = Prefix::new();
+        let stores = [
+            Arc::new(
+                RedisStore::open_cluster(&nodes, options(&prefix.0))
+                    .await
+                    .unwrap(),
+            ),
+            Arc::new(
+                RedisStore::open_cluster(&nodes[1..], options(&prefix.0))
+                    .await
+                    .unwrap(),
+            ),
+        ];
+        for round in 0..5 {
+            let k = id(&format!("shared-{round}"));
+            let barrier = Arc::new(tokio::sync::Barrier::new(32));
+            let tasks: Vec<_> = (0..32)
+                .map(|i| {
+                    let (store, barrier, k) = (stores[i % 2].clone(), barrier.clone(), k.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        matches!(
+                            store.claim(claim(&k, T0)).await.unwrap(),
+                            ClaimOutcome::Claimed { .. }
+                        )
+                    })
+                })
+                .collect();
+            let mut winners = 0;
+            for t in tasks {
+                winners += usize::from(t.await.unwrap());
+            }
+            assert_eq!(winners, 1, "round {round}");
+        }
+        for i in 0..60 {
+            must_claim(&*stores[0], claim(&id(&format!("spread-{i}")), T0)).await;
+        }
+        for node in &nodes {
+            let client = redis::Client::open(node.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*:r:*", prefix.0))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(keys.len() >= 5, "{node} holds {} records", keys.len());
+        }
+        drop(stores);
+        // The prefix guard cleans a single server; clean the cluster here.
+        delete_prefix(nodes, prefix.0.clone());
+    }
+}
