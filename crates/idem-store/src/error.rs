@@ -51,8 +51,14 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
+/// The message already carries the cause (operators read it in one log
+/// line), so the cause is not repeated as `source()`; that would print it
+/// twice in `{:#}` chains.
+impl std::error::Error for StoreError {}
+
+impl StoreError {
+    /// The engine's own error, for inspection (e.g. downcasting).
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
     }
 }

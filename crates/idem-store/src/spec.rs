@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A parsed `--store` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     /// `memory`: in-process, nothing survives a restart.
     Memory,
@@ -113,6 +113,13 @@ impl std::str::FromStr for StoreSpec {
             return Ok(StoreSpec::Redis { url: s.to_owned() });
         }
         Err(StoreSpecError::UnknownScheme(s.to_owned()))
+    }
+}
+
+/// Debug output is the redacted display form: no password reaches a log.
+impl std::fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreSpec({self})")
     }
 }
 

@@ -38,7 +38,16 @@ pub(crate) fn apply_claim(slot: &mut Option<Record>, claim: &Claim) -> ClaimOutc
 pub(crate) fn apply_renew(slot: &mut Option<Record>, token: u64, lease_until: Timestamp) -> Write {
     match slot {
         Some(r) if owner_may_write(Some(r), token) => {
-            r.lease_until = r.lease_until.max(lease_until);
+            // Retention counts from the last sign of life, not from the
+            // claim: the horizons move with the lease, so a long execution
+            // whose owner then dies still reads as outcome-unknown (never as
+            // a free key) for the full retention.
+            let moved = lease_until.as_millis().saturating_sub(r.lease_until.as_millis());
+            if moved > 0 {
+                r.lease_until = lease_until;
+                r.expires_at = Timestamp(r.expires_at.as_millis().saturating_add(moved));
+                r.tombstone_until = Timestamp(r.tombstone_until.as_millis().saturating_add(moved));
+            }
             Write::Written
         }
         _ => Write::Fenced,

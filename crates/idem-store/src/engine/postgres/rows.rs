@@ -59,7 +59,9 @@ pub(super) const OVERWRITE: &str = "UPDATE idem_records SET state = $3, token = 
 /// flight: state code 1), and whose SET is exactly the matching helper of
 /// [`crate::engine`] (`apply_renew`, `apply_complete`, `apply_unknown`,
 /// `apply_release`). One row updated is `Written`, none is `Fenced`.
-pub(super) const RENEW: &str = "UPDATE idem_records SET lease_until = GREATEST(lease_until, $4) \
+pub(super) const RENEW: &str = "UPDATE idem_records SET lease_until = GREATEST(lease_until, $4), \
+     expires_at = expires_at + GREATEST(0, $4 - lease_until), \
+     tombstone_until = tombstone_until + GREATEST(0, $4 - lease_until) \
      WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
 pub(super) const COMPLETE: &str = "UPDATE idem_records SET state = 2, has_response = true, \
      status = $4, header_names = $5, header_values = $6, body = $7, expires_at = $8, \

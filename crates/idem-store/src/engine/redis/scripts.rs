@@ -97,19 +97,22 @@ return {1, tok}
 /// KEYS: record, due index. ARGV: token, lease_until.
 /// Returns 1 (written) or 0 (fenced).
 const RENEW: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'tomb')
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'exp', 'tomb')
 if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
-local old, new, tomb = tonumber(f[3]), tonumber(ARGV[2]), tonumber(f[4])
+local old, new = tonumber(f[3]), tonumber(ARGV[2])
+local exp, tomb = tonumber(f[4]), tonumber(f[5])
 if new > old then
-  redis.call('HSET', KEYS[1], 'lease', ARGV[2])
+  -- apply_renew: the retention and tombstone horizons move with the lease.
+  local moved = new - old
+  redis.call('HSET', KEYS[1], 'lease', ARGV[2], 'exp', fmt(exp + moved), 'tomb', fmt(tomb + moved))
   -- The key lives until the later of lease and tombstone (plus grace):
   -- move its expiry by as much as that horizon moved.
-  local grow = math.max(new, tomb) - math.max(old, tomb)
+  local grow = math.max(new, tomb + moved) - math.max(old, tomb)
   if grow > 0 then
     local ttl = redis.call('PTTL', KEYS[1])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[1], fmt(ttl + grow)) end
-    redis.call('ZADD', KEYS[2], fmt(due(1, new, 0, tomb, false)), KEYS[1])
   end
+  redis.call('ZADD', KEYS[2], fmt(due(1, new, 0, tomb + moved, false)), KEYS[1])
 end
 return 1
 ";
