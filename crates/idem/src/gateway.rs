@@ -17,7 +17,8 @@ pub struct GatewayArgs {
     /// The API to protect, e.g. http://127.0.0.1:3000.
     #[arg(long, value_name = "URL", value_parser = config::parse_upstream)]
     upstream: Option<http::Uri>,
-    /// Where records live: sqlite:PATH (default sqlite:idem.db) or memory.
+    /// Where records live: sqlite:PATH (default sqlite:idem.db), memory,
+    /// postgres://USER@HOST/DB, redis://HOST:PORT/ or redis+cluster://H1:P1,H2:P2.
     #[arg(long, value_name = "STORE")]
     store: Option<StoreSpec>,
     /// TOML configuration file (see docs/configuration.md).
