@@ -173,6 +173,19 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the engine answers (for `/health`).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Resolves when the record under `id` may have changed (completed,
+    /// released, marked unknown), or after `timeout`, whichever is first.
+    /// Requests waiting on a key in flight (`in_flight = wait`) call this
+    /// between reads, so an engine shared by several gateways can wake them
+    /// when another instance finishes the key (LISTEN/NOTIFY, pub/sub).
+    ///
+    /// The default just sleeps: waiters then poll, which is always correct,
+    /// only slower. Spurious wake-ups are fine; callers re-read the record.
+    async fn changed(&self, id: &RecordId, timeout: std::time::Duration) {
+        let _ = id;
+        tokio::time::sleep(timeout).await;
+    }
+
     /// The engine's name, e.g. `sqlite`, for logs and metrics.
     fn engine(&self) -> &'static str;
 }

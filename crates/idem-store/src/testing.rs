@@ -503,18 +503,31 @@ pub async fn live_claim_outlives_retention_and_is_never_swept(store: Arc<dyn Sto
 /// well past the claim's original horizons and then died leaves a record
 /// that reads outcome-unknown, never a free key that a retry would execute
 /// a second time.
-pub async fn owner_lost_after_a_long_execution_leaves_unknown_not_a_free_key(store: Arc<dyn Store>) {
+pub async fn owner_lost_after_a_long_execution_leaves_unknown_not_a_free_key(
+    store: Arc<dyn Store>,
+) {
     let k = id("s", "long");
     let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
     // The claim's own horizons: T0+100 s retention, T0+1100 s tombstone.
     let last_renewal = T0.plus(Duration::from_secs(2000));
     let lease_end = last_renewal.plus(Duration::from_secs(10));
-    assert_eq!(store.renew(&k, token, lease_end).await.unwrap(), Write::Written);
+    assert_eq!(
+        store.renew(&k, token, lease_end).await.unwrap(),
+        Write::Written
+    );
     // The owner dies: its lease lapses.
     let after = lease_end.plus(Duration::from_secs(1));
-    assert_eq!(store.sweep(after, 100).await.unwrap().deleted, 0, "nothing to delete yet");
+    assert_eq!(
+        store.sweep(after, 100).await.unwrap().deleted,
+        0,
+        "nothing to delete yet"
+    );
     let (outcome, _) = existing(&*store, claim_at(&k, "a", after)).await;
-    assert_eq!(outcome, ExistingOutcome::Unknown, "a lost owner's key is unknown, not free");
+    assert_eq!(
+        outcome,
+        ExistingOutcome::Unknown,
+        "a lost owner's key is unknown, not free"
+    );
     // A renewal that does not move the lease forward changes nothing.
     let mut again = claim_at(&k, "a", after);
     again.reclaim_unknown = false;

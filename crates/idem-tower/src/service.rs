@@ -267,7 +267,10 @@ where
             ExistingOutcome::InProgress { .. } => match deadline {
                 Some(deadline) if Instant::now() < deadline => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    shared.waiters.wait(&id, poll.min(remaining)).await;
+                    shared
+                        .waiters
+                        .wait(&*shared.store, &id, poll.min(remaining))
+                        .await;
                     poll = (poll * 2).min(Duration::from_millis(200));
                     continue;
                 }

@@ -1,6 +1,7 @@
-//! In-process wake-ups for requests that wait on a key in flight. Other
-//! gateway instances are not notified; waiters also poll the store, so a
-//! missed wake-up costs at most one poll interval.
+//! Wake-ups for requests that wait on a key in flight: in-process when the
+//! owner is this process, through [`Store::changed`](idem_store::Store::changed)
+//! when it is another instance. Waiters also poll the store, so a missed
+//! wake-up costs at most one poll interval.
 
 use idem_core::RecordId;
 use std::collections::HashMap;
@@ -37,11 +38,21 @@ impl Waiters {
         }
     }
 
-    /// Sleeps until `id` is woken or `timeout` passes.
-    pub(crate) async fn wait(&self, id: &RecordId, timeout: Duration) {
+    /// Sleeps until `id` is woken here, the store reports a change (another
+    /// instance finished it), or `timeout` passes.
+    pub(crate) async fn wait(
+        &self,
+        store: &dyn idem_store::Store,
+        id: &RecordId,
+        timeout: Duration,
+    ) {
         self.count.fetch_add(1, Ordering::AcqRel);
         let notify = self.entry(id);
-        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+        tokio::select! {
+            () = notify.notified() => {}
+            () = store.changed(id, timeout) => {}
+            () = tokio::time::sleep(timeout) => {}
+        }
         self.count.fetch_sub(1, Ordering::AcqRel);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Drop the entry once no one else holds it, so the map stays small.

@@ -42,7 +42,9 @@ pub(crate) fn apply_renew(slot: &mut Option<Record>, token: u64, lease_until: Ti
             // claim: the horizons move with the lease, so a long execution
             // whose owner then dies still reads as outcome-unknown (never as
             // a free key) for the full retention.
-            let moved = lease_until.as_millis().saturating_sub(r.lease_until.as_millis());
+            let moved = lease_until
+                .as_millis()
+                .saturating_sub(r.lease_until.as_millis());
             if moved > 0 {
                 r.lease_until = lease_until;
                 r.expires_at = Timestamp(r.expires_at.as_millis().saturating_add(moved));
