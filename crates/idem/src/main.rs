@@ -9,6 +9,7 @@ mod chaos;
 mod gateway;
 mod math;
 mod migrate;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     /// Create or upgrade a store's schema ahead of a deploy, print what was
     /// applied, and exit.
     Migrate(migrate::MigrateArgs),
+    /// Measure an API's duplicate rate: run N logical operations through
+    /// the retrying client and count side effects before and after.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::Math(args) => math::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Soak(args) => soak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
