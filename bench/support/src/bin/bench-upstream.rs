@@ -68,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Drains the request body, then answers `201` + JSON for POST, `200` otherwise.
+/// Drains the request body, then answers `201` + JSON for POST,
+/// `{"count":N}` (side effects so far) for `GET /count`, `200` otherwise.
 async fn handle(
     req: Request<Incoming>,
     side_effects: Arc<AtomicU64>,
@@ -86,6 +87,13 @@ async fn handle(
         let json = format!("{{\"id\":{id},\"ok\":true}}");
         Response::builder()
             .status(StatusCode::CREATED)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .expect("static response parts are valid")
+    } else if parts.uri.path() == "/count" {
+        // The count oracle for `idem soak --count-url`.
+        let json = format!("{{\"count\":{}}}", side_effects.load(Ordering::Relaxed));
+        Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(json)))
             .expect("static response parts are valid")
