@@ -6,13 +6,20 @@
 #   passthrough  bench-passthrough, a bare hyper reverse proxy (the ceiling)
 #   memory       idem gateway --store memory
 #   sqlite       idem gateway --store sqlite:<tmp>/bench.db
+#   postgres     idem gateway --store postgres://…?schema=idem_bench_<nonce>
+#   redis        idem gateway --store redis://…/?prefix=idem_bench_<nonce>
 # under two workloads (bench/unique.lua, bench/replay.lua) and writes a
 # markdown table between the bench markers of docs/benchmarks.md (or $OUT).
 #
 # Usage: bash bench/run.sh
 # Env:   DURATION=10s CONNECTIONS=32 THREADS=1 BUILD=1 WARMUP=2s
 #        REPLAY_KEYS=100 BASE_PORT=18080 OUT=docs/benchmarks.md
-#        TARGETS="upstream passthrough memory sqlite"
+#        TARGETS="upstream passthrough memory sqlite postgres redis"
+#        BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
+#        BENCH_REDIS_URL=redis://127.0.0.1:6379/
+# The postgres and redis targets use the servers at those URLs, each run in
+# a schema (key prefix) of its own that is dropped (deleted) afterwards;
+# a server that does not answer skips its target.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +33,9 @@ WARMUP="${WARMUP:-2s}"
 REPLAY_KEYS="${REPLAY_KEYS:-100}"
 BASE_PORT="${BASE_PORT:-18080}"
 OUT="${OUT:-docs/benchmarks.md}"
-TARGETS="${TARGETS:-upstream passthrough memory sqlite}"
+TARGETS="${TARGETS:-upstream passthrough memory sqlite postgres redis}"
+BENCH_POSTGRES_URL="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+BENCH_REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/}"
 READY_TIMEOUT_S=30
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
@@ -45,6 +54,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     stop "$pid"
   done
+  drop_store_data
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -101,6 +111,79 @@ port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# ---------------------------------------------------------------- shared stores
+# Each run uses a fresh PostgreSQL schema and Redis key prefix (letters,
+# digits and `_`), removed after its target ran, and on exit.
+STORE_NONCE="$(date +%s)_$$"
+PG_SCHEMA="idem_bench_$STORE_NONCE"
+REDIS_PREFIX="idem_bench_$STORE_NONCE"
+PG_USED=""
+REDIS_USED=""
+
+# url_with URL NAME VALUE: URL with NAME=VALUE added to its query.
+url_with() {
+  case "$1" in *\?*) printf '%s&%s=%s' "$1" "$2" "$3" ;; *) printf '%s?%s=%s' "$1" "$2" "$3" ;; esac
+}
+PG_STORE="$(url_with "$BENCH_POSTGRES_URL" schema "$PG_SCHEMA")"
+REDIS_STORE="$(url_with "$BENCH_REDIS_URL" prefix "$REDIS_PREFIX")"
+
+# Drops the schema and deletes the keys this run created (idempotent).
+drop_store_data() {
+  if [[ -n "$PG_USED" ]]; then
+    if command -v psql >/dev/null 2>&1; then
+      PGCONNECT_TIMEOUT=5 psql -q -X "$BENCH_POSTGRES_URL" \
+        -c "DROP SCHEMA IF EXISTS \"$PG_SCHEMA\" CASCADE" >/dev/null 2>&1 \
+        || log "warning: could not drop schema $PG_SCHEMA; drop it by hand"
+    else
+      log "warning: psql not found; drop schema $PG_SCHEMA by hand"
+    fi
+    PG_USED=""
+  fi
+  if [[ -n "$REDIS_USED" ]]; then
+    if command -v redis-cli >/dev/null 2>&1; then
+      # Keys of the run, unlinked in batches (the prefix is unique to it).
+      timeout 120 redis-cli -u "$BENCH_REDIS_URL" --scan --pattern "$REDIS_PREFIX:*" 2>/dev/null \
+        | timeout 120 xargs -r -n 1000 redis-cli -u "$BENCH_REDIS_URL" UNLINK >/dev/null 2>&1 \
+        || log "warning: could not delete the keys $REDIS_PREFIX:*; delete them by hand"
+    else
+      log "warning: redis-cli not found; delete the keys $REDIS_PREFIX:* by hand"
+    fi
+    REDIS_USED=""
+  fi
+}
+
+# store_pids TARGET: sets STORE_PIDS to the processes of the store server a
+# target uses (every `postgres` or `redis-server` process on the machine,
+# taken after the warm-up so the gateway's connections exist): their CPU
+# is part of the target's cost, not "other CPU".
+STORE_PIDS=()
+store_pids() {
+  local name
+  STORE_PIDS=()
+  case "$1" in
+    postgres) name=postgres ;;
+    redis) name=redis-server ;;
+    *) return 0 ;;
+  esac
+  mapfile -t STORE_PIDS < <(pgrep -x "$name" || true)
+}
+
+# store_ready TARGET: for postgres/redis, checks the server answers (and
+# creates the schema) with `idem migrate`; returns 1 if not, with the
+# reason in $WORK/TARGET.why.
+store_ready() {
+  local store
+  case "$1" in
+    postgres) store="$PG_STORE"; PG_USED=1 ;;
+    redis) store="$REDIS_STORE"; REDIS_USED=1 ;;
+    *) return 0 ;;
+  esac
+  if ! timeout 30 "$BIN/idem" migrate --store "$store" >"$WORK/$1.migrate" 2>&1; then
+    grep -v '^[[:space:]]*$' "$WORK/$1.migrate" | tail -n 1 | tr -d '|`' | cut -c1-160 >"$WORK/$1.why" || true
+    return 1
+  fi
+}
+
 # ---------------------------------------------------------------- tools
 ensure_tool() {
   local tool="$1"
@@ -141,12 +224,16 @@ declare -A PORT=(
   [passthrough]=$((BASE_PORT + 1))
   [memory]=$((BASE_PORT + 2))
   [sqlite]=$((BASE_PORT + 3))
+  [postgres]=$((BASE_PORT + 4))
+  [redis]=$((BASE_PORT + 5))
 )
 declare -A LABEL=(
   [upstream]="upstream (direct, no proxy)"
   [passthrough]="bench-passthrough (bare hyper proxy)"
   [memory]="idem gateway, \`--store memory\`"
   [sqlite]="idem gateway, \`--store sqlite\`"
+  [postgres]="idem gateway, \`--store postgres\`"
+  [redis]="idem gateway, \`--store redis\`"
 )
 DB="$WORK/bench.db"
 # Command lines as shown in the report (paths relative to the repo).
@@ -155,6 +242,8 @@ declare -A SHOWN=(
   [passthrough]="target/release/bench-passthrough --listen 127.0.0.1:${PORT[passthrough]} --upstream $UP_URL"
   [memory]="target/release/idem gateway --listen 127.0.0.1:${PORT[memory]} --upstream $UP_URL --store memory"
   [sqlite]="target/release/idem gateway --listen 127.0.0.1:${PORT[sqlite]} --upstream $UP_URL --store sqlite:\$TMPDIR/bench.db"
+  [postgres]="target/release/idem gateway --listen 127.0.0.1:${PORT[postgres]} --upstream $UP_URL --store $(url_with "$BENCH_POSTGRES_URL" schema "idem_bench_\$NONCE")"
+  [redis]="target/release/idem gateway --listen 127.0.0.1:${PORT[redis]} --upstream $UP_URL --store $(url_with "$BENCH_REDIS_URL" prefix "idem_bench_\$NONCE")"
 )
 
 # Sets CMD to the command line of a proxy target (not the upstream).
@@ -164,6 +253,8 @@ target_cmd() {
     passthrough) CMD=("$BIN/bench-passthrough" --listen "127.0.0.1:${PORT[passthrough]}" --upstream "$UP_URL") ;;
     memory) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[memory]}" --upstream "$UP_URL" --store memory) ;;
     sqlite) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[sqlite]}" --upstream "$UP_URL" --store "sqlite:$DB") ;;
+    postgres) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[postgres]}" --upstream "$UP_URL" --store "$PG_STORE") ;;
+    redis) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[redis]}" --upstream "$UP_URL" --store "$REDIS_STORE") ;;
   esac
 }
 
@@ -230,6 +321,7 @@ measure() {
   log "measuring $workload on $target for $DURATION"
   local pids=("$UP_PID") m0 p0 t0 m1 p1 t1 ours
   [[ -n "$PROXY_PID" ]] && pids+=("$PROXY_PID")
+  pids+=("${STORE_PIDS[@]}")
   times >"$WORK/times0"
   m0="$(machine_ticks)"
   p0="$(pids_ticks "${pids[@]}")"
@@ -307,8 +399,16 @@ cpu_busy_pct() {
 # bench_target TARGET: start (unless upstream), warm up, measure both.
 bench_target() {
   local target="$1" pid=""
-  if [[ "$target" == memory || "$target" == sqlite ]] && [[ -n "$IDEM_SKIP_REASON" ]]; then
+  if [[ "$target" != upstream && "$target" != passthrough ]] && [[ -n "$IDEM_SKIP_REASON" ]]; then
     SKIP[$target]="skipped: $IDEM_SKIP_REASON"
+    return 0
+  fi
+  local why_not
+  if ! store_ready "$target"; then
+    why_not="$(cat "$WORK/$target.why" 2>/dev/null || true)"
+    log "warning: the $target server does not answer (${why_not:-no detail}); skipping $target"
+    SKIP[$target]="skipped: server not reachable${why_not:+: \`$why_not\`}"
+    drop_store_data
     return 0
   fi
   if [[ "$target" != upstream ]]; then
@@ -329,12 +429,14 @@ bench_target() {
     log "warming up $target for $WARMUP (not recorded)"
     run_wrk unique "$target" "$nonce-warm" "$WARMUP" || true
   fi
+  store_pids "$target"
   measure unique "$target" "$nonce"
   if ! prime "$target" "$nonce"; then
     log "warning: priming was incomplete on $target; replay numbers include first-time keys"
   fi
   measure replay "$target" "$nonce"
   [[ -n "$pid" ]] && stop "$pid"
+  drop_store_data
   return 0
 }
 
@@ -347,7 +449,7 @@ PROXY_PID=""
 BUSY_BEFORE="$(cpu_busy_pct)"
 log "CPU busy before measuring: $BUSY_BEFORE"
 
-ALL_TARGETS=(upstream passthrough memory sqlite)
+ALL_TARGETS=(upstream passthrough memory sqlite postgres redis)
 for t in "${ALL_TARGETS[@]}"; do
   if [[ " $TARGETS " != *" $t "* ]]; then
     SKIP[$t]="skipped: not in TARGETS"
@@ -431,7 +533,8 @@ REPORT="$WORK/report.md"
   echo "- **upstream hits**: POSTs that reached bench-upstream during the measured run / requests wrk completed"
   echo "  (hits can exceed requests by up to the connection count: requests still in flight when wrk stops are not counted)."
   echo "  A proxy that replays should show almost no upstream hits in \`replay\`."
-  echo "- **other CPU**: share of the machine's CPU used by programs outside this benchmark during the run."
+  echo "- **other CPU**: share of the machine's CPU used by programs outside this benchmark during the run"
+  echo "  (the PostgreSQL and Redis servers count as part of the benchmark for their targets)."
   echo "  About 0-5% on an idle machine; above 10% (the script warns) something else competed for the cores and that row is unreliable."
   echo
   if [[ "$WARMUP" == "0" || "$WARMUP" == "0s" ]]; then
@@ -439,7 +542,7 @@ REPORT="$WORK/report.md"
   else
     warm="after an unrecorded $WARMUP \`unique\` warm-up"
   fi
-  echo "Commands (\`\$TMPDIR\` is a fresh temporary directory; each proxy runs alone, $warm; the upstream runs throughout):"
+  echo "Commands (\`\$TMPDIR\` is a fresh temporary directory, \`\$NONCE\` a fresh name: each run gets its own schema and key prefix, removed afterwards; each proxy runs alone, $warm; the upstream runs throughout):"
   echo
   for t in "${ALL_TARGETS[@]}"; do
     echo "- ${LABEL[$t]}: \`${SHOWN[$t]}\`"

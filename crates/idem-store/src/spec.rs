@@ -132,9 +132,18 @@ impl std::fmt::Display for StoreSpec {
             StoreSpec::Postgres { url } | StoreSpec::Redis { url } => f.write_str(&redact(url)),
             StoreSpec::RedisCluster { nodes } => {
                 f.write_str("redis+cluster://")?;
+                let mut query = None;
                 for (i, node) in nodes.iter().enumerate() {
                     let shown = redact(node);
                     let host = shown.strip_prefix("redis://").unwrap_or(&shown);
+                    // The query, repeated on every node, is shown once.
+                    let host = match host.split_once('?') {
+                        Some((host, q)) => {
+                            query = Some(q.to_owned());
+                            host.trim_end_matches('/')
+                        }
+                        None => host,
+                    };
                     // Credentials, repeated on every node, are shown once.
                     let host = if i == 0 {
                         host
@@ -145,6 +154,9 @@ impl std::fmt::Display for StoreSpec {
                         f.write_str(",")?;
                     }
                     f.write_str(host)?;
+                }
+                if let Some(query) = query {
+                    write!(f, "/?{query}")?;
                 }
                 Ok(())
             }
@@ -175,9 +187,14 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The nodes of `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT[/]`, each
-/// as a `redis://` URL carrying the credentials.
+/// The nodes of `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT[/][?QUERY]`,
+/// each as a `redis://` URL carrying the credentials (and the query, e.g.
+/// `prefix=NAME`, as `/?QUERY`).
 fn cluster_nodes(spec: &str, rest: &str) -> Result<Vec<String>, StoreSpecError> {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
     let rest = rest.trim_end_matches('/');
     let (userinfo, hosts) = match rest.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
@@ -186,9 +203,15 @@ fn cluster_nodes(spec: &str, rest: &str) -> Result<Vec<String>, StoreSpecError> 
     let nodes: Vec<String> = hosts
         .split(',')
         .map(str::trim)
-        .map(|host| match userinfo {
-            Some(u) => format!("redis://{u}@{host}"),
-            None => format!("redis://{host}"),
+        .map(|host| {
+            let node = match userinfo {
+                Some(u) => format!("redis://{u}@{host}"),
+                None => format!("redis://{host}"),
+            };
+            match query {
+                Some(query) => format!("{node}/?{query}"),
+                None => node,
+            }
         })
         .collect();
     if hosts.split(',').any(|h| h.trim().is_empty()) {
@@ -299,6 +322,31 @@ mod tests {
         assert_eq!(
             parse(&parse("redis+cluster://a:1,b:2").to_string()),
             parse("redis+cluster://a:1,b:2")
+        );
+        // Idem's parameters (the key prefix) reach every node.
+        let c = parse("redis+cluster://u:pw@a:7000,b:7001/?prefix=payments");
+        assert_eq!(
+            c,
+            StoreSpec::RedisCluster {
+                nodes: vec![
+                    "redis://u:pw@a:7000/?prefix=payments".into(),
+                    "redis://u:pw@b:7001/?prefix=payments".into()
+                ]
+            }
+        );
+        assert_eq!(
+            c.to_string(),
+            "redis+cluster://u:***@a:7000,b:7001/?prefix=payments"
+        );
+        assert_eq!(parse(&c.to_string().replace("***", "pw")), c);
+        assert_eq!(
+            parse("redis://a:7000,b:7001?prefix=p"),
+            StoreSpec::RedisCluster {
+                nodes: vec![
+                    "redis://a:7000/?prefix=p".into(),
+                    "redis://b:7001/?prefix=p".into()
+                ]
+            }
         );
     }
 

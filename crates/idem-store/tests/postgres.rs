@@ -260,7 +260,7 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
         .await
         .unwrap();
     assert_eq!(report.applied, vec![]);
-    assert_eq!(report.version, 1);
+    assert_eq!(report.version, 2);
 
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
@@ -269,7 +269,7 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
     let rows = client
         .query(
             &format!(
-                "SELECT version, name FROM \"{}\".idem_schema_migrations",
+                "SELECT version, name FROM \"{}\".idem_schema_migrations ORDER BY version",
                 schema.0
             ),
             &[],
@@ -277,7 +277,10 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
         .await
         .unwrap();
     let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(applied, vec![(1, "records".to_owned())]);
+    assert_eq!(
+        applied,
+        vec![(1, "records".to_owned()), (2, "waiters".to_owned())]
+    );
 
     // A schema written by a newer build is refused, not misread.
     client
@@ -308,8 +311,8 @@ async fn migrate_on_a_fresh_schema_reports_what_it_applied() {
     let report = PostgresStore::migrate(&url(), options(&schema.0))
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![(1, "records")]);
-    assert_eq!(report.version, 1);
+    assert_eq!(report.applied, vec![(1, "records"), (2, "waiters")]);
+    assert_eq!(report.version, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -569,4 +572,188 @@ async fn bad_urls_and_schema_names_are_refused_up_front() {
         .err()
         .expect("bad schema");
     assert!(err.to_string().contains("letters, digits"), "{err}");
+}
+
+/// Whether the claim on `key` carries the waiters mark.
+async fn marked_waited(client: &tokio_postgres::Client, schema: &str, key: &str) -> bool {
+    client
+        .query_opt(
+            &format!("SELECT waiters FROM \"{schema}\".idem_records WHERE key = $1"),
+            &[&key],
+        )
+        .await
+        .unwrap()
+        .is_some_and(|row| row.get::<_, bool>(0))
+}
+
+/// Claims `key` through `owner`, waits on it through `waiting`, and checks
+/// the waiter is woken promptly (well before its timeout) when `finish`
+/// ("complete", "release" or "mark_unknown") writes through `owner`.
+async fn woken_across(
+    waiting: &Arc<PostgresStore>,
+    owner: &PostgresStore,
+    client: &tokio_postgres::Client,
+    schema: &str,
+    key: &str,
+    finish: &str,
+) {
+    let timeout = Duration::from_secs(30);
+    let k = id(key);
+    let token = must_claim(owner, claim(&k, T0)).await;
+    let waiter = tokio::spawn({
+        let (store, k) = (waiting.clone(), k.clone());
+        async move { store.changed(&k, timeout).await }
+    });
+    // The waiter marks the claim once its instance listens.
+    support::poll_until("the waiter's mark", Duration::from_secs(15), || {
+        marked_waited(client, schema, key)
+    })
+    .await;
+    assert!(!waiter.is_finished(), "{key}: woke before the owner wrote");
+    let written = Instant::now();
+    let write = match finish {
+        "complete" => {
+            let c = Completion::new(response(b"w"), T0, &retention());
+            owner.complete(&k, token, c).await.unwrap()
+        }
+        "release" => owner.release(&k, token).await.unwrap(),
+        _ => owner.mark_unknown(&k, token, T0).await.unwrap(),
+    };
+    assert_eq!(write, Write::Written);
+    tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .unwrap_or_else(|_| panic!("{key}: the waiter was not woken"))
+        .unwrap();
+    assert!(
+        written.elapsed() < Duration::from_secs(3),
+        "{key}: woken {:?} after the write (timeout {timeout:?})",
+        written.elapsed()
+    );
+}
+
+/// What the engine notifies for a key of scope `s` in `schema`: a 64-bit
+/// FNV-1a of the length-prefixed schema, scope and key, in hex.
+fn announcement(schema: &str, key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [schema, "s", key] {
+        let bytes = part.as_bytes();
+        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// A plain connection to the test server, driven in the background, and
+/// the payloads of the notifications on `idem_changed` it receives.
+async fn listener() -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (seen, announcements) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = seen.send(n.payload().to_owned());
+            }
+        }
+    });
+    client.batch_execute("LISTEN idem_changed").await.unwrap();
+    (client, announcements)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_one_instance_is_woken_promptly_by_the_owner_on_another() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let waiting = Arc::new(
+        PostgresStore::open(&url(), options(&schema.0))
+            .await
+            .unwrap(),
+    );
+    let owner = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    let (client, mut announcements) = listener().await;
+
+    // No waiter, no announcement: finishing a claim nobody waits on is a
+    // plain UPDATE (a NOTIFY would serialise the commits).
+    let quiet = id("quiet");
+    let token = must_claim(&owner, claim(&quiet, T0)).await;
+    let c = Completion::new(response(b"q"), T0, &retention());
+    assert_eq!(
+        owner.complete(&quiet, token, c).await.unwrap(),
+        Write::Written
+    );
+
+    // The channel is shared by every schema of the database (other tests
+    // announce on it too): look for this test's payloads only.
+    let silent = announcement(&schema.0, "quiet");
+    let mut seen = Vec::new();
+    for finish in ["complete", "release", "mark_unknown"] {
+        let key = format!("waited-{finish}");
+        woken_across(&waiting, &owner, &client, &schema.0, &key, finish).await;
+        let expected = announcement(&schema.0, &key);
+        while !seen.contains(&expected) {
+            let payload = tokio::time::timeout(Duration::from_secs(5), announcements.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{key} was not announced"))
+                .unwrap();
+            seen.push(payload);
+        }
+    }
+    while let Ok(payload) = announcements.try_recv() {
+        seen.push(payload);
+    }
+    assert!(!seen.contains(&silent), "no waiter, no announcement");
+    for finish in ["complete", "release", "mark_unknown"] {
+        let expected = announcement(&schema.0, &format!("waited-{finish}"));
+        let times = seen.iter().filter(|p| **p == expected).count();
+        assert_eq!(times, 1, "{finish}: one announcement per write");
+    }
+
+    // A waiter on a claim that already finished returns at once.
+    let started = Instant::now();
+    waiting.changed(&quiet, Duration::from_secs(20)).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A new claim of a released key clears the mark.
+    must_claim(&owner, claim(&id("waited-release"), T0)).await;
+    assert!(!marked_waited(&client, &schema.0, "waited-release").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wake_up_listener_reconnects_after_an_outage() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let proxy = Proxy::start(server_addr()).await;
+    let waiting = Arc::new(
+        PostgresStore::open(&via(&proxy), options(&schema.0))
+            .await
+            .unwrap(),
+    );
+    let owner = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    let (client, _announcements) = listener().await;
+    woken_across(&waiting, &owner, &client, &schema.0, "before", "complete").await;
+
+    proxy.cut();
+    // While the database is unreachable a waiter still returns within its
+    // timeout.
+    let started = Instant::now();
+    waiting
+        .changed(&id("during"), Duration::from_millis(300))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    proxy.restore();
+    woken_across(&waiting, &owner, &client, &schema.0, "after", "complete").await;
 }

@@ -416,6 +416,165 @@ async fn a_damaged_record_fails_its_own_operation_only() {
     ));
 }
 
+/// Whether the claim on `key` (under `prefix`, on the server or cluster
+/// node at `node`) carries the waiters mark.
+async fn marked_waited(nodes: &[String], prefix: &str, key: &str) -> bool {
+    for node in nodes {
+        let client = redis::Client::open(node.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*:r:*:{key}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for k in keys {
+            let mark: Option<String> = redis::cmd("HGET")
+                .arg(&k)
+                .arg("w")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if mark.is_some() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Claims `key` through `owner`, waits on it through `waiting`, and checks
+/// the waiter is woken promptly (well before its timeout) when `finish`
+/// ("complete", "release" or "mark_unknown") writes through `owner`.
+async fn woken_across(
+    waiting: &Arc<RedisStore>,
+    owner: &RedisStore,
+    nodes: &[String],
+    prefix: &str,
+    key: &str,
+    finish: &str,
+) {
+    let timeout = Duration::from_secs(30);
+    let k = id(key);
+    let token = must_claim(owner, claim(&k, T0)).await;
+    let waiter = tokio::spawn({
+        let (store, k) = (waiting.clone(), k.clone());
+        async move { store.changed(&k, timeout).await }
+    });
+    // The waiter marks the claim once its instance is subscribed.
+    support::poll_until("the waiter's mark", Duration::from_secs(15), || {
+        marked_waited(nodes, prefix, key)
+    })
+    .await;
+    assert!(!waiter.is_finished(), "{key}: woke before the owner wrote");
+    let written = Instant::now();
+    let write = match finish {
+        "complete" => {
+            let c = Completion::new(response(b"w"), T0, &retention());
+            owner.complete(&k, token, c).await.unwrap()
+        }
+        "release" => owner.release(&k, token).await.unwrap(),
+        _ => owner.mark_unknown(&k, token, T0).await.unwrap(),
+    };
+    assert_eq!(write, Write::Written);
+    tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .unwrap_or_else(|_| panic!("{key}: the waiter was not woken"))
+        .unwrap();
+    assert!(
+        written.elapsed() < Duration::from_secs(3),
+        "{key}: woken {:?} after the write (timeout {timeout:?})",
+        written.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_one_instance_is_woken_promptly_by_the_owner_on_another() {
+    if !server_up().await {
+        return;
+    }
+    let prefix = Prefix::new();
+    let waiting = Arc::new(RedisStore::open(&url(), options(&prefix.0)).await.unwrap());
+    // The prefix may come from the URL too.
+    let owner = RedisStore::open(&format!("{}?prefix={}", url(), prefix.0), options("other"))
+        .await
+        .unwrap();
+    // A plain subscriber sees every announcement on the channel.
+    let (seen, mut announcements) = tokio::sync::mpsc::unbounded_channel();
+    let client = redis::Client::open(format!("{}?protocol=resp3", url())).unwrap();
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(seen);
+    let mut sub = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    sub.subscribe(format!("{}:chg", prefix.0)).await.unwrap();
+    let mut next_message = async || loop {
+        let push = tokio::time::timeout(Duration::from_secs(5), announcements.recv())
+            .await
+            .expect("an announcement")
+            .unwrap();
+        if push.kind == redis::PushKind::Message {
+            return push;
+        }
+    };
+
+    // No waiter, no announcement.
+    let quiet = id("quiet");
+    let token = must_claim(&owner, claim(&quiet, T0)).await;
+    let c = Completion::new(response(b"q"), T0, &retention());
+    assert_eq!(
+        owner.complete(&quiet, token, c).await.unwrap(),
+        Write::Written
+    );
+
+    let nodes = [url()];
+    for finish in ["complete", "release", "mark_unknown"] {
+        let key = format!("waited-{finish}");
+        woken_across(&waiting, &owner, &nodes, &prefix.0, &key, finish).await;
+        // The first announcement is this one: `quiet` sent none.
+        let push = next_message().await;
+        let payload = match &push.data[1] {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert!(payload.ends_with(&format!(":{key}")), "{payload}");
+    }
+
+    // A waiter on a claim that already finished returns at once.
+    let started = Instant::now();
+    waiting.changed(&quiet, Duration::from_secs(20)).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A new claim of a released key clears the mark.
+    must_claim(&owner, claim(&id("waited-release"), T0)).await;
+    assert!(!marked_waited(&nodes, &prefix.0, "waited-release").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_reconnects_after_an_outage() {
+    if !server_up().await {
+        return;
+    }
+    let prefix = Prefix::new();
+    let proxy = Proxy::start(server_addr()).await;
+    let waiting = Arc::new(
+        RedisStore::open(&format!("redis://{}/", proxy.addr), options(&prefix.0))
+            .await
+            .unwrap(),
+    );
+    let owner = RedisStore::open(&url(), options(&prefix.0)).await.unwrap();
+    let nodes = [url()];
+    woken_across(&waiting, &owner, &nodes, &prefix.0, "before", "complete").await;
+
+    proxy.cut();
+    let started = Instant::now();
+    waiting
+        .changed(&id("during"), Duration::from_millis(300))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    proxy.restore();
+    woken_across(&waiting, &owner, &nodes, &prefix.0, "after", "release").await;
+}
+
 /// The nodes of a three-master Redis Cluster on loopback ports, started
 /// once per test binary from the `redis-server` binary (a watchdog stops
 /// each node within a second of this process exiting), or `None` when
@@ -616,6 +775,32 @@ mod cluster {
         }
         drop(stores);
         // The prefix guard cleans a single server; clean the cluster here.
+        delete_prefix(nodes, prefix.0.clone());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_is_woken_through_the_shard_channel_of_its_key() {
+        let Some(nodes) = cluster_nodes().await else {
+            return;
+        };
+        let prefix = Prefix::new();
+        let waiting = Arc::new(
+            RedisStore::open_cluster(&nodes, options(&prefix.0))
+                .await
+                .unwrap(),
+        );
+        let owner = RedisStore::open_cluster(&nodes[1..], options(&prefix.0))
+            .await
+            .unwrap();
+        // Keys on several masters (so several shard channels and nodes).
+        for (i, finish) in ["complete", "release", "mark_unknown", "complete"]
+            .into_iter()
+            .enumerate()
+        {
+            let key = format!("waited-{i}");
+            woken_across(&waiting, &owner, &nodes, &prefix.0, &key, finish).await;
+        }
+        drop((waiting, owner));
         delete_prefix(nodes, prefix.0.clone());
     }
 }

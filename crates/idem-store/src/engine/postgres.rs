@@ -23,6 +23,11 @@
 //! - The schema is created and upgraded by versioned migrations
 //!   (`idem_schema_migrations`) under an advisory lock, on open and by
 //!   `idem migrate`.
+//! - Waiters of another gateway are woken with LISTEN/NOTIFY
+//!   ([`Store::changed`]): a waiter marks the claim (`waiters`), and the
+//!   owner's final write, when it finds the mark, sends `pg_notify` on
+//!   `idem_changed` in the same statement (see [`wakeups`] for why only
+//!   then). One LISTEN connection per store, opened by the first wait.
 //! - Every operation is bounded: a pool wait, a connect timeout, a
 //!   server-side `statement_timeout`/`lock_timeout`, and an overall client
 //!   deadline. A database that is down or unreachable yields a
@@ -31,6 +36,7 @@
 
 mod rows;
 mod schema;
+pub(super) mod wakeups;
 
 pub use schema::MigrationReport;
 
@@ -39,9 +45,11 @@ use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Wri
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use idem_core::{Record, RecordId, Scope, Timestamp};
 use rows::{read_record, Body, Corrupt, RowError, RowValues};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
+use wakeups::Wakeups;
 
 /// How often a claim retries when the row it saw vanished (swept) before it
 /// could read or lock it. Each retry is caused by a concurrent delete, so
@@ -107,6 +115,12 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     options: PostgresOptions,
+    /// The configuration of the pool's connections, for the LISTEN one.
+    config: tokio_postgres::Config,
+    /// The schema in announcements ("" for the search_path's).
+    namespace: String,
+    /// Waiters on records in flight, and the LISTEN task.
+    wakeups: Arc<Wakeups<u64>>,
 }
 
 impl PostgresStore {
@@ -166,8 +180,9 @@ impl PostgresStore {
             server_options.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(server_options.trim_start());
+        let namespace = options.schema.clone().unwrap_or_default();
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -181,7 +196,13 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| fail("open", format!("cannot build the connection pool: {e}")))?;
-        Ok(PostgresStore { pool, options })
+        Ok(PostgresStore {
+            pool,
+            options,
+            config,
+            namespace,
+            wakeups: Wakeups::new(),
+        })
     }
 
     async fn migrate_schema(&self) -> Result<MigrationReport, StoreError> {
@@ -296,15 +317,23 @@ impl PostgresStore {
     ) -> Result<Write, StoreError> {
         let token = rows::token_to_sql(token).map_err(|e| StoreError::new(ENGINE, op, e))?;
         let (scope, key) = (id.scope.as_str().to_owned(), id.key.as_str().to_owned());
+        let announcement = announcement(&self.namespace, id);
         self.run(op, self.options.operation_timeout, move |client| {
             Box::pin(async move {
                 let stmt = client.prepare_cached(sql).await?;
+                // Renewals return rows updated; the other writes (which
+                // announce) one row: (rows updated, notifications sent).
                 let updated = match &extra {
-                    Extra::None => client.execute(&stmt, &[&scope, &key, &token]).await?,
                     Extra::Lease(lease_until) => {
                         client
                             .execute(&stmt, &[&scope, &key, &token, lease_until])
                             .await?
+                    }
+                    Extra::Announce => {
+                        let row = client
+                            .query_one(&stmt, &[&scope, &key, &token, &announcement])
+                            .await?;
+                        u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
                     }
                     Extra::Completion(c) => {
                         let (names, values) = rows::header_arrays(&c.response.headers);
@@ -312,8 +341,8 @@ impl PostgresStore {
                         let body = c.response.body.as_deref();
                         let (expires_at, tombstone_until) =
                             (c.expires_at.as_millis(), c.tombstone_until.as_millis());
-                        client
-                            .execute(
+                        let row = client
+                            .query_one(
                                 &stmt,
                                 &[
                                     &scope,
@@ -325,9 +354,11 @@ impl PostgresStore {
                                     &body,
                                     &expires_at,
                                     &tombstone_until,
+                                    &announcement,
                                 ],
                             )
-                            .await?
+                            .await?;
+                        u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
                     }
                 };
                 Ok(if updated == 1 {
@@ -338,6 +369,135 @@ impl PostgresStore {
             })
         })
         .await
+    }
+
+    /// Marks the claim on `id` as waited on; whether it is still in flight.
+    async fn mark_waited(&self, id: &RecordId) -> Result<bool, ()> {
+        let (scope, key) = (id.scope.as_str().to_owned(), id.key.as_str().to_owned());
+        let marked = self
+            .run("changed", self.options.operation_timeout, move |client| {
+                Box::pin(async move {
+                    let stmt = client.prepare_cached(rows::MARK_WAITED).await?;
+                    Ok(client.execute(&stmt, &[&scope, &key]).await?)
+                })
+            })
+            .await;
+        match marked {
+            Ok(rows) => Ok(rows == 1),
+            Err(e) => {
+                tracing::debug!(error = %e, "postgres store: cannot mark a claim as waited on");
+                Err(())
+            }
+        }
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.wakeups.stop();
+    }
+}
+
+/// What the owner's final write notifies for `id`: 16 hex digits of a
+/// 64-bit FNV-1a hash of the schema (`namespace`), the scope and the key,
+/// each length-prefixed. Listeners of every schema of a database share the
+/// channel; a collision only costs a spurious wake-up.
+fn announcement(namespace: &str, id: &RecordId) -> String {
+    format!("{:016x}", announcement_hash(namespace, id))
+}
+
+fn announcement_hash(namespace: &str, id: &RecordId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(namespace.as_bytes());
+    eat(id.scope.as_str().as_bytes());
+    eat(id.key.as_str().as_bytes());
+    h
+}
+
+/// The subscriber: one connection outside the pool that LISTENs on
+/// [`rows::CHANNEL`] and wakes the waiters of each record announced;
+/// reconnects (with a capped backoff) whenever the connection fails or a
+/// keep-alive query goes unanswered.
+async fn listen(wakeups: Arc<Wakeups<u64>>, config: tokio_postgres::Config, bound: Duration) {
+    let mut pause = wakeups::RECONNECT_MIN;
+    loop {
+        match tokio::time::timeout(bound, config.connect(NoTls)).await {
+            Ok(Ok((client, connection))) => {
+                if listen_on(&wakeups, &client, connection, bound).await {
+                    pause = wakeups::RECONNECT_MIN;
+                }
+                wakeups.set_listening(false);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %chain(&e), "postgres store: the LISTEN connection failed")
+            }
+            Err(_) => tracing::debug!("postgres store: the LISTEN connection timed out"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = wakeups::backoff(pause);
+    }
+}
+
+/// Listens on one connection until it fails; whether LISTEN took effect.
+async fn listen_on(
+    wakeups: &Wakeups<u64>,
+    client: &tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        tokio_postgres::tls::NoTlsStream,
+    >,
+    bound: Duration,
+) -> bool {
+    // The connection delivers the notifications, and carries the client's
+    // queries: it is polled throughout.
+    let deliver = async {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if let Ok(hash) = u64::from_str_radix(n.payload(), 16) {
+                        wakeups.wake(&hash);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %chain(&e), "postgres store: the LISTEN connection failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    };
+    tokio::pin!(deliver);
+    let statement = format!("LISTEN {}", rows::CHANNEL);
+    tokio::select! {
+        () = &mut deliver => return false,
+        result = tokio::time::timeout(bound, client.batch_execute(&statement)) => {
+            if !matches!(result, Ok(Ok(()))) {
+                return false;
+            }
+        }
+    }
+    wakeups.set_listening(true);
+    loop {
+        tokio::select! {
+            () = &mut deliver => return true,
+            () = tokio::time::sleep(wakeups::KEEPALIVE) => {}
+        }
+        tokio::select! {
+            () = &mut deliver => return true,
+            result = tokio::time::timeout(bound, client.simple_query("SELECT 1")) => {
+                if !matches!(result, Ok(Ok(_))) {
+                    tracing::debug!("postgres store: the LISTEN connection stopped answering");
+                    return true;
+                }
+            }
+        }
     }
 }
 
@@ -369,8 +529,11 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 
 /// The values an owner's write sets besides the state.
 enum Extra {
-    None,
+    /// A renewal's new lease.
     Lease(i64),
+    /// Release or mark-unknown: nothing but the announcement.
+    Announce,
+    /// A completion's response and horizons.
     Completion(Box<Completion>),
 }
 
@@ -556,12 +719,18 @@ impl Store for PostgresStore {
         token: u64,
         _now: Timestamp,
     ) -> Result<Write, StoreError> {
-        self.owner_write("mark_unknown", rows::MARK_UNKNOWN, id, token, Extra::None)
-            .await
+        self.owner_write(
+            "mark_unknown",
+            rows::MARK_UNKNOWN,
+            id,
+            token,
+            Extra::Announce,
+        )
+        .await
     }
 
     async fn release(&self, id: &RecordId, token: u64) -> Result<Write, StoreError> {
-        self.owner_write("release", rows::RELEASE, id, token, Extra::None)
+        self.owner_write("release", rows::RELEASE, id, token, Extra::Announce)
             .await
     }
 
@@ -597,6 +766,21 @@ impl Store for PostgresStore {
             })
         })
         .await
+    }
+
+    /// Waits for the owner's announcement (LISTEN/NOTIFY, see
+    /// docs/stores.md), or `timeout`. The first call starts the LISTEN
+    /// connection.
+    async fn changed(&self, id: &RecordId, timeout: Duration) {
+        let wait = async {
+            self.wakeups.start(|wakeups| {
+                let (config, bound) = (self.config.clone(), self.options.operation_timeout);
+                tokio::spawn(listen(wakeups, config, bound))
+            });
+            let hash = announcement_hash(&self.namespace, id);
+            self.wakeups.wait(hash, || self.mark_waited(id)).await;
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
     }
 
     fn engine(&self) -> &'static str {

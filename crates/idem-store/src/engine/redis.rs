@@ -23,12 +23,27 @@
 //!   after retention (the TTL alone would keep them until the tombstone
 //!   goes), deleting removes what is past its tombstone. Bounded by the
 //!   sweep's limit; safe on many gateways at once (each script is atomic).
+//! - Waiters of another gateway are woken with pub/sub
+//!   ([`Store::changed`]): a waiter marks the claim (field `w`), and the
+//!   owner's final script, when it finds the mark, publishes the record's
+//!   key (`PUBLISH` on `<prefix>:chg`; on a cluster `SPUBLISH` on the shard
+//!   channel `<prefix>:{<shard>}:chg` of the record's slot). One subscriber
+//!   connection per store, opened by the first wait.
+//! - The key prefix is [`RedisOptions::prefix`], or the URL's idem
+//!   parameter `prefix=NAME`.
 //! - Every operation is bounded: connect and response timeouts, and an
 //!   overall deadline; an operation that times out also replaces the
 //!   connection (it may be half-open), so the store recovers by itself.
 
 mod codec;
 mod scripts;
+// The wake-up registry is shared with the PostgreSQL engine; it lives
+// there, and is compiled here only in builds without that engine.
+#[cfg(feature = "postgres")]
+use super::postgres::wakeups;
+#[cfg(not(feature = "postgres"))]
+#[path = "postgres/wakeups.rs"]
+mod wakeups;
 
 use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -39,8 +54,9 @@ use idem_core::decision::first_token;
 use idem_core::{decide_claim, ClaimDecision, Record, RecordId, Timestamp};
 use scripts::SCRIPTS;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use wakeups::Wakeups;
 
 /// Most records one sweep script acts on.
 const SWEEP_CHUNK: usize = 100;
@@ -147,14 +163,39 @@ pub struct RedisStore {
     options: RedisOptions,
     /// The shard the next sweep starts at.
     sweep_cursor: AtomicUsize,
+    /// Waiters on records in flight, and the subscriber task.
+    wakeups: Arc<Wakeups<String>>,
+    /// Where the subscriber connects.
+    subscriber: Subscriber,
+}
+
+/// Where announcements are published and subscribed to.
+#[derive(Clone)]
+enum Subscriber {
+    /// One server: `PUBLISH`/`SUBSCRIBE` on `<prefix>:chg`, through a
+    /// RESP3 connection of its own.
+    Single(::redis::Client),
+    /// A cluster: `SPUBLISH`/`SSUBSCRIBE` on `<prefix>:{NNN}:chg`, the
+    /// shard channel of each record's own slot (a script may only touch
+    /// its keys' slot, and a shard channel is served by that slot's
+    /// node alone), through a RESP3 cluster connection of its own.
+    Cluster(Vec<String>),
 }
 
 impl RedisStore {
     /// Connects to one Redis server (`redis://[user:password@]host:port[/db]`).
-    pub async fn open(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+    /// A `prefix=NAME` query parameter in `url` (an idem parameter,
+    /// removed before the URL reaches the driver) replaces
+    /// `options.prefix`.
+    pub async fn open(url: &str, mut options: RedisOptions) -> Result<Self, StoreError> {
+        let (url, prefix) = split_prefix_param(url);
+        if let Some(prefix) = prefix {
+            options.prefix = prefix;
+        }
         check_prefix(&options.prefix)?;
-        let client = ::redis::Client::open(url)
+        let client = ::redis::Client::open(url.as_str())
             .map_err(|e| fail("open", format!("invalid Redis URL: {e}")))?;
+        let subscriber = Subscriber::Single(resp3(&client)?);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -182,6 +223,8 @@ impl RedisStore {
             })),
             options,
             sweep_cursor: AtomicUsize::new(0),
+            wakeups: Wakeups::new(),
+            subscriber,
         };
         store.ping().await?;
         store.check_eviction_policy().await;
@@ -189,8 +232,21 @@ impl RedisStore {
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`
-    /// (`redis://host:port` each).
-    pub async fn open_cluster(nodes: &[String], options: RedisOptions) -> Result<Self, StoreError> {
+    /// (`redis://host:port` each). A `prefix=NAME` query parameter on a
+    /// node's URL replaces `options.prefix`.
+    pub async fn open_cluster(
+        nodes: &[String],
+        mut options: RedisOptions,
+    ) -> Result<Self, StoreError> {
+        let mut plain = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let (node, prefix) = split_prefix_param(node);
+            if let Some(prefix) = prefix {
+                options.prefix = prefix;
+            }
+            plain.push(node);
+        }
+        let nodes = plain;
         check_prefix(&options.prefix)?;
         let client = ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
             .connection_timeout(options.connect_timeout)
@@ -214,6 +270,8 @@ impl RedisStore {
             backend: Backend::Cluster(conn),
             options,
             sweep_cursor: AtomicUsize::new(0),
+            wakeups: Wakeups::new(),
+            subscriber: Subscriber::Cluster(nodes),
         };
         store.ping().await?;
         store.check_eviction_policy().await;
@@ -330,10 +388,32 @@ impl RedisStore {
             .key(due_key(prefix, codec::shard(id)))
             .arg(token.to_string());
         args(&mut invocation);
+        // Where the final writes announce the record (renewals ignore it).
+        match self.subscriber {
+            Subscriber::Single(_) => invocation.arg(codec::channel(prefix, None)).arg("PUBLISH"),
+            Subscriber::Cluster(_) => invocation
+                .arg(codec::channel(prefix, Some(codec::shard(id))))
+                .arg("SPUBLISH"),
+        };
         match self.invoke(op, invocation).await? {
             Value::Int(1) => Ok(Write::Written),
             Value::Int(0) => Ok(Write::Fenced),
             other => Err(fail(op, format!("unexpected script reply {other:?}"))),
+        }
+    }
+
+    /// Marks the claim on `id` as waited on; whether it is still in flight.
+    async fn mark_waited(&self, id: &RecordId) -> Result<bool, ()> {
+        let invocation = SCRIPTS
+            .mark_waited
+            .key(record_key(&self.options.prefix, id));
+        match self.invoke("changed", invocation).await {
+            Ok(Value::Int(0)) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis store: cannot mark a claim as waited on");
+                Err(())
+            }
         }
     }
 
@@ -342,7 +422,203 @@ impl RedisStore {
     }
 }
 
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.wakeups.stop();
+    }
+}
+
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// `url` without its `prefix=NAME` query parameter, and the name.
+fn split_prefix_param(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut prefix = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|param| match param.strip_prefix("prefix=") {
+            Some(name) => {
+                prefix = Some(name.to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, prefix)
+}
+
+/// A client like `client`, speaking RESP3 (pushes on a connection that
+/// also answers commands, for the subscriber).
+fn resp3(client: &::redis::Client) -> Result<::redis::Client, StoreError> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(::redis::ProtocolVersion::RESP3);
+    ::redis::Client::open(info.set_redis_settings(settings))
+        .map_err(|e| fail("open", format!("invalid Redis URL: {e}")))
+}
+
+/// What the subscriber's connection reports besides announcements.
+enum Signal {
+    /// The connection closed.
+    Lost,
+    /// A (re)subscription was confirmed: announcements may have been lost
+    /// before it.
+    Subscribed,
+}
+
+/// The push handler of a subscriber connection: wakes the waiters of each
+/// announced record (the payload is its key), and reports the rest to the
+/// subscriber loop. Runs on the connection's task: it never blocks.
+fn on_push(
+    wakeups: Arc<Wakeups<String>>,
+    signals: tokio::sync::mpsc::UnboundedSender<Signal>,
+) -> impl Fn(::redis::PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+    move |push| {
+        use ::redis::PushKind;
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(Value::BulkString(key)) = push.data.get(1) {
+                    if let Ok(key) = std::str::from_utf8(key) {
+                        wakeups.wake(key);
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = signals.send(Signal::Lost);
+            }
+            PushKind::Subscribe | PushKind::SSubscribe => {
+                let _ = signals.send(Signal::Subscribed);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The subscriber of one server: a RESP3 connection subscribed to the
+/// announcement channel; replaced (with a capped backoff) when it closes
+/// or a keep-alive `PING` goes unanswered.
+async fn subscribe_single(
+    wakeups: Arc<Wakeups<String>>,
+    client: ::redis::Client,
+    channel: String,
+    options: RedisOptions,
+) {
+    let mut pause = wakeups::RECONNECT_MIN;
+    loop {
+        let (signals, mut signal) = tokio::sync::mpsc::unbounded_channel();
+        let config = ::redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_push_sender(on_push(wakeups.clone(), signals));
+        let connect = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            conn.subscribe(&channel).await?;
+            RedisResult::Ok(conn)
+        };
+        match tokio::time::timeout(options.operation_timeout, connect).await {
+            Ok(Ok(mut conn)) => {
+                wakeups.set_listening(true);
+                pause = wakeups::RECONNECT_MIN;
+                loop {
+                    tokio::select! {
+                        signal = signal.recv() => match signal {
+                            Some(Signal::Subscribed) => {}
+                            Some(Signal::Lost) | None => break,
+                        },
+                        () = tokio::time::sleep(wakeups::KEEPALIVE) => {
+                            let ping = ::redis::cmd("PING");
+                            let ping = ping.query_async::<Value>(&mut conn);
+                            if !matches!(tokio::time::timeout(options.operation_timeout, ping).await, Ok(Ok(_))) {
+                                tracing::debug!("redis store: the subscriber connection stopped answering");
+                                break;
+                            }
+                        }
+                    }
+                }
+                wakeups.set_listening(false);
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "redis store: cannot subscribe"),
+            Err(_) => tracing::debug!("redis store: subscribing timed out"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = wakeups::backoff(pause);
+    }
+}
+
+/// The subscriber of a cluster: a RESP3 cluster connection subscribed to
+/// every shard channel (each on the node that serves its slot). The
+/// cluster connection reconnects and resubscribes by itself; each
+/// confirmation after the first subscription wakes every waiter. It is
+/// replaced when a keep-alive `PING` goes unanswered.
+async fn subscribe_cluster(
+    wakeups: Arc<Wakeups<String>>,
+    nodes: Vec<String>,
+    prefix: String,
+    options: RedisOptions,
+) {
+    let mut pause = wakeups::RECONNECT_MIN;
+    loop {
+        let (signals, mut signal) = tokio::sync::mpsc::unbounded_channel();
+        let client = ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            .use_protocol(::redis::ProtocolVersion::RESP3)
+            .push_sender(on_push(wakeups.clone(), signals))
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout)
+            .retries(2)
+            .build();
+        let connect = async {
+            let mut conn = client?.get_async_connection().await?;
+            for shard in 0..SHARDS {
+                conn.ssubscribe(codec::channel(&prefix, Some(shard)))
+                    .await?;
+            }
+            RedisResult::Ok(conn)
+        };
+        match tokio::time::timeout(options.operation_timeout * 4, connect).await {
+            Ok(Ok(mut conn)) => {
+                // Drop the confirmations of the subscriptions just made.
+                while signal.try_recv().is_ok() {}
+                wakeups.set_listening(true);
+                pause = wakeups::RECONNECT_MIN;
+                loop {
+                    tokio::select! {
+                        signal = signal.recv() => match signal {
+                            Some(Signal::Lost | Signal::Subscribed) => wakeups.wake_all(),
+                            None => break,
+                        },
+                        () = tokio::time::sleep(wakeups::KEEPALIVE) => {
+                            let ping = ::redis::cmd("PING");
+                            let ping = ping.query_async::<Value>(&mut conn);
+                            if !matches!(tokio::time::timeout(options.operation_timeout, ping).await, Ok(Ok(_))) {
+                                tracing::debug!("redis store: the cluster subscriber stopped answering");
+                                break;
+                            }
+                        }
+                    }
+                }
+                wakeups.set_listening(false);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis store: cannot subscribe on the cluster")
+            }
+            Err(_) => tracing::debug!("redis store: subscribing on the cluster timed out"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = wakeups::backoff(pause);
+    }
+}
 
 fn check_prefix(prefix: &str) -> Result<(), StoreError> {
     if prefix.is_empty() || prefix.contains(['{', '}']) {
@@ -568,6 +844,30 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    /// Waits for the owner's announcement (pub/sub, see docs/stores.md), or
+    /// `timeout`. The first call starts the subscriber.
+    async fn changed(&self, id: &RecordId, timeout: Duration) {
+        let wait = async {
+            self.wakeups.start(|wakeups| {
+                let (prefix, options) = (self.options.prefix.clone(), self.options.clone());
+                match &self.subscriber {
+                    Subscriber::Single(client) => tokio::spawn(subscribe_single(
+                        wakeups,
+                        client.clone(),
+                        codec::channel(&prefix, None),
+                        options,
+                    )),
+                    Subscriber::Cluster(nodes) => {
+                        tokio::spawn(subscribe_cluster(wakeups, nodes.clone(), prefix, options))
+                    }
+                }
+            });
+            let key = record_key(&self.options.prefix, id);
+            self.wakeups.wait(key, || self.mark_waited(id)).await;
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+    }
+
     fn engine(&self) -> &'static str {
         ENGINE
     }
@@ -577,4 +877,38 @@ const ENGINE: &str = "redis";
 
 fn fail(op: &'static str, message: impl Into<String>) -> StoreError {
     StoreError::new(ENGINE, op, message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_parameter_is_idems_not_the_drivers() {
+        assert_eq!(
+            split_prefix_param("redis://h:6379/?prefix=pay&protocol=resp3"),
+            (
+                "redis://h:6379/?protocol=resp3".to_owned(),
+                Some("pay".to_owned())
+            )
+        );
+        assert_eq!(
+            split_prefix_param("redis://h:6379/2?prefix=pay"),
+            ("redis://h:6379/2".to_owned(), Some("pay".to_owned()))
+        );
+        assert_eq!(
+            split_prefix_param("redis://h:6379/"),
+            ("redis://h:6379/".to_owned(), None)
+        );
+    }
+
+    #[test]
+    fn announcement_channels_share_the_slot_of_their_records() {
+        assert_eq!(codec::channel("idem", None), "idem:chg");
+        assert_eq!(codec::channel("idem", Some(0xab)), "idem:{0ab}:chg");
+        assert_eq!(
+            &codec::channel("idem", Some(0xab))[..10],
+            &due_key("idem", 0xab)[..10]
+        );
+    }
 }

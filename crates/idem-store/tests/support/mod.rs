@@ -48,6 +48,22 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Polls `check` every 10 ms until it holds, failing after `within`.
+pub async fn poll_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A name no other test (in this or a concurrent run) uses.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -146,6 +162,9 @@ impl<S: Store> Store for Cleaned<S> {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner().ping().await
+    }
+    async fn changed(&self, id: &RecordId, timeout: std::time::Duration) {
+        self.inner().changed(id, timeout).await
     }
     fn engine(&self) -> &'static str {
         self.inner().engine()

@@ -52,7 +52,7 @@ pub(super) const INSERT_IF_ABSENT: &str = "INSERT INTO idem_records (scope, key,
 pub(super) const OVERWRITE: &str = "UPDATE idem_records SET state = $3, token = $4, \
      fp_version = $5, fp_digest = $6, lease_until = $7, expires_at = $8, tombstone_until = $9, \
      claimed_at = $10, has_response = $11, status = $12, header_names = $13, \
-     header_values = $14, body = $15 WHERE scope = $1 AND key = $2";
+     header_values = $14, body = $15, waiters = false WHERE scope = $1 AND key = $2";
 
 /// The owner's writes. Each is one conditional UPDATE whose WHERE clause is
 /// exactly [`idem_core::decision::owner_may_write`] (same token, still in
@@ -63,13 +63,50 @@ pub(super) const RENEW: &str = "UPDATE idem_records SET lease_until = GREATEST(l
      expires_at = expires_at + GREATEST(0, $4 - lease_until), \
      tombstone_until = tombstone_until + GREATEST(0, $4 - lease_until) \
      WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
-pub(super) const COMPLETE: &str = "UPDATE idem_records SET state = 2, has_response = true, \
+
+/// The writes that finish a claim also announce it, in the same statement
+/// (so the same transaction), when a request waits on it (`waiters`, set
+/// by [`MARK_WAITED`]): `pg_notify` on [`CHANNEL`] with the record's
+/// announcement (a hash of schema, scope and key) as the last parameter. Without
+/// waiters nothing is sent: a `NOTIFY` serialises the commits that send
+/// one. The statement returns (rows updated, notifications sent).
+macro_rules! announcing {
+    ($update:literal, $payload:literal) => {
+        concat!(
+            "WITH w AS (",
+            $update,
+            " RETURNING waiters), n AS (SELECT pg_notify('idem_changed', ",
+            $payload,
+            ") FROM w WHERE waiters) SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM n)"
+        )
+    };
+}
+
+pub(super) const COMPLETE: &str = announcing!(
+    "UPDATE idem_records SET state = 2, has_response = true, \
      status = $4, header_names = $5, header_values = $6, body = $7, expires_at = $8, \
-     tombstone_until = $9 WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
-pub(super) const MARK_UNKNOWN: &str = "UPDATE idem_records SET state = 3 \
-     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
-pub(super) const RELEASE: &str = "UPDATE idem_records SET state = 4 \
-     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
+     tombstone_until = $9 WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1",
+    "$10"
+);
+pub(super) const MARK_UNKNOWN: &str = announcing!(
+    "UPDATE idem_records SET state = 3 \
+     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1",
+    "$4"
+);
+pub(super) const RELEASE: &str = announcing!(
+    "UPDATE idem_records SET state = 4 \
+     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1",
+    "$4"
+);
+
+/// The channel [`COMPLETE`], [`MARK_UNKNOWN`] and [`RELEASE`] notify on.
+pub(super) const CHANNEL: &str = "idem_changed";
+
+/// A waiter marks the claim it waits on, if it is still in flight (one row
+/// updated; none means it finished already). The row lock orders this with
+/// the owner's write: whichever comes second sees the other.
+pub(super) const MARK_WAITED: &str = "UPDATE idem_records SET waiters = true \
+     WHERE scope = $1 AND key = $2 AND state = 1";
 
 /// The three kinds of records a sweep acts on, each found through its own
 /// index, as in the SQLite engine: the helper `sweep_action` still decides
@@ -342,12 +379,16 @@ mod tests {
 
     #[test]
     fn owner_writes_are_fenced_exactly_like_owner_may_write() {
-        for sql in [RENEW, COMPLETE, MARK_UNKNOWN, RELEASE] {
+        let fence = "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
+        assert!(RENEW.ends_with(fence), "{RENEW}");
+        for sql in [COMPLETE, MARK_UNKNOWN, RELEASE] {
             assert!(
-                sql.ends_with("WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1"),
+                sql.contains(&format!("{fence} RETURNING waiters)")),
                 "{sql}"
             );
+            assert!(sql.contains(&format!("pg_notify('{CHANNEL}', ")), "{sql}");
         }
+        assert!(MARK_WAITED.ends_with("WHERE scope = $1 AND key = $2 AND state = 1"));
         assert_eq!(RecordState::InFlight.code(), 1);
         assert_eq!(RecordState::Completed.code(), 2);
         assert_eq!(RecordState::OutcomeUnknown.code(), 3);

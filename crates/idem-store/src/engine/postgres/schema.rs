@@ -17,14 +17,21 @@ pub(super) struct Migration {
 }
 
 /// Every migration this build knows, in order.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "records",
-    sql: V1_RECORDS,
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "records",
+        sql: V1_RECORDS,
+    },
+    Migration {
+        version: 2,
+        name: "waiters",
+        sql: V2_WAITERS,
+    },
+];
 
 /// The schema version this build writes.
-pub(super) const LATEST: i32 = 1;
+pub(super) const LATEST: i32 = 2;
 
 /// One table keyed by (scope, key), as the SQLite engine's. Headers are two
 /// parallel arrays (names, values), both NULL when there are none, and the
@@ -57,6 +64,14 @@ CREATE INDEX idem_records_with_payload_by_expires_at
     ON idem_records (expires_at) WHERE body IS NOT NULL OR header_names IS NOT NULL;
 CREATE INDEX idem_records_released_by_lease_until
     ON idem_records (lease_until) WHERE state = 4;
+";
+
+/// Whether a request waits on the claim (`in_flight = wait`): the owner's
+/// final write then announces it with `pg_notify`. A new claim of the row
+/// clears it. (A constant default: PostgreSQL 11 and later add the column
+/// without rewriting the table.)
+const V2_WAITERS: &str = "
+ALTER TABLE idem_records ADD COLUMN waiters boolean NOT NULL DEFAULT false;
 ";
 
 /// The key of the advisory lock migrations hold: "idem" in ASCII, shifted.

@@ -58,6 +58,16 @@ pub(super) fn due_key(prefix: &str, shard: usize) -> String {
     format!("{prefix}:{{{shard:03x}}}:due")
 }
 
+/// The channel announcements of finished claims go to:
+/// `<prefix>:chg` on one server, `<prefix>:{<shard>}:chg` (the shard
+/// channel of the shard's slot) on a cluster.
+pub(super) fn channel(prefix: &str, shard: Option<usize>) -> String {
+    match shard {
+        None => format!("{prefix}:chg"),
+        Some(shard) => format!("{prefix}:{{{shard:03x}}}:chg"),
+    }
+}
+
 /// Encodes headers as: a version byte, then per header a big-endian `u32`
 /// name length, the name, a `u32` value length, the value (the SQLite
 /// engine's format). An empty list is the empty string, which the scripts

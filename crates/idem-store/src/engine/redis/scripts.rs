@@ -14,6 +14,7 @@
 //! | `lease`, `exp`, `tomb`, `at` | lease, retention, tombstone horizons; claim time |
 //! | `hr`, `status` | whether there is a response (1/0), its status |
 //! | `hdr`, `body` | encoded headers, body; absent when there are none |
+//! | `w` | present once a gateway waits on the claim (`in_flight = wait`) |
 //!
 //! Beside the records, each shard has a sorted set (its "due index")
 //! scoring each record with the earliest time a sweep may act on it
@@ -42,6 +43,17 @@ local function due(st, lease, exp, tomb, payload)
   if st == 4 then return math.min(lease, tomb) end
   if payload then return math.min(exp, tomb) end
   return tomb
+end
+";
+
+/// Shared by the owner's final writes: announces the record to the
+/// gateways that wait on it, if any marked it ([`MARK_WAITED`]), by
+/// publishing its key on `channel` with `cmd` (`PUBLISH` on one server,
+/// `SPUBLISH` on a shard channel of the record's slot on a cluster). A
+/// failed publish never fails the write (`pcall`): waiters also poll.
+const ANNOUNCE: &str = r"
+local function announce(key, channel, cmd)
+  if redis.call('HEXISTS', key, 'w') == 1 then redis.pcall(cmd, channel, key) end
 end
 ";
 
@@ -119,7 +131,8 @@ return 1
 
 /// KEYS: record, due index. ARGV: token, now, status, encoded headers
 /// ('' for none), has body ('1'/'0'), body, expires_at, tombstone_until,
-/// TTL grace (ms). Returns 1 (written) or 0 (fenced).
+/// TTL grace (ms), announcement channel, publish command. Returns 1
+/// (written) or 0 (fenced).
 const COMPLETE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease')
 if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
@@ -142,26 +155,41 @@ local exp, tomb = tonumber(ARGV[7]), tonumber(ARGV[8])
 local horizon = math.max(lease, tomb)
 redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[9])))
 redis.call('ZADD', KEYS[2], fmt(due(2, lease, exp, tomb, payload)), KEYS[1])
+announce(KEYS[1], ARGV[10], ARGV[11])
 return 1
 ";
 
-/// KEYS: record, due index. ARGV: token. Returns 1 or 0.
+/// KEYS: record, due index. ARGV: token, announcement channel, publish
+/// command. Returns 1 or 0.
 const MARK_UNKNOWN: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'exp', 'tomb')
 if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'st', '3')
 local due_at = due(3, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]), false)
 redis.call('ZADD', KEYS[2], fmt(due_at), KEYS[1])
+announce(KEYS[1], ARGV[2], ARGV[3])
 return 1
 ";
 
-/// KEYS: record, due index. ARGV: token. Returns 1 or 0.
+/// KEYS: record, due index. ARGV: token, announcement channel, publish
+/// command. Returns 1 or 0.
 const RELEASE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'exp', 'tomb')
 if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'st', '4')
 local due_at = due(4, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]), false)
 redis.call('ZADD', KEYS[2], fmt(due_at), KEYS[1])
+announce(KEYS[1], ARGV[2], ARGV[3])
+return 1
+";
+
+/// KEYS: record. A gateway waits on the record: marks it (field `w`) so
+/// the owner's final write announces it, if it is still in flight. Returns
+/// 1 (marked, still in flight) or 0 (finished or gone: no need to wait).
+/// The claim script's `DEL` clears the mark with the claim it was for.
+const MARK_WAITED: &str = r"
+if redis.call('HGET', KEYS[1], 'st') ~= '1' then return 0 end
+redis.call('HSET', KEYS[1], 'w', '1')
 return 1
 ";
 
@@ -208,10 +236,11 @@ pub(super) struct Scripts {
     pub(super) mark_unknown: Script,
     pub(super) release: Script,
     pub(super) sweep: Script,
+    pub(super) mark_waited: Script,
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let with_helpers = |body: &str| Script::new(&format!("{DUE}{body}"));
+    let with_helpers = |body: &str| Script::new(&format!("{DUE}{ANNOUNCE}{body}"));
     Scripts {
         claim: with_helpers(CLAIM),
         renew: with_helpers(RENEW),
@@ -219,6 +248,7 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         mark_unknown: with_helpers(MARK_UNKNOWN),
         release: with_helpers(RELEASE),
         sweep: with_helpers(SWEEP),
+        mark_waited: Script::new(MARK_WAITED),
     }
 });
 

@@ -1,0 +1,595 @@
+//! What the tests of gateways sharing a networked store (PostgreSQL, Redis)
+//! have in common: reaching the servers (skipping with a how-to, or failing
+//! under `CI=true`), a fresh namespace per test that is removed afterwards,
+//! a counting upstream, real `idem gateway` processes, HTTP helpers, and a
+//! TCP proxy that can cut a store off without touching its server.
+//!
+//! The servers: `IDEM_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and `IDEM_TEST_REDIS_URL`
+//! (default `redis://127.0.0.1:6379/`), as for the store tests.
+#![allow(dead_code)] // each test binary uses its own part
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+pub const PG_START: &str =
+    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+pub const REDIS_START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+     --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+
+/// Reports that `server` is not reachable: a failure under `CI=true` (CI
+/// starts the servers, so these tests must run there), elsewhere a skip
+/// with a note on how to start the server.
+pub fn unavailable(server: &str, why: &str, start: &str) {
+    let message = format!(
+        "{server} is not reachable ({why}).\nStart it with:\n    {start}\n\
+         (or point the tests elsewhere; see crates/idem/tests/shared_store/mod.rs)"
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true, so this test must not skip: {message}");
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPING the {server} tests (they pass without checking anything): {message}\n"
+        );
+    });
+}
+
+/// Polls `check` every 20 ms until it holds, failing after `within`.
+pub async fn poll_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A name no other test (in this or a concurrent run) uses: letters,
+/// digits and `_`, fit for a schema or a key prefix.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs async cleanup from a `Drop`, on a thread with its own runtime.
+pub fn block_on_thread<F>(make: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        rt.block_on(make());
+    });
+    let _ = worker.join();
+}
+
+// ------------------------------------------------------------ PostgreSQL
+
+pub fn pg_url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Whether PostgreSQL answers; if not, skips (or fails under CI).
+pub async fn pg_up() -> bool {
+    let url = pg_url();
+    let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
+    match tokio::time::timeout(Duration::from_secs(3), connect).await {
+        Ok(Ok((client, connection))) => {
+            drop(client);
+            let _ = connection.await;
+            true
+        }
+        Ok(Err(e)) => {
+            unavailable("PostgreSQL", &chain(&e), PG_START);
+            false
+        }
+        Err(_) => {
+            unavailable("PostgreSQL", "no answer within 3 s", PG_START);
+            false
+        }
+    }
+}
+
+/// A fresh schema, dropped (with everything in it) when the guard is.
+pub struct PgSchema(pub String);
+
+impl PgSchema {
+    pub fn new() -> Self {
+        PgSchema(unique_name("idem_gw_test"))
+    }
+
+    /// The `--store` URL of the test server in this schema.
+    pub fn store_url(&self) -> String {
+        with_param(&pg_url(), "schema", &self.0)
+    }
+
+    /// The `--store` URL of this schema through `proxy`.
+    pub fn store_url_via(&self, proxy: &Proxy) -> String {
+        let config: tokio_postgres::Config = pg_url().parse().unwrap();
+        let user = config.get_user().unwrap_or("postgres");
+        let db = config.get_dbname().unwrap_or("test");
+        format!("postgres://{user}@{}/{db}?schema={}", proxy.addr, self.0)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let schema = self.0.clone();
+        block_on_thread(move || async move {
+            let Ok((client, connection)) =
+                tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await
+            else {
+                return;
+            };
+            let conn = tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                ))
+                .await;
+            drop(client);
+            let _ = conn.await;
+        });
+    }
+}
+
+/// The socket address of the test PostgreSQL server.
+pub fn pg_server_addr() -> SocketAddr {
+    let config: tokio_postgres::Config = pg_url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    use std::net::ToSocketAddrs;
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+// ------------------------------------------------------------ Redis
+
+pub fn redis_url() -> String {
+    std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+/// Whether the Redis server at `url` answers PING within `within`.
+pub async fn redis_ping(url: &str, within: Duration) -> Result<(), String> {
+    let ping = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(within, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {within:?}")),
+    }
+}
+
+/// Whether the shared Redis answers; if not, skips (or fails under CI).
+pub async fn redis_up() -> bool {
+    match redis_ping(&redis_url(), Duration::from_secs(3)).await {
+        Ok(()) => true,
+        Err(why) => {
+            unavailable("Redis", &why, REDIS_START);
+            false
+        }
+    }
+}
+
+/// A fresh key prefix on the Redis at `url`, whose keys are deleted when
+/// the guard is dropped.
+pub struct RedisPrefix {
+    pub name: String,
+    pub url: String,
+}
+
+impl RedisPrefix {
+    pub fn new(url: &str) -> Self {
+        RedisPrefix {
+            name: unique_name("idem_gw_test"),
+            url: url.to_owned(),
+        }
+    }
+
+    /// The `--store` URL of this prefix.
+    pub fn store_url(&self) -> String {
+        with_param(&self.url, "prefix", &self.name)
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.name.clone());
+        block_on_thread(move || async move {
+            let Ok(client) = redis::Client::open(url) else {
+                return;
+            };
+            let connect = client.get_multiplexed_async_connection();
+            let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(3), connect).await
+            else {
+                return;
+            };
+            let mut cursor = 0u64;
+            loop {
+                let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}:*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                else {
+                    break;
+                };
+                if !keys.is_empty() {
+                    let _: Result<i64, _> =
+                        redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// `url` with `name=value` added to its query.
+fn with_param(url: &str, name: &str, value: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{name}={value}")
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+// ------------------------------------------------------------ upstream
+
+/// An upstream that counts executions per idempotency key (and unkeyed
+/// requests), and numbers every execution. Keys starting with `slow-` are
+/// held until the test adds permits to `gate`.
+#[derive(Clone)]
+pub struct Upstream {
+    executions: Arc<Mutex<HashMap<String, usize>>>,
+    next: Arc<AtomicU64>,
+    pub gate: Arc<Semaphore>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            executions: Arc::default(),
+            next: Arc::new(AtomicU64::new(1)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl Upstream {
+    pub async fn start(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let this = this.clone();
+                        async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let method = req.method().clone();
+        let _ = req.into_body().collect().await;
+        {
+            let mut map = self.executions.lock().unwrap();
+            let counted = if key.is_empty() {
+                format!("unkeyed {method}")
+            } else {
+                key.clone()
+            };
+            *map.entry(counted).or_default() += 1;
+        }
+        if key.starts_with("slow-") {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        let execution = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut response = Response::new(Full::new(Bytes::from(format!(
+            "{{\"key\":\"{key}\",\"execution\":{execution}}}"
+        ))));
+        *response.status_mut() = if method == hyper::Method::GET {
+            hyper::StatusCode::OK
+        } else {
+            hyper::StatusCode::CREATED
+        };
+        response
+    }
+
+    /// Executions of `key` so far.
+    pub fn count(&self, key: &str) -> usize {
+        self.executions
+            .lock()
+            .unwrap()
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Unkeyed GETs so far.
+    pub fn gets(&self) -> usize {
+        self.count("unkeyed GET")
+    }
+}
+
+// ------------------------------------------------------------ gateways
+
+/// A running `idem gateway` process, killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts `idem gateway` in front of `upstream` on `store`, with the
+    /// configuration file `config`, and waits for its `listening on` line.
+    pub fn start(upstream: SocketAddr, store: &str, config: &Path) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
+            .args(["gateway", "--listen", "127.0.0.1:0", "--upstream"])
+            .arg(format!("http://{upstream}"))
+            .arg("--store")
+            .arg(store)
+            .arg("--config")
+            .arg(config)
+            // Quiet: outages make gateways log an error per request. Set
+            // IDEM_TEST_GATEWAY_LOG (e.g. to `warn`) to see their logs.
+            .env(
+                "IDEM_LOG",
+                std::env::var("IDEM_TEST_GATEWAY_LOG").unwrap_or_else(|_| "off".to_owned()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the idem binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("the gateway did not start ({status:?}); first line: {line:?}");
+        };
+        Gateway {
+            addr: addr.parse().unwrap(),
+            child,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A configuration file for the gateways of a test: one global scope,
+/// `/wait/…` waits up to 5 s for a key in flight, everything else (POST,
+/// PATCH) rejects it with 409.
+pub fn write_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        r#"shutdown_grace = "1s"
+
+[scope]
+source = "none"
+
+[[routes]]
+path_prefix = "/wait"
+in_flight = { wait = "5s" }
+
+[[routes]]
+path_prefix = "/"
+"#,
+    )
+    .unwrap();
+    path
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// What a gateway answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub replayed: bool,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The problem type's last segment (`store-unavailable`, ...), if the
+    /// answer is a problem.
+    pub fn problem(&self) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.body);
+        let start = text.find("https://idem.dev/problems/")? + "https://idem.dev/problems/".len();
+        let rest = &text[start..];
+        Some(rest[..rest.find('"').unwrap_or(rest.len())].to_owned())
+    }
+}
+
+/// POSTs the same small JSON body to `path` with `key`; `None` when the
+/// connection failed.
+pub async fn post(client: &HttpClient, addr: SocketAddr, path: &str, key: &str) -> Option<Answer> {
+    let req = Request::post(format!("http://{addr}{path}"))
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"amount\":100}")))
+        .unwrap();
+    send(client, req).await
+}
+
+/// An unkeyed GET.
+pub async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> Option<Answer> {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(client, req).await
+}
+
+async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Option<Answer> {
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("the gateway answers within 30 s")
+        .ok()?;
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some(Answer {
+        status,
+        replayed,
+        body,
+    })
+}
+
+// ------------------------------------------------------------ proxy
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    Stall,
+}
+
+/// A TCP proxy in front of a server, standing in for the network: `cut`
+/// makes the server unreachable without stopping it (open connections go
+/// silent, new ones are accepted and never answered), `restore` brings it
+/// back (the silent connections are closed, as after a server restart).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (mode, _) = watch::channel(Mode::Forward);
+        let rx = mode.subscribe();
+        let accept = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(relay(client, upstream, rx.clone()));
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Proxy { addr, mode, accept }
+    }
+
+    pub fn cut(&self) {
+        self.mode.send_replace(Mode::Stall);
+    }
+
+    pub fn restore(&self) {
+        self.mode.send_replace(Mode::Forward);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn relay(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    if *mode.borrow_and_update() == Mode::Forward {
+        let Ok(mut server) = TcpStream::connect(upstream).await else {
+            return;
+        };
+        let stalled = tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+            _ = mode.wait_for(|m| *m == Mode::Stall) => true,
+        };
+        if !stalled {
+            return;
+        }
+        drop(server);
+    }
+    let _ = mode.wait_for(|m| *m == Mode::Forward).await;
+    let _ = client.shutdown().await;
+}
