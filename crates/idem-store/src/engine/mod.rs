@@ -120,3 +120,30 @@ pub(crate) fn to_tombstone(r: &mut Record) {
         resp.headers.clear();
     }
 }
+
+/// `url` without its `NAME=VALUE` query parameter, and the value: idem's
+/// own parameters (`schema`, `prefix`) ride on the store URL but must not
+/// reach the driver.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|param| match param.split_once('=') {
+            Some((key, v)) if key == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, value)
+}

@@ -430,28 +430,8 @@ impl Drop for RedisStore {
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// `url` without its `prefix=NAME` query parameter, and the name.
 fn split_prefix_param(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut prefix = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|param| match param.strip_prefix("prefix=") {
-            Some(name) => {
-                prefix = Some(name.to_owned());
-                false
-            }
-            None => true,
-        })
-        .collect();
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    (url, prefix)
+    super::take_query_param(url, "prefix")
 }
 
 /// A client like `client`, speaking RESP3 (pushes on a connection that
