@@ -23,82 +23,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-pub const PG_START: &str =
-    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
-pub const REDIS_START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
-     --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
-
-/// Reports that `server` is not reachable: a failure under `CI=true` (CI
-/// starts the servers, so these tests must run there), elsewhere a skip
-/// with a note on how to start the server.
-pub fn unavailable(server: &str, why: &str, start: &str) {
-    let message = format!(
-        "{server} is not reachable ({why}).\nStart it with:\n    {start}\n\
-         (or point the tests elsewhere; see crates/idem/tests/shared_store/mod.rs)"
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true, so this test must not skip: {message}");
-    }
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nSKIPPING the {server} tests (they pass without checking anything): {message}\n"
-        );
-    });
-}
-
-/// Polls `check` every 20 ms until it holds, failing after `within`.
-pub async fn poll_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A name no other test (in this or a concurrent run) uses: letters,
-/// digits and `_`, fit for a schema or a key prefix.
-pub fn unique_name(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs async cleanup from a `Drop`, on a thread with its own runtime.
-pub fn block_on_thread<F>(make: impl FnOnce() -> F + Send + 'static)
-where
-    F: std::future::Future<Output = ()>,
-{
-    let worker = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("cleanup runtime");
-        rt.block_on(make());
-    });
-    let _ = worker.join();
-}
+#[allow(unused_imports)]
+pub use idem_testkit::{
+    block_on_thread, poll_until, unavailable, unique_name, Proxy, PG_START, REDIS_START,
+};
 
 // ------------------------------------------------------------ PostgreSQL
 
@@ -522,74 +453,4 @@ async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Option<Answer> 
         replayed,
         body,
     })
-}
-
-// ------------------------------------------------------------ proxy
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Forward,
-    Stall,
-}
-
-/// A TCP proxy in front of a server, standing in for the network: `cut`
-/// makes the server unreachable without stopping it (open connections go
-/// silent, new ones are accepted and never answered), `restore` brings it
-/// back (the silent connections are closed, as after a server restart).
-pub struct Proxy {
-    pub addr: SocketAddr,
-    mode: watch::Sender<Mode>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let (mode, _) = watch::channel(Mode::Forward);
-        let rx = mode.subscribe();
-        let accept = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                connections.spawn(relay(client, upstream, rx.clone()));
-                while connections.try_join_next().is_some() {}
-            }
-        });
-        Proxy { addr, mode, accept }
-    }
-
-    pub fn cut(&self) {
-        self.mode.send_replace(Mode::Stall);
-    }
-
-    pub fn restore(&self) {
-        self.mode.send_replace(Mode::Forward);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn relay(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
-    if *mode.borrow_and_update() == Mode::Forward {
-        let Ok(mut server) = TcpStream::connect(upstream).await else {
-            return;
-        };
-        let stalled = tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
-            _ = mode.wait_for(|m| *m == Mode::Stall) => true,
-        };
-        if !stalled {
-            return;
-        }
-        drop(server);
-    }
-    let _ = mode.wait_for(|m| *m == Mode::Forward).await;
-    let _ = client.shutdown().await;
 }

@@ -1,0 +1,181 @@
+//! Helpers the test suites of several idem crates share, kept once here.
+//!
+//! - [`unavailable`]: a local server (PostgreSQL, Redis) is not reachable:
+//!   a failure under `CI=true` (CI starts the servers), elsewhere a skip
+//!   with the command that starts it.
+//! - [`poll_until`]: wait on a condition with a deadline, never a bare sleep.
+//! - [`unique_name`], [`block_on_thread`]: per-test namespaces and their
+//!   cleanup from `Drop`.
+//! - [`Proxy`]: a TCP proxy that cuts a server off without stopping it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How to start the local PostgreSQL (as `.ci/run` does).
+pub const PG_START: &str =
+    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+/// How to start the local Redis (as `.ci/run` does).
+pub const REDIS_START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+     --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+
+/// Reports that `server` is not reachable. Under `CI=true` that is a
+/// failure (CI starts the servers, so the tests must run there);
+/// elsewhere the test is skipped with a note on how to start the server.
+pub fn unavailable(server: &str, why: &str, start: &str) {
+    let message = format!(
+        "{server} is not reachable ({why}).\nStart it with:\n    {start}\n\
+         (or point the tests elsewhere: IDEM_TEST_POSTGRES_URL, IDEM_TEST_REDIS_URL)"
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true, so this test must not skip: {message}");
+    }
+    // Once per test binary, and straight to the terminal: the test harness
+    // captures `eprintln!` of passing tests, and a skip must be seen.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPING the {server} tests (they pass without checking anything): {message}\n"
+        );
+    });
+}
+
+/// An error with its causes (drivers keep the cause out of Display).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Polls `check` every 10 ms until it holds, failing after `within`.
+pub async fn poll_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A name no other test (in this or a concurrent run) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a cleanup that needs async I/O from a `Drop`: on its own thread
+/// with its own runtime, waiting for it (bounded by what it does).
+pub fn block_on_thread<F>(make: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        rt.block_on(make());
+    });
+    let _ = worker.join();
+}
+
+/// Whether the proxy forwards or stalls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    Stall,
+}
+
+/// A TCP proxy in front of a server, standing in for the network: `cut`
+/// makes the server unreachable without stopping it (open connections go
+/// silent, new ones are accepted and never answered: the worst case for a
+/// client, no error, no reset), `restore` brings it back (the silent
+/// connections are closed, as after a server restart).
+pub struct Proxy {
+    /// Where clients connect instead of the server.
+    pub addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy on a free 127.0.0.1 port, forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (mode, _) = watch::channel(Mode::Forward);
+        let rx = mode.subscribe();
+        let accept = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(relay(client, upstream, rx.clone()));
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Proxy { addr, mode, accept }
+    }
+
+    /// The server becomes unreachable (silently).
+    pub fn cut(&self) {
+        self.mode.send_replace(Mode::Stall);
+    }
+
+    /// The server is reachable again.
+    pub fn restore(&self) {
+        self.mode.send_replace(Mode::Forward);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every
+        // relay and closes their sockets.
+        self.accept.abort();
+    }
+}
+
+async fn relay(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    if *mode.borrow_and_update() == Mode::Forward {
+        let Ok(mut server) = TcpStream::connect(upstream).await else {
+            return;
+        };
+        let stalled = tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+            _ = mode.wait_for(|m| *m == Mode::Stall) => true,
+        };
+        if !stalled {
+            return;
+        }
+        drop(server);
+    }
+    // Silent until restored, then closed.
+    let _ = mode.wait_for(|m| *m == Mode::Forward).await;
+    let _ = client.shutdown().await;
+}
