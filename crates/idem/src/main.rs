@@ -5,7 +5,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod audit;
 mod chaos;
+mod demo;
 mod gateway;
 mod math;
 mod migrate;
@@ -24,6 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Attack an API with duplicate delivery (replays, concurrent bursts,
+    /// lost responses, abandoned requests, changed payloads, other tenants)
+    /// and report each violation with evidence. Exit 0 pass, 1 fail, 2
+    /// usage or unreachable, 3 only indeterminate.
+    Audit(Box<audit::AuditArgs>),
+    /// No setup: audit a built-in payments API without idempotency, then
+    /// with idem gateway in front, and show the difference.
+    Demo(demo::DemoArgs),
     /// Run a reverse proxy that enforces Stripe-style idempotency keys in
     /// front of an HTTP API.
     Gateway(gateway::GatewayArgs),
@@ -44,22 +54,36 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo runs a gateway in-process; its info lines would interleave
+    // with the story the demo prints.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IDEM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Audit(args) => return finish(audit::run(*args)),
+        Command::Demo(args) => return finish(demo::run(args)),
         Command::Gateway(args) => gateway::run(args),
         Command::Math(args) => math::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Soak(args) => soak::run(args),
     };
+    finish(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// Errors print once, as `idem: …`, and exit 2 (usage, configuration, an
+/// unreachable target); otherwise the command's own code.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("idem: {e:#}");
             ExitCode::from(2)

@@ -1,0 +1,183 @@
+//! `idem audit`: find duplicate-delivery bugs in any HTTP API, with
+//! evidence.
+//!
+//! An audit attacks each [`Endpoint`] with the scenarios of
+//! [`ScenarioId`]: sequential replays, concurrent bursts released within
+//! microseconds, a response lost after the server acted, a client that
+//! hangs up, a changed payload, another tenant, bad keys, error outcomes.
+//! Each result carries its verdict (pass, fail, indeterminate, skipped), a
+//! severity and the evidence behind it: what was sent, what came back,
+//! what the oracle saw, and curl lines that reproduce it. Where no oracle
+//! can rule a duplicate out, the verdict is `indeterminate`, never a silent
+//! pass. docs/audit.md is the user's guide and the JSON report's schema.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), idem_audit::AuditError> {
+//! use idem_audit::{audit, AuditOptions, Endpoint, NoProgress};
+//! let endpoint = Endpoint::new("http://127.0.0.1:8080/payments".parse().unwrap())
+//!     .with_body(r#"{"amount":1000,"currency":"eur"}"#)
+//!     .with_header("Authorization", "Bearer sk_test_a");
+//! let report = audit(&AuditOptions::new(vec![endpoint]), &NoProgress).await?;
+//! println!("{}", idem_audit::report::render(&report, Default::default(), Default::default()));
+//! std::process::exit(report.exit_code().into());
+//! # }
+//! ```
+
+mod bound;
+pub mod config;
+mod http;
+mod oracle;
+pub mod outcome;
+mod plan;
+pub mod report;
+pub mod scenario;
+
+pub use config::{ConfigError, FileConfig};
+pub use oracle::OracleError;
+pub use outcome::{
+    Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioResult,
+    Seen, SentRequest, Severity, Verdict, VolumeOutlook,
+};
+pub use plan::{AuditOptions, CountField, Endpoint, FieldPath, FieldPathError};
+pub use scenario::ScenarioId;
+
+use oracle::Tenant;
+use scenario::Ctx;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Why an audit could not run at all (the command exits 2).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The endpoint's settings do not fit together.
+    #[error("{endpoint}: {message}")]
+    Invalid {
+        /// The endpoint's name.
+        endpoint: String,
+        /// What is wrong, naming the setting.
+        message: String,
+    },
+    /// The target cannot be reached.
+    #[error("{endpoint}: cannot reach the API: {reason}")]
+    Unreachable {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// A counting oracle cannot be read before anything was sent.
+    #[error("{endpoint}: {source}")]
+    Oracle {
+        /// The endpoint's name.
+        endpoint: String,
+        /// What failed.
+        #[source]
+        source: OracleError,
+    },
+    /// No endpoint to audit.
+    #[error("nothing to audit: give --url or a --config with at least one [[endpoint]]")]
+    NoEndpoint,
+}
+
+/// Hears about a run as it goes (the CLI draws progress with it).
+pub trait Progress: Send + Sync {
+    /// A scenario is about to run.
+    fn started(&self, endpoint: &str, scenario: ScenarioId) {
+        let _ = (endpoint, scenario);
+    }
+    /// A scenario finished.
+    fn finished(&self, result: &ScenarioResult) {
+        let _ = result;
+    }
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// Runs every endpoint's scenarios, one after another, and returns the
+/// report. Errors only when nothing could be audited (bad settings, an
+/// unreachable target, an unreadable oracle); findings are never errors.
+pub async fn audit(
+    options: &AuditOptions,
+    progress: &dyn Progress,
+) -> Result<AuditReport, AuditError> {
+    if options.endpoints.is_empty() {
+        return Err(AuditError::NoEndpoint);
+    }
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let started = Instant::now();
+    for endpoint in &options.endpoints {
+        endpoint.validate().map_err(|message| AuditError::Invalid {
+            endpoint: endpoint.label(),
+            message,
+        })?;
+    }
+    let mut scenarios = Vec::new();
+    let mut endpoints = Vec::new();
+    for endpoint in &options.endpoints {
+        let client = http::Client {
+            connect_timeout: Duration::from_secs(5).min(endpoint.timeout),
+            response_timeout: endpoint.timeout,
+        };
+        preflight(endpoint, client).await?;
+        let ctx = Ctx::new(endpoint, client, options.show_secrets);
+        endpoints.push(EndpointSummary {
+            name: endpoint.label(),
+            method: endpoint.method.to_string(),
+            url: endpoint.url.to_string(),
+            oracles: endpoint.oracle_names(),
+        });
+        for &id in &endpoint.scenarios {
+            progress.started(&endpoint.label(), id);
+            tracing::debug!(endpoint = %endpoint.label(), scenario = %id, "scenario started");
+            let result = scenario::run_scenario(id, &ctx).await;
+            tracing::debug!(scenario = %id, verdict = %result.verdict, "scenario finished");
+            progress.finished(&result);
+            scenarios.push(result);
+        }
+    }
+    let bound = bound::bound(&scenarios);
+    let volume = options
+        .volume
+        .and_then(|v| bound::outlook(&bound, v, options.ambiguous_rate));
+    Ok(AuditReport {
+        verdict: AuditReport::overall(&scenarios),
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        endpoints,
+        scenarios,
+        bound,
+        volume,
+    })
+}
+
+/// Before any side effect: the API accepts connections and every counting
+/// oracle can be read, for each tenant that will be used.
+async fn preflight(endpoint: &Endpoint, client: http::Client) -> Result<(), AuditError> {
+    client
+        .connect(&endpoint.url)
+        .await
+        .map_err(|e| AuditError::Unreachable {
+            endpoint: endpoint.label(),
+            reason: e.to_string(),
+        })?;
+    let oracles = oracle::Oracles::new(endpoint, client);
+    let mut tenants = vec![Tenant::Primary];
+    if !endpoint.alt_headers.is_empty() {
+        tenants.push(Tenant::Alternate);
+    }
+    for tenant in tenants {
+        oracles
+            .count(tenant)
+            .await
+            .map_err(|source| AuditError::Oracle {
+                endpoint: endpoint.label(),
+                source,
+            })?;
+    }
+    Ok(())
+}

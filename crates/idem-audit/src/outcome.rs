@@ -1,0 +1,340 @@
+//! What an audit found: verdicts, severities and the evidence behind each.
+//! These types are the JSON report's schema (docs/audit.md documents it);
+//! the text, JUnit and Markdown reports render the same values.
+
+use crate::scenario::ScenarioId;
+use serde::Serialize;
+use std::fmt;
+
+/// A scenario's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The API kept the contract, and the oracle could tell.
+    Pass,
+    /// A scenario was not run (its flag is missing, or it was not selected).
+    Skipped,
+    /// A duplicate (or other violation) could not be ruled out: the oracle
+    /// could not see enough. Never reported as a pass.
+    Indeterminate,
+    /// A violation, with evidence.
+    Fail,
+}
+
+impl Verdict {
+    /// The lowercase name used in every report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Skipped => "skipped",
+            Verdict::Indeterminate => "indeterminate",
+            Verdict::Fail => "fail",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How bad a failure is (or would be).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Observations that are not violations.
+    Info,
+    /// Weak protection that is not yet a duplicate.
+    Low,
+    /// A contract violation without a duplicate effect.
+    Medium,
+    /// A duplicate side effect: the double charge.
+    High,
+    /// One tenant's data reaches another.
+    Critical,
+}
+
+impl Severity {
+    /// The lowercase name used in every report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request as the auditor sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SentRequest {
+    /// The method.
+    pub method: String,
+    /// The full URL.
+    pub url: String,
+    /// Headers in the order sent; secrets are redacted unless
+    /// `--show-secrets` was given.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy UTF-8), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// What came back for one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Answer {
+    /// A complete response the client saw.
+    Response(Seen),
+    /// A complete response the auditor's fault point read and threw away:
+    /// the server finished, the client saw a reset.
+    Discarded(Seen),
+    /// The client hung up before any answer.
+    HungUp {
+        /// When, after the request was fully sent.
+        after_ms: f64,
+    },
+    /// No response: the connection failed or the answer was malformed.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Answer {
+    /// The response, whether the client saw it or the fault point ate it.
+    pub fn seen(&self) -> Option<&Seen> {
+        match self {
+            Answer::Response(s) | Answer::Discarded(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The response, only if the client saw it.
+    pub fn delivered(&self) -> Option<&Seen> {
+        match self {
+            Answer::Response(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The status, if a response was read.
+    pub fn status(&self) -> Option<u16> {
+        self.seen().map(|s| s.status)
+    }
+}
+
+/// A response as read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    /// The status code.
+    pub status: u16,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy UTF-8), cut at 4 KiB.
+    pub body: String,
+    /// Whether `body` was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub body_truncated: bool,
+}
+
+impl Seen {
+    /// The first header with this (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// One request and its answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Exchange {
+    /// What this request was in the scenario: `first`, `retry 2`,
+    /// `round 3 request 7`, ...
+    pub label: String,
+    /// What was sent.
+    pub request: SentRequest,
+    /// What came back.
+    pub answer: Answer,
+    /// From the last byte sent to the answer (or hang-up), in milliseconds.
+    pub elapsed_ms: f64,
+}
+
+/// What one oracle saw around a scenario (or one round of it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OracleReading {
+    /// `count-url`, `check-cmd`, `id-field` or `body`.
+    pub oracle: String,
+    /// What it saw, in words.
+    pub saw: String,
+    /// The side effects it counted, where it can count them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effects: Option<u64>,
+}
+
+/// Everything behind a verdict.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Evidence {
+    /// The requests and answers that matter for the verdict (for bursts,
+    /// the rounds that failed and a sample of the others).
+    pub exchanges: Vec<Exchange>,
+    /// What the oracles saw.
+    pub oracle: Vec<OracleReading>,
+    /// Observations in words.
+    pub notes: Vec<String>,
+    /// Shell lines that reproduce the scenario with curl.
+    pub curl: Vec<String>,
+}
+
+/// One scenario's result on one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScenarioResult {
+    /// The scenario's stable id.
+    pub id: ScenarioId,
+    /// The endpoint's name (its `METHOD URL` unless the config names it).
+    pub endpoint: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// How bad a failure is (for other verdicts: how bad it would be).
+    pub severity: Severity,
+    /// One sentence: what happened.
+    pub summary: String,
+    /// Independent trials the verdict rests on (a burst round is one).
+    pub trials: u64,
+    /// Trials that showed a violation.
+    pub failed_trials: u64,
+    /// Whether the scenario races requests against each other, so that a
+    /// clean run bounds a rate (rule of three).
+    pub raced: bool,
+    /// What was sent, what came back, what the oracle saw.
+    pub evidence: Evidence,
+    /// Wall time of the scenario.
+    pub duration_ms: f64,
+}
+
+/// What clean (or not) raced trials say about the duplicate rate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bound {
+    /// Raced trials run (burst rounds, lost and abandoned requests).
+    pub trials: u64,
+    /// Of which showed a duplicate.
+    pub failed_trials: u64,
+    /// failed / trials, when any trial ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_rate: Option<f64>,
+    /// With no failure: the exact one-sided 95% upper bound on the rate,
+    /// 1 - 0.05^(1/N).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper_bound_95: Option<f64>,
+    /// With no failure: the rule of three, 3/N.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_of_three: Option<f64>,
+    /// The sentence every report prints.
+    pub statement: String,
+}
+
+/// What the observed (or bounded) rate means at `--volume`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VolumeOutlook {
+    /// The volume as given, e.g. `10M/day`.
+    pub volume: String,
+    /// Requests a day.
+    pub requests_per_day: f64,
+    /// The assumed share of requests whose outcome is ambiguous to the
+    /// client and get retried (`--ambiguous-rate`, default 0.1%).
+    pub ambiguous_rate: f64,
+    /// Of those retries, the share that executes twice (observed, or the
+    /// 95% bound of a clean run).
+    pub retry_duplicates: f64,
+    /// Whether `retry_duplicates` is a bound rather than an observation.
+    pub is_bound: bool,
+    /// Expected duplicates a day: volume × ambiguous rate × retry duplicates.
+    pub duplicates_per_day: f64,
+    /// The sentence every report prints.
+    pub statement: String,
+}
+
+/// The endpoint an audit attacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointSummary {
+    /// Its name.
+    pub name: String,
+    /// Its method.
+    pub method: String,
+    /// Its URL.
+    pub url: String,
+    /// The oracles that counted effects, e.g. `["count-url", "id-field"]`;
+    /// `["body"]` when only bodies could be compared.
+    pub oracles: Vec<String>,
+}
+
+/// A whole audit: the JSON report is this value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditReport {
+    /// `fail` if any scenario failed, else `indeterminate` if any was,
+    /// else `pass`.
+    pub verdict: Verdict,
+    /// idem's version.
+    pub tool_version: String,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: String,
+    /// Wall time of the run.
+    pub duration_ms: f64,
+    /// The endpoints attacked.
+    pub endpoints: Vec<EndpointSummary>,
+    /// One result per scenario per endpoint, in run order.
+    pub scenarios: Vec<ScenarioResult>,
+    /// What the raced trials bound.
+    pub bound: Bound,
+    /// With `--volume`: what that means per day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeOutlook>,
+}
+
+impl AuditReport {
+    /// The verdict over results: any fail, else any indeterminate, else pass.
+    pub fn overall(results: &[ScenarioResult]) -> Verdict {
+        if results.iter().any(|r| r.verdict == Verdict::Fail) {
+            Verdict::Fail
+        } else if results.iter().any(|r| r.verdict == Verdict::Indeterminate) {
+            Verdict::Indeterminate
+        } else {
+            Verdict::Pass
+        }
+    }
+
+    /// The process exit code the report stands for: 0 all pass, 1 any
+    /// failure, 3 only indeterminate results (2 is for usage errors and an
+    /// unreachable target, which never produce a report).
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict {
+            Verdict::Pass | Verdict::Skipped => 0,
+            Verdict::Fail => 1,
+            Verdict::Indeterminate => 3,
+        }
+    }
+
+    /// The results with this verdict.
+    pub fn count(&self, verdict: Verdict) -> usize {
+        self.scenarios
+            .iter()
+            .filter(|r| r.verdict == verdict)
+            .count()
+    }
+}

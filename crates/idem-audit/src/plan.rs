@@ -1,0 +1,311 @@
+//! What to attack and how: one [`Endpoint`] per API operation, and the
+//! [`AuditOptions`] of a whole run.
+
+use crate::scenario::ScenarioId;
+use bytes::Bytes;
+use http::Method;
+use idem_math::{Rate, Volume};
+use std::time::Duration;
+use url::Url;
+
+pub use idem_soak::CountField;
+
+/// One operation to attack, with everything its scenarios need.
+///
+/// ```
+/// use idem_audit::Endpoint;
+/// let url = "http://127.0.0.1:8080/payments".parse().unwrap();
+/// let endpoint = Endpoint::new(url).with_body(r#"{"amount":1000}"#);
+/// assert_eq!(endpoint.method, http::Method::POST);
+/// assert_eq!(endpoint.burst, 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// A name for reports (default `METHOD URL`, see [`Endpoint::label`]).
+    pub name: Option<String>,
+    /// Where requests go.
+    pub url: Url,
+    /// Their method (default POST).
+    pub method: Method,
+    /// Their body (default none). Sent as `application/json` unless the
+    /// headers name a content type.
+    pub body: Bytes,
+    /// Sent on every request (the first tenant's credentials).
+    pub headers: Vec<(String, String)>,
+    /// Replace the same-named `headers` for a second tenant
+    /// (`cross-tenant` needs them).
+    pub alt_headers: Vec<(String, String)>,
+    /// The header that carries the key (default `Idempotency-Key`).
+    pub key_header: String,
+    /// A JSON path into 2xx bodies whose value differs per execution
+    /// (e.g. `id`): distinct values mean distinct executions.
+    pub id_field: Option<FieldPath>,
+    /// Where a side-effect count can be read (GET), before and after.
+    pub count_url: Option<Url>,
+    /// Where the count is in that JSON.
+    pub count_field: CountField,
+    /// A shell command that prints a side-effect count.
+    pub check_cmd: Option<String>,
+    /// The body `payload-mismatch` sends (default: `body` with one value
+    /// changed).
+    pub changed_body: Option<Bytes>,
+    /// A body that makes the API fail (`error-replay` needs it).
+    pub error_body: Option<Bytes>,
+    /// The scenarios to run, in order.
+    pub scenarios: Vec<ScenarioId>,
+    /// Requests per burst round.
+    pub burst: u32,
+    /// Burst rounds.
+    pub rounds: u32,
+    /// When `abandoned-request` hangs up.
+    pub abandon_after: Duration,
+    /// The API's retention window (`retention` needs it).
+    pub retention: Option<Duration>,
+    /// Whether a keyless request that executes is a failure.
+    pub require_key: bool,
+    /// How long one answer may take.
+    pub timeout: Duration,
+    /// How long a retry loop may keep retrying 409s.
+    pub retry_deadline: Duration,
+}
+
+impl Endpoint {
+    /// POST to `url` with the defaults: bursts of 20, 5 rounds, hang-up
+    /// after 100 ms, every default scenario.
+    pub fn new(url: Url) -> Self {
+        Endpoint {
+            name: None,
+            url,
+            method: Method::POST,
+            body: Bytes::new(),
+            headers: Vec::new(),
+            alt_headers: Vec::new(),
+            key_header: "Idempotency-Key".to_owned(),
+            id_field: None,
+            count_url: None,
+            count_field: CountField::Default,
+            check_cmd: None,
+            changed_body: None,
+            error_body: None,
+            scenarios: ScenarioId::ALL
+                .into_iter()
+                .filter(|s| s.runs_by_default())
+                .collect(),
+            burst: 20,
+            rounds: 5,
+            abandon_after: Duration::from_millis(100),
+            retention: None,
+            require_key: false,
+            timeout: Duration::from_secs(30),
+            retry_deadline: Duration::from_secs(30),
+        }
+    }
+
+    /// The name reports use: the configured one, else `METHOD URL`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!("{} {}", self.method, self.url),
+        }
+    }
+
+    /// The same with a body.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The same with a header on every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The same with a second tenant's header.
+    pub fn with_alt_header(mut self, name: &str, value: &str) -> Self {
+        self.alt_headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Whether any oracle can count side effects (rather than compare
+    /// bodies).
+    pub fn counts_effects(&self) -> bool {
+        self.count_url.is_some() || self.check_cmd.is_some()
+    }
+
+    /// The oracles in use, for reports.
+    pub fn oracle_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.count_url.is_some() {
+            names.push("count-url".to_owned());
+        }
+        if self.check_cmd.is_some() {
+            names.push("check-cmd".to_owned());
+        }
+        if self.id_field.is_some() {
+            names.push("id-field".to_owned());
+        }
+        if names.is_empty() {
+            names.push("body".to_owned());
+        }
+        names
+    }
+
+    /// Checks what single flags cannot: the values fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.burst < 2 {
+            return Err("burst must be at least 2: a burst of one request races nothing".into());
+        }
+        if self.rounds == 0 {
+            return Err("rounds must be at least 1".into());
+        }
+        if self.abandon_after.is_zero() {
+            return Err("abandon-after must be above 0".into());
+        }
+        if self.scenarios.is_empty() {
+            return Err("scenarios: no scenario selected".into());
+        }
+        for url in std::iter::once(&self.url).chain(self.count_url.as_ref()) {
+            if url.scheme() != "http" {
+                return Err(format!(
+                    "`{url}`: only http:// URLs are supported (this build has no TLS); put the API on plain HTTP, or audit it through a local TLS-terminating proxy"
+                ));
+            }
+        }
+        let key = self.key_header.to_ascii_lowercase();
+        for (flag, headers) in [("header", &self.headers), ("alt-header", &self.alt_headers)] {
+            if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&key)) {
+                return Err(format!(
+                    "{flag}: `{}` is the key header; the auditor chooses every key itself",
+                    self.key_header
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A run: the endpoints and what the report extrapolates to.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// The endpoints, attacked one after another.
+    pub endpoints: Vec<Endpoint>,
+    /// With a volume, reports say what the result means per day.
+    pub volume: Option<Volume>,
+    /// The assumed share of requests whose outcome is ambiguous to the
+    /// client and get retried (default 0.1%).
+    pub ambiguous_rate: Rate,
+    /// Keep credentials in reports (default: redacted).
+    pub show_secrets: bool,
+}
+
+impl AuditOptions {
+    /// One endpoint, no volume, 0.1% ambiguous, secrets redacted.
+    pub fn new(endpoints: Vec<Endpoint>) -> Self {
+        AuditOptions {
+            endpoints,
+            volume: None,
+            ambiguous_rate: Rate::new(0.001).unwrap_or_else(|| unreachable!("0.1% is a rate")),
+            show_secrets: false,
+        }
+    }
+}
+
+/// A JSON path into a body: field names separated by dots, an optional
+/// leading `$.`, and array indices as numbers or `[n]`
+/// (`data.items[0].id`, `data.items.0.id`).
+///
+/// ```
+/// use idem_audit::FieldPath;
+/// let path: FieldPath = "$.data.items[1].id".parse().unwrap();
+/// let body = serde_json::json!({"data": {"items": [{"id": "a"}, {"id": "b"}]}});
+/// assert_eq!(path.find(&body), Some(&serde_json::json!("b")));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath {
+    text: String,
+    segments: Vec<String>,
+}
+
+impl FieldPath {
+    /// The value at the path, if present.
+    pub fn find<'a>(&self, body: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        let mut at = body;
+        for segment in &self.segments {
+            at = match at {
+                serde_json::Value::Object(map) => map.get(segment)?,
+                serde_json::Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(at)
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A field path that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a field path; write field names separated by dots, e.g. id or data.payment.id (array elements as items[0] or items.0)")]
+pub struct FieldPathError(String);
+
+impl std::str::FromStr for FieldPath {
+    type Err = FieldPathError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let rest = text
+            .strip_prefix("$.")
+            .or_else(|| text.strip_prefix('$'))
+            .unwrap_or(text);
+        let normalised = rest.replace('[', ".").replace(']', "");
+        let segments: Vec<String> = normalised.split('.').map(str::to_owned).collect();
+        if rest.is_empty() || segments.iter().any(|s| s.is_empty()) {
+            return Err(FieldPathError(s.to_owned()));
+        }
+        Ok(FieldPath {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn field_paths() {
+        let body = json!({"id": "pay_1", "a": [{"b": 2}]});
+        for (path, want) in [
+            ("id", json!("pay_1")),
+            ("$.a[0].b", json!(2)),
+            ("a.0.b", json!(2)),
+        ] {
+            let p: FieldPath = path.parse().unwrap();
+            assert_eq!(p.find(&body), Some(&want), "{path}");
+        }
+        assert_eq!("missing".parse::<FieldPath>().unwrap().find(&body), None);
+        for bad in ["", "$.", "a..b", "a.", "$"] {
+            assert!(bad.parse::<FieldPath>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let url: Url = "http://127.0.0.1:1/x".parse().unwrap();
+        let mut e = Endpoint::new(url.clone());
+        e.burst = 1;
+        assert!(e.validate().unwrap_err().starts_with("burst"));
+        let e = Endpoint::new(url.clone()).with_header("idempotency-key", "k");
+        assert!(e.validate().unwrap_err().starts_with("header:"));
+        let e = Endpoint::new("https://api.example/x".parse().unwrap());
+        assert!(e.validate().unwrap_err().contains("only http://"));
+        assert!(Endpoint::new(url).validate().is_ok());
+    }
+}

@@ -1,0 +1,463 @@
+//! What every scenario needs: fresh keys, requests for either tenant, sent
+//! and recorded as evidence, retries that honour 409, and the oracles.
+
+use crate::http::{Client, HttpError, Request, Response};
+use crate::oracle::{Oracles, Tenant};
+use crate::outcome::{Answer, Evidence, Exchange, OracleReading, Seen, SentRequest, Verdict};
+use crate::plan::Endpoint;
+use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Bodies kept in reports are cut here.
+const EVIDENCE_BODY: usize = 4096;
+/// The longest a retry loop waits between attempts, whatever Retry-After says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// A scenario's view of its endpoint.
+pub(crate) struct Ctx<'a> {
+    pub endpoint: &'a Endpoint,
+    pub client: Client,
+    pub oracles: Oracles<'a>,
+    show_secrets: bool,
+}
+
+/// What a key is sent as.
+#[derive(Debug, Clone)]
+pub(crate) enum Key {
+    /// A fresh, valid key.
+    Valid(String),
+    /// Raw header bytes, valid or not.
+    Raw(Vec<u8>),
+    /// No key header at all.
+    Absent,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(endpoint: &'a Endpoint, client: Client, show_secrets: bool) -> Self {
+        Ctx {
+            endpoint,
+            client,
+            oracles: Oracles::new(endpoint, client),
+            show_secrets,
+        }
+    }
+
+    /// A key no earlier run or scenario used.
+    pub fn fresh_key(&self) -> Key {
+        Key::Valid(format!("idem-audit-{}", uuid::Uuid::new_v4()))
+    }
+
+    /// A request with the endpoint's method and URL, the tenant's headers,
+    /// the key and the body.
+    pub fn request(&self, key: &Key, tenant: Tenant, body: &Bytes) -> Request {
+        let e = self.endpoint;
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+        for (name, value) in &e.headers {
+            let replaced = tenant == Tenant::Alternate
+                && e.alt_headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if !replaced {
+                headers.push((name.clone(), value.clone().into_bytes()));
+            }
+        }
+        if tenant == Tenant::Alternate {
+            for (name, value) in &e.alt_headers {
+                headers.push((name.clone(), value.clone().into_bytes()));
+            }
+        }
+        if !body.is_empty()
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push(("content-type".to_owned(), b"application/json".to_vec()));
+        }
+        match key {
+            Key::Valid(k) => headers.push((e.key_header.clone(), k.clone().into_bytes())),
+            Key::Raw(bytes) => headers.push((e.key_header.clone(), bytes.clone())),
+            Key::Absent => {}
+        }
+        Request {
+            method: e.method.clone(),
+            url: e.url.clone(),
+            headers,
+            body: body.clone(),
+        }
+    }
+
+    /// The request as reports show it.
+    pub fn sent(&self, request: &Request) -> SentRequest {
+        SentRequest {
+            method: request.method.to_string(),
+            url: request.url.to_string(),
+            headers: request
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), self.shown_value(n, v)))
+                .collect(),
+            body: (!request.body.is_empty())
+                .then(|| String::from_utf8_lossy(&request.body).into_owned()),
+        }
+    }
+
+    fn shown_value(&self, name: &str, value: &[u8]) -> String {
+        if !self.show_secrets && is_secret(name) {
+            return "<redacted>".to_owned();
+        }
+        String::from_utf8_lossy(value).into_owned()
+    }
+
+    /// A curl line that sends the same request.
+    pub fn curl(&self, request: &Request) -> String {
+        let mut line = format!("curl -sS -X {}", request.method);
+        for (name, value) in &request.headers {
+            let value = self.shown_value(name, value);
+            line.push_str(&format!(" -H {}", shell_quote(&format!("{name}: {value}"))));
+        }
+        if !request.body.is_empty() {
+            line.push_str(&format!(
+                " --data-raw {}",
+                shell_quote(&String::from_utf8_lossy(&request.body))
+            ));
+        }
+        line.push(' ');
+        line.push_str(&shell_quote(request.url.as_str()));
+        line
+    }
+
+    /// An exchange for the evidence.
+    pub fn exchange(
+        &self,
+        label: impl Into<String>,
+        request: &Request,
+        answer: Answer,
+        elapsed: Duration,
+    ) -> Exchange {
+        Exchange {
+            label: label.into(),
+            request: self.sent(request),
+            answer,
+            elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+        }
+    }
+
+    /// Sends once; records the exchange.
+    pub async fn send(
+        &self,
+        label: impl Into<String>,
+        request: &Request,
+        evidence: &mut Evidence,
+    ) -> Result<Response, HttpError> {
+        let (answer, elapsed) = self.client.send(request).await;
+        evidence
+            .exchanges
+            .push(self.exchange(label, request, answer_of(&answer), elapsed));
+        answer
+    }
+
+    /// Sends until the answer is final: 409 `request-in-progress` (or a
+    /// 409/425/429/503 with `Retry-After`) is retried after the wait it
+    /// asks for, up to the retry deadline. Every attempt is recorded.
+    /// Returns the final answer, or the last one if the deadline passed.
+    pub async fn send_until_final(
+        &self,
+        label: &str,
+        request: &Request,
+        evidence: &mut Evidence,
+    ) -> Result<Response, HttpError> {
+        let deadline = Instant::now() + self.endpoint.retry_deadline;
+        let mut attempt = 1;
+        loop {
+            let answer = self
+                .send(format!("{label} (attempt {attempt})"), request, evidence)
+                .await;
+            let wait = match &answer {
+                Ok(response) => retry_wait(response),
+                Err(_) => None,
+            };
+            let Some(wait) = wait else {
+                return answer;
+            };
+            if Instant::now() + wait > deadline {
+                evidence.notes.push(format!(
+                    "{label}: still told to retry after {:?}; gave up at the retry deadline",
+                    self.endpoint.retry_deadline
+                ));
+                return answer;
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Reads the counting oracles for a tenant (`None` without one); a
+    /// failure to read is noted and returns `None`.
+    pub async fn count(&self, tenant: Tenant, evidence: &mut Evidence) -> Option<u64> {
+        match self.oracles.count(tenant).await {
+            Ok(count) => count,
+            Err(e) => {
+                evidence
+                    .notes
+                    .push(format!("the count could not be read: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The id-field's value in a 2xx answer, as text.
+    pub fn id_of(&self, response: &Response) -> Option<String> {
+        let path = self.endpoint.id_field.as_ref()?;
+        let json = response.json()?;
+        let value = path.find(&json)?;
+        Some(match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// How long to wait before retrying this answer, if it asks for a retry.
+pub(crate) fn retry_wait(response: &Response) -> Option<Duration> {
+    let retry_after = response
+        .header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let in_progress = response.status == 409
+        && response
+            .problem_slug()
+            .is_some_and(|slug| slug == "request-in-progress");
+    let asks =
+        in_progress || (matches!(response.status, 409 | 425 | 429 | 503) && retry_after.is_some());
+    asks.then(|| {
+        retry_after
+            .unwrap_or(Duration::from_millis(200))
+            .clamp(Duration::from_millis(50), MAX_RETRY_WAIT)
+    })
+}
+
+/// The evidence form of an answer the client saw.
+pub(crate) fn answer_of(answer: &Result<Response, HttpError>) -> Answer {
+    match answer {
+        Ok(response) => Answer::Response(seen(response)),
+        Err(e) => Answer::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// A response as reports show it: body as text, cut at 4 KiB.
+pub(crate) fn seen(response: &Response) -> Seen {
+    let text = String::from_utf8_lossy(&response.body);
+    let (body, body_truncated) = if text.len() > EVIDENCE_BODY {
+        let mut end = EVIDENCE_BODY;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        (text[..end].to_owned(), true)
+    } else {
+        (text.into_owned(), false)
+    };
+    Seen {
+        status: response.status,
+        headers: response.headers.clone(),
+        body,
+        body_truncated,
+    }
+}
+
+/// Whether two bodies say the same: equal bytes, or equal JSON values
+/// (a replay that re-serialises its stored object is still the same answer).
+pub(crate) fn same_body(a: &Bytes, b: &Bytes) -> bool {
+    if a == b {
+        return true;
+    }
+    match (
+        serde_json::from_slice::<serde_json::Value>(a),
+        serde_json::from_slice::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Whether two answers are the same outcome: status and body.
+pub(crate) fn same_outcome(a: &Response, b: &Response) -> bool {
+    a.status == b.status && same_body(&a.body, &b.body)
+}
+
+fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "x-api-key" | "api-key"
+    ) || ["token", "secret", "password", "session"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// Single-quotes for a POSIX shell.
+pub(crate) fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// How many executions one key caused, from whatever the oracles saw.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Executions the scenario expects.
+    pub expected: u64,
+    /// Effects counted by `--count-url` / `--check-cmd`.
+    pub counted: Option<u64>,
+    /// Distinct id-field values among the 2xx answers read.
+    pub ids: BTreeSet<String>,
+    /// 2xx answers without the id field.
+    pub ids_missing: usize,
+    /// Distinct 2xx bodies read.
+    pub bodies: Vec<Bytes>,
+    /// Attempts whose answer nobody read (hung up, connection failed).
+    pub unseen: usize,
+}
+
+impl Tally {
+    /// A tally expecting one execution.
+    pub fn one() -> Self {
+        Tally {
+            expected: 1,
+            ..Tally::default()
+        }
+    }
+
+    /// Adds an answer (seen by the client or by the fault point).
+    pub fn add(&mut self, ctx: &Ctx<'_>, response: &Response) {
+        if !response.is_success() {
+            return;
+        }
+        match ctx.id_of(response) {
+            Some(id) => {
+                self.ids.insert(id);
+            }
+            None if ctx.endpoint.id_field.is_some() => self.ids_missing += 1,
+            None => {}
+        }
+        if !self.bodies.iter().any(|b| same_body(b, &response.body)) {
+            self.bodies.push(response.body.clone());
+        }
+    }
+
+    /// The verdict on "one key, `expected` executions", with a sentence and
+    /// the oracles' readings.
+    pub fn judge(&self, ctx: &Ctx<'_>, evidence: &mut Evidence) -> (Verdict, String) {
+        let e = ctx.endpoint;
+        if let Some(counted) = self.counted {
+            evidence.oracle.push(OracleReading {
+                oracle: ctx.oracles.counting_name().to_owned(),
+                saw: format!("the count moved by {counted}"),
+                effects: Some(counted),
+            });
+        }
+        if e.id_field.is_some() {
+            evidence.oracle.push(OracleReading {
+                oracle: "id-field".to_owned(),
+                saw: format!(
+                    "{} distinct value(s) at {} in the 2xx answers: {}",
+                    self.ids.len(),
+                    e.id_field
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    self.ids.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                effects: Some(self.ids.len() as u64),
+            });
+        }
+        if self.ids.len() as u64 > self.expected {
+            return (
+                Verdict::Fail,
+                format!(
+                    "executed {} for one key: the answers carry {} different ids",
+                    times(self.ids.len() as u64),
+                    self.ids.len()
+                ),
+            );
+        }
+        if let Some(counted) = self.counted {
+            return match counted.cmp(&self.expected) {
+                std::cmp::Ordering::Greater => (
+                    Verdict::Fail,
+                    format!("executed {} for one key (the count moved by {counted})", times(counted)),
+                ),
+                std::cmp::Ordering::Equal => (
+                    Verdict::Pass,
+                    format!("executed exactly {}, as the count shows", times(self.expected)),
+                ),
+                std::cmp::Ordering::Less => (
+                    Verdict::Indeterminate,
+                    format!(
+                        "the count moved by {counted}, expected {}: is the count reading this operation's effects?",
+                        self.expected
+                    ),
+                ),
+            };
+        }
+        if e.id_field.is_some() {
+            if self.ids_missing > 0 {
+                evidence.notes.push(format!(
+                    "{} 2xx answer(s) had no value at the id field",
+                    self.ids_missing
+                ));
+            }
+            if self.unseen > 0 {
+                return (
+                    Verdict::Indeterminate,
+                    format!(
+                        "{} attempt(s) got no answer anyone read, so their executions are invisible to --id-field; add --count-url or --check-cmd to rule a duplicate out",
+                        self.unseen
+                    ),
+                );
+            }
+            if self.ids_missing > 0 || self.ids.is_empty() {
+                return (
+                    Verdict::Indeterminate,
+                    "the id field was missing from the answers; nothing to compare".to_owned(),
+                );
+            }
+            return (
+                Verdict::Pass,
+                format!("every answer carries the same id ({})", first(&self.ids)),
+            );
+        }
+        evidence.oracle.push(OracleReading {
+            oracle: "body".to_owned(),
+            saw: format!("{} distinct 2xx body(ies)", self.bodies.len()),
+            effects: None,
+        });
+        if self.bodies.len() as u64 > self.expected {
+            return (
+                Verdict::Fail,
+                format!(
+                    "{} different successful answers for one key: it executed again, or its replay is not the stored response",
+                    self.bodies.len()
+                ),
+            );
+        }
+        (
+            Verdict::Indeterminate,
+            "the answers agree, but without --id-field, --count-url or --check-cmd a second execution with the same answer cannot be ruled out".to_owned(),
+        )
+    }
+}
+
+/// `once`, `twice`, `3 times`.
+pub(crate) fn times(n: u64) -> String {
+    match n {
+        1 => "once".to_owned(),
+        2 => "twice".to_owned(),
+        n => format!("{n} times"),
+    }
+}
+
+fn first(ids: &BTreeSet<String>) -> &str {
+    ids.iter().next().map(String::as_str).unwrap_or("")
+}

@@ -1,0 +1,308 @@
+//! `payload-mismatch`: the same key with a changed body must be refused
+//! with a 4xx; a new execution, or a silent replay of the first answer, is
+//! a failure. Before that, the same payload re-serialised (reordered keys,
+//! other whitespace) must be recognised as the same request and replayed:
+//! a fingerprint over raw bytes breaks every client that re-serialises on
+//! retry.
+
+use super::context::same_outcome;
+use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
+use crate::oracle::Tenant;
+use crate::outcome::{Evidence, Severity, Verdict};
+use bytes::Bytes;
+use serde_json::Value;
+
+const ID: ScenarioId = ScenarioId::PayloadMismatch;
+
+pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
+    let e = ctx.endpoint;
+    let (changed, how) =
+        match &e.changed_body {
+            Some(body) => (body.clone(), "the body given by --changed-body".to_owned()),
+            None => match change(&e.body) {
+                Some(changed) => changed,
+                None => return Finding::skipped(
+                    ID,
+                    "the body is not a JSON document with a value to change; give --changed-body",
+                ),
+            },
+        };
+    let mut evidence = Evidence::default();
+    evidence
+        .notes
+        .push(format!("the changed request sends {how}"));
+    let key = ctx.fresh_key();
+    let first_request = ctx.request(&key, Tenant::Primary, &e.body);
+    let changed_request = ctx.request(&key, Tenant::Primary, &changed);
+    evidence.curl.push(ctx.curl(&first_request));
+    evidence.curl.push(ctx.curl(&changed_request));
+    let before = ctx.count(Tenant::Primary, &mut evidence).await;
+    let first = ctx
+        .send_until_final("first", &first_request, &mut evidence)
+        .await;
+    let first = match first {
+        Ok(r) if r.is_success() => r,
+        other => return baseline_failed(ID, &other, evidence),
+    };
+    // The same payload, re-serialised: must replay, not be refused.
+    let mut reserialised_refused = None;
+    if let Some(reserialised) = reserialise(&e.body) {
+        let request = ctx.request(&key, Tenant::Primary, &reserialised);
+        let answer = ctx
+            .send_until_final("same payload, re-serialised", &request, &mut evidence)
+            .await;
+        let mid = ctx.count(Tenant::Primary, &mut evidence).await;
+        let again = answer.as_ref().ok();
+        let new_id = again.is_some_and(|r| {
+            r.is_success() && ctx.id_of(r).is_some() && ctx.id_of(r) != ctx.id_of(&first)
+        });
+        if delta(before, mid, &mut evidence).is_some_and(|n| n > 1) || new_id {
+            return Finding::new(
+                ID,
+                Verdict::Fail,
+                "the same payload, re-serialised, was executed a second time under the same key",
+                evidence,
+            )
+            .with_severity(Severity::High);
+        }
+        if let Some(r) = again {
+            if !same_outcome(&first, r) {
+                reserialised_refused = Some(r.status);
+            }
+        }
+    }
+    let mid = ctx.count(Tenant::Primary, &mut evidence).await;
+    let second = ctx
+        .send_until_final("changed payload", &changed_request, &mut evidence)
+        .await;
+    let after = ctx.count(Tenant::Primary, &mut evidence).await;
+    let counted = delta(mid, after, &mut evidence);
+    let second = match second {
+        Ok(r) => r,
+        Err(err) => {
+            return Finding::new(
+                ID,
+                Verdict::Indeterminate,
+                format!("the changed request got no answer ({err})"),
+                evidence,
+            )
+        }
+    };
+    let executed = counted.is_some_and(|n| n > 0)
+        || (second.is_success()
+            && e.id_field.is_some()
+            && ctx.id_of(&second).is_some()
+            && ctx.id_of(&second) != ctx.id_of(&first));
+    if executed {
+        return Finding::new(
+            ID,
+            Verdict::Fail,
+            format!(
+                "the changed payload was executed under the used key (answered {})",
+                second.status
+            ),
+            evidence,
+        )
+        .with_severity(Severity::High);
+    }
+    if second.is_success() {
+        return if same_outcome(&first, &second) {
+            Finding::new(
+                ID,
+                Verdict::Fail,
+                format!(
+                    "the changed payload silently got the first answer replayed ({}): the client believes its changed request succeeded",
+                    second.status
+                ),
+                evidence,
+            )
+        } else {
+            Finding::new(
+                ID,
+                Verdict::Fail,
+                format!(
+                    "the changed payload got a new {} under the used key: executed as a second operation",
+                    second.status
+                ),
+                evidence,
+            )
+            .with_severity(Severity::High)
+        };
+    }
+    if !(400..500).contains(&second.status) {
+        return Finding::new(
+            ID,
+            Verdict::Fail,
+            format!(
+                "the changed payload got {} instead of a 4xx refusal",
+                second.status
+            ),
+            evidence,
+        );
+    }
+    if let Some(status) = reserialised_refused {
+        return Finding::new(
+            ID,
+            Verdict::Fail,
+            format!(
+                "the changed payload was refused ({}), but so was the same payload re-serialised ({status}): clients that re-serialise JSON on retry are told they changed it",
+                second.status
+            ),
+            evidence,
+        )
+        .with_severity(Severity::Low);
+    }
+    let slug = second
+        .problem_slug()
+        .map(|s| format!(" {s}"))
+        .unwrap_or_default();
+    let mut summary = format!(
+        "the changed payload was refused with {}{slug}",
+        second.status
+    );
+    if reserialise(&e.body).is_some() {
+        summary.push_str("; the same payload re-serialised was replayed");
+    }
+    Finding::new(ID, Verdict::Pass, summary, evidence)
+}
+
+/// The body with one value changed: the first number (+1), else the first
+/// string (suffixed), else the first boolean (flipped), else a new member.
+fn change(body: &Bytes) -> Option<(Bytes, String)> {
+    let mut json: Value = serde_json::from_slice(body).ok()?;
+    let how = change_value(&mut json, "").or_else(|| match &mut json {
+        Value::Object(map) => {
+            map.insert("idem_audit_changed".to_owned(), Value::Bool(true));
+            Some("a new member `idem_audit_changed`".to_owned())
+        }
+        _ => None,
+    })?;
+    Some((Bytes::from(serde_json::to_vec(&json).ok()?), how))
+}
+
+fn change_value(value: &mut Value, at: &str) -> Option<String> {
+    match value {
+        Value::Number(n) => {
+            let changed = if let Some(i) = n.as_i64() {
+                Value::from(i.checked_add(1)?)
+            } else {
+                Value::from(n.as_f64()? + 1.0)
+            };
+            let how = format!("`{}` changed from {n} to {changed}", name(at));
+            *value = changed;
+            Some(how)
+        }
+        Value::String(s) => {
+            let how = format!(
+                "`{}` changed from {s:?} to {:?}",
+                name(at),
+                format!("{s}-changed")
+            );
+            s.push_str("-changed");
+            Some(how)
+        }
+        Value::Bool(b) => {
+            *b = !*b;
+            Some(format!("`{}` flipped to {b}", name(at)))
+        }
+        Value::Object(map) => map
+            .iter_mut()
+            .find_map(|(k, v)| change_value(v, &join(at, k))),
+        Value::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, v)| change_value(v, &join(at, &i.to_string()))),
+        Value::Null => None,
+    }
+}
+
+fn join(at: &str, key: &str) -> String {
+    if at.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{at}.{key}")
+    }
+}
+
+fn name(at: &str) -> &str {
+    if at.is_empty() {
+        "the body"
+    } else {
+        at
+    }
+}
+
+/// The same JSON with its object members in reverse order and spaced out,
+/// if that gives other bytes.
+fn reserialise(body: &Bytes) -> Option<Bytes> {
+    let json: Value = serde_json::from_slice(body).ok()?;
+    let mut out = String::new();
+    write_reversed(&json, &mut out);
+    (out.as_bytes() != &body[..]).then(|| Bytes::from(out))
+}
+
+fn write_reversed(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            out.push_str("{ ");
+            for (i, (k, v)) in map.iter().rev().enumerate() {
+                if i > 0 {
+                    out.push_str(" , ");
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(" : ");
+                write_reversed(v, out);
+            }
+            out.push_str(" }");
+        }
+        Value::Array(items) => {
+            out.push_str("[ ");
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(" , ");
+                }
+                write_reversed(v, out);
+            }
+            out.push_str(" ]");
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_the_first_number_then_strings_then_adds_a_member() {
+        let (body, how) =
+            change(&Bytes::from_static(br#"{"currency":"eur","amount":1000}"#)).unwrap();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["amount"], 1001);
+        assert_eq!(json["currency"], "eur");
+        assert!(how.contains("amount"), "{how}");
+        let (body, _) = change(&Bytes::from_static(br#"{"note":"x"}"#)).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap()["note"],
+            "x-changed"
+        );
+        let (body, _) = change(&Bytes::from_static(br#"{"a":null}"#)).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap()["idem_audit_changed"],
+            true
+        );
+        assert!(change(&Bytes::from_static(b"amount=1")).is_none());
+        assert!(change(&Bytes::new()).is_none());
+    }
+
+    #[test]
+    fn reserialising_keeps_the_value_and_changes_the_bytes() {
+        let body = Bytes::from_static(br#"{"amount":1000,"meta":{"a":1,"b":[1,2]}}"#);
+        let again = reserialise(&body).unwrap();
+        assert_ne!(again, body);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&again).unwrap(),
+            serde_json::from_slice::<Value>(&body).unwrap()
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `retention` (opt-in): after `--retention`, the API's window, what does a
+//! retry get? Being told plainly (422 `key-expired`) or a replay is fine;
+//! a second execution is a failure.
+
+use super::context::{same_outcome, Tally};
+use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
+use crate::oracle::Tenant;
+use crate::outcome::{Evidence, Verdict};
+use std::time::Duration;
+
+const ID: ScenarioId = ScenarioId::Retention;
+
+pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
+    let Some(window) = ctx.endpoint.retention else {
+        return Finding::skipped(
+            ID,
+            "needs the API's retention window: give --retention DURATION (e.g. 24h; the run waits that long)",
+        );
+    };
+    let mut evidence = Evidence::default();
+    let key = ctx.fresh_key();
+    let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
+    let before = ctx.count(Tenant::Primary, &mut evidence).await;
+    let first = ctx.send_until_final("first", &request, &mut evidence).await;
+    let first = match first {
+        Ok(r) if r.is_success() => r,
+        other => return baseline_failed(ID, &other, evidence),
+    };
+    // Past the window by a margin, so clock granularity cannot matter.
+    let wait = window + (window / 10).max(Duration::from_secs(1));
+    evidence.notes.push(format!(
+        "waited {} after the first answer",
+        humantime::format_duration(wait)
+    ));
+    tokio::time::sleep(wait).await;
+    let late = ctx
+        .send_until_final("late retry", &request, &mut evidence)
+        .await;
+    let after = ctx.count(Tenant::Primary, &mut evidence).await;
+    let late = match late {
+        Ok(r) => r,
+        Err(err) => {
+            return Finding::new(
+                ID,
+                Verdict::Indeterminate,
+                format!("the late retry got no answer ({err})"),
+                evidence,
+            )
+        }
+    };
+    if !late.is_success() {
+        let slug = late
+            .problem_slug()
+            .map(|s| format!(" {s}"))
+            .unwrap_or_default();
+        let counted = delta(before, after, &mut evidence);
+        if counted.is_some_and(|n| n > 1) {
+            return Finding::new(
+                ID,
+                Verdict::Fail,
+                format!(
+                    "the late retry was refused ({}{slug}) but executed anyway",
+                    late.status
+                ),
+                evidence,
+            );
+        }
+        return Finding::new(
+            ID,
+            Verdict::Pass,
+            format!(
+                "a retry after the window is refused plainly ({}{slug})",
+                late.status
+            ),
+            evidence,
+        );
+    }
+    let mut tally = Tally::one();
+    tally.counted = delta(before, after, &mut evidence);
+    tally.add(ctx, &first);
+    tally.add(ctx, &late);
+    let (verdict, summary) = tally.judge(ctx, &mut evidence);
+    let summary = match verdict {
+        Verdict::Fail => format!("a retry after the retention window executed again: {summary}"),
+        Verdict::Pass if same_outcome(&first, &late) => {
+            "a retry after the window still gets the replay (the API keeps keys longer than --retention)".to_owned()
+        }
+        _ => summary,
+    };
+    Finding::new(ID, verdict, summary, evidence)
+}

@@ -1,0 +1,321 @@
+//! `idem audit` and `idem demo` as scripts and CI jobs drive them: the real
+//! binary against real sample APIs on 127.0.0.1, asserting exit codes,
+//! report formats and error messages.
+
+use idem_sample_api::{Flaw, RunningSampleApi, SampleApiOptions};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+async fn api(flaw: Flaw) -> RunningSampleApi {
+    let mut options = SampleApiOptions::new(flaw);
+    options.latency = Duration::from_millis(100);
+    idem_sample_api::start(options)
+        .await
+        .expect("sample API starts")
+}
+
+/// The flags of a quick, fully observed audit of the sample API.
+fn flags(api: &RunningSampleApi) -> Vec<String> {
+    let base = api.url();
+    [
+        "audit",
+        "--url",
+        &format!("{base}/payments"),
+        "--body",
+        r#"{"amount":2500,"currency":"eur"}"#,
+        "--header",
+        "Authorization: Bearer sk_a",
+        "--alt-header",
+        "Authorization: Bearer sk_b",
+        "--id-field",
+        "id",
+        "--count-url",
+        &format!("{base}/payments/count"),
+        "--burst",
+        "6",
+        "--rounds",
+        "2",
+        "--abandon-after",
+        "30ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Runs the binary off the async runtime (the APIs live on it).
+async fn idem(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_idem"))
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("idem runs")
+    })
+    .await
+    .expect("join")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_api_exits_0_and_writes_the_json_report_to_the_output_file() {
+    let api = api(Flaw::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.json");
+    let mut args = flags(&api);
+    args.extend(["--format", "json", "--output"].map(String::from));
+    args.push(path.display().to_string());
+    args.extend(["--volume", "10M/day"].map(String::from));
+    let out = idem(args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // The terminal still gets the readable report.
+    assert!(
+        text(&out.stdout).contains("verdict PASS"),
+        "{}",
+        text(&out.stdout)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("the file is JSON");
+    assert_eq!(report["verdict"], "pass");
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 10, "every default scenario");
+    for s in scenarios {
+        for field in [
+            "id", "verdict", "severity", "evidence", "summary", "endpoint",
+        ] {
+            assert!(!s[field].is_null(), "{field} missing in {s}");
+        }
+    }
+    assert!(report["bound"]["upper_bound_95"].as_f64().unwrap() > 0.0);
+    assert!(report["volume"]["statement"]
+        .as_str()
+        .unwrap()
+        .contains("10,000,000"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_exit_1_with_a_junit_report_that_fails_the_ci_job() {
+    let api = api(Flaw::NoIdempotency).await;
+    let mut args = flags(&api);
+    args.extend(["--format", "junit"].map(String::from));
+    let out = idem(args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let xml = text(&out.stdout);
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(xml.contains(r#"name="concurrent-burst""#), "{xml}");
+    assert!(xml.contains("<failure"), "{xml}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_indeterminate_results_exit_3() {
+    let api = api(Flaw::None).await;
+    let base = api.url();
+    let args = [
+        "audit",
+        "--url",
+        &format!("{base}/payments"),
+        "--body",
+        r#"{"amount":2500}"#,
+        "--header",
+        "Authorization: Bearer sk_a",
+        "--scenarios",
+        "sequential-replay",
+        "--format",
+        "markdown",
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = idem(args).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("INDETERMINATE"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_errors_and_an_unreachable_api_exit_2_naming_the_problem() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = listener.local_addr().unwrap();
+    drop(listener);
+    let dead_url = format!("http://{dead}/x");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--url", &dead_url], "cannot reach"),
+        (
+            vec!["--url", "https://api.example/x"],
+            "https is not supported",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/x", "--abandon-after", "10x"],
+            "--abandon-after",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/x", "--burst", "1"],
+            "--burst must be at least 2",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/x", "--scenarios", "replays"],
+            "unknown scenario `replays`",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/x", "--header", "nocolon"],
+            "'Name: value'",
+        ),
+        (
+            vec![
+                "--url",
+                "http://127.0.0.1:1/x",
+                "--header",
+                "Idempotency-Key: k",
+            ],
+            "--header",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/x", "--format", "xml"],
+            "unknown report format",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/x", "--config", "a.toml"],
+            "cannot be combined with --config",
+        ),
+        (vec![], "--url"),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec!["audit".to_owned()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = idem(args.clone()).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{args:?}: expected `{expected}` in: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_audits_several_endpoints_in_one_run() {
+    let clean = api(Flaw::None).await;
+    let leaky = api(Flaw::UnscopedKeys).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("audit.toml");
+    let endpoint = |name: &str, base: &str| {
+        format!(
+            r#"
+[[endpoint]]
+name = "{name}"
+url = "{base}/payments"
+body = '{{"amount": 100}}'
+id_field = "id"
+count_url = "{base}/payments/count"
+scenarios = ["sequential-replay", "cross-tenant"]
+"#
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "headers = [\"Authorization: Bearer sk_a\"]\nalt_headers = [\"Authorization: Bearer sk_b\"]\n{}{}",
+            endpoint("clean", &clean.url()),
+            endpoint("leaky", &leaky.url())
+        ),
+    )
+    .unwrap();
+    let args = vec![
+        "audit".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--format".to_owned(),
+        "json".to_owned(),
+    ];
+    let out = idem(args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let verdicts: Vec<(String, String, String)> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["endpoint"].as_str().unwrap().to_owned(),
+                s["id"].as_str().unwrap().to_owned(),
+                s["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("clean", "sequential-replay", "pass"),
+        ("clean", "cross-tenant", "pass"),
+        ("leaky", "sequential-replay", "pass"),
+        ("leaky", "cross-tenant", "fail"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(verdicts, expected);
+
+    // A mistake in the file names the file and the field.
+    std::fs::write(
+        &config,
+        "[[endpoint]]\nurl = \"http://127.0.0.1:1/x\"\nrounds = \"five\"\n",
+    )
+    .unwrap();
+    let out = idem(vec![
+        "audit".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("audit.toml") && stderr.contains("endpoint[0].rounds"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_finds_duplicates_without_idem_and_none_with_the_gateway() {
+    let out = idem(
+        ["demo", "--format", "json", "--rounds", "3"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let story: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(story["story_holds"], true);
+    assert_eq!(story["without_idem"]["verdict"], "fail");
+    assert_eq!(story["with_idem"]["verdict"], "pass");
+    let failed: Vec<&str> = story["without_idem"]["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["verdict"] == "fail")
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "sequential-replay",
+        "concurrent-burst",
+        "lost-response",
+        "abandoned-request",
+    ] {
+        assert!(
+            failed.contains(&id),
+            "{id} not caught without idem: {failed:?}"
+        );
+    }
+}
