@@ -87,6 +87,10 @@ pub struct SentRequest {
     /// The body as text (lossy UTF-8), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// The idempotency key sent (lossy UTF-8; `""` for an empty one), if a
+    /// key header was sent; whatever the key header is named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// What came back for one request.

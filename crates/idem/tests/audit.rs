@@ -319,3 +319,145 @@ async fn the_demo_finds_duplicates_without_idem_and_none_with_the_gateway() {
         );
     }
 }
+
+/// A gateway in front of `api` whose responses are kept for `retention`.
+async fn gateway(api: &RunningSampleApi, retention: Duration) -> idem_gateway::RunningGateway {
+    let mut settings = idem_gateway::config::Settings::default();
+    settings.idempotency.retention.retention = retention;
+    idem_gateway::start(idem_gateway::GatewayOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: api.url().parse().unwrap(),
+        store: std::sync::Arc::new(idem_store::MemoryStore::new()),
+        admin: None,
+        idempotency: settings.idempotency,
+        shutdown_grace: settings.shutdown_grace,
+        sweep_interval: settings.sweep_interval,
+        sweep_batch: settings.sweep_batch,
+    })
+    .await
+    .expect("gateway starts")
+}
+
+fn retention_audit(url: &str, count_url: &str) -> Vec<String> {
+    [
+        "audit",
+        "--url",
+        url,
+        "--body",
+        r#"{"amount":100}"#,
+        "--header",
+        "Authorization: Bearer sk_a",
+        "--count-url",
+        count_url,
+        "--scenarios",
+        "retention",
+        "--retention",
+        "1s",
+        "--format",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn scenario<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("{id} missing: {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_the_retention_window_is_told_plainly_or_caught_executing_again() {
+    let api = api(Flaw::NoIdempotency).await;
+    let count_url = format!("{}/payments/count", api.url());
+    // Behind the gateway the late retry meets the tombstone: 422 key-expired.
+    let gw = gateway(&api, Duration::from_millis(500)).await;
+    let out = idem(retention_audit(
+        &format!("http://{}/payments", gw.addr()),
+        &count_url,
+    ))
+    .await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = scenario(&report, "retention");
+    assert_eq!(s["verdict"], "pass", "{s}");
+    assert!(
+        s["summary"].as_str().unwrap().contains("key-expired"),
+        "{s}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+    // The bare API executes the late retry a second time.
+    let out = idem(retention_audit(
+        &format!("{}/payments", api.url()),
+        &count_url,
+    ))
+    .await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scenario(&report, "retention")["verdict"], "fail");
+    assert_eq!(out.status.code(), Some(1));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_cmd_counts_effects_per_tenant() {
+    let api = api(Flaw::CheckThenAct).await;
+    let base = api.url();
+    // The command reads the count the way a team would query its database;
+    // IDEM_AUDIT_TENANT says whose.
+    let cmd = format!(
+        r#"if [ "$IDEM_AUDIT_TENANT" = alternate ]; then t=sk_b; else t=sk_a; fi; curl -sf -H "Authorization: Bearer $t" {base}/payments/count | tr -dc 0-9; echo"#
+    );
+    let args = [
+        "audit",
+        "--url",
+        &format!("{base}/payments"),
+        "--body",
+        r#"{"amount":100}"#,
+        "--header",
+        "Authorization: Bearer sk_a",
+        "--alt-header",
+        "Authorization: Bearer sk_b",
+        "--check-cmd",
+        &cmd,
+        "--scenarios",
+        "sequential-replay,concurrent-burst,cross-tenant",
+        "--burst",
+        "5",
+        "--rounds",
+        "2",
+        "--format",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = idem(args).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    assert_eq!(report["endpoints"][0]["oracles"][0], "check-cmd");
+    assert_eq!(scenario(&report, "sequential-replay")["verdict"], "pass");
+    assert_eq!(scenario(&report, "concurrent-burst")["verdict"], "fail");
+    assert_eq!(scenario(&report, "cross-tenant")["verdict"], "pass");
+    assert_eq!(out.status.code(), Some(1));
+
+    // A command that prints no count is refused before anything is sent.
+    let out = idem(
+        [
+            "audit",
+            "--url",
+            &format!("{base}/payments"),
+            "--check-cmd",
+            "echo nothing here",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--check-cmd"),
+        "{}",
+        text(&out.stderr)
+    );
+}

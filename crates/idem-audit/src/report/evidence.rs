@@ -2,7 +2,7 @@
 //! so that an exchange reads the same wherever it is shown.
 
 use crate::outcome::{Answer, Evidence, Exchange, OracleReading, Seen};
-use idem_core::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use idem_core::headers::IDEMPOTENT_REPLAYED;
 
 /// Exchanges shown per scenario; the JSON report has them all.
 pub(crate) const MAX_EXCHANGES: usize = 6;
@@ -129,12 +129,8 @@ pub(crate) fn oracle_line(reading: &OracleReading) -> String {
 pub(crate) fn request_line(exchange: &Exchange) -> String {
     let request = &exchange.request;
     let mut line = format!("{} {}", one_line(&request.method), one_line(&request.url));
-    let key = request
-        .headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(IDEMPOTENCY_KEY));
-    if let Some((name, value)) = key {
-        line.push_str(&format!("  {}: {}", one_line(name), key_preview(value)));
+    if let Some(key) = &request.key {
+        line.push_str(&format!("  key: {}", key_preview(key)));
     }
     line
 }
@@ -321,6 +317,7 @@ mod tests {
                     ("Idempotency-Key".to_owned(), "k-1".to_owned()),
                 ],
                 body: None,
+                key: Some("k-1".to_owned()),
             },
             answer: Answer::Response(Seen {
                 headers: vec![("Idempotent-Replayed".to_owned(), "true".to_owned())],
@@ -328,10 +325,7 @@ mod tests {
             }),
             elapsed_ms: 3.0,
         };
-        assert_eq!(
-            request_line(&exchange),
-            "POST http://h/pay  Idempotency-Key: k-1"
-        );
+        assert_eq!(request_line(&exchange), "POST http://h/pay  key: k-1");
         assert_eq!(
             answer_line(&exchange.answer),
             "201 Created [idempotent-replayed: true] {}"

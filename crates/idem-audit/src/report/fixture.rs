@@ -35,6 +35,7 @@ fn request(key: &str) -> SentRequest {
             ("Idempotency-Key".to_owned(), key.to_owned()),
         ],
         body: Some("{\"amount\":100}".to_owned()),
+        key: Some(key.to_owned()),
     }
 }
 

@@ -333,7 +333,7 @@ mod tests {
     fn every_answer_kind_reads_as_what_happened() {
         let out = plain();
         // Each answer sits on the line under its request.
-        let first = "first: POST http://127.0.0.1:8080/payments  Idempotency-Key: 7d1c";
+        let first = "first: POST http://127.0.0.1:8080/payments  key: 7d1c";
         let at = out.find(first).expect("the first request is shown");
         let answer = out[at..].lines().nth(1).unwrap().trim_start();
         assert_eq!(

@@ -100,6 +100,11 @@ impl<'a> Ctx<'a> {
                 .collect(),
             body: (!request.body.is_empty())
                 .then(|| String::from_utf8_lossy(&request.body).into_owned()),
+            key: request
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&self.endpoint.key_header))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned()),
         }
     }
 
