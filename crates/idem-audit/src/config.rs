@@ -234,18 +234,15 @@ impl FileConfig {
     }
 }
 
-/// Parses `--url` and `--count-url`: an absolute `http://` URL.
+/// Parses `--url` and `--count-url`: an absolute `http://` or `https://` URL.
 pub fn parse_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s.trim()).map_err(|e| {
         format!("`{s}` is not an absolute URL ({e}); write it like http://127.0.0.1:8080/payments")
     })?;
     match url.scheme() {
-        "http" if url.host().is_some() => Ok(url),
-        "http" => Err(format!("`{s}` has no host")),
-        "https" => Err(format!(
-            "`{s}`: https is not supported yet (this build has no TLS); audit the API over plain HTTP, e.g. through a local TLS-terminating proxy"
-        )),
-        other => Err(format!("`{s}`: `{other}` is not http")),
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err(format!("`{s}` has no host")),
+        other => Err(format!("`{s}`: `{other}` is not http or https")),
     }
 }
 
@@ -368,9 +365,9 @@ mod tests {
         };
         let err = bad("[[endpoint]]\nurl = \"http://x/\"\nabandon_after = \"10x\"\n");
         assert!(err.starts_with("endpoint[0].abandon_after:"), "{err}");
-        let err = bad("[[endpoint]]\nurl = \"http://x/\"\n[[endpoint]]\nurl = \"https://y/\"\n");
+        let err = bad("[[endpoint]]\nurl = \"http://x/\"\n[[endpoint]]\nurl = \"ftp://y/\"\n");
         assert!(
-            err.starts_with("endpoint[1].url:") && err.contains("https"),
+            err.starts_with("endpoint[1].url:") && err.contains("ftp"),
             "{err}"
         );
         let err = bad("[[endpoint]]\nurl = \"http://x/\"\nheaders = [\"nocolon\"]\n");

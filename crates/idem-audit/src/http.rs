@@ -7,10 +7,14 @@
 //! sends (including keys no header type would accept); responses are parsed
 //! with `httparse`.
 
+use crate::tls::Tls;
 use bytes::{Buf, Bytes, BytesMut};
 use http::Method;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use url::Url;
@@ -108,6 +112,14 @@ impl Response {
 /// Why no response was read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum HttpError {
+    /// The TLS handshake failed.
+    #[error("TLS with {host} failed: {reason}")]
+    Tls {
+        /// The server name.
+        host: String,
+        /// Why (an unknown issuer names --cacert and --insecure).
+        reason: String,
+    },
     /// The TCP connection could not be made.
     #[error("cannot connect to {addr}: {reason}")]
     Connect {
@@ -130,16 +142,93 @@ pub(crate) enum HttpError {
     Malformed(String),
 }
 
-/// Timeouts for every exchange.
-#[derive(Debug, Clone, Copy)]
+/// One connection: plain TCP, or TLS over it for `https://`.
+pub(crate) enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(tcp) => tcp,
+            Conn::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Timeouts and TLS settings for every exchange.
+#[derive(Clone)]
 pub(crate) struct Client {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    pub tls: Tls,
 }
 
 impl Client {
-    /// Opens a connection to the URL's host and port.
-    pub async fn connect(&self, url: &Url) -> Result<TcpStream, HttpError> {
+    /// Opens a connection to the URL's host and port, with a TLS
+    /// handshake for `https://`.
+    pub async fn connect(&self, url: &Url) -> Result<Conn, HttpError> {
+        let tcp = self.connect_tcp(url).await?;
+        if url.scheme() != "https" {
+            return Ok(Conn::Plain(tcp));
+        }
+        let host = url.host_str().unwrap_or("localhost");
+        let handshake = self.tls.connect(host, tcp);
+        let tls = tokio::time::timeout(self.connect_timeout, handshake)
+            .await
+            .map_err(|_| HttpError::Tls {
+                host: host.to_owned(),
+                reason: format!("no TLS handshake within {:?}", self.connect_timeout),
+            })?
+            .map_err(|reason| HttpError::Tls {
+                host: host.to_owned(),
+                reason,
+            })?;
+        Ok(Conn::Tls(Box::new(tls)))
+    }
+
+    async fn connect_tcp(&self, url: &Url) -> Result<TcpStream, HttpError> {
         let host = url.host_str().unwrap_or("localhost");
         let port = url.port_or_known_default().unwrap_or(80);
         let addr = format!("{host}:{port}");
@@ -240,7 +329,7 @@ impl Client {
         &self,
         requests: &[Request],
     ) -> (Vec<(Result<Response, HttpError>, Duration)>, Duration) {
-        let mut held: Vec<Result<(TcpStream, u8), HttpError>> = Vec::with_capacity(requests.len());
+        let mut held: Vec<Result<(Conn, u8), HttpError>> = Vec::with_capacity(requests.len());
         for request in requests {
             let prepared = async {
                 let mut stream = self.connect(&request.url).await?;
@@ -258,10 +347,7 @@ impl Client {
         let mut streams = Vec::with_capacity(held.len());
         for prepared in held {
             streams.push(match prepared {
-                Ok((mut stream, last)) => match stream.write_all(&[last]).await {
-                    Ok(()) => Ok(stream),
-                    Err(e) => Err(HttpError::Io(e.to_string())),
-                },
+                Ok((mut stream, last)) => write_all(&mut stream, &[last]).await.map(|()| stream),
                 Err(e) => Err(e),
             });
         }
@@ -281,34 +367,35 @@ impl Client {
         (futures_util::future::join_all(reads).await, release)
     }
 
-    async fn read(&self, stream: &mut TcpStream, method: &Method) -> Result<Response, HttpError> {
+    async fn read(&self, stream: &mut Conn, method: &Method) -> Result<Response, HttpError> {
         tokio::time::timeout(self.response_timeout, read_response(stream, method))
             .await
             .map_err(|_| HttpError::Timeout(self.response_timeout))?
     }
 }
 
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), HttpError> {
-    stream
-        .write_all(bytes)
-        .await
-        .map_err(|e| HttpError::Io(e.to_string()))
+async fn write_all(stream: &mut Conn, bytes: &[u8]) -> Result<(), HttpError> {
+    // The flush matters for TLS: the bytes must be on the wire now (a
+    // burst's held-back byte is released later, on its own).
+    async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    }
+    .await
+    .map_err(|e| HttpError::Io(e.to_string()))
 }
 
 /// Closes with a TCP reset, as a middlebox that lost the answer would.
-fn reset(stream: TcpStream) {
+fn reset(stream: Conn) {
     // SO_LINGER 0: close sends RST instead of FIN. If the option cannot be
     // set, a plain close is the next best thing.
-    if let Ok(std) = stream.into_std() {
-        let socket = socket2::SockRef::from(&std);
-        let _ = socket.set_linger(Some(Duration::ZERO));
-        drop(std);
-    }
+    let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
+    drop(stream);
 }
 
 /// Reads one response: the head, then a body framed by `Content-Length`,
 /// chunked encoding, or the end of the connection.
-async fn read_response(stream: &mut TcpStream, method: &Method) -> Result<Response, HttpError> {
+async fn read_response(stream: &mut Conn, method: &Method) -> Result<Response, HttpError> {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         let (status, headers, head_len) = loop {
@@ -401,7 +488,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, HttpError> {
+async fn read_more(stream: &mut Conn, buf: &mut BytesMut) -> Result<usize, HttpError> {
     buf.reserve(8 * 1024);
     match stream.read_buf(buf).await {
         Ok(n) => Ok(n),
@@ -412,7 +499,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, 
     }
 }
 
-async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, HttpError> {
+async fn read_chunked(stream: &mut Conn, buf: &mut BytesMut) -> Result<Bytes, HttpError> {
     let mut body = BytesMut::new();
     loop {
         let line = read_line(stream, buf).await?;
@@ -439,7 +526,7 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Byte
     }
 }
 
-async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String, HttpError> {
+async fn read_line(stream: &mut Conn, buf: &mut BytesMut) -> Result<String, HttpError> {
     loop {
         if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -482,6 +569,7 @@ mod tests {
         Client {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
+            tls: Tls::new(&Default::default()).unwrap(),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod outcome;
 mod plan;
 pub mod report;
 pub mod scenario;
+mod tls;
 
 pub use config::{ConfigError, FileConfig};
 pub use oracle::OracleError;
@@ -40,6 +41,7 @@ pub use outcome::{
 };
 pub use plan::{AuditOptions, CountField, Endpoint, FieldPath, FieldPathError};
 pub use scenario::ScenarioId;
+pub use tls::TlsSettings;
 
 use oracle::Tenant;
 use scenario::Ctx;
@@ -74,6 +76,9 @@ pub enum AuditError {
         #[source]
         source: OracleError,
     },
+    /// The TLS settings cannot be used (a `--cacert` file, say).
+    #[error("{0}")]
+    Tls(String),
     /// No endpoint to audit.
     #[error("nothing to audit: give --url or a --config with at least one [[endpoint]]")]
     NoEndpoint,
@@ -115,14 +120,16 @@ pub async fn audit(
             message,
         })?;
     }
+    let tls = tls::Tls::new(&options.tls).map_err(AuditError::Tls)?;
     let mut scenarios = Vec::new();
     let mut endpoints = Vec::new();
     for endpoint in &options.endpoints {
         let client = http::Client {
             connect_timeout: Duration::from_secs(5).min(endpoint.timeout),
             response_timeout: endpoint.timeout,
+            tls: tls.clone(),
         };
-        preflight(endpoint, client).await?;
+        preflight(endpoint, client.clone()).await?;
         let ctx = Ctx::new(endpoint, client, options.show_secrets);
         endpoints.push(EndpointSummary {
             name: endpoint.label(),
@@ -155,8 +162,9 @@ pub async fn audit(
     })
 }
 
-/// Before any side effect: the API accepts connections and every counting
-/// oracle can be read, for each tenant that will be used.
+/// Before any side effect: the API accepts connections (and completes a
+/// TLS handshake, for https) and every counting oracle can be read, for
+/// each tenant that will be used.
 async fn preflight(endpoint: &Endpoint, client: http::Client) -> Result<(), AuditError> {
     client
         .connect(&endpoint.url)

@@ -166,9 +166,9 @@ impl Endpoint {
             return Err("scenarios: no scenario selected".into());
         }
         for url in std::iter::once(&self.url).chain(self.count_url.as_ref()) {
-            if url.scheme() != "http" {
+            if !matches!(url.scheme(), "http" | "https") {
                 return Err(format!(
-                    "`{url}`: only http:// URLs are supported (this build has no TLS); put the API on plain HTTP, or audit it through a local TLS-terminating proxy"
+                    "`{url}`: only http:// and https:// URLs can be audited"
                 ));
             }
         }
@@ -197,6 +197,8 @@ pub struct AuditOptions {
     pub ambiguous_rate: Rate,
     /// Keep credentials in reports (default: redacted).
     pub show_secrets: bool,
+    /// How `https://` targets are verified.
+    pub tls: crate::TlsSettings,
 }
 
 impl AuditOptions {
@@ -207,6 +209,7 @@ impl AuditOptions {
             volume: None,
             ambiguous_rate: Rate::new(0.001).unwrap_or_else(|| unreachable!("0.1% is a rate")),
             show_secrets: false,
+            tls: crate::TlsSettings::default(),
         }
     }
 }
@@ -304,8 +307,11 @@ mod tests {
         assert!(e.validate().unwrap_err().starts_with("burst"));
         let e = Endpoint::new(url.clone()).with_header("idempotency-key", "k");
         assert!(e.validate().unwrap_err().starts_with("header:"));
-        let e = Endpoint::new("https://api.example/x".parse().unwrap());
-        assert!(e.validate().unwrap_err().contains("only http://"));
+        let e = Endpoint::new("ftp://api.example/x".parse().unwrap());
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .contains("only http:// and https://"));
         assert!(Endpoint::new(url).validate().is_ok());
     }
 }

@@ -9,7 +9,7 @@ use idem_audit::config::{
 use idem_audit::report::{ReportFormat, Style};
 use idem_audit::{
     AuditOptions, AuditReport, CountField, Endpoint, FieldPath, FileConfig, Progress, ScenarioId,
-    ScenarioResult, Verdict,
+    ScenarioResult, TlsSettings, Verdict,
 };
 use idem_math::{Rate, Volume};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -22,8 +22,9 @@ use url::Url;
 /// Flags of `idem audit`.
 #[derive(Args)]
 pub struct AuditArgs {
-    /// The operation to attack, e.g. http://127.0.0.1:8080/payments. Use
-    /// a test or staging environment: every scenario creates real effects.
+    /// The operation to attack, e.g. http://127.0.0.1:8080/payments or
+    /// https://staging.example.com/v1/charges. Use a test or staging
+    /// environment: every scenario creates real effects.
     #[arg(long, value_name = "URL", value_parser = parse_url, required_unless_present = "config")]
     url: Option<Url>,
     /// Its method.
@@ -111,6 +112,14 @@ pub struct AuditArgs {
     /// curl lines instead of redacting them.
     #[arg(long)]
     show_secrets: bool,
+    /// A PEM file of CA certificates to trust for https:// targets,
+    /// besides the usual public roots; repeat for more.
+    #[arg(long, value_name = "FILE")]
+    cacert: Vec<PathBuf>,
+    /// Accept any certificate from https:// targets (a staging host with a
+    /// self-signed certificate). The traffic is still encrypted.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// `--scenarios`, one value holding a list (clap would read a `Vec` as a
@@ -171,8 +180,10 @@ impl AuditArgs {
                 options.ambiguous_rate = r;
             }
             options.show_secrets = self.show_secrets;
+            options.tls = self.tls();
             return Ok(options);
         }
+        let tls = self.tls();
         let url = self
             .url
             .context("--url is required (or --config with [[endpoint]]s)")?;
@@ -220,7 +231,18 @@ impl AuditArgs {
             options.ambiguous_rate = r;
         }
         options.show_secrets = self.show_secrets;
+        options.tls = tls;
         Ok(options)
+    }
+
+    fn tls(&self) -> TlsSettings {
+        if self.insecure {
+            tracing::warn!("--insecure: certificates of https:// targets are not verified");
+        }
+        TlsSettings {
+            ca_certs: self.cacert.clone(),
+            insecure: self.insecure,
+        }
     }
 }
 

@@ -152,8 +152,8 @@ async fn usage_errors_and_an_unreachable_api_exit_2_naming_the_problem() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--url", &dead_url], "cannot reach"),
         (
-            vec!["--url", "https://api.example/x"],
-            "https is not supported",
+            vec!["--url", "ftp://api.example/x"],
+            "not http or https",
         ),
         (
             vec!["--url", "http://127.0.0.1:1/x", "--abandon-after", "10x"],

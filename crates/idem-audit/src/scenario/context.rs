@@ -38,8 +38,8 @@ impl<'a> Ctx<'a> {
     pub fn new(endpoint: &'a Endpoint, client: Client, show_secrets: bool) -> Self {
         Ctx {
             endpoint,
+            oracles: Oracles::new(endpoint, client.clone()),
             client,
-            oracles: Oracles::new(endpoint, client),
             show_secrets,
         }
     }
