@@ -324,6 +324,13 @@ async fn the_demo_finds_duplicates_without_idem_and_none_with_the_gateway() {
 async fn gateway(api: &RunningSampleApi, retention: Duration) -> idem_gateway::RunningGateway {
     let mut settings = idem_gateway::config::Settings::default();
     settings.idempotency.retention.retention = retention;
+    gateway_with(api, settings).await
+}
+
+async fn gateway_with(
+    api: &RunningSampleApi,
+    settings: idem_gateway::config::Settings,
+) -> idem_gateway::RunningGateway {
     idem_gateway::start(idem_gateway::GatewayOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: api.url().parse().unwrap(),
@@ -460,4 +467,47 @@ async fn a_check_cmd_counts_effects_per_tenant() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_travel_in_the_header_the_api_reads() {
+    let api = api(Flaw::NoIdempotency).await;
+    let mut settings = idem_gateway::config::Settings::default();
+    settings.idempotency.key_header = http::HeaderName::from_static("x-request-key");
+    let gw = gateway_with(&api, settings).await;
+    let base = format!("http://{}", gw.addr());
+    let audit = |key_header: Option<&str>| {
+        let mut args = [
+            "audit",
+            "--url",
+            &format!("{base}/payments"),
+            "--body",
+            r#"{"amount":100}"#,
+            "--header",
+            "Authorization: Bearer sk_a",
+            "--id-field",
+            "id",
+            "--scenarios",
+            "sequential-replay",
+            "--format",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(name) = key_header {
+            args.extend(["--key-header".to_owned(), name.to_owned()]);
+        }
+        idem(args)
+    };
+    // The gateway reads X-Request-Key: with it, replays are replays.
+    let out = audit(Some("X-Request-Key")).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = scenario(&report, "sequential-replay");
+    assert_eq!(s["verdict"], "pass", "{s}");
+    assert_eq!(s["evidence"]["exchanges"][0]["request"]["key"].as_str().map(|k| k.starts_with("idem-audit-")), Some(true));
+    // Sent as Idempotency-Key, the key is invisible to it: every retry executes.
+    let out = audit(None).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scenario(&report, "sequential-replay")["verdict"], "fail");
+    gw.shutdown().await;
 }

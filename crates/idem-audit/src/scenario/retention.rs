@@ -20,6 +20,11 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut evidence = Evidence::default();
     let key = ctx.fresh_key();
     let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
+    evidence.curl.push(format!(
+        "{0}; sleep {1}; {0}",
+        ctx.curl(&request),
+        (window + Duration::from_secs(1)).as_secs()
+    ));
     let before = ctx.count(Tenant::Primary, &mut evidence).await;
     let first = ctx.send_until_final("first", &request, &mut evidence).await;
     let first = match first {
