@@ -34,7 +34,7 @@ pub(crate) fn bound(results: &[ScenarioResult]) -> Bound {
             upper_bound_95: None,
             rule_of_three: None,
             statement: format!(
-                "{failed} of {trials} raced trials (burst rounds, lost and abandoned requests) executed twice: about {} of retried deliveries duplicate.",
+                "{failed} of {trials} raced trials (burst rounds, lost and abandoned requests) executed more than once: about {} of retried deliveries duplicate.",
                 percent(observed)
             ),
         };
@@ -42,7 +42,7 @@ pub(crate) fn bound(results: &[ScenarioResult]) -> Bound {
     let exact = formula::upper_bound_95(trials);
     let three = formula::rule_of_three(trials);
     let caveat = if inconclusive {
-        " Some raced scenarios were indeterminate: the bound holds only for the trials the oracle could see."
+        " Trials the oracle could not judge (indeterminate) are left out of N."
     } else {
         ""
     };
@@ -109,7 +109,8 @@ pub(crate) fn percent(fraction: f64) -> String {
         let s = format!("{p:.1}");
         format!("{}%", s.strip_suffix(".0").unwrap_or(&s))
     } else if p >= 0.1 {
-        format!("{p:.2}%")
+        let s = format!("{p:.2}");
+        format!("{}%", s.trim_end_matches('0').trim_end_matches('.'))
     } else {
         format!("{p:.2e}%")
     }

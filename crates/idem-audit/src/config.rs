@@ -151,7 +151,9 @@ impl FileConfig {
                         at("body_file")
                     ))
                 }
-                (Some(b), None) => Bytes::from(b.clone()),
+                (Some(b), None) => {
+                    file_or_text(b, base).map_err(|m| format!("{}: {m}", at("body")))?
+                }
                 (None, Some(file)) => {
                     let path = base.join(file);
                     Bytes::from(std::fs::read(&path).map_err(|err| {
@@ -190,8 +192,21 @@ impl FileConfig {
                     .map_err(|m| format!("{}: {m}", at("count_field")))?;
             }
             e.check_cmd = raw.check_cmd;
-            e.changed_body = raw.changed_body.map(Bytes::from);
-            e.error_body = raw.error_body.map(Bytes::from);
+            if let Some(b) = &raw.changed_body {
+                e.changed_body = Some(
+                    file_or_text(b, base).map_err(|m| format!("{}: {m}", at("changed_body")))?,
+                );
+            }
+            if let Some(b) = &raw.error_body {
+                e.error_body =
+                    Some(file_or_text(b, base).map_err(|m| format!("{}: {m}", at("error_body")))?);
+            }
+            if raw.count_field.is_some() && raw.count_url.is_none() {
+                return Err(format!(
+                    "{}: needs count_url (the count is read from there)",
+                    at("count_field")
+                ));
+            }
             if let Some(list) = &raw.scenarios {
                 e.scenarios = parse_scenarios(&list.join(","))
                     .map_err(|m| format!("{}: {m}", at("scenarios")))?;
@@ -218,7 +233,7 @@ impl FileConfig {
             if let Some(b) = raw.require_key {
                 e.require_key = b;
             }
-            e.validate().map_err(|m| format!("endpoint[{i}]: {m}"))?;
+            e.validate().map_err(|m| format!("endpoint[{i}].{m}"))?;
             endpoints.push(e);
         }
         let mut options = AuditOptions::new(endpoints);
@@ -231,6 +246,20 @@ impl FileConfig {
                 .map_err(|m| format!("ambiguous_rate: {m}"))?;
         }
         Ok(options)
+    }
+}
+
+/// A body setting in the file: the text itself, or `@FILE` relative to the
+/// configuration file.
+fn file_or_text(value: &str, base: &Path) -> Result<Bytes, String> {
+    match value.strip_prefix('@') {
+        Some(file) => {
+            let path = base.join(file);
+            std::fs::read(&path)
+                .map(Bytes::from)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+        None => Ok(Bytes::copy_from_slice(value.as_bytes())),
     }
 }
 
@@ -329,6 +358,7 @@ mod tests {
             [[endpoint]]
             url = "http://127.0.0.1:1/refunds"
             body_file = "refund.json"
+            error_body = "@refund.json"
             headers = ["X-Extra: 1"]
             scenarios = ["concurrent-burst", "sequential-replay"]
             "#,
@@ -343,6 +373,7 @@ mod tests {
         assert_eq!(pay.abandon_after, Duration::from_millis(50));
         assert_eq!(refund.headers.len(), 2);
         assert_eq!(&refund.body[..], br#"{"amount": 5}"#);
+        assert_eq!(refund.error_body.as_deref(), Some(&br#"{"amount": 5}"#[..]));
         assert_eq!(
             refund.scenarios,
             [ScenarioId::SequentialReplay, ScenarioId::ConcurrentBurst]
@@ -376,6 +407,16 @@ mod tests {
         assert!(err.starts_with("endpoint[0].scenarios:"), "{err}");
         let err = bad("");
         assert!(err.contains("no [[endpoint]]"), "{err}");
+        let err = bad("[[endpoint]]\nurl = \"http://x/\"\ncount_field = \"n\"\n");
+        assert!(
+            err.starts_with("endpoint[0].count_field: needs count_url"),
+            "{err}"
+        );
+        let err = bad("[[endpoint]]\nurl = \"http://x/\"\nburst = 1\n");
+        assert!(
+            err.starts_with("endpoint[0].burst: must be at least 2"),
+            "{err}"
+        );
         let err = bad("[[endpoint]]\nname = \"x\"\n");
         assert!(err.starts_with("endpoint[0].url: required"), "{err}");
     }

@@ -39,7 +39,7 @@ pub use outcome::{
     Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioResult,
     Seen, SentRequest, Severity, Verdict, VolumeOutlook,
 };
-pub use plan::{AuditOptions, CountField, Endpoint, FieldPath, FieldPathError};
+pub use plan::{AuditOptions, CountField, Endpoint, FieldPath, FieldPathError, InvalidEndpoint};
 pub use scenario::ScenarioId;
 pub use tls::TlsSettings;
 
@@ -52,12 +52,12 @@ use tokio::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The endpoint's settings do not fit together.
-    #[error("{endpoint}: {message}")]
+    #[error("{endpoint}: {problem}")]
     Invalid {
         /// The endpoint's name.
         endpoint: String,
         /// What is wrong, naming the setting.
-        message: String,
+        problem: InvalidEndpoint,
     },
     /// The target cannot be reached.
     #[error("{endpoint}: cannot reach the API: {reason}")]
@@ -68,13 +68,12 @@ pub enum AuditError {
         reason: String,
     },
     /// A counting oracle cannot be read before anything was sent.
-    #[error("{endpoint}: {source}")]
+    #[error("{endpoint}: {error}")]
     Oracle {
         /// The endpoint's name.
         endpoint: String,
-        /// What failed.
-        #[source]
-        source: OracleError,
+        /// What failed (shown in the message, so not also a `source`).
+        error: OracleError,
     },
     /// The TLS settings cannot be used (a `--cacert` file, say).
     #[error("{0}")]
@@ -115,21 +114,26 @@ pub async fn audit(
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let started = Instant::now();
     for endpoint in &options.endpoints {
-        endpoint.validate().map_err(|message| AuditError::Invalid {
+        endpoint.validate().map_err(|problem| AuditError::Invalid {
             endpoint: endpoint.label(),
-            message,
+            problem,
         })?;
     }
     let tls = tls::Tls::new(&options.tls).map_err(AuditError::Tls)?;
+    let client_for = |endpoint: &Endpoint| http::Client {
+        connect_timeout: Duration::from_secs(5).min(endpoint.timeout),
+        response_timeout: endpoint.timeout,
+        tls: tls.clone(),
+    };
+    // Every endpoint is checked before any of them gets a request with an
+    // effect: a bad last endpoint must not cost the first one's effects.
+    for endpoint in &options.endpoints {
+        preflight(endpoint, client_for(endpoint)).await?;
+    }
     let mut scenarios = Vec::new();
     let mut endpoints = Vec::new();
     for endpoint in &options.endpoints {
-        let client = http::Client {
-            connect_timeout: Duration::from_secs(5).min(endpoint.timeout),
-            response_timeout: endpoint.timeout,
-            tls: tls.clone(),
-        };
-        preflight(endpoint, client.clone()).await?;
+        let client = client_for(endpoint);
         let ctx = Ctx::new(endpoint, client, options.show_secrets);
         endpoints.push(EndpointSummary {
             name: endpoint.label(),
@@ -182,9 +186,9 @@ async fn preflight(endpoint: &Endpoint, client: http::Client) -> Result<(), Audi
         oracles
             .count(tenant)
             .await
-            .map_err(|source| AuditError::Oracle {
+            .map_err(|error| AuditError::Oracle {
                 endpoint: endpoint.label(),
-                source,
+                error,
             })?;
     }
     Ok(())

@@ -49,6 +49,26 @@ pub enum OracleError {
     },
 }
 
+/// One reading of every counting oracle, in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Counts(Vec<u64>);
+
+impl Counts {
+    /// The effects between two readings: the largest change any oracle
+    /// saw (a duplicate seen by either is a duplicate). `Err` names a count
+    /// that went down, which something else must have changed.
+    pub fn since(&self, before: &Counts) -> Result<u64, String> {
+        let mut effects = 0;
+        for (b, a) in before.0.iter().zip(&self.0) {
+            if a < b {
+                return Err(format!("{b} → {a}"));
+            }
+            effects = effects.max(a - b);
+        }
+        Ok(effects)
+    }
+}
+
 /// Longest a `--check-cmd` may run.
 const CHECK_CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -73,19 +93,17 @@ impl<'a> Oracles<'a> {
         }
     }
 
-    /// The count for a tenant: `None` without a counting oracle. With both
-    /// oracles, the larger count (each is read before and after, so the
-    /// larger delta wins: a duplicate seen by either is a duplicate).
-    pub async fn count(&self, tenant: Tenant) -> Result<Option<u64>, OracleError> {
-        let mut count = None;
+    /// The counts for a tenant: `None` without a counting oracle, else one
+    /// per oracle (`--count-url`, then `--check-cmd`).
+    pub async fn count(&self, tenant: Tenant) -> Result<Option<Counts>, OracleError> {
+        let mut counts = Vec::new();
         if let Some(url) = &self.endpoint.count_url {
-            count = Some(self.read_url(url, tenant).await?);
+            counts.push(self.read_url(url, tenant).await?);
         }
         if let Some(cmd) = &self.endpoint.check_cmd {
-            let n = self.run_cmd(cmd, tenant).await?;
-            count = Some(count.map_or(n, |c: u64| c.max(n)));
+            counts.push(self.run_cmd(cmd, tenant).await?);
         }
-        Ok(count)
+        Ok((!counts.is_empty()).then_some(Counts(counts)))
     }
 
     async fn read_url(&self, url: &url::Url, tenant: Tenant) -> Result<u64, OracleError> {
@@ -179,6 +197,14 @@ fn last_count(stdout: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_change_of_any_oracle_counts() {
+        let before = Counts(vec![10, 3]);
+        assert_eq!(Counts(vec![11, 5]).since(&before), Ok(2));
+        assert_eq!(Counts(vec![12, 3]).since(&before), Ok(2));
+        assert!(Counts(vec![9, 9]).since(&before).is_err());
+    }
 
     #[test]
     fn the_last_number_printed_is_the_count() {

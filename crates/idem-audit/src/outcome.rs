@@ -183,7 +183,7 @@ pub struct Exchange {
 /// What one oracle saw around a scenario (or one round of it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OracleReading {
-    /// `count-url`, `check-cmd`, `id-field` or `body`.
+    /// `count-url`, `check-cmd`, `count-url+check-cmd`, `id-field` or `body`.
     pub oracle: String,
     /// What it saw, in words.
     pub saw: String,
@@ -196,7 +196,8 @@ pub struct OracleReading {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Evidence {
     /// The requests and answers that matter for the verdict (for bursts,
-    /// the rounds that failed and a sample of the others).
+    /// every request of the first failed round, or of the first
+    /// indeterminate one; every round's statuses are in the notes).
     pub exchanges: Vec<Exchange>,
     /// What the oracles saw.
     pub oracle: Vec<OracleReading>,
@@ -256,7 +257,7 @@ pub struct Bound {
 /// What the observed (or bounded) rate means at `--volume`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VolumeOutlook {
-    /// The volume as given, e.g. `10M/day`.
+    /// The volume, normalised: `10000000/day` for `10M/day`.
     pub volume: String,
     /// Requests a day.
     pub requests_per_day: f64,
@@ -312,25 +313,30 @@ pub struct AuditReport {
 }
 
 impl AuditReport {
-    /// The verdict over results: any fail, else any indeterminate, else pass.
+    /// The verdict over results: any fail, else any indeterminate, else
+    /// pass, except that a run where every scenario was skipped checked
+    /// nothing and says so (`skipped`), rather than pass.
     pub fn overall(results: &[ScenarioResult]) -> Verdict {
         if results.iter().any(|r| r.verdict == Verdict::Fail) {
             Verdict::Fail
         } else if results.iter().any(|r| r.verdict == Verdict::Indeterminate) {
             Verdict::Indeterminate
+        } else if results.iter().all(|r| r.verdict == Verdict::Skipped) {
+            Verdict::Skipped
         } else {
             Verdict::Pass
         }
     }
 
-    /// The process exit code the report stands for: 0 all pass, 1 any
-    /// failure, 3 only indeterminate results (2 is for usage errors and an
-    /// unreachable target, which never produce a report).
+    /// The process exit code the report stands for: 0 pass, 1 any failure,
+    /// 3 nothing failed but something could not be established (only
+    /// indeterminate results, or every scenario skipped). 2 is for usage
+    /// errors and an unreachable target, which never produce a report.
     pub fn exit_code(&self) -> u8 {
         match self.verdict {
-            Verdict::Pass | Verdict::Skipped => 0,
+            Verdict::Pass => 0,
             Verdict::Fail => 1,
-            Verdict::Indeterminate => 3,
+            Verdict::Indeterminate | Verdict::Skipped => 3,
         }
     }
 

@@ -151,38 +151,142 @@ impl Endpoint {
         names
     }
 
-    /// Checks what single flags cannot: the values fit together.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what single flags cannot: the values fit together, and at
+    /// least one selected scenario has what it needs to run.
+    pub fn validate(&self) -> Result<(), InvalidEndpoint> {
+        let invalid =
+            |field: &'static str, message: String| Err(InvalidEndpoint { field, message });
         if self.burst < 2 {
-            return Err("burst must be at least 2: a burst of one request races nothing".into());
+            return invalid(
+                "burst",
+                "must be at least 2: a burst of one request races nothing".into(),
+            );
         }
         if self.rounds == 0 {
-            return Err("rounds must be at least 1".into());
+            return invalid("rounds", "must be at least 1".into());
         }
         if self.abandon_after.is_zero() {
-            return Err("abandon-after must be above 0".into());
+            return invalid("abandon_after", "must be above 0".into());
         }
         if self.scenarios.is_empty() {
-            return Err("scenarios: no scenario selected".into());
+            return invalid("scenarios", "no scenario selected".into());
         }
-        for url in std::iter::once(&self.url).chain(self.count_url.as_ref()) {
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(format!(
-                    "`{url}`: only http:// and https:// URLs can be audited"
-                ));
+        for (field, url) in [
+            ("url", Some(&self.url)),
+            ("count_url", self.count_url.as_ref()),
+        ] {
+            if let Some(url) = url {
+                if !matches!(url.scheme(), "http" | "https") {
+                    return invalid(
+                        field,
+                        format!("`{url}`: only http:// and https:// URLs can be audited"),
+                    );
+                }
             }
         }
-        let key = self.key_header.to_ascii_lowercase();
-        for (flag, headers) in [("header", &self.headers), ("alt-header", &self.alt_headers)] {
-            if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&key)) {
-                return Err(format!(
-                    "{flag}: `{}` is the key header; the auditor chooses every key itself",
-                    self.key_header
-                ));
+        for (field, headers) in [("header", &self.headers), ("alt_header", &self.alt_headers)] {
+            if headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(&self.key_header))
+            {
+                return invalid(
+                    field,
+                    format!(
+                        "`{}` is the key header; the auditor chooses every key itself",
+                        self.key_header
+                    ),
+                );
             }
+        }
+        let missing: Vec<String> = self
+            .scenarios
+            .iter()
+            .filter_map(|id| {
+                self.missing_for(*id)
+                    .map(|need| format!("{id} needs {need}"))
+            })
+            .collect();
+        if missing.len() == self.scenarios.len() {
+            return invalid(
+                "scenarios",
+                format!("nothing would run: {}", missing.join("; ")),
+            );
         }
         Ok(())
     }
+
+    /// What a scenario lacks to run, if anything (it is then skipped).
+    pub(crate) fn missing_for(&self, id: ScenarioId) -> Option<&'static str> {
+        match id {
+            ScenarioId::CrossTenant if self.alt_headers.is_empty() => Some("@alt_header@"),
+            ScenarioId::ErrorReplay if self.error_body.is_none() => Some("@error_body@"),
+            ScenarioId::Retention if self.retention.is_none() => Some("@retention@"),
+            ScenarioId::PayloadMismatch
+                if self.changed_body.is_none()
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(&self.body).is_err() =>
+            {
+                Some("@changed_body@ (the body is not JSON, so it cannot be changed automatically)")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An endpoint whose settings do not fit together. Settings are named as
+/// in the configuration file (`abandon_after`); [`InvalidEndpoint::as_flag`]
+/// spells them as command-line flags (`--abandon-after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEndpoint {
+    /// The setting at fault.
+    pub field: &'static str,
+    /// What is wrong, with other settings marked `@name@`.
+    message: String,
+}
+
+impl InvalidEndpoint {
+    /// What is wrong, settings named as in the configuration file.
+    pub fn message(&self) -> String {
+        spell(&self.message, |name| name.to_owned())
+    }
+
+    /// The whole error with settings spelled as flags:
+    /// `--burst: must be at least 2: …`.
+    pub fn as_flag(&self) -> String {
+        let flag = |name: &str| format!("--{}", name.replace('_', "-"));
+        format!("{}: {}", flag(self.field), spell(&self.message, flag))
+    }
+}
+
+impl std::fmt::Display for InvalidEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message())
+    }
+}
+
+impl std::error::Error for InvalidEndpoint {}
+
+/// Replaces each `@name@` in `text` by `spelling(name)`.
+fn spell(text: &str, spelling: impl Fn(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut parts = text.split('@');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let rest: Vec<&str> = parts.collect();
+    for pair in rest.chunks(2) {
+        match pair {
+            [name, after] => {
+                out.push_str(&spelling(name));
+                out.push_str(after);
+            }
+            [tail] => {
+                out.push('@');
+                out.push_str(tail);
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A run: the endpoints and what the report extrapolates to.
@@ -304,14 +408,36 @@ mod tests {
         let url: Url = "http://127.0.0.1:1/x".parse().unwrap();
         let mut e = Endpoint::new(url.clone());
         e.burst = 1;
-        assert!(e.validate().unwrap_err().starts_with("burst"));
+        let err = e.validate().unwrap_err();
+        assert_eq!(err.field, "burst");
+        assert!(
+            err.as_flag().starts_with("--burst: must be at least 2"),
+            "{}",
+            err.as_flag()
+        );
         let e = Endpoint::new(url.clone()).with_header("idempotency-key", "k");
-        assert!(e.validate().unwrap_err().starts_with("header:"));
+        assert_eq!(e.validate().unwrap_err().field, "header");
         let e = Endpoint::new("ftp://api.example/x".parse().unwrap());
         assert!(e
             .validate()
             .unwrap_err()
+            .message()
             .contains("only http:// and https://"));
-        assert!(Endpoint::new(url).validate().is_ok());
+        assert!(Endpoint::new(url.clone()).validate().is_ok());
+        // Every selected scenario lacks its setting: refused before anything is sent.
+        let mut e = Endpoint::new(url);
+        e.scenarios = vec![ScenarioId::CrossTenant, ScenarioId::ErrorReplay];
+        let err = e.validate().unwrap_err();
+        assert_eq!(err.field, "scenarios");
+        assert!(
+            err.to_string().contains("cross-tenant needs alt_header"),
+            "{err}"
+        );
+        assert!(
+            err.as_flag()
+                .contains("cross-tenant needs --alt-header; error-replay needs --error-body"),
+            "{}",
+            err.as_flag()
+        );
     }
 }

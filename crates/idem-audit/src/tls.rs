@@ -19,7 +19,7 @@ pub struct TlsSettings {
     /// PEM files of CA certificates trusted besides Mozilla's roots.
     pub ca_certs: Vec<PathBuf>,
     /// Accept any certificate (the handshake's signatures are still
-    /// checked). Reports say so.
+    /// checked). The command line warns on stderr.
     pub insecure: bool,
 }
 

@@ -224,7 +224,7 @@ impl AuditArgs {
             e.retry_deadline = d;
         }
         // Flags are named as the user typed them.
-        e.validate().map_err(|m| anyhow::anyhow!("--{m}"))?;
+        e.validate().map_err(|m| anyhow::anyhow!(m.as_flag()))?;
         let mut options = AuditOptions::new(vec![e]);
         options.volume = self.volume;
         if let Some(r) = self.ambiguous_rate {

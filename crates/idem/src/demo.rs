@@ -174,7 +174,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     gateway.shutdown().await;
     api.shutdown().await;
 
-    let holds = without.count(Verdict::Fail) > 0
+    // The story: the bare API's bug is found (a correct API has none to
+    // find), and nothing is found through the gateway.
+    let holds = (without.count(Verdict::Fail) > 0 || args.flaw == Flaw::None)
         && with.count(Verdict::Fail) == 0
         && with.count(Verdict::Indeterminate) == 0;
     let mut out = std::io::stdout();
@@ -189,7 +191,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
     }
     out.flush()?;
-    if !holds && text {
+    if !holds && text && args.flaw == Flaw::UnscopedKeys {
+        eprintln!(
+            "idem demo: the gateway cannot fix this flaw: it forwards Idempotency-Key unchanged (contract section 6), and the API itself answers one tenant's request with another tenant's stored response. The API's own key store must be scoped per tenant."
+        );
+    } else if !holds && text {
         eprintln!(
             "idem demo: the story did not hold: {} failure(s) without idem, {} failure(s) and {} indeterminate with idem",
             without.count(Verdict::Fail),

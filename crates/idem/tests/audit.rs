@@ -151,17 +151,14 @@ async fn usage_errors_and_an_unreachable_api_exit_2_naming_the_problem() {
     let dead_url = format!("http://{dead}/x");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--url", &dead_url], "cannot reach"),
-        (
-            vec!["--url", "ftp://api.example/x"],
-            "not http or https",
-        ),
+        (vec!["--url", "ftp://api.example/x"], "not http or https"),
         (
             vec!["--url", "http://127.0.0.1:1/x", "--abandon-after", "10x"],
             "--abandon-after",
         ),
         (
             vec!["--url", "http://127.0.0.1:1/x", "--burst", "1"],
-            "--burst must be at least 2",
+            "--burst: must be at least 2",
         ),
         (
             vec!["--url", "http://127.0.0.1:1/x", "--scenarios", "replays"],
@@ -179,6 +176,10 @@ async fn usage_errors_and_an_unreachable_api_exit_2_naming_the_problem() {
                 "Idempotency-Key: k",
             ],
             "--header",
+        ),
+        (
+            vec!["--url", "http://127.0.0.1:1/x", "--scenarios", "cross-tenant"],
+            "cross-tenant needs --alt-header",
         ),
         (
             vec!["--url", "http://127.0.0.1:1/x", "--format", "xml"],
@@ -504,7 +505,12 @@ async fn keys_travel_in_the_header_the_api_reads() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let s = scenario(&report, "sequential-replay");
     assert_eq!(s["verdict"], "pass", "{s}");
-    assert_eq!(s["evidence"]["exchanges"][0]["request"]["key"].as_str().map(|k| k.starts_with("idem-audit-")), Some(true));
+    assert_eq!(
+        s["evidence"]["exchanges"][0]["request"]["key"]
+            .as_str()
+            .map(|k| k.starts_with("idem-audit-")),
+        Some(true)
+    );
     // Sent as Idempotency-Key, the key is invisible to it: every retry executes.
     let out = audit(None).await;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

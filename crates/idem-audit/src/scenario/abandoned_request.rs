@@ -25,6 +25,15 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         let before = ctx.count(Tenant::Primary, &mut evidence).await;
         let (first, elapsed) = ctx.client.send_and_abandon(&request, after_time).await;
         match first {
+            Ok(Some(answered)) if !answered.is_success() => {
+                evidence.exchanges.push(ctx.exchange(
+                    "first",
+                    &request,
+                    Answer::Response(seen(&answered)),
+                    elapsed,
+                ));
+                return super::baseline_failed(ID, &Ok(answered), evidence);
+            }
             Ok(Some(answered)) => {
                 evidence.exchanges.push(ctx.exchange(
                     format!("attempt {attempt}: first (answered before the hang-up)"),
@@ -119,7 +128,8 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 ),
                 evidence,
             )
-            .with_severity(Severity::Medium),
+            .with_severity(Severity::Medium)
+            .not_a_duplicate(),
             (Err(e), _) => Finding::new(
                 ID,
                 Verdict::Indeterminate,

@@ -122,7 +122,8 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         )
     };
     Finding {
-        trials: rounds,
+        // Indeterminate rounds proved nothing either way.
+        trials: rounds - indeterminate,
         failed_trials: failed,
         raced: true,
         ..Finding::new(ID, verdict, summary, evidence)

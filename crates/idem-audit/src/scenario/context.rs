@@ -2,7 +2,7 @@
 //! and recorded as evidence, retries that honour 409, and the oracles.
 
 use crate::http::{Client, HttpError, Request, Response};
-use crate::oracle::{Oracles, Tenant};
+use crate::oracle::{Counts, Oracles, Tenant};
 use crate::outcome::{Answer, Evidence, Exchange, OracleReading, Seen, SentRequest, Verdict};
 use crate::plan::Endpoint;
 use bytes::Bytes;
@@ -115,6 +115,19 @@ impl<'a> Ctx<'a> {
         String::from_utf8_lossy(value).into_owned()
     }
 
+    /// A response with its secret headers (`Set-Cookie`, tokens) redacted,
+    /// unless `--show-secrets`.
+    fn redacted(&self, mut seen: Seen) -> Seen {
+        for (name, value) in &mut seen.headers {
+            if name.eq_ignore_ascii_case("set-cookie") {
+                *value = self.shown_value("cookie", value.as_bytes());
+            } else {
+                *value = self.shown_value(name, value.as_bytes());
+            }
+        }
+        seen
+    }
+
     /// A curl line that sends the same request.
     pub fn curl(&self, request: &Request) -> String {
         let mut line = format!("curl -sS -X {}", request.method);
@@ -141,6 +154,11 @@ impl<'a> Ctx<'a> {
         answer: Answer,
         elapsed: Duration,
     ) -> Exchange {
+        let answer = match answer {
+            Answer::Response(seen) => Answer::Response(self.redacted(seen)),
+            Answer::Discarded(seen) => Answer::Discarded(self.redacted(seen)),
+            other => other,
+        };
         Exchange {
             label: label.into(),
             request: self.sent(request),
@@ -200,7 +218,7 @@ impl<'a> Ctx<'a> {
 
     /// Reads the counting oracles for a tenant (`None` without one); a
     /// failure to read is noted and returns `None`.
-    pub async fn count(&self, tenant: Tenant, evidence: &mut Evidence) -> Option<u64> {
+    pub async fn count(&self, tenant: Tenant, evidence: &mut Evidence) -> Option<Counts> {
         match self.oracles.count(tenant).await {
             Ok(count) => count,
             Err(e) => {

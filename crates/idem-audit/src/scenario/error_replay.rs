@@ -81,12 +81,16 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             evidence,
         );
     }
+    let what = if first.status == retry.status {
+        format!("{} both times, different bodies", first.status)
+    } else {
+        format!("{} then {}", first.status, retry.status)
+    };
     Finding::new(
         ID,
         Verdict::Fail,
         format!(
-            "the error outcome changed on retry ({} then {}, different bodies): the failed operation was attempted again",
-            first.status, retry.status
+            "the error outcome changed on retry ({what}): the failed operation was attempted again"
         ),
         evidence,
     )

@@ -73,7 +73,8 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 ),
                 evidence,
             )
-            .with_severity(Severity::Medium),
+            .with_severity(Severity::Medium)
+            .not_a_duplicate(),
         ),
         Err(e) => with_trial(Finding::new(
             ID,

@@ -35,7 +35,8 @@ pub(crate) struct Finding {
 }
 
 impl Finding {
-    /// A one-trial finding with the scenario's default severity.
+    /// A one-trial finding with the scenario's default severity. Only a
+    /// pass or a fail is a trial: an indeterminate one proved nothing.
     fn new(
         id: ScenarioId,
         verdict: Verdict,
@@ -46,11 +47,18 @@ impl Finding {
             verdict,
             severity: id.severity(),
             summary: summary.into(),
-            trials: 1,
+            trials: u64::from(matches!(verdict, Verdict::Pass | Verdict::Fail)),
             failed_trials: u64::from(verdict == Verdict::Fail),
             raced: false,
             evidence,
         }
+    }
+
+    /// A failure that is not a duplicate execution (the key was honoured,
+    /// something else was wrong): the trial counts as clean for the bound.
+    fn not_a_duplicate(mut self) -> Self {
+        self.failed_trials = 0;
+        self
     }
 
     /// A scenario that could not run, and why.
@@ -101,19 +109,19 @@ pub(crate) async fn run_scenario(id: ScenarioId, ctx: &Ctx<'_>) -> ScenarioResul
 
 /// The change of a count, if both readings exist and it did not go down.
 pub(crate) fn delta(
-    before: Option<u64>,
-    after: Option<u64>,
+    before: Option<crate::oracle::Counts>,
+    after: Option<crate::oracle::Counts>,
     evidence: &mut Evidence,
 ) -> Option<u64> {
-    match (before, after) {
-        (Some(b), Some(a)) if a >= b => Some(a - b),
-        (Some(b), Some(a)) => {
+    let (before, after) = (before?, after?);
+    match after.since(&before) {
+        Ok(effects) => Some(effects),
+        Err(change) => {
             evidence.notes.push(format!(
-                "the count went down ({b} → {a}); something else is changing it, so it is ignored"
+                "the count went down ({change}); something else is changing it, so it is ignored"
             ));
             None
         }
-        _ => None,
     }
 }
 

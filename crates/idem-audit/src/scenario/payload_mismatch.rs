@@ -65,10 +65,20 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             )
             .with_severity(Severity::High);
         }
-        if let Some(r) = again {
-            if !same_outcome(&first, r) {
-                reserialised_refused = Some(r.status);
+        if let Some(r) = again.filter(|r| !same_outcome(&first, r)) {
+            if r.is_success() {
+                return Finding::new(
+                    ID,
+                    Verdict::Fail,
+                    format!(
+                        "the same payload, re-serialised, got a different {} under the same key: executed again, or the replay is not the stored answer",
+                        r.status
+                    ),
+                    evidence,
+                )
+                .with_severity(Severity::High);
             }
+            reserialised_refused = Some(r.status);
         }
     }
     let mid = ctx.count(Tenant::Primary, &mut evidence).await;
@@ -166,8 +176,9 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     Finding::new(ID, Verdict::Pass, summary, evidence)
 }
 
-/// The body with one value changed: the first number (+1), else the first
-/// string (suffixed), else the first boolean (flipped), else a new member.
+/// The body with one value changed: the first number (+1), string
+/// (suffixed) or boolean (flipped) met depth-first, object members in
+/// their sorted order; with none, a new member.
 fn change(body: &Bytes) -> Option<(Bytes, String)> {
     let mut json: Value = serde_json::from_slice(body).ok()?;
     let how = change_value(&mut json, "").or_else(|| match &mut json {

@@ -20,10 +20,12 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut evidence = Evidence::default();
     let key = ctx.fresh_key();
     let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
+    // Past the window by a margin, so clock granularity cannot matter.
+    let wait = window + (window / 10).max(Duration::from_secs(1));
     evidence.curl.push(format!(
         "{0}; sleep {1}; {0}",
         ctx.curl(&request),
-        (window + Duration::from_secs(1)).as_secs()
+        wait.as_secs_f64().ceil()
     ));
     let before = ctx.count(Tenant::Primary, &mut evidence).await;
     let first = ctx.send_until_final("first", &request, &mut evidence).await;
@@ -31,8 +33,6 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         Ok(r) if r.is_success() => r,
         other => return baseline_failed(ID, &other, evidence),
     };
-    // Past the window by a margin, so clock granularity cannot matter.
-    let wait = window + (window / 10).max(Duration::from_secs(1));
     evidence.notes.push(format!(
         "waited {} after the first answer",
         humantime::format_duration(wait)
@@ -86,7 +86,15 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     tally.add(ctx, &late);
     let (verdict, summary) = tally.judge(ctx, &mut evidence);
     let summary = match verdict {
-        Verdict::Fail => format!("a retry after the retention window executed again: {summary}"),
+        Verdict::Fail => {
+            return Finding::new(
+                ID,
+                verdict,
+                format!("a retry after the retention window executed again: {summary}"),
+                evidence,
+            )
+            .with_severity(crate::outcome::Severity::High)
+        }
         Verdict::Pass if same_outcome(&first, &late) => {
             "a retry after the window still gets the replay (the API keeps keys longer than --retention)".to_owned()
         }
