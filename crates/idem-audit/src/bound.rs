@@ -3,6 +3,7 @@
 //! means at `--volume` (docs/duplicate-math.md derives the formulas).
 
 use crate::outcome::{Bound, ScenarioResult, Verdict, VolumeOutlook};
+use idem_math::format::{count, percent};
 use idem_math::formula;
 use idem_math::{Rate, Volume};
 
@@ -98,41 +99,6 @@ pub(crate) fn outlook(bound: &Bound, volume: Volume, ambiguous: Rate) -> Option<
         duplicates_per_day: duplicates,
         statement,
     })
-}
-
-/// A fraction as a percentage with sensible digits.
-pub(crate) fn percent(fraction: f64) -> String {
-    let p = fraction * 100.0;
-    if p == 0.0 {
-        "0%".to_owned()
-    } else if p >= 10.0 {
-        let s = format!("{p:.1}");
-        format!("{}%", s.strip_suffix(".0").unwrap_or(&s))
-    } else if p >= 0.1 {
-        let s = format!("{p:.2}");
-        format!("{}%", s.trim_end_matches('0').trim_end_matches('.'))
-    } else {
-        format!("{p:.2e}%")
-    }
-}
-
-fn count(n: f64) -> String {
-    if n >= 100.0 {
-        let whole = n.round() as u64;
-        let digits = whole.to_string();
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
-    } else if n >= 1.0 {
-        format!("{n:.1}")
-    } else {
-        format!("{n:.2}")
-    }
 }
 
 #[cfg(test)]

@@ -253,21 +253,11 @@ impl Client {
     /// Sends a request and reads its answer. The duration runs from the
     /// last byte sent to the last byte read.
     pub async fn send(&self, request: &Request) -> (Result<Response, HttpError>, Duration) {
-        let started = Instant::now();
-        let result = async {
-            let mut stream = self.connect(&request.url).await?;
-            write_all(&mut stream, &request.encode()).await?;
-            Ok::<_, HttpError>(stream)
-        }
-        .await;
-        let sent = Instant::now();
-        match result {
-            Ok(mut stream) => {
-                let answer = self.read(&mut stream, &request.method).await;
-                (answer, sent.elapsed())
-            }
-            Err(e) => (Err(e), started.elapsed()),
-        }
+        self.exchange(request, |mut stream, method, sent| async move {
+            let answer = self.read(&mut stream, &method).await;
+            (answer, sent.elapsed())
+        })
+        .await
     }
 
     /// The lost-response fault point: sends, reads the whole answer (so the
@@ -277,19 +267,13 @@ impl Client {
         &self,
         request: &Request,
     ) -> (Result<Response, HttpError>, Duration) {
-        let started = Instant::now();
-        let mut stream = match self.connect(&request.url).await {
-            Ok(s) => s,
-            Err(e) => return (Err(e), started.elapsed()),
-        };
-        if let Err(e) = write_all(&mut stream, &request.encode()).await {
-            return (Err(e), started.elapsed());
-        }
-        let sent = Instant::now();
-        let answer = self.read(&mut stream, &request.method).await;
-        let elapsed = sent.elapsed();
-        reset(stream);
-        (answer, elapsed)
+        self.exchange(request, |mut stream, method, sent| async move {
+            let answer = self.read(&mut stream, &method).await;
+            let elapsed = sent.elapsed();
+            reset(stream);
+            (answer, elapsed)
+        })
+        .await
     }
 
     /// The abandoned-request fault point: sends, waits up to `after` for
@@ -299,24 +283,43 @@ impl Client {
         request: &Request,
         after: Duration,
     ) -> (Result<Option<Response>, HttpError>, Duration) {
-        let started = Instant::now();
-        let mut stream = match self.connect(&request.url).await {
-            Ok(s) => s,
-            Err(e) => return (Err(e), started.elapsed()),
-        };
-        if let Err(e) = write_all(&mut stream, &request.encode()).await {
-            return (Err(e), started.elapsed());
-        }
-        let sent = Instant::now();
-        let read = read_response(&mut stream, &request.method);
-        match tokio::time::timeout(after, read).await {
-            Ok(answer) => (answer.map(Some), sent.elapsed()),
-            Err(_) => {
-                let elapsed = sent.elapsed();
-                // A plain close (FIN), as a client that times out does.
-                drop(stream);
-                (Ok(None), elapsed)
+        self.exchange(request, |mut stream, method, sent| async move {
+            let read = read_response(&mut stream, &method);
+            match tokio::time::timeout(after, read).await {
+                Ok(answer) => (answer.map(Some), sent.elapsed()),
+                Err(_) => {
+                    let elapsed = sent.elapsed();
+                    // A plain close (FIN), as a client that times out does.
+                    drop(stream);
+                    (Ok(None), elapsed)
+                }
             }
+        })
+        .await
+    }
+
+    /// Connects and writes the whole request, then hands the connection
+    /// and the instant the last byte left to `then`. A failure before that
+    /// is the answer, timed from the start.
+    async fn exchange<T, F, Fut>(
+        &self,
+        request: &Request,
+        then: F,
+    ) -> (Result<T, HttpError>, Duration)
+    where
+        F: FnOnce(Conn, Method, Instant) -> Fut,
+        Fut: std::future::Future<Output = (Result<T, HttpError>, Duration)>,
+    {
+        let started = Instant::now();
+        let written = async {
+            let mut stream = self.connect(&request.url).await?;
+            write_all(&mut stream, &request.encode()).await?;
+            Ok::<_, HttpError>(stream)
+        }
+        .await;
+        match written {
+            Ok(stream) => then(stream, request.method.clone(), Instant::now()).await,
+            Err(e) => (Err(e), started.elapsed()),
         }
     }
 

@@ -28,6 +28,24 @@ impl Tenant {
     }
 }
 
+/// The headers a tenant's requests carry: `--header`, with same-named ones
+/// replaced by `--alt-header` for the second tenant.
+pub(crate) fn tenant_headers(endpoint: &Endpoint, tenant: Tenant) -> Vec<(String, Vec<u8>)> {
+    let alternate = tenant == Tenant::Alternate;
+    let replaced = |name: &str| {
+        alternate
+            && endpoint
+                .alt_headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    let own = endpoint.headers.iter().filter(|(name, _)| !replaced(name));
+    let alt = endpoint.alt_headers.iter().filter(|_| alternate);
+    own.chain(alt)
+        .map(|(name, value)| (name.clone(), value.clone().into_bytes()))
+        .collect()
+}
+
 /// Why a count could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OracleError {
@@ -108,21 +126,8 @@ impl<'a> Oracles<'a> {
 
     async fn read_url(&self, url: &url::Url, tenant: Tenant) -> Result<u64, OracleError> {
         let e = self.endpoint;
-        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-        for (name, value) in &e.headers {
-            let replaced = tenant == Tenant::Alternate
-                && e.alt_headers
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(name));
-            if !replaced && !name.eq_ignore_ascii_case("content-type") {
-                headers.push((name.clone(), value.clone().into_bytes()));
-            }
-        }
-        if tenant == Tenant::Alternate {
-            for (name, value) in &e.alt_headers {
-                headers.push((name.clone(), value.clone().into_bytes()));
-            }
-        }
+        let mut headers = tenant_headers(e, tenant);
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
         let request = Request {
             method: Method::GET,
             url: url.clone(),

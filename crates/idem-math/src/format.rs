@@ -2,7 +2,7 @@
 //! scientific notation only where nothing else reads.
 
 /// A count or rate-like quantity: `36,500`, `36.5`, `0.0274`, `2.74e-5`.
-pub(crate) fn count(x: f64) -> String {
+pub fn count(x: f64) -> String {
     if x == 0.0 {
         return "0".to_owned();
     }
@@ -22,7 +22,7 @@ pub(crate) fn count(x: f64) -> String {
 }
 
 /// A fraction as a percentage: `0.001%`, `0.0998%`, `20%`.
-pub(crate) fn percent(fraction: f64) -> String {
+pub fn percent(fraction: f64) -> String {
     format!("{}%", count(fraction * 100.0))
 }
 

@@ -19,7 +19,7 @@
 //! assert_eq!(json["expected_duplicates_per_day"].as_f64().unwrap().round(), 100.0);
 //! ```
 
-mod format;
+pub mod format;
 pub mod formula;
 mod input;
 mod parse;

@@ -7,6 +7,7 @@ use crate::audit::Spinner;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use idem_audit::{AuditOptions, AuditReport, Endpoint, FieldPath, ScenarioId, Verdict};
+use idem_math::format::{count, percent};
 use idem_math::{Rate, Volume};
 use idem_sample_api::{Flaw, SampleApiOptions};
 use std::io::Write;
@@ -244,7 +245,7 @@ fn side_by_side(without: &AuditReport, with: &AuditReport, args: &DemoArgs) -> S
     ));
     s.push_str(&format!(
         "What it means at {} requests a day, if {} of them are ambiguous to their client (a timeout, a reset) and retried:\n",
-        thousands(args.volume.per_day()),
+        count(args.volume.per_day()),
         percent(args.ambiguous_rate.fraction())
     ));
     for (label, r) in [("without idem", without), ("with idem", with)] {
@@ -259,13 +260,13 @@ fn side_by_side(without: &AuditReport, with: &AuditReport, args: &DemoArgs) -> S
                 "{} of {} raced trials duplicated: about {} duplicate payments a day",
                 b.failed_trials,
                 b.trials,
-                thousands(per_day)
+                count(per_day)
             )
         } else {
             format!(
                 "0 of {} raced trials duplicated: at most {} a day at 95% confidence (the bound is about 3/N; --rounds tightens it)",
                 b.trials,
-                thousands(per_day)
+                count(per_day)
             )
         };
         s.push_str(&format!("  {label:<13} {line}\n"));
@@ -273,24 +274,6 @@ fn side_by_side(without: &AuditReport, with: &AuditReport, args: &DemoArgs) -> S
     s.push('\n');
     s.push_str("Audit your own API the same way (a test environment: every scenario makes real effects):\n  idem audit --url http://YOUR-API/payments --body '{\"amount\":2500,\"currency\":\"eur\"}' --header 'Authorization: …' --alt-header 'Authorization: …' --id-field id\n  (idem demo --format json prints both full reports with their evidence; docs/audit.md explains each scenario)\n");
     s
-}
-
-fn thousands(n: f64) -> String {
-    let digits = (n.round() as u64).to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn percent(fraction: f64) -> String {
-    let s = format!("{:.3}", fraction * 100.0);
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    format!("{s}%")
 }
 
 fn shorten(s: &str, max: usize) -> String {

@@ -178,7 +178,12 @@ async fn usage_errors_and_an_unreachable_api_exit_2_naming_the_problem() {
             "--header",
         ),
         (
-            vec!["--url", "http://127.0.0.1:1/x", "--scenarios", "cross-tenant"],
+            vec![
+                "--url",
+                "http://127.0.0.1:1/x",
+                "--scenarios",
+                "cross-tenant",
+            ],
             "cross-tenant needs --alt-header",
         ),
         (

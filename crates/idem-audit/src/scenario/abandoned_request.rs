@@ -130,12 +130,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             )
             .with_severity(Severity::Medium)
             .not_a_duplicate(),
-            (Err(e), _) => Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("the retry got no answer ({e})"),
-                evidence,
-            ),
+            (Err(e), _) => Finding::no_answer(ID, "the retry", e, evidence),
         };
         return Finding {
             raced: true,

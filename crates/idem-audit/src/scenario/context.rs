@@ -53,21 +53,7 @@ impl<'a> Ctx<'a> {
     /// the key and the body.
     pub fn request(&self, key: &Key, tenant: Tenant, body: &Bytes) -> Request {
         let e = self.endpoint;
-        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-        for (name, value) in &e.headers {
-            let replaced = tenant == Tenant::Alternate
-                && e.alt_headers
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(name));
-            if !replaced {
-                headers.push((name.clone(), value.clone().into_bytes()));
-            }
-        }
-        if tenant == Tenant::Alternate {
-            for (name, value) in &e.alt_headers {
-                headers.push((name.clone(), value.clone().into_bytes()));
-            }
-        }
+        let mut headers = crate::oracle::tenant_headers(e, tenant);
         if !body.is_empty()
             && !headers
                 .iter()

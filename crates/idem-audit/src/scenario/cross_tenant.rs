@@ -61,14 +61,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     }
     let other = match other {
         Ok(r) => r,
-        Err(err) => {
-            return Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("tenant 2's request got no answer ({err})"),
-                evidence,
-            )
-        }
+        Err(err) => return Finding::no_answer(ID, "tenant 2's request", &err, evidence),
     };
     if other.is_success() {
         let marked_replay = other

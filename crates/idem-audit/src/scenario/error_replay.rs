@@ -41,26 +41,12 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 evidence,
             )
         }
-        Err(err) => {
-            return Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("no answer ({err})"),
-                evidence,
-            )
-        }
+        Err(err) => return Finding::no_answer(ID, "the request", &err, evidence),
     };
     let retry = ctx.send_until_final("retry", &request, &mut evidence).await;
     let retry = match retry {
         Ok(r) => r,
-        Err(err) => {
-            return Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("the retry got no answer ({err})"),
-                evidence,
-            )
-        }
+        Err(err) => return Finding::no_answer(ID, "the retry", &err, evidence),
     };
     if same_outcome(&first, &retry) {
         return Finding::new(

@@ -76,12 +76,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             .with_severity(Severity::Medium)
             .not_a_duplicate(),
         ),
-        Err(e) => with_trial(Finding::new(
-            ID,
-            Verdict::Indeterminate,
-            format!("the retry got no answer ({e})"),
-            evidence,
-        )),
+        Err(e) => with_trial(Finding::no_answer(ID, "the retry", e, evidence)),
     }
 }
 

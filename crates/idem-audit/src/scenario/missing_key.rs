@@ -19,14 +19,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let executed = delta(before, after, &mut evidence);
     let response = match answer {
         Ok(r) => r,
-        Err(err) => {
-            return Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("no answer ({err})"),
-                evidence,
-            )
-        }
+        Err(err) => return Finding::no_answer(ID, "the request", &err, evidence),
     };
     let slug = response
         .problem_slug()

@@ -69,6 +69,21 @@ impl Finding {
         }
     }
 
+    /// A request that got no answer: nothing can be concluded.
+    fn no_answer(
+        id: ScenarioId,
+        which: &str,
+        error: &crate::http::HttpError,
+        evidence: Evidence,
+    ) -> Self {
+        Finding::new(
+            id,
+            Verdict::Indeterminate,
+            format!("{which} got no answer ({error})"),
+            evidence,
+        )
+    }
+
     /// The same with another severity (for failures worse or milder than
     /// the scenario's default).
     fn with_severity(mut self, severity: Severity) -> Self {

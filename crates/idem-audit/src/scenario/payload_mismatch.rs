@@ -89,14 +89,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let counted = delta(mid, after, &mut evidence);
     let second = match second {
         Ok(r) => r,
-        Err(err) => {
-            return Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("the changed request got no answer ({err})"),
-                evidence,
-            )
-        }
+        Err(err) => return Finding::no_answer(ID, "the changed request", &err, evidence),
     };
     let executed = counted.is_some_and(|n| n > 0)
         || (second.is_success()

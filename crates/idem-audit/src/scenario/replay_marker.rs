@@ -40,14 +40,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 evidence,
             )
         }
-        Err(err) => {
-            return Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("the replay got no answer ({err})"),
-                evidence,
-            )
-        }
+        Err(err) => return Finding::no_answer(ID, "the replay", &err, evidence),
     };
     let marked = replay.header(IDEMPOTENT_REPLAYED).map(str::trim);
     let first_marked = first.header(IDEMPOTENT_REPLAYED).is_some();

@@ -44,14 +44,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let after = ctx.count(Tenant::Primary, &mut evidence).await;
     let late = match late {
         Ok(r) => r,
-        Err(err) => {
-            return Finding::new(
-                ID,
-                Verdict::Indeterminate,
-                format!("the late retry got no answer ({err})"),
-                evidence,
-            )
-        }
+        Err(err) => return Finding::no_answer(ID, "the late retry", &err, evidence),
     };
     if !late.is_success() {
         let slug = late
