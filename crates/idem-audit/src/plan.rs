@@ -10,6 +10,10 @@ use url::Url;
 
 pub use idem_soak::CountField;
 
+/// The largest burst: each request holds a connection (a file descriptor
+/// on both sides) until the release.
+pub const MAX_BURST: u32 = 1000;
+
 /// One operation to attack, with everything its scenarios need.
 ///
 /// ```
@@ -160,6 +164,12 @@ impl Endpoint {
             return invalid(
                 "burst",
                 "must be at least 2: a burst of one request races nothing".into(),
+            );
+        }
+        if self.burst > MAX_BURST {
+            return invalid(
+                "burst",
+                format!("must be at most {MAX_BURST}: every request of a burst holds its own connection open until the release"),
             );
         }
         if self.rounds == 0 {

@@ -14,9 +14,11 @@ use std::time::Duration;
 use ScenarioId::*;
 use Verdict::{Fail, Pass};
 
-/// Long enough that a 40 ms hang-up lands mid-flight and a burst of 10
-/// overlaps; short enough to keep the suite quick.
-const LATENCY: Duration = Duration::from_millis(120);
+/// Long enough that a hang-up at 150 ms lands mid-flight even on a loaded
+/// machine (the server must have started the work by then: a request whose
+/// client left before the server first looked at it is never executed,
+/// which would hide the bug), and that a burst of 10 overlaps.
+const LATENCY: Duration = Duration::from_millis(300);
 
 async fn api(flaw: Flaw) -> RunningSampleApi {
     let mut options = SampleApiOptions::new(flaw);
@@ -39,7 +41,7 @@ fn endpoint(api: &RunningSampleApi) -> Endpoint {
     e.error_body = Some(r#"{"amount":5000000,"currency":"eur"}"#.into());
     e.burst = 10;
     e.rounds = 3;
-    e.abandon_after = Duration::from_millis(40);
+    e.abandon_after = Duration::from_millis(150);
     e
 }
 

@@ -53,7 +53,8 @@ async fn tls_front(upstream: SocketAddr) -> (SocketAddr, String) {
 
 async fn api(flaw: Flaw) -> RunningSampleApi {
     let mut options = SampleApiOptions::new(flaw);
-    options.latency = Duration::from_millis(120);
+    // As in bug_classes.rs: the hang-up must land well inside the work.
+    options.latency = Duration::from_millis(300);
     idem_sample_api::start(options).await.unwrap()
 }
 
@@ -72,7 +73,7 @@ fn endpoint(front: SocketAddr) -> Endpoint {
     ];
     e.burst = 8;
     e.rounds = 2;
-    e.abandon_after = Duration::from_millis(40);
+    e.abandon_after = Duration::from_millis(150);
     e
 }
 

@@ -313,12 +313,9 @@ async fn the_demo_finds_duplicates_without_idem_and_none_with_the_gateway() {
         .filter(|s| s["verdict"] == "fail")
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    for id in [
-        "sequential-replay",
-        "concurrent-burst",
-        "lost-response",
-        "abandoned-request",
-    ] {
+    // abandoned-request is left to bug_classes.rs, whose timing margins
+    // are wider than the demo's.
+    for id in ["sequential-replay", "concurrent-burst", "lost-response"] {
         assert!(
             failed.contains(&id),
             "{id} not caught without idem: {failed:?}"
