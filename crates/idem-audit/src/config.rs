@@ -75,6 +75,9 @@ pub struct FileConfig {
 pub struct FileEndpoint {
     pub name: Option<String>,
     pub url: Option<String>,
+    /// Other instances' URLs for the operation; requests rotate across all.
+    #[serde(default)]
+    pub more_urls: Vec<String>,
     pub method: Option<String>,
     pub body: Option<String>,
     /// The body read from a file (relative to the configuration file).
@@ -141,6 +144,10 @@ impl FileConfig {
                 .ok_or_else(|| format!("{}: required", at("url")))?;
             let mut e = Endpoint::new(parse_url(url).map_err(|m| format!("{}: {m}", at("url")))?);
             e.name = raw.name;
+            for (j, u) in raw.more_urls.iter().enumerate() {
+                e.more_urls
+                    .push(parse_url(u).map_err(|m| format!("{}[{j}]: {m}", at("more_urls")))?);
+            }
             if let Some(m) = &raw.method {
                 e.method = parse_method(m).map_err(|m| format!("{}: {m}", at("method")))?;
             }

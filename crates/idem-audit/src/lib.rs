@@ -139,6 +139,7 @@ pub async fn audit(
             name: endpoint.label(),
             method: endpoint.method.to_string(),
             url: endpoint.url.to_string(),
+            more_urls: endpoint.more_urls.iter().map(ToString::to_string).collect(),
             oracles: endpoint.oracle_names(),
         });
         for &id in &endpoint.scenarios {
@@ -170,13 +171,15 @@ pub async fn audit(
 /// TLS handshake, for https) and every counting oracle can be read, for
 /// each tenant that will be used.
 async fn preflight(endpoint: &Endpoint, client: http::Client) -> Result<(), AuditError> {
-    client
-        .connect(&endpoint.url)
-        .await
-        .map_err(|e| AuditError::Unreachable {
-            endpoint: endpoint.label(),
-            reason: e.to_string(),
-        })?;
+    for url in endpoint.urls() {
+        client
+            .connect(url)
+            .await
+            .map_err(|e| AuditError::Unreachable {
+                endpoint: endpoint.label(),
+                reason: e.to_string(),
+            })?;
+    }
     let oracles = oracle::Oracles::new(endpoint, client);
     let mut tenants = vec![Tenant::Primary];
     if !endpoint.alt_headers.is_empty() {

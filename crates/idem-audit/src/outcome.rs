@@ -284,6 +284,9 @@ pub struct EndpointSummary {
     pub method: String,
     /// Its URL.
     pub url: String,
+    /// Other instances' URLs for it, if requests rotated across several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_urls: Vec<String>,
     /// The oracles that counted effects, e.g. `["count-url", "id-field"]`;
     /// `["body"]` when only bodies could be compared.
     pub oracles: Vec<String>,

@@ -29,6 +29,12 @@ pub struct Endpoint {
     pub name: Option<String>,
     /// Where requests go.
     pub url: Url,
+    /// Other instances serving the same operation (each instance's URL for
+    /// it, e.g. every gateway behind a load balancer). Requests rotate
+    /// across `url` and these, one instance per request: a burst's copies
+    /// and a key's retries land on different instances, as they do behind
+    /// a load balancer, so a lock or store that is only per instance shows.
+    pub more_urls: Vec<Url>,
     /// Their method (default POST).
     pub method: Method,
     /// Their body (default none). Sent as `application/json` unless the
@@ -80,6 +86,7 @@ impl Endpoint {
         Endpoint {
             name: None,
             url,
+            more_urls: Vec::new(),
             method: Method::POST,
             body: Bytes::new(),
             headers: Vec::new(),
@@ -103,6 +110,11 @@ impl Endpoint {
             timeout: Duration::from_secs(30),
             retry_deadline: Duration::from_secs(30),
         }
+    }
+
+    /// Every instance's URL, `url` first.
+    pub fn urls(&self) -> impl Iterator<Item = &Url> {
+        std::iter::once(&self.url).chain(&self.more_urls)
     }
 
     /// The name reports use: the configured one, else `METHOD URL`.
@@ -181,17 +193,13 @@ impl Endpoint {
         if self.scenarios.is_empty() {
             return invalid("scenarios", "no scenario selected".into());
         }
-        for (field, url) in [
-            ("url", Some(&self.url)),
-            ("count_url", self.count_url.as_ref()),
-        ] {
-            if let Some(url) = url {
-                if !matches!(url.scheme(), "http" | "https") {
-                    return invalid(
-                        field,
-                        format!("`{url}`: only http:// and https:// URLs can be audited"),
-                    );
-                }
+        let urls = self.urls().map(|u| ("url", u));
+        for (field, url) in urls.chain(self.count_url.iter().map(|u| ("count_url", u))) {
+            if !matches!(url.scheme(), "http" | "https") {
+                return invalid(
+                    field,
+                    format!("`{url}`: only http:// and https:// URLs can be audited"),
+                );
             }
         }
         for (field, headers) in [("header", &self.headers), ("alt_header", &self.alt_headers)] {

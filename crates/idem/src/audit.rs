@@ -24,9 +24,12 @@ use url::Url;
 pub struct AuditArgs {
     /// The operation to attack, e.g. http://127.0.0.1:8080/payments or
     /// https://staging.example.com/v1/charges. Use a test or staging
-    /// environment: every scenario creates real effects.
+    /// environment: every scenario creates real effects. Repeat it with
+    /// each instance's URL for the operation (several gateways or API
+    /// servers behind a load balancer): requests then rotate across them,
+    /// so a key's duplicates land on different instances.
     #[arg(long, value_name = "URL", value_parser = parse_url, required_unless_present = "config")]
-    url: Option<Url>,
+    url: Vec<Url>,
     /// Its method.
     #[arg(long, value_name = "METHOD", value_parser = parse_method)]
     method: Option<http::Method>,
@@ -135,7 +138,7 @@ impl AuditArgs {
     /// The endpoint flags given, by name (they conflict with --config).
     fn endpoint_flags(&self) -> Vec<&'static str> {
         let given = [
-            ("--url", self.url.is_some()),
+            ("--url", !self.url.is_empty()),
             ("--method", self.method.is_some()),
             ("--body", self.body.is_some()),
             ("--header", !self.headers.is_empty()),
@@ -184,10 +187,12 @@ impl AuditArgs {
             return Ok(options);
         }
         let tls = self.tls();
-        let url = self
-            .url
+        let mut urls = self.url.into_iter();
+        let url = urls
+            .next()
             .context("--url is required (or --config with [[endpoint]]s)")?;
         let mut e = Endpoint::new(url);
+        e.more_urls = urls.collect();
         if let Some(m) = self.method {
             e.method = m;
         }

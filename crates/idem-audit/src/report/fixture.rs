@@ -172,6 +172,7 @@ pub(crate) fn report() -> AuditReport {
             name: ENDPOINT.to_owned(),
             method: "POST".to_owned(),
             url: URL.to_owned(),
+            more_urls: Vec::new(),
             oracles: vec!["count-url".to_owned(), "body".to_owned()],
         }],
         scenarios,
@@ -208,6 +209,7 @@ pub(crate) fn two_endpoints() -> AuditReport {
         name: "refunds".to_owned(),
         method: "PUT".to_owned(),
         url: "http://127.0.0.1:8080/refunds".to_owned(),
+        more_urls: Vec::new(),
         oracles: vec!["body".to_owned()],
     });
     let mut refund = report.scenarios[0].clone();

@@ -125,6 +125,7 @@ fn by_endpoint(report: &AuditReport) -> Vec<(EndpointSummary, Vec<&ScenarioResul
                     name: result.endpoint.clone(),
                     method: String::new(),
                     url: String::new(),
+                    more_urls: Vec::new(),
                     oracles: Vec::new(),
                 },
                 vec![result],
@@ -155,6 +156,13 @@ fn endpoint_heading(endpoint: &EndpointSummary, paint: Paint) -> String {
     };
     if let Some(oracles) = oracles {
         heading.push_str(&format!("  ({oracles})"));
+    }
+    if !endpoint.more_urls.is_empty() {
+        heading.push_str(&format!(
+            "\n    rotating across {} instances, also {}",
+            1 + endpoint.more_urls.len(),
+            evidence::one_line(&endpoint.more_urls.join(", "))
+        ));
     }
     heading
 }

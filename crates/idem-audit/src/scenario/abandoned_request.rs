@@ -23,6 +23,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         let key = ctx.fresh_key();
         let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
         let before = ctx.count(Tenant::Primary, &mut evidence).await;
+        let request = ctx.routed(&request);
         let (first, elapsed) = ctx.client.send_and_abandon(&request, after_time).await;
         match first {
             Ok(Some(answered)) if !answered.is_success() => {

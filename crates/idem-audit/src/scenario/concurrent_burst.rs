@@ -28,13 +28,14 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             ));
         }
         let before = ctx.count(Tenant::Primary, &mut evidence).await;
-        let requests = vec![request.clone(); e.burst as usize];
+        // Each copy on the next instance, when there are several.
+        let requests: Vec<_> = (0..e.burst).map(|_| ctx.routed(&request)).collect();
         let (answers, release) = ctx.client.burst(&requests).await;
         let mut round_evidence = Evidence::default();
         for (i, (answer, elapsed)) in answers.iter().enumerate() {
             round_evidence.exchanges.push(ctx.exchange(
                 format!("round {round} request {}", i + 1),
-                &request,
+                &requests[i],
                 answer_of(answer),
                 *elapsed,
             ));

@@ -7,6 +7,7 @@ use crate::outcome::{Answer, Evidence, Exchange, OracleReading, Seen, SentReques
 use crate::plan::Endpoint;
 use bytes::Bytes;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -21,6 +22,8 @@ pub(crate) struct Ctx<'a> {
     pub client: Client,
     pub oracles: Oracles<'a>,
     show_secrets: bool,
+    /// Which instance the next request goes to (with `more_urls`).
+    next_instance: AtomicUsize,
 }
 
 /// What a key is sent as.
@@ -41,7 +44,23 @@ impl<'a> Ctx<'a> {
             oracles: Oracles::new(endpoint, client.clone()),
             client,
             show_secrets,
+            next_instance: AtomicUsize::new(0),
         }
+    }
+
+    /// The request as the next instance serves it: with several instances
+    /// (`more_urls`), each call moves on to the next one, as a load
+    /// balancer would; with one, the request itself.
+    pub fn routed(&self, request: &Request) -> Request {
+        let mut routed = request.clone();
+        if !self.endpoint.more_urls.is_empty() {
+            let count = 1 + self.endpoint.more_urls.len();
+            let i = self.next_instance.fetch_add(1, Ordering::Relaxed) % count;
+            if let Some(url) = self.endpoint.urls().nth(i) {
+                routed.url = url.clone();
+            }
+        }
+        routed
     }
 
     /// A key no earlier run or scenario used.
@@ -160,10 +179,11 @@ impl<'a> Ctx<'a> {
         request: &Request,
         evidence: &mut Evidence,
     ) -> Result<Response, HttpError> {
-        let (answer, elapsed) = self.client.send(request).await;
+        let request = self.routed(request);
+        let (answer, elapsed) = self.client.send(&request).await;
         evidence
             .exchanges
-            .push(self.exchange(label, request, answer_of(&answer), elapsed));
+            .push(self.exchange(label, &request, answer_of(&answer), elapsed));
         answer
     }
 

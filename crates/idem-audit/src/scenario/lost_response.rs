@@ -19,6 +19,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         ctx.curl(&request)
     ));
     let before = ctx.count(Tenant::Primary, &mut evidence).await;
+    let request = ctx.routed(&request);
     let (lost, elapsed) = ctx.client.send_and_discard(&request).await;
     let original = match lost {
         Ok(response) if response.is_success() => {
