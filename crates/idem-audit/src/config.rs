@@ -359,6 +359,7 @@ mod tests {
             [[endpoint]]
             name = "pay"
             url = "http://127.0.0.1:1/payments"
+            more_urls = ["http://127.0.0.1:2/payments"]
             body = '{"amount": 1}'
             id_field = "id"
             abandon_after = "50ms"
@@ -377,6 +378,7 @@ mod tests {
             unreachable!()
         };
         assert_eq!(pay.label(), "pay");
+        assert_eq!(pay.urls().count(), 2);
         assert_eq!(pay.abandon_after, Duration::from_millis(50));
         assert_eq!(refund.headers.len(), 2);
         assert_eq!(&refund.body[..], br#"{"amount": 5}"#);
