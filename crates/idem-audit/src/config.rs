@@ -88,6 +88,9 @@ pub struct FileEndpoint {
     pub alt_headers: Vec<String>,
     pub key_header: Option<String>,
     pub id_field: Option<String>,
+    /// `--ignore-field`, repeated.
+    #[serde(default)]
+    pub ignore_fields: Vec<String>,
     pub count_url: Option<String>,
     pub count_field: Option<String>,
     pub check_cmd: Option<String>,
@@ -188,6 +191,12 @@ impl FileConfig {
                 e.id_field = Some(
                     f.parse::<FieldPath>()
                         .map_err(|m| format!("{}: {m}", at("id_field")))?,
+                );
+            }
+            for (j, f) in raw.ignore_fields.iter().enumerate() {
+                e.ignore_fields.push(
+                    f.parse::<FieldPath>()
+                        .map_err(|m| format!("{}[{j}]: {m}", at("ignore_fields")))?,
                 );
             }
             if let Some(u) = &raw.count_url {

@@ -50,6 +50,9 @@ pub struct Endpoint {
     /// A JSON path into 2xx bodies whose value differs per execution
     /// (e.g. `id`): distinct values mean distinct executions.
     pub id_field: Option<FieldPath>,
+    /// JSON paths left out when answers are compared: fields that differ
+    /// per response even for a faithful replay (a trace id, a server time).
+    pub ignore_fields: Vec<FieldPath>,
     /// Where a side-effect count can be read (GET), before and after.
     pub count_url: Option<Url>,
     /// Where the count is in that JSON.
@@ -93,6 +96,7 @@ impl Endpoint {
             alt_headers: Vec::new(),
             key_header: "Idempotency-Key".to_owned(),
             id_field: None,
+            ignore_fields: Vec::new(),
             count_url: None,
             count_field: CountField::Default,
             check_cmd: None,
@@ -367,6 +371,41 @@ impl FieldPath {
     }
 }
 
+impl FieldPath {
+    /// Drops the value at the path, if present (an array element becomes
+    /// `null`, so the others keep their places).
+    pub fn remove(&self, body: &mut serde_json::Value) {
+        let Some((last, parents)) = self.segments.split_last() else {
+            return;
+        };
+        let mut at = body;
+        for segment in parents {
+            let next = match at {
+                serde_json::Value::Object(map) => map.get_mut(segment),
+                serde_json::Value::Array(items) => {
+                    segment.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+                }
+                _ => None,
+            };
+            match next {
+                Some(next) => at = next,
+                None => return,
+            }
+        }
+        match at {
+            serde_json::Value::Object(map) => {
+                map.remove(last);
+            }
+            serde_json::Value::Array(items) => {
+                if let Some(item) = last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    *item = serde_json::Value::Null;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl std::fmt::Display for FieldPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text)
@@ -416,6 +455,11 @@ mod tests {
             assert_eq!(p.find(&body), Some(&want), "{path}");
         }
         assert_eq!("missing".parse::<FieldPath>().unwrap().find(&body), None);
+        let mut trimmed = body.clone();
+        "a[0].b".parse::<FieldPath>().unwrap().remove(&mut trimmed);
+        "id".parse::<FieldPath>().unwrap().remove(&mut trimmed);
+        "no.such".parse::<FieldPath>().unwrap().remove(&mut trimmed);
+        assert_eq!(trimmed, json!({"a": [{}]}));
         for bad in ["", "$.", "a..b", "a.", "$"] {
             assert!(bad.parse::<FieldPath>().is_err(), "{bad:?}");
         }

@@ -52,6 +52,11 @@ pub struct AuditArgs {
     /// execution (e.g. id, data.payment.id).
     #[arg(long, value_name = "PATH")]
     id_field: Option<FieldPath>,
+    /// A JSON path left out when answers are compared (a per-response
+    /// trace id or timestamp that even a faithful replay changes); repeat
+    /// for more.
+    #[arg(long = "ignore-field", value_name = "PATH")]
+    ignore_fields: Vec<FieldPath>,
     /// Oracle: a URL whose JSON holds a count of side effects, read (GET,
     /// with the tenant's headers) before and after each scenario.
     #[arg(long, value_name = "URL", value_parser = parse_url)]
@@ -145,6 +150,7 @@ impl AuditArgs {
             ("--alt-header", !self.alt_headers.is_empty()),
             ("--key-header", self.key_header.is_some()),
             ("--id-field", self.id_field.is_some()),
+            ("--ignore-field", !self.ignore_fields.is_empty()),
             ("--count-url", self.count_url.is_some()),
             ("--check-cmd", self.check_cmd.is_some()),
             ("--changed-body", self.changed_body.is_some()),
@@ -203,6 +209,7 @@ impl AuditArgs {
             e.key_header = h;
         }
         e.id_field = self.id_field;
+        e.ignore_fields = self.ignore_fields;
         e.count_url = self.count_url;
         e.count_field = self.count_field.unwrap_or_default();
         e.check_cmd = self.check_cmd;

@@ -133,6 +133,32 @@ impl<'a> Ctx<'a> {
         seen
     }
 
+    /// Whether two bodies say the same: equal bytes, or equal JSON values
+    /// once the `--ignore-field` paths are dropped from both (a replay that
+    /// re-serialises its stored object is still the same answer; a
+    /// per-request field such as a trace id is not the answer's content).
+    pub fn same_body(&self, a: &Bytes, b: &Bytes) -> bool {
+        if a == b {
+            return true;
+        }
+        let parse = |body: &Bytes| {
+            let mut json = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+            for path in &self.endpoint.ignore_fields {
+                path.remove(&mut json);
+            }
+            Some(json)
+        };
+        match (parse(a), parse(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
+    }
+
+    /// Whether two answers are the same outcome: status and body.
+    pub fn same_outcome(&self, a: &Response, b: &Response) -> bool {
+        a.status == b.status && self.same_body(&a.body, &b.body)
+    }
+
     /// A curl line that sends the same request.
     pub fn curl(&self, request: &Request) -> String {
         let mut line = format!("curl -sS -X {}", request.method);
@@ -297,26 +323,6 @@ pub(crate) fn seen(response: &Response) -> Seen {
     }
 }
 
-/// Whether two bodies say the same: equal bytes, or equal JSON values
-/// (a replay that re-serialises its stored object is still the same answer).
-pub(crate) fn same_body(a: &Bytes, b: &Bytes) -> bool {
-    if a == b {
-        return true;
-    }
-    match (
-        serde_json::from_slice::<serde_json::Value>(a),
-        serde_json::from_slice::<serde_json::Value>(b),
-    ) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
-
-/// Whether two answers are the same outcome: status and body.
-pub(crate) fn same_outcome(a: &Response, b: &Response) -> bool {
-    a.status == b.status && same_body(&a.body, &b.body)
-}
-
 fn is_secret(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     matches!(
@@ -370,7 +376,7 @@ impl Tally {
             None if ctx.endpoint.id_field.is_some() => self.ids_missing += 1,
             None => {}
         }
-        if !self.bodies.iter().any(|b| same_body(b, &response.body)) {
+        if !self.bodies.iter().any(|b| ctx.same_body(b, &response.body)) {
             self.bodies.push(response.body.clone());
         }
     }
@@ -489,4 +495,33 @@ pub(crate) fn times(n: u64) -> String {
 
 fn first(ids: &BTreeSet<String>) -> &str {
     ids.iter().next().map(String::as_str).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::Tls;
+
+    #[test]
+    fn ignored_fields_do_not_make_a_replay_differ() {
+        let mut endpoint = Endpoint::new("http://127.0.0.1:1/x".parse().unwrap());
+        endpoint.ignore_fields = vec!["meta.request_id".parse().unwrap()];
+        let client = Client {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            tls: Tls::new(&Default::default()).unwrap(),
+        };
+        let ctx = Ctx::new(&endpoint, client, false);
+        let body = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let first = body(r#"{"id":"pay_1","meta":{"request_id":"r1"}}"#);
+        // Another request id, other member order and spacing: the same answer.
+        let replay = body(r#"{ "meta": {"request_id": "r2"}, "id": "pay_1" }"#);
+        assert!(ctx.same_body(&first, &replay));
+        // Another id is another answer, whatever is ignored.
+        let other = body(r#"{"id":"pay_2","meta":{"request_id":"r1"}}"#);
+        assert!(!ctx.same_body(&first, &other));
+        // Bodies that are not JSON compare as bytes.
+        assert!(!ctx.same_body(&body("ok 1"), &body("ok 2")));
+        assert!(ctx.same_body(&body("ok"), &body("ok")));
+    }
 }

@@ -3,7 +3,6 @@
 //! stored answer is a data leak (critical); being refused as a conflict
 //! means one tenant's key blocks another's.
 
-use super::context::same_outcome;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, OracleReading, Severity, Verdict};
@@ -70,7 +69,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         let same_id = e.id_field.is_some()
             && ctx.id_of(&other).is_some()
             && ctx.id_of(&other) == ctx.id_of(&first);
-        let same = same_outcome(&first, &other);
+        let same = ctx.same_outcome(&first, &other);
         let leak = LeakEvidence {
             same_id,
             same_answer: same,

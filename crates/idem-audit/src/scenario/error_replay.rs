@@ -4,7 +4,6 @@
 //! attempt (a 500 may have had partial effects). Answers that say nothing
 //! was done (408, 425, 429, 502, 503, 504) may be retried afresh.
 
-use super::context::same_outcome;
 use super::{Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Verdict};
@@ -48,7 +47,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         Ok(r) => r,
         Err(err) => return Finding::no_answer(ID, "the retry", &err, evidence),
     };
-    if same_outcome(&first, &retry) {
+    if ctx.same_outcome(&first, &retry) {
         return Finding::new(
             ID,
             Verdict::Pass,

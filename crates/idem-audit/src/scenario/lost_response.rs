@@ -3,7 +3,7 @@
 //! it away (the client sees a reset); the client retries with the same
 //! key. One effect, and the retry gets the original outcome.
 
-use super::context::{same_outcome, seen, Tally};
+use super::context::{seen, Tally};
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Answer, Evidence, Severity, Verdict};
@@ -55,7 +55,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         return with_trial(Finding::new(ID, verdict, summary, evidence));
     }
     match &retry {
-        Ok(r) if same_outcome(&original, r) => with_trial(Finding::new(
+        Ok(r) if ctx.same_outcome(&original, r) => with_trial(Finding::new(
             ID,
             verdict,
             match verdict {

@@ -5,7 +5,6 @@
 //! a fingerprint over raw bytes breaks every client that re-serialises on
 //! retry.
 
-use super::context::same_outcome;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Severity, Verdict};
@@ -65,7 +64,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             )
             .with_severity(Severity::High);
         }
-        if let Some(r) = again.filter(|r| !same_outcome(&first, r)) {
+        if let Some(r) = again.filter(|r| !ctx.same_outcome(&first, r)) {
             if r.is_success() {
                 return Finding::new(
                     ID,
@@ -109,7 +108,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         .with_severity(Severity::High);
     }
     if second.is_success() {
-        return if same_outcome(&first, &second) {
+        return if ctx.same_outcome(&first, &second) {
             Finding::new(
                 ID,
                 Verdict::Fail,

@@ -3,7 +3,6 @@
 //! failure; a client that cannot tell a replay from a fresh execution just
 //! knows less.
 
-use super::context::same_outcome;
 use super::{baseline_failed, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Verdict};
@@ -28,7 +27,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         .send_until_final("replay", &request, &mut evidence)
         .await
     {
-        Ok(r) if same_outcome(&first, &r) => r,
+        Ok(r) if ctx.same_outcome(&first, &r) => r,
         Ok(r) => {
             return Finding::new(
                 ID,

@@ -2,7 +2,7 @@
 //! retry get? Being told plainly (422 `key-expired`) or a replay is fine;
 //! a second execution is a failure.
 
-use super::context::{same_outcome, Tally};
+use super::context::Tally;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Verdict};
@@ -88,7 +88,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             )
             .with_severity(crate::outcome::Severity::High)
         }
-        Verdict::Pass if same_outcome(&first, &late) => {
+        Verdict::Pass if ctx.same_outcome(&first, &late) => {
             "a retry after the window still gets the replay (the API keeps keys longer than --retention)".to_owned()
         }
         _ => summary,

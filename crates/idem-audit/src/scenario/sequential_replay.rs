@@ -1,7 +1,7 @@
 //! `sequential-replay`: the same key and body three times in sequence. One
 //! side effect; the same status and body each time.
 
-use super::context::{same_outcome, Tally};
+use super::context::Tally;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Severity, Verdict};
@@ -47,7 +47,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         .enumerate()
         .skip(1)
         .filter_map(|(i, a)| match a {
-            Ok(r) if same_outcome(first, r) => None,
+            Ok(r) if ctx.same_outcome(first, r) => None,
             Ok(r) => Some(format!("request {} got {}", i + 1, r.status)),
             Err(e) => Some(format!("request {} got no answer ({e})", i + 1)),
         })
