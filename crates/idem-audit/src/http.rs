@@ -58,6 +58,17 @@ impl Request {
         if needs_length {
             out.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
         }
+        // Some firewalls refuse requests without a User-Agent; say who we are
+        // unless the user sends their own.
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
+        {
+            out.extend_from_slice(
+                concat!("user-agent: idem-audit/", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes(),
+            );
+        }
         out.extend_from_slice(b"connection: close\r\n\r\n");
         out.extend_from_slice(&self.body);
         out

@@ -30,7 +30,7 @@ pub struct AuditArgs {
     /// so a key's duplicates land on different instances.
     #[arg(long, value_name = "URL", value_parser = parse_url, required_unless_present = "config")]
     url: Vec<Url>,
-    /// Its method.
+    /// Its method (default POST).
     #[arg(long, value_name = "METHOD", value_parser = parse_method)]
     method: Option<http::Method>,
     /// Its body, or @FILE to read it. Sent as application/json unless
@@ -45,7 +45,7 @@ pub struct AuditArgs {
     /// key); cross-tenant needs it.
     #[arg(long = "alt-header", value_name = "'K: V'", value_parser = parse_header)]
     alt_headers: Vec<(String, String)>,
-    /// The header that carries the key.
+    /// The header that carries the key (default Idempotency-Key).
     #[arg(long, value_name = "NAME")]
     key_header: Option<String>,
     /// Oracle: a JSON path into 2xx answers whose value is new per
@@ -78,13 +78,13 @@ pub struct AuditArgs {
     /// Scenarios to run, comma-separated, or all (default: all but retention).
     #[arg(long, value_name = "ID,…", value_parser = parse_scenario_list)]
     scenarios: Option<ScenarioList>,
-    /// Same-key requests per concurrent burst.
+    /// Same-key requests per concurrent burst (default 20, at most 1000).
     #[arg(long, value_name = "N")]
     burst: Option<u32>,
-    /// Concurrent-burst rounds.
+    /// Concurrent-burst rounds (default 5); more tighten the bound.
     #[arg(long, value_name = "N")]
     rounds: Option<u32>,
-    /// When abandoned-request hangs up.
+    /// When abandoned-request hangs up (default 100ms).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     abandon_after: Option<Duration>,
     /// The API's retention window; the retention scenario waits it out.
@@ -93,10 +93,11 @@ pub struct AuditArgs {
     /// Fail missing-key when a keyless request executes.
     #[arg(long)]
     require_key: bool,
-    /// How long one answer may take.
+    /// How long one answer may take (default 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// How long a retry loop keeps honouring 409 and Retry-After.
+    /// How long a retry loop keeps honouring 409 and Retry-After (default
+    /// 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retry_deadline: Option<Duration>,
     /// Report format.
@@ -109,7 +110,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "N/PERIOD")]
     volume: Option<Volume>,
     /// The share of requests assumed ambiguous to their client and retried,
-    /// for --volume.
+    /// for --volume (default 0.1%).
     #[arg(long, value_name = "RATE")]
     ambiguous_rate: Option<Rate>,
     /// Several endpoints from a TOML file (docs/audit.md); endpoint flags

@@ -29,7 +29,8 @@ enum Command {
     /// Attack an API with duplicate delivery (replays, concurrent bursts,
     /// lost responses, abandoned requests, changed payloads, other tenants)
     /// and report each violation with evidence. Exit 0 pass, 1 fail, 2
-    /// usage or unreachable, 3 only indeterminate.
+    /// usage or unreachable, 3 nothing failed but something could not be
+    /// established.
     Audit(Box<audit::AuditArgs>),
     /// No setup: audit a built-in payments API without idempotency, then
     /// with idem gateway in front, and show the difference.

@@ -276,10 +276,7 @@ impl<'a> Ctx<'a> {
 
 /// How long to wait before retrying this answer, if it asks for a retry.
 pub(crate) fn retry_wait(response: &Response) -> Option<Duration> {
-    let retry_after = response
-        .header("retry-after")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = response.header("retry-after").and_then(parse_retry_after);
     let in_progress = response.status == 409
         && response
             .problem_slug()
@@ -291,6 +288,20 @@ pub(crate) fn retry_wait(response: &Response) -> Option<Duration> {
             .unwrap_or(Duration::from_millis(200))
             .clamp(Duration::from_millis(50), MAX_RETRY_WAIT)
     })
+}
+
+/// `Retry-After` (RFC 9110 section 10.2.3): seconds, or an HTTP date (a
+/// date already past means now).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// The evidence form of an answer the client saw.
@@ -501,6 +512,22 @@ fn first(ids: &BTreeSet<String>) -> &str {
 mod tests {
     use super::*;
     use crate::tls::Tls;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(120);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 
     #[test]
     fn ignored_fields_do_not_make_a_replay_differ() {
