@@ -1,4 +1,4 @@
-//! Rendering an [`AuditReport`](crate::AuditReport): text, JSON, JUnit XML, Markdown.
+//! Rendering an [`AuditReport`]: text, JSON, JUnit XML, Markdown.
 //!
 //! All four render the same values. The text report is what a developer
 //! reads in a terminal; JSON is the complete record (every exchange, the

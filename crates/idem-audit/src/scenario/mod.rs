@@ -1,5 +1,5 @@
 //! The scenarios, one file each. Every scenario uses fresh keys, sends
-//! through [`Ctx`], and returns a [`Finding`]: its verdict with the
+//! through `Ctx`, and returns a `Finding`: its verdict with the
 //! evidence behind it.
 
 mod abandoned_request;
