@@ -4,92 +4,29 @@
 //! deadlines.
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use idem_chaos::{ChaosOptions, Delay, Fault, Faults, Methods, RunningChaos};
+use idem_testkit::{reply, Gate, Reply, Seen, Upstream};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// One request as the upstream executed it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-/// Records every request; answers POST with `201 {"n":N}` (N counts
-/// executions) and anything else with `200 hello`.
-#[derive(Clone, Default)]
-struct Upstream {
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Upstream {
-    async fn start(&self) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let this = this.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let this = this.clone();
-                        async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        addr
-    }
-
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        let method = parts.method.clone();
-        let n = {
-            let mut seen = self.seen.lock().unwrap();
-            seen.push(Seen {
-                method: parts.method,
-                path: parts.uri.to_string(),
-                headers: parts.headers,
-                body,
-            });
-            seen.iter().filter(|s| s.method == method).count()
-        };
-        if method == Method::POST {
-            let mut response = Response::new(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))));
-            *response.status_mut() = StatusCode::CREATED;
-            response
-        } else {
-            let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
-            response
-                .headers_mut()
-                .insert("x-upstream", "yes".parse().unwrap());
-            response
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn count(&self, method: Method) -> usize {
-        self.seen().iter().filter(|s| s.method == method).count()
+/// Answers POST with `201 {"n":N}` (N counts executions) and anything
+/// else with `200 hello`; the upstream records every request.
+async fn respond(seen: Seen, _: Gate) -> Reply {
+    if seen.method == Method::POST {
+        Some(reply(201, format!("{{\"n\":{}}}", seen.number_with_method)))
+    } else {
+        let mut response = reply(200, "hello");
+        response
+            .headers_mut()
+            .insert("x-upstream", "yes".parse().unwrap());
+        Some(response)
     }
 }
 
@@ -182,8 +119,8 @@ fn log_lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn duplicate_delivers_twice_and_answers_with_the_first() {
-    let upstream = Upstream::default();
-    let up = upstream.start().await;
+    let upstream = Upstream::answering(respond).await;
+    let up = upstream.addr;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("faults.jsonl");
     let faults = Faults {
@@ -229,8 +166,8 @@ async fn duplicate_delivers_twice_and_answers_with_the_first() {
 
 #[tokio::test]
 async fn drop_response_executes_but_no_client_gets_an_answer() {
-    let upstream = Upstream::default();
-    let up = upstream.start().await;
+    let upstream = Upstream::answering(respond).await;
+    let up = upstream.addr;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("faults.jsonl");
     let faults = Faults {
@@ -246,7 +183,7 @@ async fn drop_response_executes_but_no_client_gets_an_answer() {
     }
     // The proxy read each full answer before cutting the client, so every
     // request has executed by the time its client saw the error.
-    assert_eq!(upstream.count(Method::POST), 20);
+    assert_eq!(upstream.count_method(Method::POST), 20);
     let lines = log_lines(&log);
     assert_eq!(lines.len(), 20);
     assert!(lines
@@ -285,8 +222,8 @@ async fn the_client_sees_a_connection_reset() {
         (Fault::Reset, 0),
         (Fault::DropRequest, 0),
     ] {
-        let upstream = Upstream::default();
-        let up = upstream.start().await;
+        let upstream = Upstream::answering(respond).await;
+        let up = upstream.addr;
         let faults = match fault {
             Fault::DropResponse => Faults {
                 drop_response: 1.0,
@@ -310,15 +247,15 @@ async fn the_client_sees_a_connection_reset() {
             std::io::ErrorKind::ConnectionReset,
             "{fault}: {error}"
         );
-        assert_eq!(upstream.count(Method::POST), executed, "{fault}");
+        assert_eq!(upstream.count_method(Method::POST), executed, "{fault}");
         chaos.shutdown().await;
     }
 }
 
 #[tokio::test]
 async fn drop_request_never_reaches_the_upstream() {
-    let upstream = Upstream::default();
-    let up = upstream.start().await;
+    let upstream = Upstream::answering(respond).await;
+    let up = upstream.addr;
     let faults = Faults {
         drop_request: 1.0,
         ..Faults::default()
@@ -333,8 +270,8 @@ async fn drop_request_never_reaches_the_upstream() {
         .await
         .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(upstream.count(Method::GET), 1);
-    assert_eq!(upstream.count(Method::POST), 0);
+    assert_eq!(upstream.count_method(Method::GET), 1);
+    assert_eq!(upstream.count_method(Method::POST), 0);
     let summary = chaos.shutdown().await;
     assert_eq!(
         (summary.requests, summary.selected, summary.drop_request),
@@ -344,8 +281,8 @@ async fn drop_request_never_reaches_the_upstream() {
 
 #[tokio::test]
 async fn other_methods_pass_through_untouched() {
-    let upstream = Upstream::default();
-    let up = upstream.start().await;
+    let upstream = Upstream::answering(respond).await;
+    let up = upstream.addr;
     let faults = Faults {
         duplicate: 1.0,
         ..Faults::default()
@@ -373,8 +310,8 @@ async fn other_methods_pass_through_untouched() {
     );
 
     // With --methods GET, GET is the one that gets faults.
-    let upstream = Upstream::default();
-    let up = upstream.start().await;
+    let upstream = Upstream::answering(respond).await;
+    let up = upstream.addr;
     let chaos = chaos_with(
         up,
         Faults {
@@ -393,8 +330,8 @@ async fn other_methods_pass_through_untouched() {
         post(chaos.addr(), 0).await.unwrap().status,
         StatusCode::CREATED
     );
-    assert_eq!(upstream.count(Method::GET), 0);
-    assert_eq!(upstream.count(Method::POST), 1);
+    assert_eq!(upstream.count_method(Method::GET), 0);
+    assert_eq!(upstream.count_method(Method::POST), 1);
     chaos.shutdown().await;
 }
 
@@ -402,8 +339,8 @@ async fn other_methods_pass_through_untouched() {
 async fn a_probability_lands_in_its_binomial_range() {
     const N: usize = 400;
     const P: f64 = 0.3;
-    let upstream = Upstream::default();
-    let up = upstream.start().await;
+    let upstream = Upstream::answering(respond).await;
+    let up = upstream.addr;
     let faults = Faults {
         duplicate: P,
         ..Faults::default()
@@ -430,7 +367,7 @@ async fn a_probability_lands_in_its_binomial_range() {
     for worker in workers {
         worker.await.unwrap();
     }
-    let effects = upstream.count(Method::POST);
+    let effects = upstream.count_method(Method::POST);
     let duplicates = effects - N;
     let mean = N as f64 * P;
     let sd = (N as f64 * P * (1.0 - P)).sqrt();
@@ -468,8 +405,8 @@ async fn a_seed_repeats_the_sequence_of_decisions() {
     let dir = tempfile::tempdir().unwrap();
     let mut runs = Vec::new();
     for (run, seed) in [42, 42, 43].into_iter().enumerate() {
-        let upstream = Upstream::default();
-        let up = upstream.start().await;
+        let upstream = Upstream::answering(respond).await;
+        let up = upstream.addr;
         let log = dir.path().join(format!("run-{run}.jsonl"));
         let chaos = chaos(up, faults, seed, Some(&log)).await;
         for i in 0..60 {
@@ -487,7 +424,11 @@ async fn a_seed_repeats_the_sequence_of_decisions() {
             .collect();
         decisions.sort();
         assert_eq!(decisions.len() as u64, summary.faults());
-        runs.push((decisions, summary.passed, upstream.count(Method::POST)));
+        runs.push((
+            decisions,
+            summary.passed,
+            upstream.count_method(Method::POST),
+        ));
     }
     assert!(!runs[0].0.is_empty());
     assert_eq!(
@@ -499,8 +440,8 @@ async fn a_seed_repeats_the_sequence_of_decisions() {
 
 #[tokio::test]
 async fn delay_holds_the_request() {
-    let upstream = Upstream::default();
-    let up = upstream.start().await;
+    let upstream = Upstream::answering(respond).await;
+    let up = upstream.addr;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("faults.jsonl");
     let hold = Duration::from_millis(300);
@@ -516,7 +457,7 @@ async fn delay_holds_the_request() {
     let answer = post(chaos.addr(), 0).await.unwrap();
     assert!(started.elapsed() >= hold, "{:?}", started.elapsed());
     assert_eq!(answer.status, StatusCode::CREATED);
-    assert_eq!(upstream.count(Method::POST), 1);
+    assert_eq!(upstream.count_method(Method::POST), 1);
     let lines = log_lines(&log);
     assert_eq!(lines[0]["fault"], "delay");
     assert_eq!(lines[0]["delay_ms"], 300);

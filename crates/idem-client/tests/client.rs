@@ -3,25 +3,21 @@
 //! responses. No fixed sleeps: conditions are awaited with deadlines or
 //! channel signals.
 
-use bytes::Bytes;
-use http::{Extensions, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{Extensions, StatusCode};
 use idem_chaos::{ChaosOptions, Faults, Methods, RunningChaos};
 use idem_client::{Error, GaveUp, IdempotencyKey, IdempotentRetry, ResponseExt, RetryPolicy};
 use idem_core::ProblemType;
 use idem_gateway::{GatewayOptions, RunningGateway};
 use idem_store::MemoryStore;
+use idem_testkit::{reply, Gate, Reply};
 use idem_tower::IdempotencyConfig;
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 // ---------------------------------------------------------------------------
 // Upstream
@@ -32,126 +28,73 @@ type Scripted = (u16, Vec<(&'static str, String)>);
 
 #[derive(Default)]
 struct State {
-    /// Requests seen per path.
-    counts: Mutex<HashMap<String, usize>>,
-    /// Executions of `/charges` per idempotency key.
-    per_key: Mutex<HashMap<String, usize>>,
-    /// The `Idempotency-Key` of every request, in order (`None` if absent).
-    keys: Mutex<Vec<Option<String>>>,
     /// Answers of `/script`, consumed in order; 201 once empty.
     script: Mutex<VecDeque<Scripted>>,
-    /// `/slow` waits until this is `true`.
-    gate: Option<watch::Sender<bool>>,
 }
 
-/// A real HTTP/1.1 server that counts what it executes:
+/// The shared counting upstream ([`idem_testkit::Upstream`]: a real
+/// HTTP/1.1 server that counts what it executes), answering:
 /// - `/charges`: 201 `{"id":N}`
 /// - `/script`:  the next scripted answer, or 201 `{"id":N}`
 /// - `/hang`:    never answers
-/// - `/slow`:    waits for [`Upstream::release`], then 201
+/// - `/slow`:    waits for [`idem_testkit::Upstream::release`], then 201
 #[derive(Clone)]
 struct Upstream {
-    addr: SocketAddr,
+    inner: idem_testkit::Upstream,
     state: Arc<State>,
+}
+
+impl std::ops::Deref for Upstream {
+    type Target = idem_testkit::Upstream;
+
+    fn deref(&self) -> &idem_testkit::Upstream {
+        &self.inner
+    }
 }
 
 impl Upstream {
     async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State {
-            gate: Some(watch::channel(false).0),
-            ..State::default()
-        });
-        let serving = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = serving.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Upstream { addr, state }
+        let state = Arc::new(State::default());
+        let answering = state.clone();
+        let inner = idem_testkit::Upstream::answering(move |seen, gate| {
+            answer(answering.clone(), seen, gate)
+        })
+        .await;
+        Upstream { inner, state }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn count(&self, path: &str) -> usize {
-        self.state
-            .counts
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
-    }
-
+    /// Executions of `/charges` per idempotency key.
     fn per_key(&self) -> HashMap<String, usize> {
-        self.state.per_key.lock().unwrap().clone()
+        let mut per_key = HashMap::new();
+        for seen in self.seen().into_iter().filter(|s| s.path == "/charges") {
+            *per_key.entry(seen.key.unwrap_or_default()).or_default() += 1;
+        }
+        per_key
     }
 
+    /// The `Idempotency-Key` of every request, in order (`None` if absent).
     fn keys(&self) -> Vec<Option<String>> {
-        self.state.keys.lock().unwrap().clone()
+        self.seen().into_iter().map(|s| s.key).collect()
     }
 
     fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
         self.state.script.lock().unwrap().extend(answers);
     }
-
-    fn release(&self) {
-        if let Some(gate) = &self.state.gate {
-            gate.send_replace(true);
-        }
-    }
 }
 
-async fn handle(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let _ = body.collect().await;
-    let path = parts.uri.path().to_owned();
-    let key = parts
-        .headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().unwrap().to_owned());
-    state.keys.lock().unwrap().push(key.clone());
-    let n = {
-        let mut counts = state.counts.lock().unwrap();
-        let n = counts.entry(path.clone()).or_default();
-        *n += 1;
-        *n
-    };
+async fn answer(state: Arc<State>, seen: idem_testkit::Seen, gate: Gate) -> Reply {
+    let n = seen.number_on_path;
     let answer = |status: u16, headers: Vec<(&'static str, String)>, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        let mut r = reply(status, body);
         for (name, value) in headers {
             r.headers_mut().insert(name, value.parse().unwrap());
         }
         r.headers_mut()
             .insert("content-type", "application/json".parse().unwrap());
-        Ok(r)
+        Some(r)
     };
-    match path.as_str() {
-        "/charges" => {
-            *state
-                .per_key
-                .lock()
-                .unwrap()
-                .entry(key.unwrap_or_default())
-                .or_default() += 1;
-            answer(201, vec![], format!(r#"{{"id":{n}}}"#))
-        }
+    match seen.path.as_str() {
+        "/charges" => answer(201, vec![], format!(r#"{{"id":{n}}}"#)),
         "/script" => match state.script.lock().unwrap().pop_front() {
             Some((status, headers)) => {
                 answer(status, headers, format!(r#"{{"scripted":{status}}}"#))
@@ -160,9 +103,7 @@ async fn handle(
         },
         "/hang" => std::future::pending().await,
         "/slow" => {
-            if let Some(gate) = &state.gate {
-                let _ = gate.subscribe().wait_for(|open| *open).await;
-            }
+            gate.hold().await;
             answer(201, vec![], format!(r#"{{"slow":{n}}}"#))
         }
         _ => answer(404, vec![], "{}".into()),

@@ -2,75 +2,18 @@
 //! with a count endpoint, `idem chaos` losing a fifth of the responses, and
 //! `idem gateway` in between or not.
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use idem_chaos::{ChaosOptions, Faults, Methods, RunningChaos};
 use idem_client::RetryPolicy;
 use idem_gateway::{GatewayOptions, RunningGateway};
 use idem_soak::{parse_body, parse_url, run, CountField, Progress, SoakError, SoakOptions};
 use idem_store::MemoryStore;
+use idem_testkit::counting_upstream;
 use idem_tower::IdempotencyConfig;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// Counts every POST as one side effect (201 `{"id":N}`); `GET /count`
-/// answers `{"count":N}`, `GET /stats` `{"stats":{"charges":N}}`, `GET /text`
-/// a body that is not JSON.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
-    let counter = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let counter = counter.clone();
-                    async move {
-                        let method = req.method().clone();
-                        let path = req.uri().path().to_owned();
-                        let _ = req.into_body().collect().await;
-                        let (status, body) = if method == Method::POST {
-                            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                            (StatusCode::CREATED, format!(r#"{{"id":{n}}}"#))
-                        } else {
-                            let n = counter.load(Ordering::SeqCst);
-                            match path.as_str() {
-                                "/count" => (StatusCode::OK, format!(r#"{{"count":{n}}}"#)),
-                                "/stats" => {
-                                    (StatusCode::OK, format!(r#"{{"stats":{{"charges":{n}}}}}"#))
-                                }
-                                "/text" => (StatusCode::OK, "many".to_owned()),
-                                _ => (StatusCode::NOT_FOUND, "{}".to_owned()),
-                            }
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = status;
-                        response
-                            .headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, count)
-}
 
 async fn gateway(upstream: SocketAddr) -> RunningGateway {
     idem_gateway::start(GatewayOptions {

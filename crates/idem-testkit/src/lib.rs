@@ -7,6 +7,14 @@
 //! - [`unique_name`], [`block_on_thread`]: per-test namespaces and their
 //!   cleanup from `Drop`.
 //! - [`Proxy`]: a TCP proxy that cuts a server off without stopping it.
+//! - [`Upstream`]: a counting upstream, a real HTTP server that records
+//!   every request (counts per path, idempotency key, method) and answers
+//!   it as the test says; [`counting_upstream`] when a count of side
+//!   effects is all a test needs.
+
+mod upstream;
+
+pub use upstream::{counting_upstream, reply, Body, Gate, Reply, Seen, Upstream};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

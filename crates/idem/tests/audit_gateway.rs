@@ -6,11 +6,13 @@
 //! hang-ups are exactly what those paths must survive.
 
 mod shared_store;
+mod support;
 
 use idem_sample_api::{Flaw, RunningSampleApi, SampleApiOptions};
-use shared_store::{pg_up, redis_up, redis_url, Gateway, PgSchema, RedisPrefix};
+use shared_store::{pg_up, redis_up, redis_url, PgSchema, RedisPrefix};
 use std::process::Command;
 use std::time::Duration;
+use support::Idem;
 
 async fn api() -> RunningSampleApi {
     let mut options = SampleApiOptions::new(Flaw::NoIdempotency);
@@ -22,7 +24,7 @@ async fn api() -> RunningSampleApi {
 
 /// Audits the gateway at `gateway` (in front of `api`) with every default
 /// scenario and every oracle, and asserts a clean report.
-async fn audit_is_clean(gateway: &Gateway, api: &RunningSampleApi, engine: &str) {
+async fn audit_is_clean(gateway: &Idem, api: &RunningSampleApi, engine: &str) {
     let (report, code) = audit(&[gateway], api, engine).await;
     let not_passed = not_passed(&report);
     assert!(not_passed.is_empty(), "{engine}: {}", not_passed.join("\n"));
@@ -44,7 +46,7 @@ fn not_passed(report: &serde_json::Value) -> Vec<String> {
 /// rotating across `gateways`, counting effects at the API itself behind
 /// them; returns the JSON report and the exit code.
 async fn audit(
-    gateways: &[&Gateway],
+    gateways: &[&Idem],
     api: &RunningSampleApi,
     engine: &str,
 ) -> (serde_json::Value, Option<i32>) {
@@ -105,7 +107,7 @@ async fn the_gateway_on_sqlite_passes_every_scenario() {
     let api = api().await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite:{}", dir.path().join("idem.db").display());
-    let gateway = Gateway::start(api.addr(), &store, &config(&dir));
+    let gateway = Idem::gateway(api.addr(), &store, &config(&dir));
     audit_is_clean(&gateway, &api, "sqlite").await;
 }
 
@@ -117,7 +119,7 @@ async fn the_gateway_on_postgres_passes_every_scenario() {
     let api = api().await;
     let dir = tempfile::tempdir().unwrap();
     let schema = PgSchema::new();
-    let gateway = Gateway::start(api.addr(), &schema.store_url(), &config(&dir));
+    let gateway = Idem::gateway(api.addr(), &schema.store_url(), &config(&dir));
     audit_is_clean(&gateway, &api, "postgres").await;
 }
 
@@ -129,7 +131,7 @@ async fn the_gateway_on_redis_passes_every_scenario() {
     let api = api().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = RedisPrefix::new(&redis_url());
-    let gateway = Gateway::start(api.addr(), &prefix.store_url(), &config(&dir));
+    let gateway = Idem::gateway(api.addr(), &prefix.store_url(), &config(&dir));
     audit_is_clean(&gateway, &api, "redis").await;
 }
 
@@ -141,8 +143,8 @@ async fn two_gateways_with_their_own_stores_duplicate_across_instances() {
     let api = api().await;
     let dir = tempfile::tempdir().unwrap();
     let store = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
-    let a = Gateway::start(api.addr(), &store("a.db"), &config(&dir));
-    let b = Gateway::start(api.addr(), &store("b.db"), &config(&dir));
+    let a = Idem::gateway(api.addr(), &store("a.db"), &config(&dir));
+    let b = Idem::gateway(api.addr(), &store("b.db"), &config(&dir));
     let (report, code) = audit(&[&a, &b], &api, "two sqlite files").await;
     let failed = not_passed(&report);
     for id in ["sequential-replay", "concurrent-burst"] {
@@ -166,8 +168,8 @@ async fn two_gateways_sharing_postgres_pass_every_scenario_across_instances() {
     let api = api().await;
     let dir = tempfile::tempdir().unwrap();
     let schema = PgSchema::new();
-    let a = Gateway::start(api.addr(), &schema.store_url(), &config(&dir));
-    let b = Gateway::start(api.addr(), &schema.store_url(), &config(&dir));
+    let a = Idem::gateway(api.addr(), &schema.store_url(), &config(&dir));
+    let b = Idem::gateway(api.addr(), &schema.store_url(), &config(&dir));
     let (report, code) = audit(&[&a, &b], &api, "postgres, two gateways").await;
     assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
     assert_eq!(code, Some(0));
@@ -181,8 +183,8 @@ async fn two_gateways_sharing_redis_pass_every_scenario_across_instances() {
     let api = api().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = RedisPrefix::new(&redis_url());
-    let a = Gateway::start(api.addr(), &prefix.store_url(), &config(&dir));
-    let b = Gateway::start(api.addr(), &prefix.store_url(), &config(&dir));
+    let a = Idem::gateway(api.addr(), &prefix.store_url(), &config(&dir));
+    let b = Idem::gateway(api.addr(), &prefix.store_url(), &config(&dir));
     let (report, code) = audit(&[&a, &b], &api, "redis, two gateways").await;
     assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
     assert_eq!(code, Some(0));

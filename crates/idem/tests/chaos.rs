@@ -3,109 +3,22 @@
 //! logs each fault as a JSON line, prints a summary and exits 0 on
 //! SIGINT/SIGTERM, and rejects bad flags with exit code 2.
 
+mod support;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::io::{BufRead, BufReader, Read};
+use idem_testkit::counting_upstream;
+use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use support::Idem;
 
-/// Answers every request with 201 and counts them.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let counter = counter.clone();
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                        let mut response =
-                            Response::new(Full::new(Bytes::from(format!("{{\"id\":{n}}}"))));
-                        *response.status_mut() = StatusCode::CREATED;
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, count)
-}
-
-struct Chaos {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-    addr: SocketAddr,
-}
-
-fn spawn_chaos(args: &[&str]) -> Chaos {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
-        .arg("chaos")
-        .args(args)
-        .env("IDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the idem binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .parse()
-        .unwrap();
-    Chaos {
-        child,
-        stdout,
-        addr,
-    }
-}
-
-impl Chaos {
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits (with a deadline) for the process to exit; returns its status
-    /// and the rest of its stdout.
-    fn wait(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("idem chaos did not exit after the signal");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        (status, rest)
-    }
+/// `idem chaos ARGS…`, once it listens.
+fn spawn_chaos(args: &[&str]) -> Idem {
+    Idem::start(["chaos"].iter().chain(args), "warn")
 }
 
 async fn post(addr: SocketAddr, i: usize) -> Result<StatusCode, hyper::Error> {

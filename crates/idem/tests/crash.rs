@@ -2,125 +2,20 @@
 //! the same SQLite file: nothing acknowledged is lost, nothing runs twice,
 //! and a key that was in flight at the kill becomes outcome-unknown.
 
+mod support;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::Request;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
+use idem_testkit::Upstream;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
-
-/// An upstream that counts executions per idempotency key. Keys starting
-/// with `slow-` are held until the test opens the gate.
-#[derive(Clone)]
-struct Upstream {
-    executions: Arc<Mutex<HashMap<String, usize>>>,
-    gate: Arc<Semaphore>,
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Upstream {
-            executions: Arc::default(),
-            gate: Arc::new(Semaphore::new(0)),
-        }
-    }
-}
-
-impl Upstream {
-    async fn start(&self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let this = this.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let this = this.clone();
-                        async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        addr
-    }
-
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let key = req
-            .headers()
-            .get("idempotency-key")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        let _ = req.into_body().collect().await;
-        let n = {
-            let mut map = self.executions.lock().unwrap();
-            let n = map.entry(key.clone()).or_default();
-            *n += 1;
-            *n
-        };
-        if key.starts_with("slow-") {
-            self.gate.acquire().await.unwrap().forget();
-        }
-        let mut response = Response::new(Full::new(Bytes::from(format!(
-            "{{\"key\":\"{key}\",\"execution\":{n}}}"
-        ))));
-        *response.status_mut() = hyper::StatusCode::CREATED;
-        response
-    }
-
-    fn count(&self, key: &str) -> usize {
-        self.executions
-            .lock()
-            .unwrap()
-            .get(key)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn spawn_gateway(upstream: SocketAddr, db: &Path, config: &Path) -> Gateway {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(["gateway", "--listen", "127.0.0.1:0", "--upstream"])
-        .arg(format!("http://{upstream}"))
-        .arg("--store")
-        .arg(format!("sqlite:{}", db.display()))
-        .arg("--config")
-        .arg(config)
-        .env("IDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the idem binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .parse()
-        .unwrap();
-    Gateway { child, addr }
-}
+use support::Idem;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -164,15 +59,16 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("idem.db");
+    let store = format!("sqlite:{}", db.display());
     let config = dir.path().join("idem.toml");
     // A short lease so the key in flight at the kill turns outcome-unknown
     // quickly after the restart.
     std::fs::write(&config, "lease = \"1s\"\nupstream_timeout = \"60s\"\n").unwrap();
-    let upstream = Upstream::default();
-    let upstream_addr = upstream.start().await;
+    let upstream = Upstream::start().await;
+    let upstream_addr = upstream.addr;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
 
-    let mut gateway = spawn_gateway(upstream_addr, &db, &config);
+    let mut gateway = Idem::gateway(upstream_addr, &store, &config);
     let addr = gateway.addr;
 
     // Keys in flight at the kill: they reached the upstream, which holds them.
@@ -184,7 +80,7 @@ async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
     wait_until("the slow keys to reach the upstream", || {
         let upstream = upstream.clone();
         let slow = slow.clone();
-        async move { slow.iter().all(|k| upstream.count(k) == 1) }
+        async move { slow.iter().all(|k| upstream.count_key(k) == 1) }
     })
     .await;
 
@@ -221,7 +117,7 @@ async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
 
-    let mut restarted = spawn_gateway(upstream_addr, &db, &config);
+    let mut restarted = Idem::gateway(upstream_addr, &store, &config);
     let addr = restarted.addr;
 
     // Every acknowledged key replays its stored response; none ran twice.
@@ -233,7 +129,7 @@ async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
             "{key} must replay after the restart"
         );
         assert_eq!(&replay_body, body, "{key} replays the stored body");
-        assert_eq!(upstream.count(key), 1, "{key} executed once");
+        assert_eq!(upstream.count_key(key), 1, "{key} executed once");
     }
     // Keys sent but not acknowledged (cut by the kill) are either executed
     // now for the first time or reported unknown: never executed twice.
@@ -243,9 +139,9 @@ async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
             if !acknowledged.contains_key(&key) {
                 let _ = post(&client, addr, &key).await;
                 assert!(
-                    upstream.count(&key) <= 1,
+                    upstream.count_key(&key) <= 1,
                     "{key} executed {} times",
-                    upstream.count(&key)
+                    upstream.count_key(&key)
                 );
             }
         }
@@ -264,7 +160,7 @@ async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
             }
         })
         .await;
-        assert_eq!(upstream.count(key), 1, "{key} was never re-executed");
+        assert_eq!(upstream.count_key(key), 1, "{key} was never re-executed");
     }
     upstream.gate.add_permits(slow.len());
     restarted.child.kill().unwrap();
@@ -275,12 +171,13 @@ async fn kill_9_loses_no_completed_key_and_runs_nothing_twice() {
 async fn sigterm_lets_the_request_in_flight_finish_and_store_its_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("idem.db");
+    let store = format!("sqlite:{}", db.display());
     let config = dir.path().join("idem.toml");
     std::fs::write(&config, "shutdown_grace = \"30s\"\n").unwrap();
-    let upstream = Upstream::default();
-    let upstream_addr = upstream.start().await;
+    let upstream = Upstream::start().await;
+    let upstream_addr = upstream.addr;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let mut gateway = spawn_gateway(upstream_addr, &db, &config);
+    let mut gateway = Idem::gateway(upstream_addr, &store, &config);
     let addr = gateway.addr;
 
     let in_flight = tokio::spawn({
@@ -289,7 +186,7 @@ async fn sigterm_lets_the_request_in_flight_finish_and_store_its_outcome() {
     });
     wait_until("the request to reach the upstream", || {
         let upstream = upstream.clone();
-        async move { upstream.count("slow-term") == 1 }
+        async move { upstream.count_key("slow-term") == 1 }
     })
     .await;
     let status = Command::new("kill")
@@ -315,11 +212,11 @@ async fn sigterm_lets_the_request_in_flight_finish_and_store_its_outcome() {
     assert!(exit.success(), "graceful exit, got {exit:?}");
 
     // Its outcome was stored before the exit: a retry after restart replays.
-    let mut restarted = spawn_gateway(upstream_addr, &db, &config);
+    let mut restarted = Idem::gateway(upstream_addr, &store, &config);
     let (status, replayed, replay_body, _) =
         post(&client, restarted.addr, "slow-term").await.unwrap();
     assert_eq!((status, replayed, &replay_body), (201, true, &body));
-    assert_eq!(upstream.count("slow-term"), 1);
+    assert_eq!(upstream.count_key("slow-term"), 1);
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
 }

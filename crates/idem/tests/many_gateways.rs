@@ -9,6 +9,7 @@
 //! tests skip with a note on how to start them, and fail under `CI=true`.
 
 mod shared_store;
+mod support;
 
 use bytes::Bytes;
 use shared_store::*;
@@ -18,16 +19,17 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::Idem;
 
 /// Whether a request waits on the record of a key (the waiter marked the
 /// claim in the store), for the engine under test.
 type Marked = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// Starts three gateways at once (they migrate or connect concurrently).
-fn three_gateways(upstream: SocketAddr, store: &str, config: &Path) -> Vec<Gateway> {
+fn three_gateways(upstream: SocketAddr, store: &str, config: &Path) -> Vec<Idem> {
     std::thread::scope(|s| {
         let starting: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| Gateway::start(upstream, store, config)))
+            .map(|_| s.spawn(|| Idem::gateway(upstream, store, config)))
             .collect();
         starting
             .into_iter()
@@ -91,8 +93,8 @@ fn one_execution(key: &str, answers: &[Answer], conflicts_allowed: bool) -> Byte
 async fn three_gateways_share_one_truth(store: &str, marked: Marked) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let upstream = Upstream::default();
-    let upstream_addr = upstream.start().await;
+    let upstream = Upstream::start().await;
+    let upstream_addr = upstream.addr;
     let gateways = three_gateways(upstream_addr, store, &config);
     let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
     let client = http_client();
@@ -104,13 +106,13 @@ async fn three_gateways_share_one_truth(store: &str, marked: Marked) {
         let key = format!("burst-{round}");
         let answers = burst(&client, &addrs, "/charges", &key, 8).await;
         let body = one_execution(&key, &answers, true);
-        assert_eq!(upstream.count(&key), 1, "{key} executed once");
+        assert_eq!(upstream.count_key(&key), 1, "{key} executed once");
         for &addr in &addrs {
             let again = post(&client, addr, "/charges", &key).await.unwrap();
             assert_eq!((again.status, again.replayed), (201, true), "{key}");
             assert_eq!(again.body, body, "{key} replays through every gateway");
         }
-        assert_eq!(upstream.count(&key), 1, "{key} executed once");
+        assert_eq!(upstream.count_key(&key), 1, "{key} executed once");
     }
 
     // A key completed through one gateway replays through another.
@@ -122,7 +124,7 @@ async fn three_gateways_share_one_truth(store: &str, marked: Marked) {
         let replay = post(&client, other, "/charges", &key).await.unwrap();
         assert_eq!((replay.status, replay.replayed), (201, true), "{key}");
         assert_eq!(replay.body, original.body);
-        assert_eq!(upstream.count(&key), 1);
+        assert_eq!(upstream.count_key(&key), 1);
     }
 
     // Bursts on a waiting route while the first request is held upstream:
@@ -139,14 +141,14 @@ async fn three_gateways_share_one_truth(store: &str, marked: Marked) {
             || {
                 let upstream = upstream.clone();
                 let key = key.clone();
-                async move { upstream.count(&key) == 1 }
+                async move { upstream.count_key(&key) == 1 }
             },
         )
         .await;
         upstream.gate.add_permits(1);
         let answers = answers.await.unwrap();
         one_execution(&key, &answers, false);
-        assert_eq!(upstream.count(&key), 1, "{key} executed once");
+        assert_eq!(upstream.count_key(&key), 1, "{key} executed once");
     }
 
     // A request waiting on one gateway is released by the completion on
@@ -163,7 +165,7 @@ async fn three_gateways_share_one_truth(store: &str, marked: Marked) {
             || {
                 let upstream = upstream.clone();
                 let key = key.clone();
-                async move { upstream.count(&key) == 1 }
+                async move { upstream.count_key(&key) == 1 }
             },
         )
         .await;
@@ -200,7 +202,7 @@ async fn three_gateways_share_one_truth(store: &str, marked: Marked) {
             "{key}: the waiters were released {:?} after the completion",
             released.elapsed()
         );
-        assert_eq!(upstream.count(&key), 1);
+        assert_eq!(upstream.count_key(&key), 1);
     }
     drop(gateways);
 }

@@ -3,112 +3,31 @@
 //! endpoint: duplicates without the gateway, none with it and the bound,
 //! the JSON report's fields, and bad input with exit code 2.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use std::io::{BufRead, BufReader};
+mod support;
+
+use idem_testkit::counting_upstream;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
+use support::Idem;
 
 const OPERATIONS: u64 = 200;
 
-/// Counts every POST as a side effect (201 `{"id":N}`); `GET /count`
-/// answers `{"count":N}`.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
-    let counter = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let counter = counter.clone();
-                    async move {
-                        let post = req.method() == Method::POST;
-                        let _ = req.into_body().collect().await;
-                        let (status, body) = if post {
-                            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                            (StatusCode::CREATED, format!("{{\"id\":{n}}}"))
-                        } else {
-                            let n = counter.load(Ordering::SeqCst);
-                            (StatusCode::OK, format!("{{\"count\":{n}}}"))
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = status;
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, count)
-}
-
-/// A child `idem` process that is killed when the test ends.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `idem ARGS…` and waits for its `listening on ADDR` line.
-fn spawn(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(args)
-        .env("IDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the idem binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from idem {args:?}: {line:?}"))
-        .parse()
-        .unwrap();
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while stdout.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
-    Server { child, addr }
-}
-
-fn chaos_to(upstream: SocketAddr) -> Server {
-    spawn(&[
-        "chaos",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--drop-response",
-        "0.2",
-        "--seed",
-        "42",
-    ])
+fn chaos_to(upstream: SocketAddr) -> Idem {
+    Idem::start(
+        [
+            "chaos",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--drop-response",
+            "0.2",
+            "--seed",
+            "42",
+        ],
+        "warn",
+    )
 }
 
 /// Runs `idem soak ARGS…` to completion, off the async runtime.
@@ -186,15 +105,18 @@ async fn without_the_gateway_soak_finds_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_the_gateway_soak_finds_none_and_reports_the_bound() {
     let (upstream, count) = counting_upstream().await;
-    let gateway = spawn(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--store",
-        "memory",
-    ]);
+    let gateway = Idem::start(
+        [
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--store",
+            "memory",
+        ],
+        "warn",
+    );
     let chaos = chaos_to(gateway.addr);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.json");

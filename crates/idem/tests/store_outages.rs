@@ -19,11 +19,13 @@
 //! to get them, and fail under `CI=true`.
 
 mod shared_store;
+mod support;
 
 use shared_store::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::Idem;
 
 /// How long a keyed request may take to be refused while the store is
 /// away: the engines' operation bound (3 s) plus slack for a loaded
@@ -144,9 +146,9 @@ impl Outage {
 async fn a_gateway_survives_its_store_going_away(store: &str, mut outage: Outage) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let upstream = Upstream::default();
-    let upstream_addr = upstream.start().await;
-    let gateway = Gateway::start(upstream_addr, store, &config);
+    let upstream = Upstream::start().await;
+    let upstream_addr = upstream.addr;
+    let gateway = Idem::gateway(upstream_addr, store, &config);
     let addr = gateway.addr;
     let client = http_client();
 
@@ -164,7 +166,7 @@ async fn a_gateway_survives_its_store_going_away(store: &str, mut outage: Outage
         Duration::from_secs(10),
         || {
             let upstream = upstream.clone();
-            async move { upstream.count("slow-held") == 1 }
+            async move { upstream.count_key("slow-held") == 1 }
         },
     )
     .await;
@@ -188,7 +190,11 @@ async fn a_gateway_survives_its_store_going_away(store: &str, mut outage: Outage
         assert_eq!(answer.status, 503, "during-{i}: {answer:?}");
         assert_eq!(answer.problem().as_deref(), Some("store-unavailable"));
         assert!(took < REFUSED_WITHIN, "during-{i} refused after {took:?}");
-        assert_eq!(upstream.count(&format!("during-{i}")), 0, "not forwarded");
+        assert_eq!(
+            upstream.count_key(&format!("during-{i}")),
+            0,
+            "not forwarded"
+        );
     }
     // Unkeyed traffic still flows.
     for _ in 0..3 {
@@ -196,7 +202,7 @@ async fn a_gateway_survives_its_store_going_away(store: &str, mut outage: Outage
         assert_eq!(get(&client, addr, "/items").await.unwrap().status, 200);
         assert!(started.elapsed() < Duration::from_secs(2));
     }
-    assert!(upstream.gets() >= 4);
+    assert!(upstream.count_method(hyper::Method::GET) >= 4);
 
     // The held request's answer cannot be stored now; its client gets it
     // anyway.
@@ -223,11 +229,11 @@ async fn a_gateway_survives_its_store_going_away(store: &str, mut outage: Outage
         },
     )
     .await;
-    assert_eq!(upstream.count("after"), 1);
+    assert_eq!(upstream.count_key("after"), 1);
     // A request refused during the outage executes now, once.
     let retried = post(&client, addr, "/charges", "during-0").await.unwrap();
     assert_eq!((retried.status, retried.replayed), (201, false));
-    assert_eq!(upstream.count("during-0"), 1);
+    assert_eq!(upstream.count_key("during-0"), 1);
     // The outcome that could not be written is written in the background:
     // its retry replays it (in progress until then), never re-executes.
     poll_until(
@@ -249,7 +255,7 @@ async fn a_gateway_survives_its_store_going_away(store: &str, mut outage: Outage
         },
     )
     .await;
-    assert_eq!(upstream.count("slow-held"), 1);
+    assert_eq!(upstream.count_key("slow-held"), 1);
     // And what was stored before the outage is still there.
     let again = post(&client, addr, "/charges", "before").await.unwrap();
     assert_eq!((again.status, again.replayed), (201, true));

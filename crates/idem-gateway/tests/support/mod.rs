@@ -7,28 +7,25 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use idem_core::{IdempotencyKey, Record, RecordId, RecordState, Scope, ScopeSource};
 use idem_gateway::{GatewayOptions, RunningGateway};
 use idem_store::{
     Claim, ClaimOutcome, Completion, MemoryStore, SqliteOptions, SqliteStore, Store, StoreError,
     SweepReport, Write,
 };
+use idem_testkit::{reply, Gate, Reply, Seen};
 use idem_tower::IdempotencyConfig;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// How long any single client exchange may take before the test fails.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,34 +61,9 @@ where
 // Upstream
 // ---------------------------------------------------------------------------
 
-/// One request as the upstream received it.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: Method,
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-struct UpstreamState {
-    counts: Mutex<HashMap<String, usize>>,
-    seen: Mutex<Vec<Seen>>,
-    /// `/slow` and `/stream` wait until this is `true`.
-    gate: watch::Sender<bool>,
-}
-
-impl UpstreamState {
-    fn count(&self, path: &str) -> usize {
-        let mut counts = self.counts.lock().unwrap();
-        let n = counts.entry(path.to_owned()).or_default();
-        *n += 1;
-        *n
-    }
-}
-
-/// A real HTTP/1.1 server on 127.0.0.1:0 that counts side effects per path.
-///
-/// Behaviour by path (any method):
+/// The shared counting upstream ([`idem_testkit::Upstream`]: a real
+/// HTTP/1.1 server on 127.0.0.1:0 that counts side effects per path),
+/// answering by path (any method):
 /// - `/charges...` : 201 `{"charge":N}` + `Set-Cookie`, `Date`,
 ///   `X-RateLimit-Remaining`, `X-Custom: yes`
 /// - `/status/NNN` : status NNN, body `{"status":NNN}`
@@ -102,101 +74,19 @@ impl UpstreamState {
 /// - `/flaky`      : first call like `/reset`, later calls 201 `{"flaky":N}`
 /// - `/stream`     : 200, sends `first\n`, waits for the release, sends `second\n`
 /// - anything else : 200 `ok`
-pub struct Upstream {
-    pub addr: SocketAddr,
-    state: Arc<UpstreamState>,
-    task: JoinHandle<()>,
-}
+pub struct Upstream(idem_testkit::Upstream);
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
+impl std::ops::Deref for Upstream {
+    type Target = idem_testkit::Upstream;
+
+    fn deref(&self) -> &idem_testkit::Upstream {
+        &self.0
     }
-}
-
-/// Returned by the upstream's service to make hyper drop the connection
-/// without writing a response.
-#[derive(Debug)]
-struct DropConnection;
-
-impl std::fmt::Display for DropConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped on purpose")
-    }
-}
-
-impl std::error::Error for DropConnection {}
-
-type UpBody = UnsyncBoxBody<Bytes, Infallible>;
-
-fn full(body: impl Into<Bytes>) -> UpBody {
-    Full::new(body.into()).boxed_unsync()
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(UpstreamState {
-            counts: Mutex::default(),
-            seen: Mutex::default(),
-            gate: watch::channel(false).0,
-        });
-        let accept_state = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = accept_state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Upstream { addr, state, task }
-    }
-
-    pub fn uri(&self) -> Uri {
-        format!("http://{}", self.addr).parse().unwrap()
-    }
-
-    /// Side effects performed on exactly `path`.
-    pub fn count(&self, path: &str) -> usize {
-        self.state
-            .counts
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Side effects performed on any path.
-    pub fn total(&self) -> usize {
-        self.state.counts.lock().unwrap().values().sum()
-    }
-
-    /// Every request received, in order.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().unwrap().clone()
-    }
-
-    /// The last request received on `path`.
-    pub fn last_seen(&self, path: &str) -> Seen {
-        self.seen()
-            .into_iter()
-            .rev()
-            .find(|s| s.path == path)
-            .unwrap_or_else(|| panic!("upstream never saw {path}"))
-    }
-
-    /// Lets every `/slow` and `/stream` request (held now or later) finish.
-    pub fn release(&self) {
-        self.state.gate.send_replace(true);
+        Upstream(idem_testkit::Upstream::answering(answer).await)
     }
 
     /// Waits until `path` has been executed at least `n` times.
@@ -210,31 +100,11 @@ impl Upstream {
     }
 }
 
-async fn handle(
-    state: Arc<UpstreamState>,
-    req: Request<Incoming>,
-) -> Result<Response<UpBody>, DropConnection> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let path = parts.uri.path().to_owned();
-    state.seen.lock().unwrap().push(Seen {
-        method: parts.method.clone(),
-        path: path.clone(),
-        headers: parts.headers.clone(),
-        body,
-    });
-    let n = state.count(&path);
-    let response = |status: u16, body: UpBody| {
-        let mut r = Response::new(body);
-        *r.status_mut() = StatusCode::from_u16(status).unwrap();
-        r
-    };
+async fn answer(seen: Seen, gate: Gate) -> Reply {
+    let path = seen.path.as_str();
+    let n = seen.number_on_path;
     if path.starts_with("/charges") {
-        let mut r = response(201, full(format!(r#"{{"charge":{n}}}"#)));
+        let mut r = reply(201, format!(r#"{{"charge":{n}}}"#));
         let h = r.headers_mut();
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.insert(
@@ -244,36 +114,34 @@ async fn handle(
         h.insert("date", HeaderValue::from_static(UPSTREAM_DATE));
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("99"));
         h.insert("x-custom", HeaderValue::from_static("yes"));
-        return Ok(r);
+        return Some(r);
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().expect("/status/NNN");
-        let mut r = response(code, full(format!(r#"{{"status":{code}}}"#)));
+        let mut r = reply(code, format!(r#"{{"status":{code}}}"#));
         r.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));
-        return Ok(r);
+        return Some(r);
     }
     if let Some(len) = path.strip_prefix("/big/") {
         let len: usize = len.parse().expect("/big/N");
         let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
-        return Ok(response(201, full(body)));
+        return Some(reply(201, body));
     }
-    match path.as_str() {
+    match path {
         "/slow" => {
-            let mut gate = state.gate.subscribe();
-            let _ = gate.wait_for(|open| *open).await;
-            Ok(response(201, full(format!(r#"{{"slow":{n}}}"#))))
+            gate.hold().await;
+            Some(reply(201, format!(r#"{{"slow":{n}}}"#)))
         }
         "/hang" => std::future::pending().await,
-        "/reset" => Err(DropConnection),
-        "/flaky" if n == 1 => Err(DropConnection),
-        "/flaky" => Ok(response(201, full(format!(r#"{{"flaky":{n}}}"#)))),
+        "/reset" => None,
+        "/flaky" if n == 1 => None,
+        "/flaky" => Some(reply(201, format!(r#"{{"flaky":{n}}}"#))),
         "/stream" => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
-            let mut gate = state.gate.subscribe();
             tokio::spawn(async move {
                 let _ = tx.send(Bytes::from_static(b"first\n")).await;
-                let _ = gate.wait_for(|open| *open).await;
+                gate.hold().await;
                 let _ = tx.send(Bytes::from_static(b"second\n")).await;
             });
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -281,9 +149,9 @@ async fn handle(
                     .await
                     .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
             });
-            Ok(response(200, StreamBody::new(stream).boxed_unsync()))
+            Some(Response::new(StreamBody::new(stream).boxed_unsync()))
         }
-        _ => Ok(response(200, full("ok"))),
+        _ => Some(reply(200, "ok")),
     }
 }
 

@@ -1,8 +1,9 @@
 //! What the tests of gateways sharing a networked store (PostgreSQL, Redis)
 //! have in common: reaching the servers (skipping with a how-to, or failing
 //! under `CI=true`), a fresh namespace per test that is removed afterwards,
-//! a counting upstream, real `idem gateway` processes, HTTP helpers, and a
-//! TCP proxy that can cut a store off without touching its server.
+//! the counting upstream, the gateways' configuration, HTTP helpers, and a
+//! TCP proxy that can cut a store off without touching its server. The
+//! `idem gateway` processes themselves: `support::Idem::gateway`.
 //!
 //! The servers: `IDEM_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) and `IDEM_TEST_REDIS_URL`
@@ -11,24 +12,17 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::Request;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 #[allow(unused_imports)]
 pub use idem_testkit::{
-    block_on_thread, poll_until, unavailable, unique_name, Proxy, PG_START, REDIS_START,
+    block_on_thread, chain, poll_until, unavailable, unique_name, Proxy, Upstream, PG_START,
+    REDIS_START,
 };
 
 // ------------------------------------------------------------ PostgreSQL
@@ -215,162 +209,7 @@ fn with_param(url: &str, name: &str, value: &str) -> String {
     format!("{url}{sep}{name}={value}")
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-// ------------------------------------------------------------ upstream
-
-/// An upstream that counts executions per idempotency key (and unkeyed
-/// requests), and numbers every execution. Keys starting with `slow-` are
-/// held until the test adds permits to `gate`.
-#[derive(Clone)]
-pub struct Upstream {
-    executions: Arc<Mutex<HashMap<String, usize>>>,
-    next: Arc<AtomicU64>,
-    pub gate: Arc<Semaphore>,
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Upstream {
-            executions: Arc::default(),
-            next: Arc::new(AtomicU64::new(1)),
-            gate: Arc::new(Semaphore::new(0)),
-        }
-    }
-}
-
-impl Upstream {
-    pub async fn start(&self) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let this = this.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let this = this.clone();
-                        async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        addr
-    }
-
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let key = req
-            .headers()
-            .get("idempotency-key")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        let method = req.method().clone();
-        let _ = req.into_body().collect().await;
-        {
-            let mut map = self.executions.lock().unwrap();
-            let counted = if key.is_empty() {
-                format!("unkeyed {method}")
-            } else {
-                key.clone()
-            };
-            *map.entry(counted).or_default() += 1;
-        }
-        if key.starts_with("slow-") {
-            self.gate.acquire().await.unwrap().forget();
-        }
-        let execution = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut response = Response::new(Full::new(Bytes::from(format!(
-            "{{\"key\":\"{key}\",\"execution\":{execution}}}"
-        ))));
-        *response.status_mut() = if method == hyper::Method::GET {
-            hyper::StatusCode::OK
-        } else {
-            hyper::StatusCode::CREATED
-        };
-        response
-    }
-
-    /// Executions of `key` so far.
-    pub fn count(&self, key: &str) -> usize {
-        self.executions
-            .lock()
-            .unwrap()
-            .get(key)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Unkeyed GETs so far.
-    pub fn gets(&self) -> usize {
-        self.count("unkeyed GET")
-    }
-}
-
 // ------------------------------------------------------------ gateways
-
-/// A running `idem gateway` process, killed when dropped.
-pub struct Gateway {
-    pub child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Gateway {
-    /// Starts `idem gateway` in front of `upstream` on `store`, with the
-    /// configuration file `config`, and waits for its `listening on` line.
-    pub fn start(upstream: SocketAddr, store: &str, config: &Path) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
-            .args(["gateway", "--listen", "127.0.0.1:0", "--upstream"])
-            .arg(format!("http://{upstream}"))
-            .arg("--store")
-            .arg(store)
-            .arg("--config")
-            .arg(config)
-            // Quiet: outages make gateways log an error per request. Set
-            // IDEM_TEST_GATEWAY_LOG (e.g. to `warn`) to see their logs.
-            .env(
-                "IDEM_LOG",
-                std::env::var("IDEM_TEST_GATEWAY_LOG").unwrap_or_else(|_| "off".to_owned()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the idem binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("the gateway did not start ({status:?}); first line: {line:?}");
-        };
-        Gateway {
-            addr: addr.parse().unwrap(),
-            child,
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A configuration file for the gateways of a test: one global scope,
 /// `/wait/…` waits up to 5 s for a key in flight, everything else (POST,
