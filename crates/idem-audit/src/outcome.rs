@@ -1,13 +1,22 @@
 //! What an audit found: verdicts, severities and the evidence behind each.
 //! These types are the JSON report's schema (docs/audit.md documents it);
-//! the text, JUnit and Markdown reports render the same values.
+//! the text, JUnit and Markdown reports render the same values. They read
+//! back too, so a saved JSON report can be rendered again:
+//!
+//! ```
+//! # fn example(json: &str) -> Result<(), serde_json::Error> {
+//! let report: idem_audit::AuditReport = serde_json::from_str(json)?;
+//! let format = "markdown".parse().unwrap_or_default();
+//! print!("{}", idem_audit::report::render(&report, format, Default::default()));
+//! # Ok(()) }
+//! ```
 
 use crate::scenario::ScenarioId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A scenario's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// The API kept the contract, and the oracle could tell.
@@ -40,7 +49,7 @@ impl fmt::Display for Verdict {
 }
 
 /// How bad a failure is (or would be).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Observations that are not violations.
@@ -75,7 +84,7 @@ impl fmt::Display for Severity {
 }
 
 /// One request as the auditor sent it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentRequest {
     /// The method.
     pub method: String,
@@ -85,16 +94,16 @@ pub struct SentRequest {
     /// `--show-secrets` was given.
     pub headers: Vec<(String, String)>,
     /// The body as text (lossy UTF-8), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// The idempotency key sent (lossy UTF-8; `""` for an empty one), if a
     /// key header was sent; whatever the key header is named.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
 /// What came back for one request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Answer {
     /// A complete response the client saw.
@@ -138,7 +147,7 @@ impl Answer {
 }
 
 /// A response as read off the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
     /// The status code.
     pub status: u16,
@@ -147,7 +156,7 @@ pub struct Seen {
     /// The body as text (lossy UTF-8), cut at 4 KiB.
     pub body: String,
     /// Whether `body` was cut.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub body_truncated: bool,
 }
 
@@ -167,7 +176,7 @@ impl Seen {
 }
 
 /// One request and its answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exchange {
     /// What this request was in the scenario: `first`, `retry 2`,
     /// `round 3 request 7`, ...
@@ -181,19 +190,19 @@ pub struct Exchange {
 }
 
 /// What one oracle saw around a scenario (or one round of it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OracleReading {
     /// `count-url`, `check-cmd`, `count-url+check-cmd`, `id-field` or `body`.
     pub oracle: String,
     /// What it saw, in words.
     pub saw: String,
     /// The side effects it counted, where it can count them.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effects: Option<u64>,
 }
 
 /// Everything behind a verdict.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     /// The requests and answers that matter for the verdict (for bursts,
     /// every request of the first failed round, or of the first
@@ -208,7 +217,7 @@ pub struct Evidence {
 }
 
 /// One scenario's result on one endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScenarioResult {
     /// The scenario's stable id.
     pub id: ScenarioId,
@@ -234,28 +243,28 @@ pub struct ScenarioResult {
 }
 
 /// What clean (or not) raced trials say about the duplicate rate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bound {
     /// Raced trials run (burst rounds, lost and abandoned requests).
     pub trials: u64,
     /// Of which showed a duplicate.
     pub failed_trials: u64,
     /// failed / trials, when any trial ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_rate: Option<f64>,
     /// With no failure: the exact one-sided 95% upper bound on the rate,
     /// 1 - 0.05^(1/N).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper_bound_95: Option<f64>,
     /// With no failure: the rule of three, 3/N.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_of_three: Option<f64>,
     /// The sentence every report prints.
     pub statement: String,
 }
 
 /// What the observed (or bounded) rate means at `--volume`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeOutlook {
     /// The volume, normalised: `10000000/day` for `10M/day`.
     pub volume: String,
@@ -276,7 +285,7 @@ pub struct VolumeOutlook {
 }
 
 /// The endpoint an audit attacked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointSummary {
     /// Its name.
     pub name: String,
@@ -285,7 +294,7 @@ pub struct EndpointSummary {
     /// Its URL.
     pub url: String,
     /// Other instances' URLs for it, if requests rotated across several.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_urls: Vec<String>,
     /// The oracles that counted effects, e.g. `["count-url", "id-field"]`;
     /// `["body"]` when only bodies could be compared.
@@ -293,7 +302,7 @@ pub struct EndpointSummary {
 }
 
 /// A whole audit: the JSON report is this value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditReport {
     /// `fail` if any scenario failed, else `indeterminate` if any was,
     /// else `pass`.
@@ -311,7 +320,7 @@ pub struct AuditReport {
     /// What the raced trials bound.
     pub bound: Bound,
     /// With `--volume`: what that means per day.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeOutlook>,
 }
 

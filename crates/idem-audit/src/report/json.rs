@@ -49,4 +49,11 @@ mod tests {
         assert_eq!(json["bound"]["trials"], 40);
         assert_eq!(json["volume"]["volume"], "10M/day");
     }
+
+    #[test]
+    fn a_saved_report_reads_back_unchanged() {
+        let report = fixture::report();
+        let again: AuditReport = serde_json::from_str(&render(&report)).unwrap();
+        assert_eq!(again, report);
+    }
 }
