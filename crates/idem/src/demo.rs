@@ -27,7 +27,9 @@ enum Format {
 /// Flags of `idem demo`.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Which idempotency bug the built-in API ships with.
+    /// Which idempotency bug the built-in API ships with: no-idempotency,
+    /// check-then-act, unscoped-keys, payload-ignored, store-if-delivered,
+    /// or none (correct).
     #[arg(long, value_name = "FLAW", default_value = "no-idempotency", value_parser = parse_flaw)]
     flaw: Flaw,
     /// Concurrent-burst rounds per audit.
