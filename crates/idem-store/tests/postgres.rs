@@ -22,12 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Cleaned, Proxy};
 
-const START: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+use idem_testkit::PG_START as START;
 
-fn url() -> String {
-    std::env::var("IDEM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+use idem_testkit::{postgres_addr, postgres_url as url};
 
 /// Short bounds, so the outage tests finish quickly.
 fn options(schema: &str) -> PostgresOptions {
@@ -424,24 +421,6 @@ async fn every_sweep_query_walks_an_index() {
     let _ = conn.await;
 }
 
-fn server_addr() -> std::net::SocketAddr {
-    // The proxy needs the server's socket address; the tests' default URL
-    // names it directly.
-    let config: tokio_postgres::Config = url().parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[cfg(unix)]
-        tokio_postgres::config::Host::Unix(_) => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    use std::net::ToSocketAddrs;
-    (host.as_str(), port)
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap()
-}
-
 fn via(proxy: &Proxy) -> String {
     let config: tokio_postgres::Config = url().parse().unwrap();
     let user = config.get_user().unwrap_or("postgres");
@@ -455,7 +434,7 @@ async fn an_unreachable_database_is_a_quick_error_and_recovery_is_automatic() {
         return;
     }
     let schema = Schema::new();
-    let proxy = Proxy::start(server_addr()).await;
+    let proxy = Proxy::start(postgres_addr()).await;
     let opts = options(&schema.0);
     let bound = opts.operation_timeout + Duration::from_millis(500);
     let store = PostgresStore::open(&via(&proxy), opts).await.unwrap();
@@ -733,7 +712,7 @@ async fn the_wake_up_listener_reconnects_after_an_outage() {
         return;
     }
     let schema = Schema::new();
-    let proxy = Proxy::start(server_addr()).await;
+    let proxy = Proxy::start(postgres_addr()).await;
     let waiting = Arc::new(
         PostgresStore::open(&via(&proxy), options(&schema.0))
             .await

@@ -21,12 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Cleaned, Proxy};
 
-const START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" \
-     --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+use idem_testkit::REDIS_START as START;
 
-fn url() -> String {
-    std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
-}
+use idem_testkit::redis_url as url;
 
 /// Short bounds, so the outage tests finish quickly.
 fn options(prefix: &str) -> RedisOptions {

@@ -30,6 +30,38 @@ pub const PG_START: &str =
 pub const REDIS_START: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
      --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
 
+/// The PostgreSQL server the tests use: `IDEM_TEST_POSTGRES_URL`, by
+/// default the local one `.ci/run` starts.
+pub fn postgres_url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The socket address of [`postgres_url`]'s server (a TCP cut [`Proxy`]
+/// needs it); a Unix-socket URL means the local server on 127.0.0.1.
+pub fn postgres_addr() -> SocketAddr {
+    let config: tokio_postgres::Config = postgres_url()
+        .parse()
+        .expect("IDEM_TEST_POSTGRES_URL is a PostgreSQL URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    use std::net::ToSocketAddrs;
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the test PostgreSQL host resolves")
+}
+
+/// The Redis server the tests use: `IDEM_TEST_REDIS_URL`, by default the
+/// local one `.ci/run` starts.
+pub fn redis_url() -> String {
+    std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
 /// Reports that `server` is not reachable. Under `CI=true` that is a
 /// failure (CI starts the servers, so the tests must run there);
 /// elsewhere the test is skipped with a note on how to start the server.

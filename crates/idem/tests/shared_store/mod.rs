@@ -27,10 +27,8 @@ pub use idem_testkit::{
 
 // ------------------------------------------------------------ PostgreSQL
 
-pub fn pg_url() -> String {
-    std::env::var("IDEM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+#[allow(unused_imports)] // each test binary uses its own part
+pub use idem_testkit::{postgres_url as pg_url, redis_url};
 
 /// Whether PostgreSQL answers; if not, skips (or fails under CI).
 pub async fn pg_up() -> bool {
@@ -96,28 +94,10 @@ impl Drop for PgSchema {
     }
 }
 
-/// The socket address of the test PostgreSQL server.
-pub fn pg_server_addr() -> SocketAddr {
-    let config: tokio_postgres::Config = pg_url().parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[cfg(unix)]
-        tokio_postgres::config::Host::Unix(_) => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    use std::net::ToSocketAddrs;
-    (host.as_str(), port)
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap()
-}
+#[allow(unused_imports)] // each test binary uses its own part
+pub use idem_testkit::postgres_addr as pg_server_addr;
 
 // ------------------------------------------------------------ Redis
-
-pub fn redis_url() -> String {
-    std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
-}
 
 /// Whether the Redis server at `url` answers PING within `within`.
 pub async fn redis_ping(url: &str, within: Duration) -> Result<(), String> {
