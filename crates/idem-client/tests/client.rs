@@ -127,14 +127,15 @@ impl Drop for Gateway {
 
 async fn gateway(upstream: &Upstream, config: IdempotencyConfig) -> Gateway {
     let running = idem_gateway::start(GatewayOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: format!("http://{}", upstream.addr).parse().unwrap(),
-        store: Arc::new(MemoryStore::new()),
-        admin: None,
         idempotency: config,
         shutdown_grace: Duration::from_secs(5),
         sweep_interval: Duration::from_millis(50),
         sweep_batch: 100,
+        ..GatewayOptions::new(
+            "127.0.0.1:0".parse().unwrap(),
+            format!("http://{}", upstream.addr).parse().unwrap(),
+            Arc::new(MemoryStore::new()),
+        )
     })
     .await
     .expect("gateway starts");
@@ -166,8 +167,22 @@ fn policy() -> RetryPolicy {
         .seed(11)
 }
 
+/// A plain HTTP client that authenticates as one tenant, as real API
+/// clients do (the gateway refuses keyed requests without a credential).
+fn http_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer client-test"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client without TLS builds")
+}
+
 fn client(policy: RetryPolicy) -> ClientWithMiddleware {
-    idem_client::client(reqwest::Client::new(), policy)
+    idem_client::client(http_client(), policy)
 }
 
 /// One attempt as the inner end of the chain saw it.
@@ -202,7 +217,7 @@ impl Middleware for Recorder {
 
 fn recording_client(policy: RetryPolicy) -> (ClientWithMiddleware, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    let client = reqwest_middleware::ClientBuilder::new(http_client())
         .with(IdempotentRetry::new(policy))
         .with(Recorder(tx))
         .build();
@@ -411,7 +426,7 @@ async fn keys_are_generated_supplied_or_absent() {
     assert_eq!(upstream.keys().last().unwrap().as_deref(), Some("put-7"));
 
     // A POST that gets no key is sent once: repeating it could execute it twice.
-    let no_keys = idem_client::client(reqwest::Client::new(), policy().key_methods([]));
+    let no_keys = idem_client::client(http_client(), policy().key_methods([]));
     upstream.script([(503, vec![])]);
     let response = post(&no_keys, &url, "{}").await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -429,7 +444,7 @@ async fn request_in_progress_is_retried_until_the_replay() {
     let first = tokio::spawn({
         let url = url.clone();
         async move {
-            reqwest::Client::new()
+            http_client()
                 .post(&url)
                 .header("idempotency-key", "k-slow")
                 .body("{}")

@@ -4,6 +4,10 @@
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set to `true` on every replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The header a sealed (encrypted) stored response carries in place of its
+/// own headers. Never stored from an upstream's answer, so an upstream
+/// cannot make a record look sealed.
+pub const SEALED: &str = "idem-sealed";
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1): never forwarded, never stored.
 pub const HOP_BY_HOP: &[&str] = &[
@@ -33,6 +37,7 @@ impl Default for ReplayHeaderFilter {
                 "set-cookie",
                 "content-length",
                 IDEMPOTENT_REPLAYED,
+                SEALED,
                 "ratelimit",
                 "ratelimit-policy",
                 "retry-after",

@@ -41,11 +41,23 @@ pub enum ProblemType {
     /// after the request was sent; the key is now `outcome-unknown`.
     /// (Gateway only; not a contract slug.)
     UpstreamTimeout,
+    /// 401: a keyed request carried no credential, and the operator's scope
+    /// rule refuses anonymous keyed requests (the default): without a
+    /// tenant it would share a scope with strangers. Nothing was forwarded.
+    CredentialRequired,
+    /// 401: the credential the scope is derived from failed verification
+    /// (a JWT's signature, expiry, issuer or audience; a cookie named
+    /// twice). Nothing was forwarded or stored.
+    InvalidCredential,
+    /// 400: the path reads differently to different frameworks (`;`
+    /// parameters, an encoded `/`) in a way that changes which route
+    /// applies; refused rather than guessed. Nothing was forwarded.
+    AmbiguousPath,
 }
 
 impl ProblemType {
     /// All of them, for docs and tests.
-    pub const ALL: [ProblemType; 12] = [
+    pub const ALL: [ProblemType; 15] = [
         ProblemType::MissingKey,
         ProblemType::InvalidKey,
         ProblemType::KeyReused,
@@ -58,6 +70,9 @@ impl ProblemType {
         ProblemType::UpstreamUnavailable,
         ProblemType::UpstreamTimeout,
         ProblemType::BodyUnreadable,
+        ProblemType::CredentialRequired,
+        ProblemType::InvalidCredential,
+        ProblemType::AmbiguousPath,
     ];
 
     /// The stable slug the `type` URI ends in.
@@ -75,13 +90,20 @@ impl ProblemType {
             ProblemType::UpstreamUnavailable => "upstream-unavailable",
             ProblemType::UpstreamTimeout => "upstream-timeout",
             ProblemType::BodyUnreadable => "body-unreadable",
+            ProblemType::CredentialRequired => "credential-required",
+            ProblemType::InvalidCredential => "invalid-credential",
+            ProblemType::AmbiguousPath => "ambiguous-path",
         }
     }
 
     /// The HTTP status.
     pub fn status(self) -> u16 {
         match self {
-            ProblemType::MissingKey | ProblemType::InvalidKey | ProblemType::BodyUnreadable => 400,
+            ProblemType::MissingKey
+            | ProblemType::InvalidKey
+            | ProblemType::BodyUnreadable
+            | ProblemType::AmbiguousPath => 400,
+            ProblemType::CredentialRequired | ProblemType::InvalidCredential => 401,
             ProblemType::KeyReused | ProblemType::KeyExpired => 422,
             ProblemType::RequestInProgress
             | ProblemType::OutcomeUnknown
@@ -114,6 +136,11 @@ impl ProblemType {
             ProblemType::UpstreamUnavailable => "The upstream could not be reached",
             ProblemType::UpstreamTimeout => "The upstream did not answer",
             ProblemType::BodyUnreadable => "The request body could not be read",
+            ProblemType::CredentialRequired => {
+                "A keyed request must carry the credential that identifies its tenant"
+            }
+            ProblemType::InvalidCredential => "The request's credential could not be verified",
+            ProblemType::AmbiguousPath => "The request path is ambiguous",
         }
     }
 

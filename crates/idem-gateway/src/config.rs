@@ -124,9 +124,20 @@ pub struct FileConfig {
     /// `sweep_batch`: most records one sweep batch touches.
     #[serde(default, deserialize_with = "de::opt")]
     pub sweep_batch: Option<usize>,
+    /// `trust_forwarded`: keep (and append to) inbound `Forwarded`,
+    /// `X-Forwarded-*` and `X-Real-IP`; default false: they are dropped,
+    /// because a client can write anything there.
+    #[serde(default)]
+    pub trust_forwarded: Option<bool>,
+    /// `h2c`: accept cleartext HTTP/2 (prior knowledge); default false.
+    #[serde(default)]
+    pub h2c: Option<bool>,
     /// `[scope]`: where a request's tenant scope comes from.
     #[serde(default)]
     pub scope: Option<ScopeConfig>,
+    /// `[storage]`: encryption of stored responses.
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
     /// `[[routes]]`: covered routes, first match wins.
     #[serde(default)]
     pub routes: Option<Vec<RouteConfig>>,
@@ -139,23 +150,90 @@ pub struct ScopeConfig {
     /// `scope.source`; default `header-hash`.
     #[serde(default)]
     pub source: Option<ScopeKind>,
-    /// `scope.header`: the header the scope is read from.
-    #[serde(default, deserialize_with = "de::opt")]
-    pub header: Option<HeaderName>,
+    /// `scope.header`: the header (or list of headers) the scope is read
+    /// from, for `header-hash` (default `Authorization`) and
+    /// `trusted-header` (required).
+    #[serde(default, deserialize_with = "de::opt_one_or_many")]
+    pub header: Option<Vec<HeaderName>>,
+    /// `scope.cookie`: the cookie `cookie-hash` reads.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub cookie: Option<String>,
+    /// `scope.anonymous`: what a keyed request without a credential gets.
+    #[serde(default)]
+    pub anonymous: Option<AnonymousKind>,
+    /// `scope.secret_env`: a variable holding a secret; stored scopes are
+    /// then HMAC-SHA256 under it.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub secret_env: Option<String>,
+    /// `[scope.jwt]`: for `source = "jwt"`.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
 }
 
 /// `scope.source`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScopeKind {
-    /// `"header-hash"`: SHA-256 of a header's value (default `Authorization`).
+    /// `"header-hash"`: a hash of one or more headers (default `Authorization`).
     #[default]
     HeaderHash,
-    /// `"trusted-header"`: a header set by a trusted proxy, used as is.
+    /// `"cookie-hash"`: a hash of one named cookie.
+    CookieHash,
+    /// `"jwt"`: a claim of a verified bearer JWT.
+    Jwt,
+    /// `"trusted-header"`: headers set by a trusted proxy, used as they are.
     TrustedHeader,
     /// `"none"`: one global scope, for single-tenant APIs only.
     #[serde(rename = "none")]
     Global,
+}
+
+/// `scope.anonymous`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnonymousKind {
+    /// `"reject"`: 401 `credential-required` (default).
+    #[default]
+    Reject,
+    /// `"pass-through"`: forwarded unprotected, counted.
+    PassThrough,
+    /// `"shared"`: one scope for every anonymous caller (single-tenant APIs).
+    Shared,
+}
+
+/// The `[scope.jwt]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `claim`: the claim naming the tenant, a dot path; default `sub`.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub claim: Option<String>,
+    /// `keys`: a JWKS file (relative to the configuration file).
+    #[serde(default)]
+    pub keys: Option<PathBuf>,
+    /// `hs256_secret_env`: a variable whose value (raw bytes) is the HS256 secret.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub hs256_secret_env: Option<String>,
+    /// `issuer`: the required `iss`, when given.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub issuer: Option<String>,
+    /// `audience`: a required member of `aud`, when given.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub audience: Option<String>,
+}
+
+/// The `[storage]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `encryption_key_env`: a variable holding the 32-byte key (base64)
+    /// that stored responses are sealed with.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub encryption_key_env: Option<String>,
+    /// `decryption_keys_env`: a variable holding older keys (base64,
+    /// comma-separated) that still open records during a rotation.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub decryption_keys_env: Option<String>,
 }
 
 /// One `[[routes]]` entry.
@@ -209,6 +287,12 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Most records one sweep batch touches. Default 1000.
     pub sweep_batch: usize,
+    /// Keep inbound forwarding headers (append to them). Default false.
+    pub trust_forwarded: bool,
+    /// Accept cleartext HTTP/2. Default false.
+    pub h2c: bool,
+    /// Seal stored responses with these keys. Default none.
+    pub encryption: Option<idem_store::KeyRing>,
     /// The contract's settings, for the layer.
     pub idempotency: IdempotencyConfig,
 }
@@ -224,6 +308,9 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
             sweep_batch: 1000,
+            trust_forwarded: false,
+            h2c: false,
+            encryption: None,
             idempotency: IdempotencyConfig::default(),
         }
     }

@@ -1,7 +1,7 @@
 //! The reverse proxy the layer wraps: no idempotency rules here, only
 //! faithful forwarding.
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -12,6 +12,7 @@ use idem_tower::{BoxError, NotExecuted, RequestBody};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
@@ -27,6 +28,36 @@ pub struct Proxy {
     scheme: Scheme,
     authority: Authority,
     base_path: String,
+    forwarding: Arc<Forwarding>,
+}
+
+/// What the proxy does to headers on the way to the upstream, beyond
+/// removing hop-by-hop ones.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// Headers never removed because `Connection` names them: the key, the
+    /// headers the scope and fingerprint are read from. Otherwise a client
+    /// could have the gateway claim under one tenant and the upstream see
+    /// another (or none), or defeat an upstream that dedupes by key.
+    pub protected: Vec<HeaderName>,
+    /// Keep inbound `Forwarded`, `X-Forwarded-*` and `X-Real-IP` and append
+    /// to them (only behind a proxy that sets them itself). When false,
+    /// they are dropped and the gateway writes its own.
+    pub trust_forwarded: bool,
+}
+
+impl Forwarding {
+    /// The protected headers of a layer configured with `config`.
+    pub fn for_config(config: &idem_tower::IdempotencyConfig, trust_forwarded: bool) -> Self {
+        let mut protected = vec![config.key_header.clone(), CONTENT_TYPE];
+        protected.extend(config.scope.headers());
+        protected.extend(config.fingerprint_headers.iter().cloned());
+        protected.dedup();
+        Forwarding {
+            protected,
+            trust_forwarded,
+        }
+    }
 }
 
 /// The upstream URL is not one the proxy can use.
@@ -39,7 +70,7 @@ pub struct InvalidUpstream {
 
 impl Proxy {
     /// A proxy to `upstream` (`http://host:port[/base]`).
-    pub fn new(upstream: &Uri) -> Result<Self, InvalidUpstream> {
+    pub fn new(upstream: &Uri, forwarding: Forwarding) -> Result<Self, InvalidUpstream> {
         let invalid = |reason| InvalidUpstream {
             uri: upstream.to_string(),
             reason,
@@ -68,6 +99,7 @@ impl Proxy {
             scheme,
             authority,
             base_path,
+            forwarding: Arc::new(forwarding),
         })
     }
 
@@ -89,14 +121,16 @@ impl Proxy {
     }
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names, except the `protected` ones.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, protected: &[HeaderName]) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !protected.contains(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -111,21 +145,71 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn set_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>) {
+/// Headers a client could use to claim another address or host.
+const FORWARDING_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+fn set_forwarded(
+    headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    client: Option<SocketAddr>,
+    trust: bool,
+) {
+    if !trust {
+        for name in FORWARDING_HEADERS {
+            headers.remove(name);
+        }
+        let prefixed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-forwarded-"))
+            .cloned()
+            .collect();
+        for name in prefixed {
+            headers.remove(name);
+        }
+    }
     if let Some(addr) = client {
         let ip = addr.ip().to_string();
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip,
+        let prior: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let value = if prior.is_empty() {
+            ip
+        } else {
+            format!("{}, {ip}", prior.join(", "))
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert("x-forwarded-for", v);
         }
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = headers.get(HOST).cloned() {
-        headers.insert("x-forwarded-host", host);
+    // Always the gateway's own reading, never the client's header.
+    match host {
+        Some(host) => {
+            headers.insert("x-forwarded-host", host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
     }
+}
+
+/// The host the client asked for: `Host`, or the `:authority` of HTTP/2.
+fn request_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 impl Service<Request<RequestBody<Incoming>>> for Proxy {
@@ -140,18 +224,25 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
     fn call(&mut self, request: Request<RequestBody<Incoming>>) -> Self::Future {
         let client = self.client.clone();
         let uri = self.upstream_uri(request.uri());
+        let forwarding = self.forwarding.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
+            let host = request_host(&parts);
             parts.uri = uri.map_err(NotExecuted::new)?;
             let client_addr = parts.extensions.get::<ClientAddr>().map(|c| c.0);
-            strip_hop_by_hop(&mut parts.headers);
-            set_forwarded(&mut parts.headers, client_addr);
+            strip_hop_by_hop(&mut parts.headers, &forwarding.protected);
+            set_forwarded(
+                &mut parts.headers,
+                host,
+                client_addr,
+                forwarding.trust_forwarded,
+            );
             // The client sets Host from the upstream URI.
             parts.headers.remove(HOST);
             parts.version = http::Version::HTTP_11;
             match client.request(Request::from_parts(parts, body)).await {
                 Ok(mut response) => {
-                    strip_hop_by_hop(response.headers_mut());
+                    strip_hop_by_hop(response.headers_mut(), &[]);
                     Ok(response)
                 }
                 // Refused, unreachable, DNS: nothing reached the upstream.

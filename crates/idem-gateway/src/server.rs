@@ -1,7 +1,7 @@
 //! Wiring: the listener, the layer around the proxy, the admin listener,
 //! the sweeper, and graceful shutdown.
 
-use crate::proxy::{ClientAddr, InvalidUpstream, Proxy};
+use crate::proxy::{ClientAddr, Forwarding, InvalidUpstream, Proxy};
 use http::{Request, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -37,6 +37,51 @@ pub struct GatewayOptions {
     pub sweep_interval: Duration,
     /// Most records one sweep batch touches.
     pub sweep_batch: usize,
+    /// Keep inbound forwarding headers and append to them (see
+    /// [`Forwarding::trust_forwarded`]).
+    pub trust_forwarded: bool,
+    /// Accept cleartext HTTP/2 (prior knowledge). Off: HTTP/1.1 only.
+    pub h2c: bool,
+    /// Seal stored responses with these keys (any engine).
+    pub encryption: Option<idem_store::KeyRing>,
+}
+
+impl GatewayOptions {
+    /// Options with every default of an empty configuration file, no
+    /// admin listener.
+    pub fn new(listen: SocketAddr, upstream: Uri, store: Arc<dyn Store>) -> Self {
+        Self::from_settings(
+            crate::config::Settings::default(),
+            listen,
+            upstream,
+            store,
+            None,
+        )
+    }
+
+    /// Options from checked [`Settings`](crate::config::Settings), with the
+    /// addresses, upstream and store the caller resolved.
+    pub fn from_settings(
+        settings: crate::config::Settings,
+        listen: SocketAddr,
+        upstream: Uri,
+        store: Arc<dyn Store>,
+        admin: Option<SocketAddr>,
+    ) -> Self {
+        GatewayOptions {
+            listen,
+            upstream,
+            store,
+            admin,
+            idempotency: settings.idempotency,
+            shutdown_grace: settings.shutdown_grace,
+            sweep_interval: settings.sweep_interval,
+            sweep_batch: settings.sweep_batch,
+            trust_forwarded: settings.trust_forwarded,
+            h2c: settings.h2c,
+            encryption: settings.encryption,
+        }
+    }
 }
 
 /// The gateway could not start.
@@ -95,7 +140,12 @@ impl RunningGateway {
 
 /// Binds the listeners and starts serving.
 pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayError> {
-    let proxy = Proxy::new(&options.upstream)?;
+    let forwarding = Forwarding::for_config(&options.idempotency, options.trust_forwarded);
+    let proxy = Proxy::new(&options.upstream, forwarding)?;
+    let store: Arc<dyn Store> = match options.encryption {
+        Some(keys) => Arc::new(idem_store::SealedStore::new(options.store, keys)),
+        None => options.store,
+    };
     let listener =
         TcpListener::bind(options.listen)
             .await
@@ -126,7 +176,7 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
                 })?;
             tokio::spawn(crate::admin::serve(
                 admin_listener,
-                options.store.clone(),
+                store.clone(),
                 stop.clone(),
             ));
             Some(bound)
@@ -134,18 +184,19 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         None => None,
     };
     tokio::spawn(sweep(
-        options.store.clone(),
+        store.clone(),
         options.sweep_interval,
         options.sweep_batch,
         stop.clone(),
     ));
-    let layer = IdempotencyLayer::new(options.idempotency, options.store);
+    let layer = IdempotencyLayer::new(options.idempotency, store);
     let service = layer.layer(proxy);
     let task = tokio::spawn(serve(
         listener,
         service,
         layer,
         options.shutdown_grace,
+        options.h2c,
         stop.clone(),
     ));
     tracing::info!(%addr, upstream = %options.upstream, "gateway listening");
@@ -162,10 +213,17 @@ async fn serve(
     service: idem_tower::Idempotency<Proxy>,
     layer: IdempotencyLayer,
     grace: Duration,
+    h2c: bool,
     stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if !h2c {
+        // Cleartext HTTP/2 only when asked for: an h2c client would
+        // otherwise reach paths (e.g. `:authority` without `Host`) that
+        // HTTP/1.1 deployments never see.
+        builder = builder.http1_only();
+    }
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -197,8 +255,9 @@ async fn serve(
                 }
             }
         });
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+        // Not `with_upgrades`: the proxy forwards no upgrades, and that mode
+        // would ignore `http1_only`.
+        let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(e) = connection.await {

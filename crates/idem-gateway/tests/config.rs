@@ -6,7 +6,8 @@ use idem_core::headers::ReplayHeaderFilter;
 use idem_gateway::config::{self, ConfigError, FileConfig, Settings};
 use idem_store::StoreSpec;
 use idem_tower::{
-    IdempotencyConfig, InFlightMode, Policy, ReleaseStatuses, Retention, Route, ScopeSource,
+    IdempotencyConfig, InFlightMode, Policy, ReleaseStatuses, Retention, Route, ScopeRule,
+    ScopeSource,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,9 +34,13 @@ shutdown_grace = "30s"              # how long graceful shutdown waits for execu
 sweep_interval = "60s"              # how often expired records are swept
 sweep_batch = 1000
 
+trust_forwarded = false             # drop inbound Forwarded / X-Forwarded-* / X-Real-IP
+h2c = false                         # cleartext HTTP/2 only when asked
+
 [scope]
-source = "header-hash"   # or "trusted-header" or "none"
-header = "Authorization" # required for trusted-header; default Authorization for header-hash; must be absent for none
+source = "header-hash"   # or "cookie-hash", "jwt", "trusted-header", "none"
+header = "Authorization" # or a list; required for trusted-header; default Authorization for header-hash
+anonymous = "reject"     # or "pass-through" or "shared"
 
 [[routes]]
 methods = ["POST", "PATCH"]     # default; GET/HEAD/OPTIONS/TRACE are refused (they always pass through)
@@ -153,12 +158,7 @@ fn full_example_parses_to_the_values_it_states() {
     );
     assert!(!c.fail_open);
     assert_eq!(c.retry_after, secs(1));
-    assert_eq!(
-        c.scope,
-        ScopeSource::HeaderHash {
-            header: "authorization".into()
-        }
-    );
+    assert_eq!(c.scope, ScopeRule::default());
     assert_eq!(
         c.routes,
         [Route {
@@ -221,12 +221,7 @@ fn empty_file_gives_the_contracts_defaults() {
         c.release_statuses,
         ReleaseStatuses::new([408, 425, 429, 502, 503, 504])
     );
-    assert_eq!(
-        c.scope,
-        ScopeSource::HeaderHash {
-            header: "authorization".into()
-        }
-    );
+    assert_eq!(c.scope, ScopeRule::default());
     assert_eq!(c.routes, [Route::new("/")]);
     assert_eq!(c.routes[0].methods, [Method::POST, Method::PATCH]);
     assert!(!c.routes[0].policy.require_key);
@@ -321,18 +316,18 @@ fn scope_sources_map_onto_the_layers() {
         check("[scope]\nsource = \"trusted-header\"\nheader = \"X-Tenant-Id\"\n").unwrap();
     assert_eq!(
         trusted.idempotency.scope,
-        ScopeSource::TrustedHeader {
-            header: "x-tenant-id".into()
-        }
+        ScopeRule::new(ScopeSource::TrustedHeader {
+            headers: vec!["x-tenant-id".into()]
+        })
     );
     let global = check("[scope]\nsource = \"none\"\n").unwrap();
-    assert_eq!(global.idempotency.scope, ScopeSource::Global);
+    assert_eq!(global.idempotency.scope.source, ScopeSource::Global);
     let hashed = check("[scope]\nheader = \"X-Api-Key\"\n").unwrap();
     assert_eq!(
         hashed.idempotency.scope,
-        ScopeSource::HeaderHash {
-            header: "x-api-key".into()
-        }
+        ScopeRule::new(ScopeSource::HeaderHash {
+            headers: vec!["x-api-key".into()]
+        })
     );
 }
 

@@ -6,7 +6,9 @@ mod support;
 use http::Method;
 use http_body_util::BodyExt;
 use idem_core::RecordState;
-use idem_tower::{IdempotencyConfig, InFlightMode, Policy, Retention, Route, ScopeSource};
+use idem_tower::{
+    IdempotencyConfig, InFlightMode, Policy, Retention, Route, ScopeRule, ScopeSource,
+};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +118,7 @@ async fn execution_then_replay(engine: Engine) {
 
     let record = gw
         .store
-        .get(&anon_id("order-1"))
+        .get(&tenant_id("order-1"))
         .await
         .expect("record stored");
     assert_eq!(record.state, RecordState::Completed);
@@ -250,7 +252,7 @@ async fn get_passes_through_untouched_and_is_never_replayed() {
     );
     assert_eq!(up.last_seen("/charges").headers["idempotency-key"], "get-1");
     assert!(
-        gw.store.get(&anon_id("get-1")).await.is_none(),
+        gw.store.get(&tenant_id("get-1")).await.is_none(),
         "GET never touches the store"
     );
 }
@@ -358,23 +360,28 @@ async fn same_key_under_different_authorization_executes_once_per_tenant() {
     assert_eq!(alice2.json(), json!({"charge": 1}));
     assert_eq!(bob2.json(), json!({"charge": 2}));
 
-    // No Authorization at all is a scope of its own.
-    let anon = gw.send(Req::post("/charges").key("shared-key")).await;
-    assert!(!anon.is_replay());
-    assert_eq!(anon.json(), json!({"charge": 3}));
-    assert_eq!(up.count("/charges"), 3);
+    // No Authorization at all is refused, never a shared scope.
+    let anon = gw
+        .send(Req::post("/charges").key("shared-key").anonymous())
+        .await;
+    anon.assert_problem(401, "credential-required");
+    assert_eq!(up.count("/charges"), 2);
 
     // No credential is stored in clear.
-    let id = scoped_id(&ScopeSource::default(), Some("Bearer alice"), "shared-key");
+    let id = scoped_id(
+        &ScopeRule::default(),
+        &[("authorization", "Bearer alice")],
+        "shared-key",
+    );
     assert!(gw.store.get(&id).await.is_some());
     assert!(!id.scope.as_str().contains("alice"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn trusted_header_scope_separates_tenants() {
-    let source = ScopeSource::TrustedHeader {
-        header: "x-tenant-id".into(),
-    };
+    let source = ScopeRule::new(ScopeSource::TrustedHeader {
+        headers: vec!["x-tenant-id".into()],
+    });
     let (up, gw) = setup(IdempotencyConfig {
         scope: source.clone(),
         ..config()
@@ -400,7 +407,11 @@ async fn trusted_header_scope_separates_tenants() {
     assert_eq!(up.count("/charges"), 2);
     assert!(gw
         .store
-        .get(&scoped_id(&source, Some("acme"), "tenant-key"))
+        .get(&scoped_id(
+            &source,
+            &[("x-tenant-id", "acme")],
+            "tenant-key"
+        ))
         .await
         .is_some());
 }
@@ -583,7 +594,7 @@ async fn abandoned(engine: Engine) {
 
     up.release();
     gw.store
-        .wait_for_state(&anon_id("abandoned-1"), RecordState::Completed)
+        .wait_for_state(&tenant_id("abandoned-1"), RecordState::Completed)
         .await;
     let retry = gw
         .send(Req::post("/slow").key("abandoned-1").json("{}"))
@@ -630,7 +641,7 @@ async fn abandoned_right_after_sending(engine: Engine) {
                 break r;
             }
             if !r.is_problem("request-in-progress") {
-                let record = gw.store.get(&anon_id(&key)).await;
+                let record = gw.store.get(&tenant_id(&key)).await;
                 panic!(
                     "round {i}: the retry got {} {}\nalthough the upstream executed /slow {} time(s) in {} rounds;\nstored record: {record:?}",
                     r.status,
@@ -675,7 +686,7 @@ async fn release_status(engine: Engine) {
     );
     assert_eq!(first.header("idempotency-key"), Some("k503"));
     assert_eq!(
-        gw.store.state(&anon_id("k503")).await,
+        gw.store.state(&tenant_id("k503")).await,
         Some(RecordState::Released)
     );
 
@@ -729,7 +740,7 @@ async fn refused(engine: Engine) {
     assert_eq!(p["idempotency_key"], "presend");
     assert_eq!(r.header("idempotency-key"), Some("presend"));
     assert_eq!(
-        store.state(&anon_id("presend")).await,
+        store.state(&tenant_id("presend")).await,
         Some(RecordState::Released)
     );
 
@@ -769,7 +780,7 @@ async fn timeout_unknown(engine: Engine) {
     let p = r.assert_problem(504, "upstream-timeout");
     assert_eq!(p["idempotency_key"], "hang-1");
     assert_eq!(
-        gw.store.state(&anon_id("hang-1")).await,
+        gw.store.state(&tenant_id("hang-1")).await,
         Some(RecordState::OutcomeUnknown)
     );
     for _ in 0..2 {
@@ -893,7 +904,7 @@ async fn request_body_over_limit_is_413_body_too_large_and_never_forwarded() {
     assert!(text.contains("body-too-large"), "{text}");
     assert_eq!(up.total(), 0);
     assert!(
-        gw.store.get(&anon_id("huge-1")).await.is_none(),
+        gw.store.get(&tenant_id("huge-1")).await.is_none(),
         "rejections are never stored"
     );
 }
@@ -1019,7 +1030,7 @@ async fn lease_is_renewed_while_the_upstream_executes() {
         tokio::time::sleep(lease / 6).await;
     }
     assert_eq!(
-        gw.store.state(&anon_id("lease-1")).await,
+        gw.store.state(&tenant_id("lease-1")).await,
         Some(RecordState::InFlight)
     );
     up.release();
@@ -1127,16 +1138,25 @@ async fn forwarding_keeps_the_key_strips_hop_by_hop_and_sets_x_forwarded() {
     assert_eq!(h["x-forwarded-host"], gw.addr.to_string().as_str());
     assert_eq!(seen.body, "{}");
 
-    // A prior X-Forwarded-For is extended, not replaced.
+    // A client's own forwarding headers are not believed (trust_forwarded
+    // is off by default): the gateway writes its own readings.
     gw.send(
         Req::post("/charges")
             .key("fwd-2")
-            .header("x-forwarded-for", "10.0.0.1"),
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("forwarded", "for=10.0.0.1;host=evil.example")
+            .header("x-real-ip", "10.0.0.1"),
     )
     .await;
-    assert_eq!(
-        up.last_seen("/charges").headers["x-forwarded-for"],
-        "10.0.0.1, 127.0.0.1"
+    let h = up.last_seen("/charges").headers;
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], gw.addr.to_string().as_str());
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(
+        h.get("forwarded").is_none() && h.get("x-real-ip").is_none(),
+        "{h:?}"
     );
 }
 
@@ -1220,7 +1240,7 @@ async fn graceful_shutdown(engine: Engine) {
         .expect("shutdown finishes once the request is done")
         .unwrap();
     assert_eq!(
-        gw.store.state(&anon_id("drain-1")).await,
+        gw.store.state(&tenant_id("drain-1")).await,
         Some(RecordState::Completed)
     );
 }

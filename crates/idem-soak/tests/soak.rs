@@ -17,14 +17,15 @@ use tokio::net::TcpListener;
 
 async fn gateway(upstream: SocketAddr) -> RunningGateway {
     idem_gateway::start(GatewayOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: format!("http://{upstream}").parse().unwrap(),
-        store: Arc::new(MemoryStore::new()),
-        admin: None,
         idempotency: IdempotencyConfig::default(),
         shutdown_grace: Duration::from_secs(5),
         sweep_interval: Duration::from_millis(50),
         sweep_batch: 100,
+        ..GatewayOptions::new(
+            "127.0.0.1:0".parse().unwrap(),
+            format!("http://{upstream}").parse().unwrap(),
+            Arc::new(MemoryStore::new()),
+        )
     })
     .await
     .expect("gateway starts")
@@ -56,6 +57,10 @@ fn options(target: SocketAddr, count: &str) -> SoakOptions {
     );
     options.body = Some(parse_body(r#"{"amount":100,"currency":"eur"}"#).unwrap());
     options.concurrency = 8;
+    options.headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Bearer soak-test"),
+    );
     // Fast retries; enough attempts that a fifth lost each time is
     // survivable (0.2^10 per operation).
     options.policy = RetryPolicy::default()

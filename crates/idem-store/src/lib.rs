@@ -23,6 +23,7 @@
 
 mod engine;
 mod error;
+mod sealed;
 mod spec;
 mod store;
 #[cfg(feature = "testing")]
@@ -36,5 +37,9 @@ pub use engine::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use engine::sqlite::{SqliteOptions, SqliteStore};
 pub use error::StoreError;
+pub use sealed::{
+    is_sealed, KeyPosition, KeyRing, KeyRingError, OpenError, SealError, SealedPart, SealedStore,
+    SEALED_HEADER,
+};
 pub use spec::{open, StoreSpec, StoreSpecError};
 pub use store::{Claim, ClaimOutcome, Completion, Store, SweepReport, Write};

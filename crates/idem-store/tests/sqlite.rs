@@ -679,3 +679,45 @@ fn processes_racing_on_one_file_claim_each_key_once() {
         assert_eq!(*n, 1, "race-{i} was claimed {n} times");
     }
 }
+
+#[tokio::test]
+async fn database_wal_and_shm_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    let k = id("private-1");
+    let token = must_claim(&store, claim(&k, T0)).await;
+    let written = store
+        .complete(
+            &k,
+            token,
+            Completion::new(response(b"4242 4242"), T0, &retention()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, Write::Written);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        let mode = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+}
+
+#[tokio::test]
+async fn an_existing_database_readable_by_others_still_opens() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    drop(open(&path));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // The gateway warns (logged) and keeps the operator's mode.
+    let store = open(&path);
+    must_claim(&store, claim(&id("k"), T0)).await;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+}

@@ -1,6 +1,7 @@
 use http::{HeaderName, Method};
 use idem_core::headers::ReplayHeaderFilter;
-use idem_core::{Policy, ReleaseStatuses, Retention, ScopeSource};
+use idem_core::path::NormalisedPath;
+use idem_core::{Policy, ReleaseStatuses, Retention, ScopeRule};
 use std::time::Duration;
 
 /// A set of methods under a path prefix, and the policy that applies there.
@@ -46,8 +47,9 @@ pub struct IdempotencyConfig {
     /// Covered routes, first match wins. Default: POST and PATCH everywhere,
     /// key optional.
     pub routes: Vec<Route>,
-    /// Where the tenant scope comes from. Default: SHA-256 of `Authorization`.
-    pub scope: ScopeSource,
+    /// How a request's tenant scope is derived. Default: a hash of
+    /// `Authorization`, and a keyed request without one is refused (401).
+    pub scope: ScopeRule,
     /// Retention, tombstone retention, lease.
     pub retention: Retention,
     /// How long the inner service may run before its outcome is declared
@@ -76,7 +78,7 @@ impl Default for IdempotencyConfig {
         IdempotencyConfig {
             key_header: HeaderName::from_static(idem_core::headers::IDEMPOTENCY_KEY),
             routes: vec![Route::new("/")],
-            scope: ScopeSource::default(),
+            scope: ScopeRule::default(),
             retention: Retention::default(),
             upstream_timeout: Duration::from_secs(60),
             max_request_body: 10 * 1024 * 1024,
@@ -91,11 +93,38 @@ impl Default for IdempotencyConfig {
 }
 
 impl IdempotencyConfig {
-    /// The route covering a request, if any.
+    /// The route covering a request, if any. `path` is matched as given:
+    /// see [`IdempotencyConfig::route_for_path`] for raw request paths.
     pub fn route_for(&self, method: &Method, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(method, path))
     }
+
+    /// The route covering a request whose raw path is `path`, matched on
+    /// its normal form (dot segments, repeated slashes and escaped
+    /// unreserved characters cannot slip past a route). `Err` when readings
+    /// of the path that some frameworks make (`;` parameters, an escaped
+    /// `/`) would fall under another route: such a path is refused, not
+    /// guessed.
+    pub fn route_for_path<'p>(
+        &self,
+        method: &Method,
+        path: &NormalisedPath<'p>,
+    ) -> Result<Option<&Route>, AmbiguousPath> {
+        let position = |p: &str| self.routes.iter().position(|r| r.matches(method, p));
+        let strict = position(path.as_str());
+        if let Some(lenient) = path.lenient() {
+            if position(lenient) != strict {
+                return Err(AmbiguousPath);
+            }
+        }
+        Ok(strict.map(|i| &self.routes[i]))
+    }
 }
+
+/// A path that frameworks read differently, in a way that changes which
+/// route applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousPath;
 
 #[cfg(test)]
 mod tests {
@@ -109,6 +138,78 @@ mod tests {
         assert!(prefix_matches("/", "/anything"));
         assert!(prefix_matches("/v1/", "/v1/x"));
         assert!(!prefix_matches("/v1", "/v2"));
+    }
+
+    fn routes() -> IdempotencyConfig {
+        let mut strict = Route::new("/v1/charges");
+        strict.policy.require_key = true;
+        IdempotencyConfig {
+            routes: vec![strict, Route::new("/v1/"), Route::new("/")],
+            ..IdempotencyConfig::default()
+        }
+    }
+
+    fn index(c: &IdempotencyConfig, route: Option<&Route>) -> Option<usize> {
+        route.map(|r| c.routes.iter().position(|x| x == r).unwrap())
+    }
+
+    #[test]
+    fn every_disguise_of_a_covered_path_reaches_its_route_or_is_refused() {
+        let c = routes();
+        let route = |p: &str| c.route_for_path(&Method::POST, &NormalisedPath::new(p));
+        for p in [
+            "/v1//charges",
+            "/v1/./charges",
+            "/v1/%63harges",
+            "/v1/x/../charges",
+            "//v1/charges/1",
+        ] {
+            assert_eq!(index(&c, route(p).unwrap()), Some(0), "{p}");
+        }
+        for p in [
+            "/v1/charges;x",
+            "/v1/charges%2F1",
+            "/v1%2fcharges",
+            "/v1\\charges",
+        ] {
+            assert_eq!(route(p), Err(AmbiguousPath), "{p}");
+        }
+        // `;` that changes nothing about the route is not ambiguous.
+        assert_eq!(index(&c, route("/v1/refunds;v=2").unwrap()), Some(1));
+    }
+
+    proptest::proptest! {
+        /// Two paths that normalise alike are routed alike: dot segments,
+        /// doubled slashes and escaped letters never change the route.
+        #[test]
+        fn paths_that_normalise_alike_are_routed_alike(
+            segments in proptest::collection::vec("(v1|charges|refunds|x|[a-z0-9]{1,4})", 0..5),
+            disguise in proptest::collection::vec(0u8..4, 0..5),
+        ) {
+            let c = routes();
+            let plain = format!("/{}", segments.join("/"));
+            let mut disguised = String::new();
+            for (i, seg) in segments.iter().enumerate() {
+                match disguise.get(i).copied().unwrap_or(0) {
+                    1 => disguised.push_str("//"),
+                    2 => disguised.push_str("/./"),
+                    3 => disguised.push_str("/zz/../"),
+                    _ => disguised.push('/'),
+                }
+                let escaped: String = seg.chars().enumerate().map(|(j, ch)| {
+                    if j == 0 { format!("%{:02X}", ch as u32) } else { ch.to_string() }
+                }).collect();
+                disguised.push_str(&escaped);
+            }
+            let disguised = disguised.replace("///", "/");
+            let a = NormalisedPath::new(&plain);
+            let b = NormalisedPath::new(&disguised);
+            proptest::prop_assert_eq!(a.as_str(), b.as_str(), "{} vs {}", plain, disguised);
+            proptest::prop_assert_eq!(
+                c.route_for_path(&Method::POST, &a),
+                c.route_for_path(&Method::POST, &b)
+            );
+        }
     }
 
     #[test]

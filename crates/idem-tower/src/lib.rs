@@ -35,13 +35,15 @@ mod wait;
 
 pub use body::{RequestBody, ResponseBody};
 pub use clock::{Clock, SystemClock};
-pub use config::{IdempotencyConfig, Route};
+pub use config::{AmbiguousPath, IdempotencyConfig, Route};
 pub use error::{BoxError, NotExecuted};
 pub use future::ResponseFuture;
 pub use layer::IdempotencyLayer;
 pub use service::Idempotency;
 
-pub use idem_core::{InFlightMode, Policy, ReleaseStatuses, Retention, ScopeSource};
+pub use idem_core::{
+    Anonymous, InFlightMode, Policy, ReleaseStatuses, Retention, ScopeRule, ScopeSource,
+};
 
 /// An RFC 9457 problem response, as the layer itself answers, for errors
 /// the embedding server produces (e.g. a gateway's 502).

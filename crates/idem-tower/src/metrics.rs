@@ -24,6 +24,7 @@ pub(crate) enum Outcome {
     Rejected,
     StoreError,
     FailOpen,
+    Anonymous,
 }
 
 impl Outcome {
@@ -40,6 +41,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::StoreError => "store_error",
             Outcome::FailOpen => "fail_open",
+            Outcome::Anonymous => "anonymous",
         }
     }
 }

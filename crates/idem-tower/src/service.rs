@@ -1,3 +1,4 @@
+use crate::config::AmbiguousPath;
 use crate::execute::Owner;
 use crate::future::DetachOnDrop;
 use crate::layer::Shared;
@@ -6,13 +7,14 @@ use crate::respond::{self, KeyEcho};
 use crate::{BoxError, RequestBody, ResponseBody, ResponseFuture};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use idem_core::decision::ExistingOutcome;
+use idem_core::path::NormalisedPath;
+use idem_core::scope::{CredentialError, Resolved};
 use idem_core::{
     Fingerprint, FingerprintInput, IdempotencyKey, InFlightMode, Policy, ProblemType, RecordId,
-    Scope,
 };
 use idem_store::{Claim, ClaimOutcome};
 use std::sync::Arc;
@@ -46,16 +48,42 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // Take the service that was driven to readiness; leave a clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         let config = &shared.config;
-        let Some(route) = config.route_for(request.method(), request.uri().path()) else {
+        let path = NormalisedPath::new(request.uri().path());
+        let route = match config.route_for_path(request.method(), &path) {
+            Ok(route) => route.map(|r| r.policy),
+            Err(AmbiguousPath) => {
+                metrics::count(Outcome::Rejected);
+                let problem = idem_core::Problem::new(
+                    ProblemType::AmbiguousPath,
+                    format!(
+                        "The path {:?} reads differently to different servers (`;` parameters, an escaped `/` or `\\`), and one reading falls under another idempotency rule than the other. Nothing was forwarded; send the path in its plain form.",
+                        request.uri().path()
+                    ),
+                );
+                return ResponseFuture::new(std::future::ready(Ok(respond::problem(
+                    problem, None,
+                ))));
+            }
+        };
+        // What the upstream receives is what the route was matched on.
+        // (`OPTIONS *` and other non-path targets are left as they are.)
+        if !path.is_unchanged() && request.uri().path().starts_with('/') {
+            let normal = path.as_str().to_owned();
+            if let Err(problem) = set_path(&mut request, &normal) {
+                return ResponseFuture::new(std::future::ready(Ok(respond::problem(
+                    problem, None,
+                ))));
+            }
+        }
+        let Some(policy) = route else {
             return ResponseFuture::new(pass_through(inner, request));
         };
-        let policy = route.policy;
         let mut values = request.headers().get_all(&config.key_header).iter();
         let first = values.next().cloned();
         let key = IdempotencyKey::from_header_values(
@@ -88,11 +116,62 @@ where
                     header: config.key_header.clone(),
                     value: raw,
                 };
-                ResponseFuture::new(keyed(shared, inner, request, key, policy, echo))
+                match config.scope.resolve(request.headers(), shared.clock.now()) {
+                    Ok(Resolved::Scope(scope)) => ResponseFuture::new(keyed(
+                        shared.clone(),
+                        inner,
+                        request,
+                        RecordId { scope, key },
+                        policy,
+                        echo,
+                    )),
+                    Ok(Resolved::PassThrough) => {
+                        metrics::count(Outcome::Anonymous);
+                        ResponseFuture::new(async move {
+                            let mut response = pass_through(inner, request).await?;
+                            echo.apply(&mut response);
+                            Ok(response)
+                        })
+                    }
+                    Err(e) => {
+                        metrics::count(Outcome::Rejected);
+                        let kind = match e {
+                            CredentialError::Missing(_) => ProblemType::CredentialRequired,
+                            CredentialError::Invalid(_) => ProblemType::InvalidCredential,
+                        };
+                        let problem = respond::kind(kind, e.to_string(), &key);
+                        ResponseFuture::new(std::future::ready(Ok(respond::problem(
+                            problem,
+                            Some(&echo),
+                        ))))
+                    }
+                }
             }
             (Ok(_), _) => ResponseFuture::new(pass_through(inner, request)),
         }
     }
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path<B>(request: &mut Request<B>, path: &str) -> Result<(), idem_core::Problem> {
+    let pq = match request.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| {
+        idem_core::Problem::new(
+            ProblemType::AmbiguousPath,
+            "The request path cannot be put in normal form. Nothing was forwarded.",
+        )
+    })?);
+    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| {
+        idem_core::Problem::new(
+            ProblemType::AmbiguousPath,
+            "The request path cannot be put in normal form. Nothing was forwarded.",
+        )
+    })?;
+    Ok(())
 }
 
 /// Unprotected: streamed both ways, nothing buffered.
@@ -111,7 +190,7 @@ async fn keyed<S, B, RB>(
     shared: Arc<Shared>,
     inner: S,
     request: Request<B>,
-    key: IdempotencyKey,
+    id: RecordId,
     policy: Policy,
     echo: KeyEcho,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
@@ -135,7 +214,7 @@ where
                     "The request body is over the {} byte limit.",
                     config.max_request_body
                 ),
-                &key,
+                &id.key,
             ),
             Some(&echo),
         ))
@@ -157,19 +236,14 @@ where
                 respond::kind(
                     ProblemType::BodyUnreadable,
                     format!("The request body could not be read: {e}. Nothing was executed."),
-                    &key,
+                    &id.key,
                 ),
                 Some(&echo),
             ));
         }
     };
 
-    let scope = Scope::resolve(
-        &config.scope,
-        scope_value(&config.scope, &parts.headers).as_deref(),
-    );
     let fingerprint = fingerprint(config, &parts, &body);
-    let id = RecordId { scope, key };
     // From the claim on, the work no longer belongs to the client's
     // connection: a client that hangs up (even while its claim is being
     // written) must not leave a claim that nobody executes or releases.
@@ -290,6 +364,12 @@ where
             ExistingOutcome::Replay => {
                 metrics::count(Outcome::Replayed);
                 match &record.response {
+                    // Sealed by a gateway with encryption on, read by one
+                    // without the key: never replay ciphertext.
+                    Some(stored) if idem_store::is_sealed(stored) => {
+                        tracing::error!(key = %id.key, "stored response is encrypted and no key is configured; answering outcome-unknown");
+                        unreachable_unknown(&id.key, &echo)
+                    }
                     Some(stored) => respond::replay(stored, &echo),
                     None => unreachable_unknown(&id.key, &echo),
                 }
@@ -353,18 +433,6 @@ where
 {
     let response = inner.call(request).await?;
     Ok(response.map(ResponseBody::stream))
-}
-
-fn scope_value(source: &idem_core::ScopeSource, headers: &HeaderMap) -> Option<Vec<u8>> {
-    let name = Scope::source_header(source)?;
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    let mut joined = first.as_bytes().to_vec();
-    for v in values {
-        joined.push(b'\n');
-        joined.extend_from_slice(v.as_bytes());
-    }
-    Some(joined)
 }
 
 fn fingerprint(

@@ -65,8 +65,11 @@ fn app(config: IdempotencyConfig) -> App {
     }
 }
 
+/// A keyed POST from one authenticated user (keyed requests without a
+/// credential are refused by default).
 fn post_with_key(path: &str, key: &str, body: &str) -> Request<Body> {
     Request::post(path)
+        .header("authorization", "Bearer user-1")
         .header("idempotency-key", key)
         .header("content-type", "text/plain")
         .body(Body::from(body.to_owned()))
@@ -93,6 +96,21 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn a_keyed_request_without_a_credential_is_refused_and_never_executed() {
+    let app = app(IdempotencyConfig::default());
+    let anonymous = Request::post("/charges")
+        .header("idempotency-key", "k-anon")
+        .body(Body::from("10 eur"))
+        .unwrap();
+    let (status, headers, body) = send(&app.router, anonymous).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(body.contains("credential-required"), "{body}");
+    assert_eq!(headers["idempotency-key"], "k-anon");
+    assert_eq!(app.executions.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -134,16 +134,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .context("store spec")?;
     let store = idem_store::open(&spec).await?;
     let settings = idem_gateway::config::Settings::default();
-    let gateway = idem_gateway::start(idem_gateway::GatewayOptions {
-        listen: "127.0.0.1:0".parse().context("listen address")?,
-        upstream: api.url().parse().context("upstream URL")?,
+    let gateway = idem_gateway::start(idem_gateway::GatewayOptions::from_settings(
+        settings,
+        "127.0.0.1:0".parse().context("listen address")?,
+        api.url().parse().context("upstream URL")?,
         store,
-        admin: None,
-        idempotency: settings.idempotency,
-        shutdown_grace: settings.shutdown_grace,
-        sweep_interval: settings.sweep_interval,
-        sweep_batch: settings.sweep_batch,
-    })
+        None,
+    ))
     .await?;
     let gateway_url = format!("http://{}", gateway.addr());
     if text {

@@ -46,10 +46,13 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .listen
         .or(settings.listen)
         .context("--listen is required (or `listen` in --config), e.g. --listen 127.0.0.1:8080")?;
-    let upstream = args.upstream.or(settings.upstream).context(
+    let upstream = args
+        .upstream
+        .or_else(|| settings.upstream.clone())
+        .context(
         "--upstream is required (or `upstream` in --config), e.g. --upstream http://127.0.0.1:3000",
     )?;
-    let store_spec = args.store.unwrap_or(settings.store);
+    let store_spec = args.store.unwrap_or_else(|| settings.store.clone());
     let admin = args.admin.or(settings.admin);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -57,16 +60,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let store = idem_store::open(&store_spec).await?;
-        let gateway = idem_gateway::start(GatewayOptions {
-            listen,
-            upstream,
-            store,
-            admin,
-            idempotency: settings.idempotency,
-            shutdown_grace: settings.shutdown_grace,
-            sweep_interval: settings.sweep_interval,
-            sweep_batch: settings.sweep_batch,
-        })
+        let gateway = idem_gateway::start(GatewayOptions::from_settings(
+            settings, listen, upstream, store, admin,
+        ))
         .await?;
         // Scripts wait for this line.
         println!("listening on {}", gateway.addr());

@@ -334,16 +334,13 @@ async fn gateway_with(
     api: &RunningSampleApi,
     settings: idem_gateway::config::Settings,
 ) -> idem_gateway::RunningGateway {
-    idem_gateway::start(idem_gateway::GatewayOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: api.url().parse().unwrap(),
-        store: std::sync::Arc::new(idem_store::MemoryStore::new()),
-        admin: None,
-        idempotency: settings.idempotency,
-        shutdown_grace: settings.shutdown_grace,
-        sweep_interval: settings.sweep_interval,
-        sweep_batch: settings.sweep_batch,
-    })
+    idem_gateway::start(idem_gateway::GatewayOptions::from_settings(
+        settings,
+        "127.0.0.1:0".parse().unwrap(),
+        api.url().parse().unwrap(),
+        std::sync::Arc::new(idem_store::MemoryStore::new()),
+        None,
+    ))
     .await
     .expect("gateway starts")
 }

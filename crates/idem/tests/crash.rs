@@ -25,6 +25,7 @@ async fn post(
     key: &str,
 ) -> Option<(u16, bool, Bytes, String)> {
     let req = Request::post(format!("http://{addr}/charges"))
+        .header("authorization", "Bearer crash-test")
         .header("idempotency-key", key)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(b"{\"amount\":100}")))

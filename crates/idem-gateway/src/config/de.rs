@@ -91,6 +91,33 @@ pub(super) fn opt_vec<'de, D: Deserializer<'de>, T: Scalar>(
     d.deserialize_seq(ListVisitor(PhantomData)).map(Some)
 }
 
+/// An optional scalar or list of scalars: `header = "A"` or `header = ["A", "B"]`.
+pub(super) fn opt_one_or_many<'de, D: Deserializer<'de>, T: Scalar>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    d.deserialize_any(OneOrManyVisitor(PhantomData)).map(Some)
+}
+
+struct OneOrManyVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Scalar> Visitor<'de> for OneOrManyVisitor<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} or an array of them", T::EXPECTING)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<T>, E> {
+        ScalarVisitor::<T>(PhantomData)
+            .visit_str(s)
+            .map(|v| vec![v])
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+        ListVisitor::<T>(PhantomData).visit_seq(seq)
+    }
+}
+
 struct ListVisitor<T>(PhantomData<T>);
 
 impl<'de, T: Scalar> Visitor<'de> for ListVisitor<T> {
@@ -312,6 +339,25 @@ pub(super) fn deny_pattern(s: &str) -> Result<String, String> {
     }
     header_name(name).map_err(|_| format!("{s:?} is not a valid header name or prefix"))?;
     Ok(s.to_ascii_lowercase())
+}
+
+/// A non-empty string, trimmed (cookie names, claims, variable names).
+pub(super) struct Text(pub(super) String);
+
+impl Scalar for Text {
+    const EXPECTING: &'static str = "a non-empty string";
+
+    fn from_str(s: &str) -> Result<Self, Bad> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Err(Bad::Value("must not be empty".into()));
+        }
+        Ok(Text(t.to_owned()))
+    }
+}
+
+pub(super) fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    opt::<D, Text>(d).map(|t| t.map(|t| t.0))
 }
 
 impl Scalar for usize {

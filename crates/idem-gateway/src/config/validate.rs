@@ -1,10 +1,16 @@
 //! From the file's values to [`Settings`]: bounds, cross-field rules,
 //! defaults. Errors carry the field path of what they are about.
 
-use super::{de, ConfigError, FileConfig, RouteConfig, ScopeConfig, ScopeKind, Settings};
+use super::{
+    de, AnonymousKind, ConfigError, FileConfig, JwtConfig, RouteConfig, ScopeConfig, ScopeKind,
+    Settings, StorageConfig,
+};
 use idem_core::headers::ReplayHeaderFilter;
-use idem_core::{InFlightMode, Policy, ReleaseStatuses, ScopeSource};
+use idem_core::scope::{JwtKeys, JwtVerifier, ScopeSecret};
+use idem_core::{Anonymous, InFlightMode, Policy, ReleaseStatuses, ScopeRule, ScopeSource};
 use idem_tower::Route;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The longest a duplicate may wait for the first request's outcome.
@@ -56,6 +62,11 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
                 ),
             ));
         }
+    }
+    s.trust_forwarded = file.trust_forwarded.unwrap_or(false);
+    s.h2c = file.h2c.unwrap_or(false);
+    if let Some(storage) = file.storage {
+        s.encryption = encryption(storage)?;
     }
     s.listen = file.listen;
     s.admin = file.admin;
@@ -136,7 +147,7 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
         c.retry_after = positive("retry_after", d)?;
     }
     if let Some(scope) = file.scope {
-        c.scope = scope_source(scope)?;
+        c.scope = scope_rule(scope, file.file.as_deref())?;
     }
     if let Some(routes) = file.routes {
         c.routes = self::routes(routes)?;
@@ -144,22 +155,216 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
     Ok(s)
 }
 
-fn scope_source(scope: ScopeConfig) -> Result<ScopeSource> {
-    let header = scope.header.map(|h| h.as_str().to_owned());
-    match (scope.source.unwrap_or_default(), header) {
-        (ScopeKind::HeaderHash, None) => Ok(ScopeSource::default()),
-        (ScopeKind::HeaderHash, Some(header)) => Ok(ScopeSource::HeaderHash { header }),
-        (ScopeKind::TrustedHeader, Some(header)) => Ok(ScopeSource::TrustedHeader { header }),
-        (ScopeKind::TrustedHeader, None) => Err(invalid(
-            "scope.header",
-            r#"required when scope.source = "trusted-header" (e.g. header = "X-Tenant-Id")"#,
+/// The bytes of environment variable `name`, for the field `field`.
+fn env_bytes(field: &str, name: &str) -> Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStringExt;
+    match std::env::var_os(name) {
+        Some(v) if !v.is_empty() => Ok(v.into_vec()),
+        Some(_) => Err(invalid(
+            field,
+            format!("environment variable {name} is empty"),
         )),
-        (ScopeKind::Global, Some(_)) => Err(invalid(
-            "scope.header",
-            r#"not allowed when scope.source = "none" (one global scope reads no header)"#,
+        None => Err(invalid(
+            field,
+            format!("environment variable {name} is not set"),
         )),
-        (ScopeKind::Global, None) => Ok(ScopeSource::Global),
     }
+}
+
+fn scope_rule(scope: ScopeConfig, config_file: Option<&Path>) -> Result<ScopeRule> {
+    let kind = scope.source.unwrap_or_default();
+    let not_for = |field: &str, what: &str| {
+        invalid(
+            format!("scope.{field}"),
+            format!("not allowed when scope.source = {what:?}; remove it or change the source"),
+        )
+    };
+    let source_name = match kind {
+        ScopeKind::HeaderHash => "header-hash",
+        ScopeKind::CookieHash => "cookie-hash",
+        ScopeKind::Jwt => "jwt",
+        ScopeKind::TrustedHeader => "trusted-header",
+        ScopeKind::Global => "none",
+    };
+    let headers = scope.header.map(|hs| {
+        let mut names: Vec<String> = Vec::with_capacity(hs.len());
+        for h in hs {
+            if !names.iter().any(|n| n == h.as_str()) {
+                names.push(h.as_str().to_owned());
+            }
+        }
+        names
+    });
+    if headers.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid("scope.header", "empty; name at least one header"));
+    }
+    if scope.cookie.is_some() && kind != ScopeKind::CookieHash {
+        return Err(not_for("cookie", source_name));
+    }
+    if scope.jwt.is_some() && kind != ScopeKind::Jwt {
+        return Err(not_for("jwt", source_name));
+    }
+    if headers.is_some()
+        && matches!(
+            kind,
+            ScopeKind::CookieHash | ScopeKind::Jwt | ScopeKind::Global
+        )
+    {
+        return Err(not_for("header", source_name));
+    }
+    let source = match kind {
+        ScopeKind::HeaderHash => match headers {
+            Some(headers) => ScopeSource::HeaderHash { headers },
+            None => ScopeSource::default(),
+        },
+        ScopeKind::TrustedHeader => ScopeSource::TrustedHeader {
+            headers: headers.ok_or_else(|| {
+                invalid(
+                    "scope.header",
+                    r#"required when scope.source = "trusted-header" (e.g. header = "X-Tenant-Id")"#,
+                )
+            })?,
+        },
+        ScopeKind::CookieHash => {
+            let cookie = scope.cookie.ok_or_else(|| {
+                invalid(
+                    "scope.cookie",
+                    r#"required when scope.source = "cookie-hash" (e.g. cookie = "session")"#,
+                )
+            })?;
+            if cookie.contains([';', '=', ',', ' ']) {
+                return Err(invalid("scope.cookie", format!("{cookie:?} is not a cookie name")));
+            }
+            ScopeSource::CookieHash { cookie }
+        }
+        ScopeKind::Jwt => {
+            let jwt = scope.jwt.ok_or_else(|| {
+                invalid(
+                    "scope.jwt",
+                    r#"required when scope.source = "jwt": add a [scope.jwt] table with keys = "jwks.json" or hs256_secret_env = "NAME""#,
+                )
+            })?;
+            ScopeSource::Jwt(Arc::new(jwt_verifier(jwt, config_file)?))
+        }
+        ScopeKind::Global => ScopeSource::Global,
+    };
+    let anonymous = match scope.anonymous.unwrap_or_default() {
+        AnonymousKind::Reject => Anonymous::Reject,
+        AnonymousKind::PassThrough => Anonymous::PassThrough,
+        AnonymousKind::Shared => Anonymous::Shared,
+    };
+    let secret = match scope.secret_env {
+        Some(name) => {
+            let bytes = env_bytes("scope.secret_env", &name)?;
+            Some(ScopeSecret::new(&bytes).ok_or_else(|| {
+                invalid(
+                    "scope.secret_env",
+                    format!(
+                        "the secret in {name} is {} bytes; use at least {} random bytes",
+                        bytes.len(),
+                        ScopeSecret::MIN_LEN
+                    ),
+                )
+            })?)
+        }
+        None => None,
+    };
+    Ok(ScopeRule {
+        source,
+        anonymous,
+        secret,
+    })
+}
+
+fn jwt_verifier(jwt: JwtConfig, config_file: Option<&Path>) -> Result<JwtVerifier> {
+    let keys = match (jwt.keys, jwt.hs256_secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "scope.jwt.keys",
+                "give either keys (a JWKS file) or hs256_secret_env, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "scope.jwt.keys",
+                r#"required: keys = "jwks.json" (a JWKS file) or hs256_secret_env = "NAME""#,
+            ))
+        }
+        (Some(path), None) => {
+            // Relative to the configuration file, as a reader of it expects.
+            let path = match config_file.and_then(Path::parent) {
+                Some(dir) if path.is_relative() => dir.join(path),
+                _ => path,
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "scope.jwt.keys",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let set = JwtVerifier::parse_jwks(&text)
+                .map_err(|e| invalid("scope.jwt.keys", format!("{}: {e}", path.display())))?;
+            JwtKeys::Jwks(set)
+        }
+        (None, Some(name)) => JwtKeys::Hs256(env_bytes("scope.jwt.hs256_secret_env", &name)?),
+    };
+    let field = match keys {
+        JwtKeys::Jwks(_) => "scope.jwt.keys",
+        JwtKeys::Hs256(_) => "scope.jwt.hs256_secret_env",
+    };
+    let claim = jwt.claim.unwrap_or_else(|| "sub".to_owned());
+    JwtVerifier::new(keys, &claim, jwt.issuer, jwt.audience).map_err(|e| {
+        let field = match e {
+            idem_core::scope::JwtError::ClaimPath(_) => "scope.jwt.claim",
+            _ => field,
+        };
+        invalid(field, e.to_string())
+    })
+}
+
+fn encryption(storage: StorageConfig) -> Result<Option<idem_store::KeyRing>> {
+    let Some(name) = storage.encryption_key_env else {
+        if storage.decryption_keys_env.is_some() {
+            return Err(invalid(
+                "storage.decryption_keys_env",
+                "only used with storage.encryption_key_env (the key new records are sealed with)",
+            ));
+        }
+        return Ok(None);
+    };
+    let text = |field: &str, name: &str| -> Result<String> {
+        String::from_utf8(env_bytes(field, name)?)
+            .map_err(|_| invalid(field, format!("{name} is not base64 text")))
+    };
+    let current = text("storage.encryption_key_env", &name)?;
+    let older = match &storage.decryption_keys_env {
+        Some(old) => text("storage.decryption_keys_env", old)?,
+        None => String::new(),
+    };
+    let older: Vec<&str> = older
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    idem_store::KeyRing::from_base64(current.trim(), &older)
+        .map_err(|e| {
+            use idem_store::{KeyPosition::Older, KeyRingError as E};
+            let field = match e {
+                E::Empty { position: Older(_) }
+                | E::NotBase64 {
+                    position: Older(_), ..
+                }
+                | E::WrongLength {
+                    position: Older(_), ..
+                }
+                | E::Duplicate {
+                    position: Older(_), ..
+                } => "storage.decryption_keys_env",
+                _ => "storage.encryption_key_env",
+            };
+            invalid(field, e.to_string())
+        })
+        .map(Some)
 }
 
 fn routes(entries: Vec<RouteConfig>) -> Result<Vec<Route>> {
@@ -197,6 +402,17 @@ fn route(i: usize, entry: RouteConfig) -> Result<Route> {
         return Err(invalid(
             format!("routes[{i}].path_prefix"),
             format!(r#"{:?} must start with "/""#, route.path_prefix),
+        ));
+    }
+    let normal = idem_core::path::NormalisedPath::new(&route.path_prefix);
+    if !normal.is_unchanged() || normal.lenient().is_some() {
+        return Err(invalid(
+            format!("routes[{i}].path_prefix"),
+            format!(
+                "{:?} is not in normal form: requests are matched on normalised paths, so write it as {:?} (no `//`, `.` or `..` segments, escaped letters or digits, `;` or escaped `/`)",
+                route.path_prefix,
+                normal.lenient().unwrap_or(normal.as_str())
+            ),
         ));
     }
     if route.path_prefix.contains(['?', '#']) {

@@ -11,7 +11,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
 use hyper_util::rt::TokioExecutor;
-use idem_core::{IdempotencyKey, Record, RecordId, RecordState, Scope, ScopeSource};
+use idem_core::scope::Resolved;
+use idem_core::{IdempotencyKey, Record, RecordId, RecordState, ScopeRule};
 use idem_gateway::{GatewayOptions, RunningGateway};
 use idem_store::{
     Claim, ClaimOutcome, Completion, MemoryStore, SqliteOptions, SqliteStore, Store, StoreError,
@@ -215,16 +216,36 @@ impl TestStore {
     }
 }
 
-/// The record id of `key` sent without the scope header, under the default
-/// scope source (SHA-256 of `Authorization`).
-pub fn anon_id(key: &str) -> RecordId {
-    scoped_id(&ScopeSource::default(), None, key)
+/// The credential every test request carries unless it names its own
+/// `Authorization` or asks for none ([`Req::anonymous`]): keyed requests
+/// without one are refused by default.
+pub const TEST_CREDENTIAL: &str = "Bearer test-tenant";
+
+/// The record id of `key` sent with the default test credential, under the
+/// default scope rule (a hash of `Authorization`).
+pub fn tenant_id(key: &str) -> RecordId {
+    scoped_id(
+        &ScopeRule::default(),
+        &[("authorization", TEST_CREDENTIAL)],
+        key,
+    )
 }
 
-/// The record id of `key` sent with `scope_value` in the scope header.
-pub fn scoped_id(source: &ScopeSource, scope_value: Option<&str>, key: &str) -> RecordId {
+/// The record id of `key` sent with `headers`, under `rule`.
+pub fn scoped_id(rule: &ScopeRule, headers: &[(&str, &str)], key: &str) -> RecordId {
+    let mut map = http::HeaderMap::new();
+    for (n, v) in headers {
+        map.append(
+            HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let scope = match rule.resolve(&map, idem_core::Timestamp::now()) {
+        Ok(Resolved::Scope(scope)) => scope,
+        other => panic!("no scope for {headers:?}: {other:?}"),
+    };
     RecordId {
-        scope: Scope::resolve(source, scope_value.map(str::as_bytes)),
+        scope,
         key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
     }
 }
@@ -306,14 +327,16 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(upstream: Uri, config: IdempotencyConfig, store: TestStore) -> Gateway {
         let running = idem_gateway::start(GatewayOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            upstream,
-            store: store.store.clone(),
             admin: Some("127.0.0.1:0".parse().unwrap()),
             idempotency: config,
             shutdown_grace: Duration::from_secs(5),
             sweep_interval: Duration::from_millis(50),
             sweep_batch: 100,
+            ..GatewayOptions::new(
+                "127.0.0.1:0".parse().unwrap(),
+                upstream,
+                store.store.clone(),
+            )
         })
         .await
         .expect("gateway starts");
@@ -372,6 +395,8 @@ pub struct Req {
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// Send [`TEST_CREDENTIAL`] unless an `Authorization` header is given.
+    pub credential: bool,
 }
 
 impl Req {
@@ -381,7 +406,13 @@ impl Req {
             path: path.to_owned(),
             headers: Vec::new(),
             body: Bytes::new(),
+            credential: true,
         }
+    }
+    /// Without the default test credential.
+    pub fn anonymous(mut self) -> Req {
+        self.credential = false;
+        self
     }
     pub fn post(path: &str) -> Req {
         Req::new(Method::POST, path)
@@ -496,6 +527,13 @@ impl Client {
         let mut builder = Request::builder()
             .method(req.method)
             .uri(format!("http://{}{}", self.addr, req.path));
+        let has_auth = req
+            .headers
+            .iter()
+            .any(|(n, _)| n == http::header::AUTHORIZATION);
+        if req.credential && !has_auth {
+            builder = builder.header(http::header::AUTHORIZATION, TEST_CREDENTIAL);
+        }
         for (name, value) in req.headers {
             builder = builder.header(name, value);
         }
@@ -537,9 +575,16 @@ impl Client {
 // Raw TCP
 // ---------------------------------------------------------------------------
 
-/// A raw HTTP/1.1 request's bytes.
+/// A raw HTTP/1.1 request's bytes, with [`TEST_CREDENTIAL`] unless
+/// `headers` name an `Authorization`.
 pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+    {
+        out.push_str(&format!("authorization: {TEST_CREDENTIAL}\r\n"));
+    }
     for (n, v) in headers {
         out.push_str(&format!("{n}: {v}\r\n"));
     }

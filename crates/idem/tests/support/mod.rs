@@ -23,9 +23,19 @@ impl Idem {
     /// Starts `idem ARGS…` with `IDEM_LOG=log` and waits for its
     /// `listening on ADDR` line.
     pub fn start<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>, log: &str) -> Idem {
+        Idem::start_with_env(args, log, &[])
+    }
+
+    /// [`Idem::start`] with extra environment variables (secrets, keys).
+    pub fn start_with_env<S: AsRef<OsStr>>(
+        args: impl IntoIterator<Item = S>,
+        log: &str,
+        env: &[(&str, &str)],
+    ) -> Idem {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
             .args(&args)
+            .envs(env.iter().copied())
             .env("IDEM_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -49,6 +59,16 @@ impl Idem {
     /// Starts `idem gateway` in front of `upstream` on `store`, with the
     /// configuration file `config`, and waits for its `listening on` line.
     pub fn gateway(upstream: SocketAddr, store: &str, config: &Path) -> Idem {
+        Idem::gateway_with_env(upstream, store, config, &[])
+    }
+
+    /// [`Idem::gateway`] with extra environment variables.
+    pub fn gateway_with_env(
+        upstream: SocketAddr,
+        store: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Idem {
         let upstream = format!("http://{upstream}");
         let mut args = [
             "gateway",
@@ -66,7 +86,7 @@ impl Idem {
         // Quiet: outages make gateways log an error per request. Set
         // IDEM_TEST_GATEWAY_LOG (e.g. to `warn`) to see their logs.
         let log = std::env::var("IDEM_TEST_GATEWAY_LOG").unwrap_or_else(|_| "off".to_owned());
-        Idem::start(args, &log)
+        Idem::start_with_env(args, &log, env)
     }
 
     /// Sends it the signal `name` (`INT`, `TERM`, …).

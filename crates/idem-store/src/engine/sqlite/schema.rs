@@ -48,6 +48,42 @@ const RELEASED_CODE: i64 = 4;
 /// Opens the connection the writer thread owns: creates the file, switches
 /// to WAL with `synchronous=FULL`, creates or checks the schema, and
 /// proves it can write.
+/// Stored responses hold what the upstream answered (card numbers, session
+/// tokens): a new database file is created readable by its owner only
+/// (SQLite gives its `-wal` and `-shm` files the database's mode), and an
+/// existing one that others can read is reported.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the SQLite store is readable by group or others; stored responses may hold secrets (chmod 600 it, and its -wal and -shm files)"
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop)
+            .or_else(|e| match e.kind() {
+                // Another process created it first: its mode is its own.
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(fail(
+                    "open",
+                    format!("cannot create {}: {e}", path.display()),
+                )),
+            }),
+        Err(_) => Ok(()), // Left for SQLite's open to report precisely.
+    }
+}
+
 pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
     let shown = path.display();
     if path.as_os_str().is_empty() {
@@ -64,6 +100,7 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
             ));
         }
     }
+    private_file(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
