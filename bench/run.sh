@@ -6,6 +6,7 @@
 #   passthrough  bench-passthrough, a bare hyper reverse proxy (the ceiling)
 #   memory       idem gateway --store memory
 #   sqlite       idem gateway --store sqlite:<tmp>/bench.db
+#   sqlite-sealed  the same with [storage] encryption_key_env (responses encrypted)
 #   postgres     idem gateway --store postgres://…?schema=idem_bench_<nonce>
 #   redis        idem gateway --store redis://…/?prefix=idem_bench_<nonce>
 # under two workloads (bench/unique.lua, bench/replay.lua) and writes a
@@ -14,7 +15,7 @@
 # Usage: bash bench/run.sh
 # Env:   DURATION=10s CONNECTIONS=32 THREADS=1 BUILD=1 WARMUP=2s
 #        REPLAY_KEYS=100 BASE_PORT=18080 OUT=docs/benchmarks.md
-#        TARGETS="upstream passthrough memory sqlite postgres redis"
+#        TARGETS="upstream passthrough memory sqlite sqlite-sealed postgres redis"
 #        BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 #        BENCH_REDIS_URL=redis://127.0.0.1:6379/
 # The postgres and redis targets use the servers at those URLs, each run in
@@ -33,7 +34,7 @@ WARMUP="${WARMUP:-2s}"
 REPLAY_KEYS="${REPLAY_KEYS:-100}"
 BASE_PORT="${BASE_PORT:-18080}"
 OUT="${OUT:-docs/benchmarks.md}"
-TARGETS="${TARGETS:-upstream passthrough memory sqlite postgres redis}"
+TARGETS="${TARGETS:-upstream passthrough memory sqlite sqlite-sealed postgres redis}"
 BENCH_POSTGRES_URL="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 BENCH_REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/}"
 READY_TIMEOUT_S=30
@@ -226,6 +227,7 @@ declare -A PORT=(
   [sqlite]=$((BASE_PORT + 3))
   [postgres]=$((BASE_PORT + 4))
   [redis]=$((BASE_PORT + 5))
+  [sqlite-sealed]=$((BASE_PORT + 6))
 )
 declare -A LABEL=(
   [upstream]="upstream (direct, no proxy)"
@@ -234,8 +236,13 @@ declare -A LABEL=(
   [sqlite]="idem gateway, \`--store sqlite\`"
   [postgres]="idem gateway, \`--store postgres\`"
   [redis]="idem gateway, \`--store redis\`"
+  [sqlite-sealed]="idem gateway, \`--store sqlite\`, responses encrypted"
 )
 DB="$WORK/bench.db"
+SEALED_DB="$WORK/sealed.db"
+SEALED_CONFIG="$WORK/sealed.toml"
+printf '[storage]\nencryption_key_env = "IDEM_BENCH_KEY"\n' >"$SEALED_CONFIG"
+BENCH_KEY="$(head -c 32 /dev/urandom | base64)"
 # Command lines as shown in the report (paths relative to the repo).
 declare -A SHOWN=(
   [upstream]="target/release/bench-upstream --listen 127.0.0.1:${PORT[upstream]}"
@@ -244,6 +251,7 @@ declare -A SHOWN=(
   [sqlite]="target/release/idem gateway --listen 127.0.0.1:${PORT[sqlite]} --upstream $UP_URL --store sqlite:\$TMPDIR/bench.db"
   [postgres]="target/release/idem gateway --listen 127.0.0.1:${PORT[postgres]} --upstream $UP_URL --store $(url_with "$BENCH_POSTGRES_URL" schema "idem_bench_\$NONCE")"
   [redis]="target/release/idem gateway --listen 127.0.0.1:${PORT[redis]} --upstream $UP_URL --store $(url_with "$BENCH_REDIS_URL" prefix "idem_bench_\$NONCE")"
+  [sqlite-sealed]="IDEM_BENCH_KEY=\$(head -c 32 /dev/urandom | base64) target/release/idem gateway --listen 127.0.0.1:${PORT[sqlite-sealed]} --upstream $UP_URL --store sqlite:\$TMPDIR/sealed.db --config sealed.toml # [storage] encryption_key_env = \"IDEM_BENCH_KEY\""
 )
 
 # Sets CMD to the command line of a proxy target (not the upstream).
@@ -255,6 +263,7 @@ target_cmd() {
     sqlite) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[sqlite]}" --upstream "$UP_URL" --store "sqlite:$DB") ;;
     postgres) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[postgres]}" --upstream "$UP_URL" --store "$PG_STORE") ;;
     redis) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[redis]}" --upstream "$UP_URL" --store "$REDIS_STORE") ;;
+    sqlite-sealed) CMD=(env "IDEM_BENCH_KEY=$BENCH_KEY" "$BIN/idem" gateway --listen "127.0.0.1:${PORT[sqlite-sealed]}" --upstream "$UP_URL" --store "sqlite:$SEALED_DB" --config "$SEALED_CONFIG") ;;
   esac
 }
 
@@ -366,7 +375,7 @@ prime() {
   local target="$1" nonce="$2" i code ok=0
   for ((i = 0; i < REPLAY_KEYS; i++)); do
     code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
-      -H 'Content-Type: application/json' -H "Idempotency-Key: r-$nonce-$i" \
+      -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' -H "Idempotency-Key: r-$nonce-$i" \
       --data '{"amount":100,"currency":"eur"}' \
       "http://127.0.0.1:${PORT[$target]}/charges" || true)"
     [[ "$code" == 2* ]] && ok=$((ok + 1))
@@ -449,7 +458,7 @@ PROXY_PID=""
 BUSY_BEFORE="$(cpu_busy_pct)"
 log "CPU busy before measuring: $BUSY_BEFORE"
 
-ALL_TARGETS=(upstream passthrough memory sqlite postgres redis)
+ALL_TARGETS=(upstream passthrough memory sqlite sqlite-sealed postgres redis)
 for t in "${ALL_TARGETS[@]}"; do
   if [[ " $TARGETS " != *" $t "* ]]; then
     SKIP[$t]="skipped: not in TARGETS"
