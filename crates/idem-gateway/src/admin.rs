@@ -33,55 +33,151 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// How often `/health`'s view of the store is refreshed: `/health` answers
+/// from the last probe, so polling it never loads the store.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long one probe may take before the store counts as unavailable.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The last store probe: `None` while it answered, else why not.
+type Probe = tokio::sync::watch::Receiver<Option<String>>;
+
+async fn ping(store: &dyn Store) -> Option<String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// Probes once (so the first `/health` already knows), then keeps probing
+/// in the background.
+async fn probe(store: Arc<dyn Store>, stop: CancellationToken) -> Probe {
+    let (tx, rx) = tokio::sync::watch::channel(ping(&*store).await);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PROBE_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+            tx.send_replace(ping(&*store).await);
+        }
+    });
+    rx
+}
+
+/// The admin listener's secret: with it, callers must send
+/// `Authorization: Bearer <token>` to see details (and, later, to act).
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl AdminToken {
+    /// A token; `None` when empty.
+    pub fn new(token: &str) -> Option<Self> {
+        let t = token.trim();
+        (!t.is_empty()).then(|| AdminToken(t.into()))
+    }
+
+    /// Whether `request` carries it (compared in constant time).
+    fn admits<B>(&self, request: &Request<B>) -> bool {
+        let Some(sent) = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+        else {
+            return false;
+        };
+        let (a, b) = (sent.trim().as_bytes(), self.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, store: Arc<dyn Store>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    token: Option<AdminToken>,
+    stop: CancellationToken,
+) {
     let handle = prometheus();
+    if token.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            addr = ?listener.local_addr().ok(),
+            "the admin listener is reachable beyond this host and has no admin_token_env: anyone who can reach it can read its endpoints"
+        );
+    }
+    let engine = store.engine();
+    let health = probe(store, stop.clone()).await;
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = stop.cancelled() => return,
         };
-        let store = store.clone();
-        let handle = handle.clone();
+        let (handle, health, token) = (handle.clone(), health.clone(), token.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let store = store.clone();
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(route(req, &*store, &handle).await) }
+                let (handle, health, token) = (handle.clone(), health.clone(), token.clone());
+                async move { Ok::<_, Infallible>(route(req, engine, &health, token.as_ref(), &handle)) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
-async fn route(
+fn route(
     req: Request<Incoming>,
-    store: &dyn Store,
+    engine: &'static str,
+    health: &Probe,
+    token: Option<&AdminToken>,
     handle: &PrometheusHandle,
 ) -> Response<Full<Bytes>> {
+    // Without a token configured, everything is shown (loopback default).
+    let trusted = token.is_none_or(|t| t.admits(&req));
     let (status, content_type, body) = match req.uri().path() {
-        "/health" => match store.ping().await {
-            Ok(()) => (
+        "/health" => match &*health.borrow() {
+            None => (
                 StatusCode::OK,
                 "application/json",
-                format!(r#"{{"status":"ok","store":"{}"}}"#, store.engine()),
+                serde_json::json!({"status": "ok", "store": engine}).to_string(),
             ),
-            Err(e) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application/json",
-                serde_json::json!({"status": "store-unavailable", "store": store.engine(), "error": e.to_string()}).to_string(),
-            ),
+            Some(error) => {
+                let mut body = serde_json::json!({"status": "store-unavailable", "store": engine});
+                if trusted {
+                    body["error"] = serde_json::Value::String(error.clone());
+                }
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    body.to_string(),
+                )
+            }
         },
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /health or /metrics\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /health or /metrics\n".to_owned(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -76,6 +76,10 @@ pub struct FileConfig {
     /// `admin`: address for `/health` and `/metrics`; off unless given.
     #[serde(default, deserialize_with = "de::opt")]
     pub admin: Option<SocketAddr>,
+    /// `admin_token_env`: a variable holding the admin listener's bearer
+    /// token.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub admin_token_env: Option<String>,
     /// `key_header`: the request header carrying the key.
     #[serde(default, deserialize_with = "de::opt")]
     pub key_header: Option<HeaderName>,
@@ -118,6 +122,14 @@ pub struct FileConfig {
     /// `shutdown_grace`: how long graceful shutdown waits for executions.
     #[serde(default, deserialize_with = "de::opt")]
     pub shutdown_grace: Option<Duration>,
+    /// `header_read_timeout`: how long a client may take to send a
+    /// request's headers (and how long an idle keep-alive connection stays).
+    #[serde(default, deserialize_with = "de::opt")]
+    pub header_read_timeout: Option<Duration>,
+    /// `max_connections`: client connections served at once; past it, new
+    /// ones wait in the listen backlog.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub max_connections: Option<usize>,
     /// `sweep_interval`: how often expired records are swept.
     #[serde(default, deserialize_with = "de::opt")]
     pub sweep_interval: Option<Duration>,
@@ -283,6 +295,10 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// How long graceful shutdown waits for executions. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Timeouts and limits of client connections.
+    pub limits: crate::server::ConnectionLimits,
+    /// The admin listener's bearer token. Default none.
+    pub admin_token: Option<crate::admin::AdminToken>,
     /// How often expired records are swept. Default 60 s.
     pub sweep_interval: Duration,
     /// Most records one sweep batch touches. Default 1000.
@@ -306,6 +322,8 @@ impl Default for Settings {
             store: StoreSpec::from_str(DEFAULT_STORE).expect("the default store parses"),
             admin: None,
             shutdown_grace: Duration::from_secs(30),
+            limits: crate::server::ConnectionLimits::default(),
+            admin_token: None,
             sweep_interval: Duration::from_secs(60),
             sweep_batch: 1000,
             trust_forwarded: false,

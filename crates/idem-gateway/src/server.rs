@@ -4,7 +4,7 @@
 use crate::proxy::{ClientAddr, Forwarding, InvalidUpstream, Proxy};
 use http::{Request, Uri};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use idem_core::{Problem, ProblemType, Timestamp};
 use idem_store::Store;
@@ -44,6 +44,33 @@ pub struct GatewayOptions {
     pub h2c: bool,
     /// Seal stored responses with these keys (any engine).
     pub encryption: Option<idem_store::KeyRing>,
+    /// Timeouts and limits of client connections.
+    pub limits: ConnectionLimits,
+    /// The admin listener's bearer token, if any.
+    pub admin_token: Option<crate::admin::AdminToken>,
+}
+
+/// What a client connection may hold: defaults safe on the open internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// How long a client may take to send a request's headers, and how
+    /// long an idle keep-alive connection is kept. Default 10 s: a client
+    /// that trickles its headers (slowloris) is dropped.
+    pub header_read_timeout: Duration,
+    /// Client connections served at once. Past it the gateway stops
+    /// accepting, so new clients wait in the kernel's listen backlog until a
+    /// connection ends, instead of the process running out of file
+    /// descriptors. Default 10,000.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
 }
 
 impl GatewayOptions {
@@ -80,6 +107,8 @@ impl GatewayOptions {
             trust_forwarded: settings.trust_forwarded,
             h2c: settings.h2c,
             encryption: settings.encryption,
+            limits: settings.limits,
+            admin_token: settings.admin_token,
         }
     }
 }
@@ -177,6 +206,7 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
             tokio::spawn(crate::admin::serve(
                 admin_listener,
                 store.clone(),
+                options.admin_token.clone(),
                 stop.clone(),
             ));
             Some(bound)
@@ -197,6 +227,7 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         layer,
         options.shutdown_grace,
         options.h2c,
+        options.limits,
         stop.clone(),
     ));
     tracing::info!(%addr, upstream = %options.upstream, "gateway listening");
@@ -214,8 +245,11 @@ async fn serve(
     layer: IdempotencyLayer,
     grace: Duration,
     h2c: bool,
+    limits: ConnectionLimits,
     stop: CancellationToken,
 ) {
+    warn_if_descriptors_short(limits.max_connections);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if !h2c {
@@ -224,7 +258,24 @@ async fn serve(
         // HTTP/1.1 deployments never see.
         builder = builder.http1_only();
     }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(limits.header_read_timeout));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(Some(256))
+        .max_header_list_size(64 * 1024);
     loop {
+        // A free slot first: at the limit, new clients wait in the backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // closed: never, the semaphore lives here
+            },
+            () = stop.cancelled() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -260,6 +311,7 @@ async fn serve(
         let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -273,6 +325,29 @@ async fn serve(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(in_progress = layer.executions_in_progress(), "grace period over; exiting with executions still running (their keys become outcome-unknown)");
+    }
+}
+
+/// Logs a warning when the process may run out of file descriptors before
+/// `max_connections` (each connection needs one, and upstream connections
+/// and the store need more).
+fn warn_if_descriptors_short(max_connections: usize) {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        });
+    if let Some(soft) = soft {
+        if max_connections.saturating_mul(2).saturating_add(64) > soft {
+            tracing::warn!(
+                max_connections,
+                open_files_limit = soft,
+                "max_connections may exceed the open-files limit (each client connection can need a second descriptor upstream); raise `ulimit -n` or lower max_connections"
+            );
+        }
     }
 }
 

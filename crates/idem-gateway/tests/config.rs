@@ -34,6 +34,8 @@ shutdown_grace = "30s"              # how long graceful shutdown waits for execu
 sweep_interval = "60s"              # how often expired records are swept
 sweep_batch = 1000
 
+header_read_timeout = "10s"         # a client's headers (and an idle keep-alive) may take this long
+max_connections = 10000             # past it, new clients wait in the listen backlog
 trust_forwarded = false             # drop inbound Forwarded / X-Forwarded-* / X-Real-IP
 h2c = false                         # cleartext HTTP/2 only when asked
 
@@ -657,4 +659,30 @@ fn full_example_in_the_docs_is_the_one_tested_here() {
     let example = &docs[start..start + docs[start..].find("```").unwrap()];
     assert_eq!(example.trim(), FULL_EXAMPLE.trim());
     check(example).unwrap();
+}
+
+#[test]
+fn durations_and_sizes_past_their_bounds_are_refused_naming_the_field() {
+    // As found: this passed --check-config, then panicked every keyed
+    // request (an Instant overflow) and left its key claimed.
+    refused(
+        "upstream_timeout = \"500000000000y\"\n",
+        "upstream_timeout",
+        "must be at most 1day",
+    );
+    for (text, field) in [
+        ("retention = \"11years\"\n", "retention"),
+        (
+            "tombstone_retention = \"100years\"\n",
+            "tombstone_retention",
+        ),
+        ("lease = \"2days\"\n", "lease"),
+        ("retry_after = \"2days\"\n", "retry_after"),
+        ("shutdown_grace = \"2h\"\n", "shutdown_grace"),
+        ("sweep_interval = \"2days\"\n", "sweep_interval"),
+        ("max_request_body = \"2GiB\"\n", "max_request_body"),
+        ("max_response_body = \"2GiB\"\n", "max_response_body"),
+    ] {
+        refused(text, field, "must be at most");
+    }
 }

@@ -980,6 +980,48 @@ async fn store_failure_fails_closed_with_503_store_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_shows_the_store_error_only_to_the_admin_token() {
+    let up = Upstream::start().await;
+    let options = idem_gateway::GatewayOptions {
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        admin_token: idem_gateway::admin::AdminToken::new("s3cret-admin"),
+        ..idem_gateway::GatewayOptions::new(
+            "127.0.0.1:0".parse().unwrap(),
+            up.uri(),
+            Arc::new(FailingStore),
+        )
+    };
+    let running = idem_gateway::start(options).await.unwrap();
+    let admin = Client::new(running.admin_addr().unwrap());
+    let anonymous = admin.send(Req::get("/health").anonymous()).await;
+    let wrong = admin
+        .send(Req::get("/health").header("authorization", "Bearer guess"))
+        .await;
+    let admitted = admin
+        .send(Req::get("/health").header("authorization", "Bearer s3cret-admin"))
+        .await;
+    for r in [&anonymous, &wrong, &admitted] {
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["status"], "store-unavailable");
+    }
+    assert!(
+        anonymous.json().get("error").is_none(),
+        "{}",
+        anonymous.text()
+    );
+    assert!(wrong.json().get("error").is_none(), "{}", wrong.text());
+    assert!(
+        admitted.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure"),
+        "{}",
+        admitted.text()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_failure_with_fail_open_forwards_unprotected() {
     let up = Upstream::start().await;
     let gw = Gateway::start(

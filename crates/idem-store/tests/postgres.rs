@@ -20,9 +20,8 @@ use idem_store::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Cleaned, Proxy};
-
-use idem_testkit::PG_START as START;
+use support::postgres::{drop_schema, server_up};
+use support::{must_claim, retention, Cleaned, Proxy, T0};
 
 use idem_testkit::{postgres_addr, postgres_url as url};
 
@@ -36,45 +35,6 @@ fn options(schema: &str) -> PostgresOptions {
         migration_timeout: Duration::from_secs(20),
         schema: Some(schema.to_owned()),
     }
-}
-
-/// Whether the server answers; if not, skips (or fails under CI).
-async fn server_up() -> bool {
-    let url = url();
-    let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
-    match tokio::time::timeout(Duration::from_secs(3), connect).await {
-        Ok(Ok((client, connection))) => {
-            drop(client);
-            let _ = connection.await;
-            true
-        }
-        Ok(Err(e)) => {
-            support::unavailable("PostgreSQL", &support::chain(&e), START);
-            false
-        }
-        Err(_) => {
-            support::unavailable("PostgreSQL", "no answer within 3 s", START);
-            false
-        }
-    }
-}
-
-/// Drops a test schema (after its store closed its connections).
-fn drop_schema(schema: String) {
-    support::block_on_thread(move || async move {
-        let Ok((client, connection)) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await
-        else {
-            return;
-        };
-        let conn = tokio::spawn(connection);
-        let _ = client
-            .batch_execute(&format!(
-                "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-            ))
-            .await;
-        drop(client);
-        let _ = conn.await;
-    });
 }
 
 /// A fresh schema name, dropped when the returned guard is.
@@ -109,16 +69,6 @@ idem_store::conformance_tests!(match fresh().await {
     None => return,
 });
 
-const T0: Timestamp = Timestamp(1_700_000_000_000);
-
-fn retention() -> Retention {
-    Retention {
-        retention: Duration::from_secs(100),
-        tombstone_retention: Duration::from_secs(1000),
-        lease: Duration::from_secs(10),
-    }
-}
-
 fn id(key: &str) -> RecordId {
     RecordId {
         scope: Scope::from_stored("s"),
@@ -143,13 +93,6 @@ fn response(body: &'static [u8]) -> StoredResponse {
         status: 201,
         headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
         body: Some(Bytes::from_static(body)),
-    }
-}
-
-async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
-    match store.claim(c).await.unwrap() {
-        ClaimOutcome::Claimed { token } => token,
-        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
     }
 }
 

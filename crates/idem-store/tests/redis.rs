@@ -19,9 +19,8 @@ use idem_core::*;
 use idem_store::{Claim, ClaimOutcome, Completion, RedisOptions, RedisStore, Store, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Cleaned, Proxy};
-
-use idem_testkit::REDIS_START as START;
+use support::redis::{delete_prefix, server_up};
+use support::{must_claim, retention, Cleaned, Proxy, T0};
 
 use idem_testkit::redis_url as url;
 
@@ -34,63 +33,6 @@ fn options(prefix: &str) -> RedisOptions {
         operation_timeout: Duration::from_millis(1500),
         ttl_grace: Duration::from_secs(60),
     }
-}
-
-/// Whether the server answers; if not, skips (or fails under CI).
-async fn server_up() -> bool {
-    let ping = async {
-        let client = redis::Client::open(url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), ping).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            support::unavailable("Redis", &e.to_string(), START);
-            false
-        }
-        Err(_) => {
-            support::unavailable("Redis", "no answer within 3 s", START);
-            false
-        }
-    }
-}
-
-/// Deletes every key under `prefix` (after its store is closed).
-fn delete_prefix(urls: Vec<String>, prefix: String) {
-    support::block_on_thread(move || async move {
-        for url in urls {
-            let Ok(client) = redis::Client::open(url) else {
-                continue;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                continue;
-            };
-            let mut cursor = 0u64;
-            loop {
-                let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}:*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                else {
-                    break;
-                };
-                // One key per command: on a cluster node keys of several
-                // slots cannot go in one DEL.
-                for key in keys {
-                    let _: Result<i64, _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-        }
-    });
 }
 
 /// A store under a fresh prefix, or `None` when there is no server.
@@ -111,16 +53,6 @@ idem_store::conformance_tests!(match fresh().await {
     Some(store) => std::future::ready(store),
     None => return,
 });
-
-const T0: Timestamp = Timestamp(1_700_000_000_000);
-
-fn retention() -> Retention {
-    Retention {
-        retention: Duration::from_secs(100),
-        tombstone_retention: Duration::from_secs(1000),
-        lease: Duration::from_secs(10),
-    }
-}
 
 fn id(key: &str) -> RecordId {
     RecordId {
@@ -146,13 +78,6 @@ fn response(body: &'static [u8]) -> StoredResponse {
         status: 201,
         headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
         body: Some(Bytes::from_static(body)),
-    }
-}
-
-async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
-    match store.claim(c).await.unwrap() {
-        ClaimOutcome::Claimed { token } => token,
-        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
     }
 }
 

@@ -16,12 +16,11 @@ use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
 use idem_core::*;
 use idem_store::{
-    is_sealed, Claim, ClaimOutcome, Completion, KeyPosition, KeyRing, KeyRingError, MemoryStore,
-    SealedStore, SqliteOptions, SqliteStore, Store, Write, SEALED_HEADER,
+    is_sealed, Claim, Completion, KeyPosition, KeyRing, KeyRingError, MemoryStore, SealedStore,
+    SqliteOptions, SqliteStore, Store, Write, SEALED_HEADER,
 };
 use std::sync::Arc;
-use std::time::Duration;
-use support::Cleaned;
+use support::{existing, must_claim, retention, Cleaned, T0};
 
 const KEY_A: [u8; 32] = bytes_from(0);
 const KEY_B: [u8; 32] = bytes_from(32);
@@ -57,47 +56,9 @@ fn sqlite() -> Arc<dyn Store> {
 mod pg {
     use super::support;
     use idem_store::{PostgresOptions, PostgresStore, Store};
-    use idem_testkit::{postgres_url as url, PG_START};
+    use idem_testkit::postgres_url as url;
     use std::sync::Arc;
-    use std::time::Duration;
-
-    async fn server_up() -> bool {
-        let url = url();
-        let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
-        match tokio::time::timeout(Duration::from_secs(3), connect).await {
-            Ok(Ok((client, connection))) => {
-                drop(client);
-                let _ = connection.await;
-                true
-            }
-            Ok(Err(e)) => {
-                support::unavailable("PostgreSQL", &support::chain(&e), PG_START);
-                false
-            }
-            Err(_) => {
-                support::unavailable("PostgreSQL", "no answer within 3 s", PG_START);
-                false
-            }
-        }
-    }
-
-    fn drop_schema(schema: String) {
-        support::block_on_thread(move || async move {
-            let Ok((client, connection)) =
-                tokio_postgres::connect(&url(), tokio_postgres::NoTls).await
-            else {
-                return;
-            };
-            let conn = tokio::spawn(connection);
-            let _ = client
-                .batch_execute(&format!(
-                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-                ))
-                .await;
-            drop(client);
-            let _ = conn.await;
-        });
-    }
+    use support::postgres::{drop_schema, server_up};
 
     /// A PostgreSQL store in a fresh schema (dropped afterwards), or `None`
     /// when there is no server.
@@ -124,60 +85,9 @@ mod pg {
 mod rd {
     use super::support;
     use idem_store::{RedisOptions, RedisStore, Store};
-    use idem_testkit::{redis_url as url, REDIS_START};
+    use idem_testkit::redis_url as url;
     use std::sync::Arc;
-    use std::time::Duration;
-
-    async fn server_up() -> bool {
-        let ping = async {
-            let client = redis::Client::open(url())?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        };
-        match tokio::time::timeout(Duration::from_secs(3), ping).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                support::unavailable("Redis", &e.to_string(), REDIS_START);
-                false
-            }
-            Err(_) => {
-                support::unavailable("Redis", "no answer within 3 s", REDIS_START);
-                false
-            }
-        }
-    }
-
-    fn delete_prefix(prefix: String) {
-        support::block_on_thread(move || async move {
-            let Ok(client) = redis::Client::open(url()) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return;
-            };
-            let mut cursor = 0u64;
-            loop {
-                let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}:*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                else {
-                    break;
-                };
-                for key in keys {
-                    let _: Result<i64, _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-        });
-    }
+    use support::redis::{delete_prefix, server_up};
 
     /// A Redis store under a fresh prefix (deleted afterwards), or `None`
     /// when there is no server.
@@ -194,7 +104,7 @@ mod rd {
             .await
             .expect("open a store");
         Some(Arc::new(support::Cleaned::new(store, move || {
-            delete_prefix(prefix)
+            delete_prefix(vec![url()], prefix)
         })))
     }
 }
@@ -234,16 +144,6 @@ mod conformance_redis {
 
 // --------------------------------------------- the wrapper's own checks
 
-const T0: Timestamp = Timestamp(1_700_000_000_000);
-
-fn retention() -> Retention {
-    Retention {
-        retention: Duration::from_secs(100),
-        tombstone_retention: Duration::from_secs(1000),
-        lease: Duration::from_secs(10),
-    }
-}
-
 fn id(key: &str) -> RecordId {
     RecordId {
         scope: Scope::from_stored("tenant-a"),
@@ -281,20 +181,6 @@ fn secret_response() -> StoredResponse {
         body: Some(Bytes::from(format!(
             "{{\"id\":\"ch_1\",\"card\":\"{CARD}\",\"raw\":\"\u{0}\"}}"
         ))),
-    }
-}
-
-async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
-    match store.claim(c).await.expect("claim") {
-        ClaimOutcome::Claimed { token } => token,
-        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
-    }
-}
-
-async fn existing(store: &dyn Store, c: Claim) -> (ExistingOutcome, Record) {
-    match store.claim(c).await.expect("claim") {
-        ClaimOutcome::Existing { outcome, record } => (outcome, *record),
-        ClaimOutcome::Claimed { token } => panic!("expected an existing record, got claim {token}"),
     }
 }
 

@@ -3,6 +3,8 @@
 //! one file, a kill -9 mid-stream).
 #![cfg(feature = "sqlite")]
 
+mod support;
+
 use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
 use idem_core::*;
@@ -12,6 +14,7 @@ use idem_store::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::{existing, must_claim, retention, T0};
 use tempfile::TempDir;
 
 /// A store on a fresh file that deletes its directory after the store is
@@ -98,16 +101,6 @@ mod conformance_with_window {
     });
 }
 
-const T0: Timestamp = Timestamp(1_700_000_000_000);
-
-fn retention() -> Retention {
-    Retention {
-        retention: Duration::from_secs(100),
-        tombstone_retention: Duration::from_secs(1000),
-        lease: Duration::from_secs(10),
-    }
-}
-
 fn id(key: &str) -> RecordId {
     RecordId {
         scope: Scope::from_stored("tenant"),
@@ -135,20 +128,6 @@ fn response(body: &'static [u8]) -> StoredResponse {
         status: 201,
         headers: vec![("x-bin".into(), Bytes::from_static(b"\x00\xff"))],
         body: Some(Bytes::from_static(body)),
-    }
-}
-
-async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
-    match store.claim(c).await.expect("claim") {
-        ClaimOutcome::Claimed { token } => token,
-        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
-    }
-}
-
-async fn existing(store: &dyn Store, c: Claim) -> (ExistingOutcome, Record) {
-    match store.claim(c).await.expect("claim") {
-        ClaimOutcome::Existing { outcome, record } => (outcome, *record),
-        ClaimOutcome::Claimed { token } => panic!("expected an existing record, got claim {token}"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! renews the lease while it works, and stores the outcome whether or not
 //! the client is still there.
 
+use crate::clock::deadline_after;
 use crate::layer::Shared;
 use crate::metrics::{self, InFlightGuard, Outcome};
 use crate::respond::{self, KeyEcho};
@@ -86,8 +87,8 @@ impl Owner {
         tokio::pin!(exchange);
         // One timer serves both the lease renewals and the upstream deadline.
         let renew_every = config.retention.lease / 3;
-        let deadline = Instant::now() + config.upstream_timeout;
-        let mut next_renewal = Instant::now() + renew_every;
+        let deadline = deadline_after(config.upstream_timeout);
+        let mut next_renewal = deadline_after(renew_every);
         let timer = tokio::time::sleep_until(next_renewal.min(deadline));
         tokio::pin!(timer);
         let result = loop {
@@ -100,7 +101,7 @@ impl Owner {
                         break None;
                     }
                     self.renew().await;
-                    next_renewal = Instant::now() + renew_every;
+                    next_renewal = deadline_after(renew_every);
                     timer.as_mut().reset(next_renewal.min(deadline));
                 }
             }

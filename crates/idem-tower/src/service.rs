@@ -20,6 +20,7 @@ use idem_store::{Claim, ClaimOutcome};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::time::Instant as TokioInstant;
 use tower_service::Service;
 
 /// The service [`IdempotencyLayer`](crate::IdempotencyLayer) wraps around an
@@ -287,7 +288,7 @@ where
 {
     let config = &shared.config;
     let deadline = match policy.in_flight {
-        InFlightMode::Wait(bound) => Some(Instant::now() + bound),
+        InFlightMode::Wait(bound) => Some(crate::clock::deadline_after(bound)),
         InFlightMode::Reject => None,
     };
     let mut poll = Duration::from_millis(10);
@@ -339,8 +340,8 @@ where
         };
         let response = match outcome {
             ExistingOutcome::InProgress { .. } => match deadline {
-                Some(deadline) if Instant::now() < deadline => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
+                Some(deadline) if TokioInstant::now() < deadline => {
+                    let remaining = deadline.saturating_duration_since(TokioInstant::now());
                     shared
                         .waiters
                         .wait(&*shared.store, &id, poll.min(remaining))

@@ -18,7 +18,29 @@ const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
 /// The shortest lease: renewals run at a third of it.
 const MIN_LEASE: Duration = Duration::from_secs(1);
 
+/// Upper bounds: past them a value is a typo (or an attack on the
+/// arithmetic), not a policy, and `--check-config` says so.
+const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+const MAX_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+const MAX_BODY: u64 = 1 << 30;
+const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 type Result<T> = std::result::Result<T, ConfigError>;
+
+fn at_most(field: &str, d: Duration, max: Duration) -> Result<Duration> {
+    if d > max {
+        return Err(invalid(
+            field,
+            format!("must be at most {} (got {})", human(max), human(d)),
+        ));
+    }
+    Ok(d)
+}
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::invalid(field, message)
@@ -38,6 +60,12 @@ fn positive(field: &str, d: Duration) -> Result<Duration> {
 fn body_limit(field: &str, bytes: u64) -> Result<usize> {
     if bytes == 0 {
         return Err(invalid(field, "must be greater than 0"));
+    }
+    if bytes > MAX_BODY {
+        return Err(invalid(
+            field,
+            format!("must be at most 1GiB (got {bytes} bytes): bodies are held in memory"),
+        ));
     }
     usize::try_from(bytes).map_err(|_| {
         invalid(
@@ -68,16 +96,45 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
     if let Some(storage) = file.storage {
         s.encryption = encryption(storage)?;
     }
+    if let Some(name) = file.admin_token_env {
+        let bytes = env_bytes("admin_token_env", &name)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| invalid("admin_token_env", format!("{name} is not UTF-8 text")))?;
+        s.admin_token =
+            Some(crate::admin::AdminToken::new(&text).ok_or_else(|| {
+                invalid("admin_token_env", format!("{name} holds only whitespace"))
+            })?);
+    }
     s.listen = file.listen;
     s.admin = file.admin;
     if let Some(store) = file.store {
         s.store = store;
     }
     if let Some(d) = file.shutdown_grace {
-        s.shutdown_grace = d;
+        s.shutdown_grace = at_most("shutdown_grace", d, MAX_SHUTDOWN_GRACE)?;
+    }
+    if let Some(d) = file.header_read_timeout {
+        s.limits.header_read_timeout = at_most(
+            "header_read_timeout",
+            positive("header_read_timeout", d)?,
+            MAX_HEADER_READ_TIMEOUT,
+        )?;
+    }
+    if let Some(n) = file.max_connections {
+        if n == 0 || n > MAX_CONNECTIONS {
+            return Err(invalid(
+                "max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS} (got {n})"),
+            ));
+        }
+        s.limits.max_connections = n;
     }
     if let Some(d) = file.sweep_interval {
-        s.sweep_interval = positive("sweep_interval", d)?;
+        s.sweep_interval = at_most(
+            "sweep_interval",
+            positive("sweep_interval", d)?,
+            MAX_SWEEP_INTERVAL,
+        )?;
     }
     if let Some(n) = file.sweep_batch {
         if n == 0 {
@@ -91,10 +148,10 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
         c.key_header = h;
     }
     if let Some(d) = file.retention {
-        c.retention.retention = positive("retention", d)?;
+        c.retention.retention = at_most("retention", positive("retention", d)?, MAX_RETENTION)?;
     }
     if let Some(d) = file.tombstone_retention {
-        c.retention.tombstone_retention = d;
+        c.retention.tombstone_retention = at_most("tombstone_retention", d, MAX_RETENTION)?;
     }
     if let Some(d) = file.lease {
         if d < MIN_LEASE {
@@ -103,10 +160,14 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
                 format!("must be at least {} (got {})", human(MIN_LEASE), human(d)),
             ));
         }
-        c.retention.lease = d;
+        c.retention.lease = at_most("lease", d, MAX_LEASE)?;
     }
     if let Some(d) = file.upstream_timeout {
-        c.upstream_timeout = positive("upstream_timeout", d)?;
+        c.upstream_timeout = at_most(
+            "upstream_timeout",
+            positive("upstream_timeout", d)?,
+            MAX_UPSTREAM_TIMEOUT,
+        )?;
     }
     if let Some(n) = file.max_request_body {
         c.max_request_body = body_limit("max_request_body", n)?;
@@ -144,7 +205,7 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
         c.fail_open = b;
     }
     if let Some(d) = file.retry_after {
-        c.retry_after = positive("retry_after", d)?;
+        c.retry_after = at_most("retry_after", positive("retry_after", d)?, MAX_RETRY_AFTER)?;
     }
     if let Some(scope) = file.scope {
         c.scope = scope_rule(scope, file.file.as_deref())?;

@@ -1,15 +1,165 @@
-//! Helpers shared by the tests of the engines that need a server
-//! (PostgreSQL, Redis): skipping (or failing, in CI) when the server is not
-//! there, a store wrapper that cleans its namespace up, and a TCP proxy that
-//! can cut the connection to the server without touching the server.
+//! Helpers shared by the store's test suites: the times, retention and
+//! claim helpers several suites use, checking that the PostgreSQL or Redis
+//! server answers (skipping, or failing in CI, when it does not), cleaning a
+//! test's schema or key prefix up, a store wrapper that runs that cleanup,
+//! and a TCP proxy that can cut the connection to the server without
+//! touching the server.
 #![allow(dead_code)] // each test binary uses its own part
 
-use idem_core::{Record, RecordId, Timestamp};
+use idem_core::decision::ExistingOutcome;
+use idem_core::{Record, RecordId, Retention, Timestamp};
 use idem_store::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use std::time::Duration;
 
 // Each test binary uses its own part of these.
 #[allow(unused_imports)]
 pub use idem_testkit::{block_on_thread, chain, poll_until, unavailable, unique_name, Proxy};
+
+pub const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+/// 100 s retention, 1000 s tombstone retention, 10 s leases.
+pub fn retention() -> Retention {
+    Retention {
+        retention: Duration::from_secs(100),
+        tombstone_retention: Duration::from_secs(1000),
+        lease: Duration::from_secs(10),
+    }
+}
+
+/// The token of claim `c`, which must win.
+pub async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
+    match store.claim(c).await.expect("claim") {
+        ClaimOutcome::Claimed { token } => token,
+        ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
+    }
+}
+
+/// The existing record claim `c` must meet, and what the store says of it.
+pub async fn existing(store: &dyn Store, c: Claim) -> (ExistingOutcome, Record) {
+    match store.claim(c).await.expect("claim") {
+        ClaimOutcome::Existing { outcome, record } => (outcome, *record),
+        ClaimOutcome::Claimed { token } => panic!("expected an existing record, got claim {token}"),
+    }
+}
+
+/// What `ping` yields if it succeeds within 3 s; otherwise `None`, after
+/// reporting `server` unavailable (a skip, or a failure under `CI=true`;
+/// `start` says how to start it).
+async fn answered<T>(
+    server: &str,
+    start: &str,
+    ping: impl std::future::Future<Output = Result<T, String>>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(why)) => {
+            unavailable(server, &why, start);
+            None
+        }
+        Err(_) => {
+            unavailable(server, "no answer within 3 s", start);
+            None
+        }
+    }
+}
+
+/// The PostgreSQL test server (`IDEM_TEST_POSTGRES_URL`).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    use idem_testkit::{postgres_url as url, PG_START};
+
+    /// Whether the server answers; if not, skips (or fails under CI).
+    pub async fn server_up() -> bool {
+        let url = url();
+        let connect = async {
+            tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| super::chain(&e))
+        };
+        let Some((client, connection)) = super::answered("PostgreSQL", PG_START, connect).await
+        else {
+            return false;
+        };
+        drop(client);
+        let _ = connection.await;
+        true
+    }
+
+    /// Drops a test schema (after its store closed its connections).
+    pub fn drop_schema(schema: String) {
+        super::block_on_thread(move || async move {
+            let Ok((client, connection)) =
+                tokio_postgres::connect(&url(), tokio_postgres::NoTls).await
+            else {
+                return;
+            };
+            let conn = tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                ))
+                .await;
+            drop(client);
+            let _ = conn.await;
+        });
+    }
+}
+
+/// The Redis test server (`IDEM_TEST_REDIS_URL`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    use idem_testkit::{redis_url as url, REDIS_START};
+
+    /// Whether the server answers; if not, skips (or fails under CI).
+    pub async fn server_up() -> bool {
+        let ping = async {
+            let client = redis::Client::open(url())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        let ping = async { ping.await.map_err(|e| e.to_string()) };
+        super::answered("Redis", REDIS_START, ping).await.is_some()
+    }
+
+    /// Deletes every key under `prefix` on each of `urls` (one server, or
+    /// the nodes of a cluster), after its store is closed.
+    pub fn delete_prefix(urls: Vec<String>, prefix: String) {
+        super::block_on_thread(move || async move {
+            for url in urls {
+                let Ok(client) = redis::Client::open(url) else {
+                    continue;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    continue;
+                };
+                let mut cursor = 0u64;
+                loop {
+                    let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(format!("{prefix}:*"))
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                    else {
+                        break;
+                    };
+                    // One key per command: on a cluster node keys of several
+                    // slots cannot go in one DEL.
+                    for key in keys {
+                        let _: Result<i64, _> =
+                            redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+                    }
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
 
 /// A store that runs `cleanup` after it is dropped (and closed).
 pub struct Cleaned<S: Store> {
