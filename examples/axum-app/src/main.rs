@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! cargo run -p example-axum-app            # listens on 127.0.0.1:3001
-//! curl -i -X POST localhost:3001/charges -H 'Idempotency-Key: k1' -d '{"amount":100}' -H 'Content-Type: application/json'
-//! curl -i -X POST localhost:3001/charges -H 'Idempotency-Key: k1' -d '{"amount":100}' -H 'Content-Type: application/json'
+//! curl -i -X POST localhost:3001/charges -H 'Authorization: Bearer sk_test_a' -H 'Idempotency-Key: k1' -d '{"amount":100}' -H 'Content-Type: application/json'
+//! curl -i -X POST localhost:3001/charges -H 'Authorization: Bearer sk_test_a' -H 'Idempotency-Key: k1' -d '{"amount":100}' -H 'Content-Type: application/json'
 //! # the second answer carries `idempotent-replayed: true` and the same charge id
 //! ```
 
