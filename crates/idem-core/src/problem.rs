@@ -53,11 +53,14 @@ pub enum ProblemType {
     /// parameters, an encoded `/`) in a way that changes which route
     /// applies; refused rather than guessed. Nothing was forwarded.
     AmbiguousPath,
+    /// 503: the store holds its budget of records and refuses new keys;
+    /// nothing was forwarded. Known keys still answer.
+    StoreFull,
 }
 
 impl ProblemType {
     /// All of them, for docs and tests.
-    pub const ALL: [ProblemType; 15] = [
+    pub const ALL: [ProblemType; 16] = [
         ProblemType::MissingKey,
         ProblemType::InvalidKey,
         ProblemType::KeyReused,
@@ -73,6 +76,7 @@ impl ProblemType {
         ProblemType::CredentialRequired,
         ProblemType::InvalidCredential,
         ProblemType::AmbiguousPath,
+        ProblemType::StoreFull,
     ];
 
     /// The stable slug the `type` URI ends in.
@@ -93,6 +97,7 @@ impl ProblemType {
             ProblemType::CredentialRequired => "credential-required",
             ProblemType::InvalidCredential => "invalid-credential",
             ProblemType::AmbiguousPath => "ambiguous-path",
+            ProblemType::StoreFull => "store-full",
         }
     }
 
@@ -109,7 +114,7 @@ impl ProblemType {
             | ProblemType::OutcomeUnknown
             | ProblemType::ResponseNotReplayable => 409,
             ProblemType::BodyTooLarge => 413,
-            ProblemType::StoreUnavailable => 503,
+            ProblemType::StoreUnavailable | ProblemType::StoreFull => 503,
             ProblemType::UpstreamUnavailable => 502,
             ProblemType::UpstreamTimeout => 504,
         }
@@ -141,6 +146,7 @@ impl ProblemType {
             }
             ProblemType::InvalidCredential => "The request's credential could not be verified",
             ProblemType::AmbiguousPath => "The request path is ambiguous",
+            ProblemType::StoreFull => "The idempotency store is full",
         }
     }
 

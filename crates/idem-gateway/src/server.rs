@@ -60,17 +60,29 @@ pub struct ConnectionLimits {
     /// Client connections served at once. Past it the gateway stops
     /// accepting, so new clients wait in the kernel's listen backlog until a
     /// connection ends, instead of the process running out of file
-    /// descriptors. Default 10,000.
+    /// descriptors. Default 10,000, or fewer when the open-files limit
+    /// cannot hold that many (each client may need a second descriptor
+    /// upstream).
     pub max_connections: usize,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
+        let fits = open_files_limit().map_or(10_000, |soft| soft.saturating_sub(64) / 2);
         ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
+            max_connections: fits.clamp(16, 10_000),
         }
     }
+}
+
+/// The process's soft limit of open files, where the system tells.
+fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
 }
 
 impl GatewayOptions {
@@ -332,15 +344,7 @@ async fn serve(
 /// `max_connections` (each connection needs one, and upstream connections
 /// and the store need more).
 fn warn_if_descriptors_short(max_connections: usize) {
-    let soft = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|n| n.parse::<usize>().ok())
-        });
-    if let Some(soft) = soft {
+    if let Some(soft) = open_files_limit() {
         if max_connections.saturating_mul(2).saturating_add(64) > soft {
             tracing::warn!(
                 max_connections,

@@ -980,6 +980,25 @@ async fn store_failure_fails_closed_with_503_store_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_memory_store_refuses_new_keys_and_still_replays_known_ones() {
+    // As found: the memory store grew without bound under unique keys.
+    let up = Upstream::start().await;
+    let store = Arc::new(idem_store::MemoryStore::with_max_records(2));
+    let gw = Gateway::start(up.uri(), config(), TestStore::from(store)).await;
+    for key in ["full-1", "full-2"] {
+        assert_eq!(gw.send(Req::post("/charges").key(key)).await.status, 201);
+    }
+    let refused = gw.send(Req::post("/charges").key("full-3")).await;
+    refused.assert_problem(503, "store-full");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(up.total(), 2, "the refused key was not forwarded");
+    // Nothing live or replayable was evicted to make room.
+    let replay = gw.send(Req::post("/charges").key("full-1")).await;
+    assert!(replay.is_replay());
+    assert_eq!(up.total(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_shows_the_store_error_only_to_the_admin_token() {
     let up = Upstream::start().await;
     let options = idem_gateway::GatewayOptions {

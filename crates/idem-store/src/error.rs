@@ -29,6 +29,12 @@ impl StoreError {
     pub fn operation(&self) -> &'static str {
         self.op
     }
+
+    /// Whether the store refused a new key because it holds its budget of
+    /// records (not an outage: known keys still answer).
+    pub fn is_full(&self) -> bool {
+        self.source.is::<crate::engine::memory::StoreFull>()
+    }
 }
 
 impl fmt::Debug for StoreError {

@@ -29,7 +29,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use engine::memory::MemoryStore;
+pub use engine::memory::{MemoryStore, StoreFull, DEFAULT_MAX_RECORDS};
 #[cfg(feature = "postgres")]
 pub use engine::postgres::{MigrationReport, PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]

@@ -316,6 +316,19 @@ where
                 return Ok(owner.execute(inner, request).await);
             }
             Ok(ClaimOutcome::Existing { outcome, record }) => (outcome, record),
+            Err(e) if e.is_full() => {
+                metrics::count(Outcome::StoreError);
+                tracing::warn!(error = %e, key = %id.key, "store full; refusing a new key");
+                return Ok(respond::problem_with_retry(
+                    respond::kind(
+                        ProblemType::StoreFull,
+                        "The idempotency store holds its maximum number of records, so this new key was refused and the request was not forwarded. Retry later with the same key.",
+                        &id.key,
+                    ),
+                    Some(&echo),
+                    config.retry_after,
+                ));
+            }
             Err(e) if config.fail_open => {
                 metrics::count(Outcome::FailOpen);
                 tracing::error!(error = %e, key = %id.key, "store unavailable; forwarding unprotected (fail_open)");

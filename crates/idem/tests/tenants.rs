@@ -175,6 +175,18 @@ fn post(path: &str, headers: &[&str], body: &str) -> String {
 
 const BODY: &str = r#"{"amount":2500,"currency":"eur"}"#;
 
+/// The same keyed payment under a bearer `token`.
+fn bearer_post(token: &str) -> String {
+    post(
+        "/charges",
+        &[
+            &format!("authorization: Bearer {token}"),
+            "idempotency-key: K",
+        ],
+        BODY,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_sessions_never_see_each_others_keys() {
     let api = payments_api().await;
@@ -342,17 +354,7 @@ async fn a_refreshed_jwt_keeps_its_tenant_and_a_bad_one_is_refused() {
     let token = |sub: &str, iat: i64| {
         hs256(json!({"sub": sub, "iss": "https://auth.test", "iat": iat, "exp": iat + 600}))
     };
-    let send = |token: String| {
-        let request = post(
-            "/charges",
-            &[
-                &format!("authorization: Bearer {token}"),
-                "idempotency-key: K",
-            ],
-            BODY,
-        );
-        async move { gw.send(&request).await }
-    };
+    let send = |token: String| async move { gw.send(&bearer_post(&token)).await };
     let first = send(token("alice", now_secs())).await;
     assert_eq!(first.status, 201, "{first:?}");
     // The OAuth client refreshed its token between attempts.
@@ -420,17 +422,7 @@ async fn jwts_verify_against_a_jwks_file_of_es256_keys() {
         )
         .unwrap()
     };
-    let send = |token: String| {
-        let request = post(
-            "/charges",
-            &[
-                &format!("authorization: Bearer {token}"),
-                "idempotency-key: K",
-            ],
-            BODY,
-        );
-        async move { exchange(addr, request.as_bytes()).await }
-    };
+    let send = |token: String| async move { exchange(addr, bearer_post(&token).as_bytes()).await };
     assert_eq!(send(sign("acme", "ann")).await.status, 201);
     // Another user of the same organisation is the same tenant.
     assert!(send(sign("acme", "bert")).await.is_replay());

@@ -7,9 +7,24 @@ use foldhash::quality::RandomState;
 use idem_core::RecordId;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 const SHARDS: usize = 64;
+
+/// Records a [`MemoryStore::new`] holds at most.
+pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
+
+/// A claim for a new key was refused: the store holds its budget of
+/// records. Nothing live or replayable is ever evicted to make room (that
+/// would let a retry execute a second time); room comes back as the sweeper
+/// deletes expired records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store holds its maximum of {max} records; new keys are refused until expired ones are swept")]
+pub struct StoreFull {
+    /// The budget.
+    pub max: usize,
+}
 
 /// One lock's worth of records. A slot is `None` once its record is gone.
 type Shard = Mutex<HashMap<RecordId, Option<Record>, RandomState>>;
@@ -21,6 +36,9 @@ pub struct MemoryStore {
     // path, and keys are still not predictable to a client.
     shards: Box<[Shard]>,
     hasher: RandomState,
+    /// Entries in all shards, and their budget.
+    records: AtomicUsize,
+    max_records: usize,
 }
 
 impl Default for MemoryStore {
@@ -30,38 +48,90 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store that holds at most [`DEFAULT_MAX_RECORDS`] records.
     pub fn new() -> Self {
+        Self::with_max_records(DEFAULT_MAX_RECORDS)
+    }
+
+    /// An empty store that holds at most `max_records` records; a claim
+    /// for a new key past it fails with [`StoreFull`] (see
+    /// [`StoreError::is_full`]).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use idem_store::{Claim, MemoryStore, Store};
+    /// use idem_core::*;
+    /// let store = MemoryStore::with_max_records(1);
+    /// let claim = |k: &[u8]| Claim::new(
+    ///     RecordId { scope: Scope::global(), key: IdempotencyKey::parse(k).unwrap() },
+    ///     Fingerprint::compute(&FingerprintInput { method: "POST", path: "/", query: None,
+    ///         content_type: None, extra_headers: &[], body: b"" }),
+    ///     Timestamp(0), &Retention::default(), false);
+    /// assert!(store.claim(claim(b"a")).await.is_ok());
+    /// assert!(store.claim(claim(b"b")).await.unwrap_err().is_full());
+    /// assert!(store.claim(claim(b"a")).await.is_ok(), "known keys still answer");
+    /// # });
+    /// ```
+    pub fn with_max_records(max_records: usize) -> Self {
         MemoryStore {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::with_hasher(RandomState::default())))
                 .collect(),
             hasher: RandomState::default(),
+            records: AtomicUsize::new(0),
+            max_records,
         }
     }
 
     fn with_slot<T>(&self, id: &RecordId, f: impl FnOnce(&mut Option<Record>) -> T) -> T {
+        match self.with_slot_within_budget(id, f) {
+            Ok(out) => out,
+            Err((out, _)) => out,
+        }
+    }
+
+    /// Like `with_slot`, but a new record past the budget is not kept:
+    /// `Err` carries what `f` returned, which the caller discards.
+    fn with_slot_within_budget<T>(
+        &self,
+        id: &RecordId,
+        f: impl FnOnce(&mut Option<Record>) -> T,
+    ) -> Result<T, (T, StoreFull)> {
         let shard = &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS];
         // A poisoned shard only means another thread panicked mid-update of
         // plain data; the map itself is still consistent.
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         // Existing keys are updated in place (no rehash, no key clone).
         if let Some(slot) = map.get_mut(id) {
-            return f(slot);
+            return Ok(f(slot));
         }
         let mut slot = None;
         let out = f(&mut slot);
         if slot.is_some() {
+            let reserved = self
+                .records
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_records).then_some(n + 1)
+                });
+            if reserved.is_err() {
+                return Err((
+                    out,
+                    StoreFull {
+                        max: self.max_records,
+                    },
+                ));
+            }
             map.insert(id.clone(), slot);
         }
-        out
+        Ok(out)
     }
 }
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
-        Ok(self.with_slot(&claim.id, |slot| apply_claim(slot, &claim)))
+        self.with_slot_within_budget(&claim.id, |slot| apply_claim(slot, &claim))
+            .map_err(|(_, full)| StoreError::new("memory", "claim", full))
     }
 
     async fn renew(
@@ -103,6 +173,7 @@ impl Store for MemoryStore {
         let mut report = SweepReport::default();
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let before = map.len();
             map.retain(|_, slot| {
                 let Some(r) = slot else {
                     return false;
@@ -123,6 +194,7 @@ impl Store for MemoryStore {
                     }
                 }
             });
+            self.records.fetch_sub(before - map.len(), Ordering::AcqRel);
             if report.deleted + report.tombstoned >= limit {
                 break;
             }
