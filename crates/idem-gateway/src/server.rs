@@ -363,22 +363,45 @@ async fn sweep(store: Arc<dyn Store>, every: Duration, batch: usize, stop: Cance
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        // A bounded number of batches per tick keeps the store responsive.
-        for _ in 0..10 {
+        // Batches until one comes back short: the pace follows the backlog,
+        // so the sweeper keeps up with any completion rate. Between full
+        // batches it rests as long as the batch took, so sweeping never
+        // takes more than half of the store's time.
+        let mut full_batches: u64 = 0;
+        loop {
+            let started = std::time::Instant::now();
             match store.sweep(Timestamp::now(), batch).await {
                 Ok(report) => {
-                    if report.deleted + report.tombstoned > 0 {
-                        tracing::debug!(?report, "swept");
-                    }
-                    if report.deleted + report.tombstoned < batch {
+                    let swept = report.deleted + report.tombstoned;
+                    metrics::counter!(SWEPT, "action" => "deleted")
+                        .increment(report.deleted as u64);
+                    metrics::counter!(SWEPT, "action" => "tombstoned")
+                        .increment(report.tombstoned as u64);
+                    if swept < batch {
                         break;
                     }
+                    full_batches += 1;
+                    metrics::gauge!(SWEEP_BACKLOG).set(full_batches as f64);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sweep failed");
                     break;
                 }
             }
+            tokio::select! {
+                () = tokio::time::sleep(started.elapsed()) => {}
+                () = stop.cancelled() => return,
+            }
         }
+        if full_batches > 0 {
+            tracing::debug!(full_batches, "sweep caught up");
+        }
+        metrics::gauge!(SWEEP_BACKLOG).set(0.0);
     }
 }
+
+/// Counter of records swept, by `action` (`deleted`, `tombstoned`).
+const SWEPT: &str = "idem_swept_records_total";
+/// Gauge: full sweep batches in a row in the pass under way (each means
+/// `sweep_batch` more expired records were waiting); 0 once caught up.
+const SWEEP_BACKLOG: &str = "idem_sweep_backlog_batches";

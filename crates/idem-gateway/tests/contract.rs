@@ -999,6 +999,62 @@ async fn a_full_memory_store_refuses_new_keys_and_still_replays_known_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweeper_keeps_up_with_a_backlog_far_beyond_one_pass_of_batches() {
+    // As found: at most 10 x sweep_batch records were swept per interval,
+    // so above ~80 completions/s the backlog grew without end.
+    use idem_core::{Fingerprint, FingerprintInput, IdempotencyKey, RecordId, Retention, Scope};
+    use idem_store::{Claim, Store};
+    let store = Arc::new(idem_store::MemoryStore::new());
+    let long_ago =
+        idem_core::Timestamp(idem_core::Timestamp::now().as_millis() - 30 * 24 * 3600 * 1000);
+    let fp = Fingerprint::compute(&FingerprintInput {
+        method: "POST",
+        path: "/",
+        query: None,
+        content_type: None,
+        extra_headers: &[],
+        body: b"",
+    });
+    let id = |i: usize| RecordId {
+        scope: Scope::global(),
+        key: IdempotencyKey::parse(format!("old-{i}").as_bytes()).unwrap(),
+    };
+    const BACKLOG: usize = 5_000;
+    for i in 0..BACKLOG {
+        let claim = Claim::new(id(i), fp, long_ago, &Retention::default(), false);
+        store.claim(claim).await.unwrap();
+    }
+    let up = Upstream::start().await;
+    let options = idem_gateway::GatewayOptions {
+        sweep_interval: Duration::from_secs(3600),
+        sweep_batch: 100, // the old pace: 1,000 records per hour
+        ..idem_gateway::GatewayOptions::new(
+            "127.0.0.1:0".parse().unwrap(),
+            up.uri(),
+            store.clone() as Arc<dyn Store>,
+        )
+    };
+    let running = idem_gateway::start(options).await.unwrap();
+    wait_until(
+        DEADLINE,
+        "the whole backlog is swept in the first pass",
+        || {
+            let store = store.clone();
+            async move {
+                for i in (0..BACKLOG).step_by(100) {
+                    if store.get(&id(i)).await.unwrap().is_some() {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_shows_the_store_error_only_to_the_admin_token() {
     let up = Upstream::start().await;
     let options = idem_gateway::GatewayOptions {
