@@ -215,7 +215,8 @@ impl Writer {
         while batch.len() < self.max_batch {
             match self.rx.try_recv() {
                 Ok(op) => batch.push(op),
-                Err(_) => return,
+                // Nothing more queued: the window (if any) waits for more.
+                Err(_) => break,
             }
         }
         if self.window.is_zero() {
