@@ -50,6 +50,41 @@ fn canonicalise(name: &str) -> Option<Vec<u8>> {
     canonical_json(divan::black_box(body(name)))
 }
 
+/// A JSON body of about `size` bytes shaped like a real payload: an object
+/// whose `orders` array holds order-like objects (keys out of order, nested
+/// objects, strings, integers and decimals), so canonicalising it sorts many
+/// small objects and copies one large array.
+fn sized_body(size: usize) -> Vec<u8> {
+    let mut body = br#"{"request_id":"req_0001","orders":["#.to_vec();
+    let mut i = 0u32;
+    while body.len() + 64 < size {
+        if i > 0 {
+            body.push(b',');
+        }
+        let order = format!(
+            r#"{{"customer":"cus_{i:08}","items":[{{"sku":"A-{i}","qty":{q},"price":12.5}},{{"sku":"B-7","qty":1,"price":99.99}}],"shipping":{{"name":"Ada Lovelace","city":"London","postal_code":"SW1Y 4JH"}},"metadata":{{"order_id":"{i}","channel":"web"}}}}"#,
+            q = i % 7 + 1
+        );
+        body.extend_from_slice(order.as_bytes());
+        i += 1;
+    }
+    body.extend_from_slice(br#"],"count":"#);
+    body.extend_from_slice(i.to_string().as_bytes());
+    body.push(b'}');
+    body
+}
+
+/// `canonical_json` alone on 1 KiB, 64 KiB and 1 MiB bodies (throughput in
+/// bytes of input per second).
+#[divan::bench(args = [1 << 10, 64 << 10, 1 << 20])]
+fn canonical_json_sized(bencher: divan::Bencher, size: usize) {
+    let body = sized_body(size);
+    assert!(canonical_json(&body).is_some());
+    bencher
+        .counter(divan::counter::BytesCount::new(body.len()))
+        .bench(|| canonical_json(divan::black_box(&body)));
+}
+
 #[divan::bench]
 fn parse_key() -> IdempotencyKey {
     IdempotencyKey::parse(divan::black_box(
