@@ -54,6 +54,16 @@ pub fn first_token(now: Timestamp) -> u64 {
 
 /// Decides a claim attempt against the record currently stored (if any).
 ///
+/// `attempt` is the claim's nonce ([`Record::attempt`]). A claim can commit
+/// in the store while its reply is lost (a timeout, a dropped connection);
+/// its caller then sends the same claim again. When the stored record is
+/// still that claim (persisted state in flight, whatever its lease says;
+/// the same nonzero attempt; the same fingerprint), the answer is
+/// [`ClaimDecision::Claim`] with the record's own token: the caller owns
+/// the key, as it did all along. An engine that gets that answer keeps the
+/// record (the same token means the same claim) instead of writing a new
+/// one. Attempt 0 never matches.
+///
 /// `reclaim_unknown` is the route's `upstream_dedupes`: an `outcome-unknown`
 /// record may then be claimed again and forwarded with the same key.
 ///
@@ -62,11 +72,12 @@ pub fn first_token(now: Timestamp) -> u64 {
 /// let fp = Fingerprint::compute(&FingerprintInput {
 ///     method: "POST", path: "/", query: None, content_type: None, extra_headers: &[], body: b"",
 /// });
-/// assert!(matches!(decide_claim(None, &fp, Timestamp(1), false), ClaimDecision::Claim { .. }));
+/// assert!(matches!(decide_claim(None, &fp, 42, Timestamp(1), false), ClaimDecision::Claim { .. }));
 /// ```
 pub fn decide_claim(
     existing: Option<&Record>,
     fingerprint: &Fingerprint,
+    attempt: u64,
     now: Timestamp,
     reclaim_unknown: bool,
 ) -> ClaimDecision {
@@ -75,6 +86,11 @@ pub fn decide_claim(
             token: first_token(now),
         };
     };
+    if is_own_claim(record, fingerprint, attempt) {
+        return ClaimDecision::Claim {
+            token: record.token,
+        };
+    }
     let next_token = record.token.saturating_add(1).max(first_token(now));
     let state = record.effective(now);
     if state == EffectiveState::Absent {
@@ -100,6 +116,15 @@ pub fn decide_claim(
         EffectiveState::OutcomeUnknown => ExistingOutcome::Unknown,
         EffectiveState::Tombstone => ExistingOutcome::Expired,
     })
+}
+
+/// Whether `record` is the claim made with `attempt` and `fingerprint`,
+/// still in flight: a retry of a claim whose reply was lost.
+pub fn is_own_claim(record: &Record, fingerprint: &Fingerprint, attempt: u64) -> bool {
+    attempt != 0
+        && record.attempt == attempt
+        && record.state == crate::RecordState::InFlight
+        && record.fingerprint == *fingerprint
 }
 
 /// Whether a completion, release or renewal by the holder of `token` may be
@@ -143,6 +168,7 @@ mod tests {
                 body: body.map(bytes::Bytes::from_static),
             }),
             claimed_at: Timestamp(0),
+            attempt: 5,
         }
     }
 
@@ -151,46 +177,46 @@ mod tests {
         let a = fp(b"a");
         let r = record(RecordState::InFlight, None);
         assert_eq!(
-            decide_claim(Some(&r), &a, Timestamp(500), false),
+            decide_claim(Some(&r), &a, 99, Timestamp(500), false),
             ClaimDecision::Existing(ExistingOutcome::InProgress {
                 lease_until: Timestamp(1_000)
             })
         );
         // The owner stopped renewing: unknown, never re-executed...
         assert_eq!(
-            decide_claim(Some(&r), &a, Timestamp(1_000), false),
+            decide_claim(Some(&r), &a, 99, Timestamp(1_000), false),
             ClaimDecision::Existing(ExistingOutcome::Unknown)
         );
         // ...unless the upstream dedupes itself.
         assert!(matches!(
-            decide_claim(Some(&r), &a, Timestamp(1_000), true),
+            decide_claim(Some(&r), &a, 99, Timestamp(1_000), true),
             ClaimDecision::Claim { token } if token > 7
         ));
         let c = record(RecordState::Completed, Some(b"ok"));
         assert_eq!(
-            decide_claim(Some(&c), &a, Timestamp(5_000), false),
+            decide_claim(Some(&c), &a, 99, Timestamp(5_000), false),
             ClaimDecision::Existing(ExistingOutcome::Replay)
         );
         assert_eq!(
-            decide_claim(Some(&c), &fp(b"b"), Timestamp(5_000), false),
+            decide_claim(Some(&c), &fp(b"b"), 99, Timestamp(5_000), false),
             ClaimDecision::Existing(ExistingOutcome::Mismatch)
         );
         assert_eq!(
-            decide_claim(Some(&c), &a, Timestamp(10_000), false),
+            decide_claim(Some(&c), &a, 99, Timestamp(10_000), false),
             ClaimDecision::Existing(ExistingOutcome::Expired)
         );
         assert!(matches!(
-            decide_claim(Some(&c), &fp(b"b"), Timestamp(20_000), false),
+            decide_claim(Some(&c), &fp(b"b"), 99, Timestamp(20_000), false),
             ClaimDecision::Claim { .. }
         ));
         let big = record(RecordState::Completed, None);
         assert_eq!(
-            decide_claim(Some(&big), &a, Timestamp(5_000), false),
+            decide_claim(Some(&big), &a, 99, Timestamp(5_000), false),
             ClaimDecision::Existing(ExistingOutcome::NotReplayable { status: 201 })
         );
         let released = record(RecordState::Released, None);
         assert!(matches!(
-            decide_claim(Some(&released), &fp(b"other"), Timestamp(1), false),
+            decide_claim(Some(&released), &fp(b"other"), 99, Timestamp(1), false),
             ClaimDecision::Claim { token } if token > 7
         ));
     }
@@ -198,14 +224,105 @@ mod tests {
     #[test]
     fn tokens_grow_even_after_a_record_is_swept() {
         let t0 = Timestamp(1_000_000);
-        let ClaimDecision::Claim { token: first } = decide_claim(None, &fp(b"a"), t0, false) else {
+        let ClaimDecision::Claim { token: first } = decide_claim(None, &fp(b"a"), 1, t0, false)
+        else {
             panic!("absent key must be claimable")
         };
         let later = t0.plus(Duration::from_secs(1));
-        let ClaimDecision::Claim { token: second } = decide_claim(None, &fp(b"a"), later, false)
+        let ClaimDecision::Claim { token: second } = decide_claim(None, &fp(b"a"), 1, later, false)
         else {
             panic!("absent key must be claimable")
         };
         assert!(second > first);
+    }
+    /// The record's attempt is 5 (see `record`).
+    const OWN: u64 = 5;
+
+    #[test]
+    fn the_same_attempt_in_flight_is_claimed_again_with_the_same_token() {
+        let a = fp(b"a");
+        let r = record(RecordState::InFlight, None);
+        // Lease live.
+        assert_eq!(
+            decide_claim(Some(&r), &a, OWN, Timestamp(500), false),
+            ClaimDecision::Claim { token: 7 }
+        );
+        // Lease run out: still the caller's own claim, not outcome-unknown.
+        assert_eq!(
+            decide_claim(Some(&r), &a, OWN, Timestamp(5_000), false),
+            ClaimDecision::Claim { token: 7 }
+        );
+        // Even past retention and tombstone, it is the same claim.
+        assert_eq!(
+            decide_claim(Some(&r), &a, OWN, Timestamp(30_000), false),
+            ClaimDecision::Claim { token: 7 }
+        );
+        assert!(is_own_claim(&r, &a, OWN));
+    }
+
+    #[test]
+    fn another_attempt_is_answered_as_before() {
+        let a = fp(b"a");
+        let r = record(RecordState::InFlight, None);
+        assert_eq!(
+            decide_claim(Some(&r), &a, OWN + 1, Timestamp(500), false),
+            ClaimDecision::Existing(ExistingOutcome::InProgress {
+                lease_until: Timestamp(1_000)
+            })
+        );
+        assert_eq!(
+            decide_claim(Some(&r), &a, OWN + 1, Timestamp(1_000), false),
+            ClaimDecision::Existing(ExistingOutcome::Unknown)
+        );
+        // The same attempt with another fingerprint is no retry of the claim.
+        assert_eq!(
+            decide_claim(Some(&r), &fp(b"b"), OWN, Timestamp(500), false),
+            ClaimDecision::Existing(ExistingOutcome::Mismatch)
+        );
+    }
+
+    #[test]
+    fn the_same_attempt_after_completion_gets_the_replay() {
+        let a = fp(b"a");
+        let mut c = record(RecordState::Completed, Some(b"ok"));
+        c.attempt = OWN;
+        assert_eq!(
+            decide_claim(Some(&c), &a, OWN, Timestamp(5_000), false),
+            ClaimDecision::Existing(ExistingOutcome::Replay)
+        );
+        let mut u = record(RecordState::OutcomeUnknown, None);
+        u.attempt = OWN;
+        assert_eq!(
+            decide_claim(Some(&u), &a, OWN, Timestamp(5_000), false),
+            ClaimDecision::Existing(ExistingOutcome::Unknown)
+        );
+    }
+
+    #[test]
+    fn the_same_attempt_after_release_is_a_new_claim_with_a_larger_token() {
+        let a = fp(b"a");
+        let released = record(RecordState::Released, None);
+        assert!(matches!(
+            decide_claim(Some(&released), &a, OWN, Timestamp(500), false),
+            ClaimDecision::Claim { token } if token > 7
+        ));
+    }
+
+    #[test]
+    fn attempt_zero_never_matches() {
+        let a = fp(b"a");
+        let mut r = record(RecordState::InFlight, None);
+        r.attempt = 0;
+        assert!(!is_own_claim(&r, &a, 0));
+        assert_eq!(
+            decide_claim(Some(&r), &a, 0, Timestamp(500), false),
+            ClaimDecision::Existing(ExistingOutcome::InProgress {
+                lease_until: Timestamp(1_000)
+            })
+        );
+        assert_eq!(
+            decide_claim(Some(&r), &a, 0, Timestamp(1_000), false),
+            ClaimDecision::Existing(ExistingOutcome::Unknown)
+        );
     }
 }

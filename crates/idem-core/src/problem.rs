@@ -56,11 +56,18 @@ pub enum ProblemType {
     /// 503: the store holds its budget of records and refuses new keys;
     /// nothing was forwarded. Known keys still answer.
     StoreFull,
+    /// 503: the bytes the gateway holds in memory for requests and
+    /// responses are at their budget (`max_buffered_bytes`); this request
+    /// was refused before any claim, so nothing was forwarded or stored.
+    Overloaded,
+    /// 408: the request body did not arrive within the body read timeout;
+    /// nothing was claimed or forwarded.
+    BodyTimeout,
 }
 
 impl ProblemType {
     /// All of them, for docs and tests.
-    pub const ALL: [ProblemType; 16] = [
+    pub const ALL: [ProblemType; 18] = [
         ProblemType::MissingKey,
         ProblemType::InvalidKey,
         ProblemType::KeyReused,
@@ -77,6 +84,8 @@ impl ProblemType {
         ProblemType::InvalidCredential,
         ProblemType::AmbiguousPath,
         ProblemType::StoreFull,
+        ProblemType::Overloaded,
+        ProblemType::BodyTimeout,
     ];
 
     /// The stable slug the `type` URI ends in.
@@ -98,6 +107,8 @@ impl ProblemType {
             ProblemType::InvalidCredential => "invalid-credential",
             ProblemType::AmbiguousPath => "ambiguous-path",
             ProblemType::StoreFull => "store-full",
+            ProblemType::Overloaded => "overloaded",
+            ProblemType::BodyTimeout => "body-timeout",
         }
     }
 
@@ -114,7 +125,8 @@ impl ProblemType {
             | ProblemType::OutcomeUnknown
             | ProblemType::ResponseNotReplayable => 409,
             ProblemType::BodyTooLarge => 413,
-            ProblemType::StoreUnavailable | ProblemType::StoreFull => 503,
+            ProblemType::StoreUnavailable | ProblemType::StoreFull | ProblemType::Overloaded => 503,
+            ProblemType::BodyTimeout => 408,
             ProblemType::UpstreamUnavailable => 502,
             ProblemType::UpstreamTimeout => 504,
         }
@@ -147,6 +159,8 @@ impl ProblemType {
             ProblemType::InvalidCredential => "The request's credential could not be verified",
             ProblemType::AmbiguousPath => "The request path is ambiguous",
             ProblemType::StoreFull => "The idempotency store is full",
+            ProblemType::Overloaded => "The gateway holds too many buffered bytes",
+            ProblemType::BodyTimeout => "The request body did not arrive in time",
         }
     }
 

@@ -83,6 +83,12 @@ pub struct Record {
     pub response: Option<StoredResponse>,
     /// When the current claim was made.
     pub claimed_at: Timestamp,
+    /// The attempt nonce of the current (or last) claim: a claim retried
+    /// with the same nonce (its reply was lost after the store committed
+    /// it) recognises the record as its own (see
+    /// [`decide_claim`](crate::decide_claim)). 0 means unknown, e.g. a record
+    /// written before attempts were stored; it never matches.
+    pub attempt: u64,
 }
 
 /// What a record means at a given instant: the persisted state with the

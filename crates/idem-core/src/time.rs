@@ -27,6 +27,24 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(ms))
     }
 
+    /// Milliseconds from `origin` to `self`: negative when `self` is
+    /// earlier. Saturating, so any two readings give an answer.
+    ///
+    /// ```
+    /// use idem_core::Timestamp;
+    /// assert_eq!(Timestamp(5).millis_since(Timestamp(8)), -3);
+    /// assert_eq!(Timestamp(i64::MAX).millis_since(Timestamp(-1)), i64::MAX);
+    /// ```
+    pub fn millis_since(self, origin: Timestamp) -> i64 {
+        self.0.saturating_sub(origin.0)
+    }
+
+    /// This instant moved by `ms` milliseconds (back when negative),
+    /// saturating.
+    pub fn shifted(self, ms: i64) -> Self {
+        Timestamp(self.0.saturating_add(ms))
+    }
+
     /// Time from `self` until `later`, zero if `later` is not later.
     pub fn until(self, later: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))

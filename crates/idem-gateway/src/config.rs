@@ -102,6 +102,14 @@ pub struct FileConfig {
     /// `max_response_body`: largest response body stored for replay, in bytes.
     #[serde(default, deserialize_with = "de::opt_size")]
     pub max_response_body: Option<u64>,
+    /// `max_buffered_bytes`: one budget for the request and response bytes
+    /// held in memory across all requests; past it, 503 `overloaded`.
+    #[serde(default, deserialize_with = "de::opt_size")]
+    pub max_buffered_bytes: Option<u64>,
+    /// `request_body_timeout`: how long a keyed request's body may take to
+    /// arrive, in all; past it, 408 `body-timeout`.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub request_body_timeout: Option<Duration>,
     /// `replay_header_deny`: response headers not stored for replay, added
     /// to the default deny-list; a trailing `*` denies a prefix. Lower case.
     #[serde(default, deserialize_with = "de::opt_deny")]

@@ -6,7 +6,7 @@ use http::{Request, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use idem_core::{Problem, ProblemType, Timestamp};
+use idem_core::{Problem, ProblemType};
 use idem_store::Store;
 use idem_tower::{IdempotencyConfig, IdempotencyLayer};
 use std::convert::Infallible;
@@ -225,13 +225,14 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         }
         None => None,
     };
+    let layer = IdempotencyLayer::new(options.idempotency, store.clone());
     tokio::spawn(sweep(
-        store.clone(),
+        store,
+        layer.clock().clone(),
         options.sweep_interval,
         options.sweep_batch,
         stop.clone(),
     ));
-    let layer = IdempotencyLayer::new(options.idempotency, store);
     let service = layer.layer(proxy);
     let task = tokio::spawn(serve(
         listener,
@@ -355,7 +356,13 @@ fn warn_if_descriptors_short(max_connections: usize) {
     }
 }
 
-async fn sweep(store: Arc<dyn Store>, every: Duration, batch: usize, stop: CancellationToken) {
+async fn sweep(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn idem_tower::Clock>,
+    every: Duration,
+    batch: usize,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -370,7 +377,7 @@ async fn sweep(store: Arc<dyn Store>, every: Duration, batch: usize, stop: Cance
         let mut full_batches: u64 = 0;
         loop {
             let started = std::time::Instant::now();
-            match store.sweep(Timestamp::now(), batch).await {
+            match store.sweep(clock.now(), batch).await {
                 Ok(report) => {
                     let swept = report.deleted + report.tombstoned;
                     metrics::counter!(SWEPT, "action" => "deleted")

@@ -25,6 +25,8 @@ lease = "30s"
 upstream_timeout = "60s"
 max_request_body = "10MiB"          # integer bytes or string with B/KiB/MiB/GiB (also KB/MB = 1000-based)
 max_response_body = "10MiB"
+max_buffered_bytes = "256MiB"       # all request and response bytes held in memory; past it, 503 overloaded
+request_body_timeout = "30s"        # a keyed request's whole body must arrive within this
 replay_header_deny = ["x-request-id", "x-trace-*"]   # added to the default deny-list; `*` suffix = prefix
 release_statuses = [408, 425, 429, 502, 503, 504]    # replaces the default list; each 100..=599
 fingerprint_headers = ["x-api-version"]
@@ -143,6 +145,8 @@ fn full_example_parses_to_the_values_it_states() {
     assert_eq!(c.upstream_timeout, secs(60));
     assert_eq!(c.max_request_body, 10 * 1024 * 1024);
     assert_eq!(c.max_response_body, 10 * 1024 * 1024);
+    assert_eq!(c.max_buffered_bytes, 256 * 1024 * 1024);
+    assert_eq!(c.request_body_timeout, secs(30));
     assert_eq!(
         c.replay_headers,
         ReplayHeaderFilter::with_extra(["x-request-id", "x-trace-*"])
@@ -273,7 +277,11 @@ fn sizes_take_bytes_binary_and_decimal_units() {
         ("\"1GiB\"", 1 << 30),
         ("\"2048\"", 2048),
     ] {
-        let s = check(&format!("max_request_body = {written}")).unwrap();
+        // A budget large enough for four of the largest body here.
+        let s = check(&format!(
+            "max_request_body = {written}\nmax_buffered_bytes = \"8GiB\""
+        ))
+        .unwrap();
         assert_eq!(s.idempotency.max_request_body, bytes, "{written}");
     }
 }
@@ -682,7 +690,20 @@ fn durations_and_sizes_past_their_bounds_are_refused_naming_the_field() {
         ("sweep_interval = \"2days\"\n", "sweep_interval"),
         ("max_request_body = \"2GiB\"\n", "max_request_body"),
         ("max_response_body = \"2GiB\"\n", "max_response_body"),
+        ("max_buffered_bytes = \"65GiB\"\n", "max_buffered_bytes"),
+        ("request_body_timeout = \"2h\"\n", "request_body_timeout"),
     ] {
         refused(text, field, "must be at most");
     }
+}
+
+#[test]
+fn a_buffer_budget_too_small_for_one_large_request_is_refused() {
+    refused(
+        "max_request_body = \"10MiB\"\nmax_buffered_bytes = \"20MiB\"\n",
+        "max_buffered_bytes",
+        "must be at least 4 × max_request_body",
+    );
+    let s = check("max_request_body = \"1MiB\"\nmax_buffered_bytes = \"4MiB\"\n").unwrap();
+    assert_eq!(s.idempotency.max_buffered_bytes, 4 * 1024 * 1024);
 }

@@ -15,9 +15,13 @@
 //! let fp = Fingerprint::compute(&FingerprintInput {
 //!     method: "POST", path: "/", query: None, content_type: None, extra_headers: &[], body: b"",
 //! });
-//! let claim = Claim::new(id, fp, now, &Retention::default(), false);
-//! assert!(matches!(store.claim(claim.clone()).await.unwrap(), ClaimOutcome::Claimed { .. }));
-//! assert!(matches!(store.claim(claim).await.unwrap(), ClaimOutcome::Existing { .. }));
+//! let claim = Claim::new(id.clone(), fp, now, &Retention::default(), false);
+//! let ClaimOutcome::Claimed { token } = store.claim(claim.clone()).await.unwrap() else { panic!() };
+//! // Another request with the key finds it in flight...
+//! let other = Claim::new(id, fp, now, &Retention::default(), false);
+//! assert!(matches!(store.claim(other).await.unwrap(), ClaimOutcome::Existing { .. }));
+//! // ...while the same claim sent again (its reply was lost) is still the owner.
+//! assert!(matches!(store.claim(claim).await.unwrap(), ClaimOutcome::Claimed { token: t } if t == token));
 //! # });
 //! ```
 
@@ -42,4 +46,4 @@ pub use sealed::{
     SEALED_HEADER,
 };
 pub use spec::{open, StoreSpec, StoreSpecError};
-pub use store::{Claim, ClaimOutcome, Completion, Store, SweepReport, Write};
+pub use store::{Claim, ClaimOutcome, Completion, Store, StoreClock, SweepReport, Write};

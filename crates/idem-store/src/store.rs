@@ -4,8 +4,12 @@ use idem_core::{
 };
 
 /// A claim attempt: everything the atomic claim step needs. Times are
-/// computed by the caller from its clock and [`Retention`]; engines never
-/// read a clock on this path.
+/// computed by the caller from its clock and [`Retention`]. The memory and
+/// SQLite engines decide on them as given; PostgreSQL and Redis (with
+/// [`StoreClock::Server`], their default) read their own clock in the same
+/// atomic step and move every horizon by as much as that clock differs from
+/// `now`, so the horizons are "store time plus the durations the caller
+/// meant".
 #[derive(Debug, Clone)]
 pub struct Claim {
     /// (scope, key).
@@ -23,10 +27,21 @@ pub struct Claim {
     /// The route's `upstream_dedupes`: an `outcome-unknown` record may be
     /// claimed again.
     pub reclaim_unknown: bool,
+    /// This claim's nonce, stored with the record it wins. Sending the same
+    /// claim again (its reply was lost after the store committed it) finds
+    /// the record in flight under the same attempt and answers
+    /// [`ClaimOutcome::Claimed`] with the same token, instead of "in
+    /// progress" (see [`idem_core::decide_claim`]). Nonzero: 0 is the
+    /// attempt of records written before attempts were stored, and never
+    /// matches.
+    pub attempt: u64,
 }
 
 impl Claim {
-    /// A claim at `now` with the lease and retention of `retention`.
+    /// A claim at `now` with the lease and retention of `retention`, and a
+    /// fresh random (nonzero) [`attempt`](Claim::attempt). Keep the value
+    /// (or its attempt, see [`Claim::with_attempt`]) to retry the claim when
+    /// the store's answer is lost.
     pub fn new(
         id: RecordId,
         fingerprint: Fingerprint,
@@ -43,7 +58,32 @@ impl Claim {
             expires_at,
             tombstone_until: expires_at.plus(retention.tombstone_retention),
             reclaim_unknown,
+            attempt: rand::random_range(1..=u64::MAX),
         }
+    }
+
+    /// This claim under another attempt nonce: for a caller that retries a
+    /// claim with fresh times (a new `Claim::new` at a later `now`) and must
+    /// still be recognised as the claim it sent before. An attempt of 0
+    /// never matches a stored record (the claim then behaves like one whose
+    /// earlier tries are unknown).
+    ///
+    /// ```
+    /// use idem_core::*;
+    /// use idem_store::Claim;
+    /// let id = RecordId { scope: Scope::global(), key: IdempotencyKey::parse(b"k").unwrap() };
+    /// let fp = Fingerprint::compute(&FingerprintInput {
+    ///     method: "POST", path: "/", query: None, content_type: None, extra_headers: &[], body: b"",
+    /// });
+    /// let first = Claim::new(id.clone(), fp, Timestamp(1_000), &Retention::default(), false);
+    /// let retry = Claim::new(id, fp, Timestamp(4_000), &Retention::default(), false)
+    ///     .with_attempt(first.attempt);
+    /// assert_eq!(retry.attempt, first.attempt);
+    /// ```
+    #[must_use]
+    pub fn with_attempt(mut self, attempt: u64) -> Self {
+        self.attempt = attempt;
+        self
     }
 
     /// The in-flight record this claim writes when it wins.
@@ -58,6 +98,7 @@ impl Claim {
             tombstone_until: self.tombstone_until,
             response: None,
             claimed_at: self.now,
+            attempt: self.attempt,
         }
     }
 }
@@ -117,6 +158,29 @@ impl Completion {
     }
 }
 
+/// Whose clock a networked engine (PostgreSQL, Redis) decides leases and
+/// retention on.
+///
+/// With [`StoreClock::Server`] (the default) each operation reads the
+/// server's clock in the same atomic step (inside the statement or script
+/// it already sends: no extra round trip) and moves the caller's horizons
+/// by the difference between that reading and the caller's `now`, so
+/// gateways whose clocks disagree still agree on every lease and horizon;
+/// a sweep uses the server's clock alone. The memory and SQLite engines
+/// always use the callers' readings (the layer hands them a monotonic
+/// clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreClock {
+    /// The store server's clock.
+    #[default]
+    Server,
+    /// The callers' readings, exactly as passed (what the memory and
+    /// SQLite engines do). For tests that move time by passing readings;
+    /// in production, gateways whose clocks differ by more than a lease
+    /// disagree about it.
+    Caller,
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -134,11 +198,16 @@ pub trait Store: Send + Sync + 'static {
     /// (applying [`idem_core::decide_claim`]).
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError>;
 
-    /// Extends the lease of an in-flight claim.
+    /// Extends the lease of an in-flight claim to `lease_until`, computed
+    /// by the caller from its clock reading `now` (engines on the store's
+    /// clock keep the lease's distance from `now`, see [`StoreClock`]). The
+    /// lease never moves back; retention and tombstone horizons move with
+    /// it.
     async fn renew(
         &self,
         id: &RecordId,
         token: u64,
+        now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Write, StoreError>;
 
@@ -167,7 +236,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError>;
 
     /// Drops responses past retention and deletes records past their
-    /// tombstone, at most `limit` records per call.
+    /// tombstone, at most `limit` records per call. Engines on the store's
+    /// clock ([`StoreClock::Server`]) ignore `now` and use their own.
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError>;
 
     /// Checks that the engine answers (for `/health`).

@@ -3,7 +3,12 @@
 //! An engine's test file invokes [`conformance_tests!`](crate::conformance_tests)
 //! with an expression that yields a fresh, empty `Arc<dyn Store>`; the macro
 //! expands to one `#[tokio::test]` per behaviour below. Times are given
-//! explicitly, so lease and retention expiry are exact, not slept for.
+//! explicitly, so lease and retention expiry are exact, not slept for: that
+//! needs an engine that decides on the callers' clock (memory, SQLite, and
+//! PostgreSQL or Redis with [`StoreClock::Caller`](crate::StoreClock)).
+//! `conformance_tests!(store_clock: …)` runs the behaviours that do not move
+//! time, plus the checks that skewed callers agree, against an engine on
+//! its own clock ([`StoreClock::Server`](crate::StoreClock)).
 
 use crate::{Claim, ClaimOutcome, Completion, Store, Write};
 use bytes::Bytes;
@@ -37,6 +42,38 @@ macro_rules! conformance_tests {
             large_response_without_body_is_not_replayable,
             live_claim_outlives_retention_and_is_never_swept,
             owner_lost_after_a_long_execution_leaves_unknown_not_a_free_key,
+            the_callers_clock_decides,
+        );
+        $crate::conformance_tests!(@clock_free $make);
+    };
+    (store_clock: $make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            absent_key_is_claimed_then_reported_in_progress,
+            claim_race_has_exactly_one_winner,
+            completed_response_round_trips_exactly,
+            stale_owner_release_and_renew_are_fenced,
+            release_frees_the_key_with_a_larger_token,
+            renewal_keeps_the_claim_alive,
+            unknown_is_reclaimed_only_when_upstream_dedupes,
+            different_fingerprint_is_a_mismatch_in_every_state,
+            scopes_are_isolated,
+            large_response_without_body_is_not_replayable,
+            a_caller_behind_does_not_make_live_claims_unknown,
+            a_caller_ahead_does_not_lengthen_its_lease,
+            renewal_from_a_skewed_caller_counts_from_store_time,
+            completion_from_a_skewed_caller_keeps_its_retention,
+            a_sweep_far_ahead_deletes_nothing_live_or_replayable,
+        );
+        $crate::conformance_tests!(@clock_free $make);
+    };
+    // The behaviours that hold on either clock: they never move time.
+    (@clock_free $make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            the_same_attempt_is_claimed_again_with_the_same_token,
+            the_same_attempt_after_its_lease_ran_out_is_still_the_owner,
+            the_same_attempt_after_completion_gets_the_replay,
+            racing_attempts_have_one_winner_whose_retry_wins_again,
+            any_clock_reading_is_an_answer_or_an_error_never_a_panic,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -230,7 +267,7 @@ pub async fn stale_owner_release_and_renew_are_fenced(store: Arc<dyn Store>) {
     assert_eq!(store.release(&k, token + 1).await.unwrap(), Write::Fenced);
     assert_eq!(
         store
-            .renew(&k, token + 1, T0.plus(Duration::from_secs(60)))
+            .renew(&k, token + 1, T0, T0.plus(Duration::from_secs(60)))
             .await
             .unwrap(),
         Write::Fenced
@@ -309,7 +346,7 @@ pub async fn renewal_keeps_the_claim_alive(store: Arc<dyn Store>) {
         let now = T0.plus(Duration::from_secs(8 * step));
         assert_eq!(
             store
-                .renew(&k, token, now.plus(Duration::from_secs(10)))
+                .renew(&k, token, now, now.plus(Duration::from_secs(10)))
                 .await
                 .unwrap(),
             Write::Written
@@ -470,7 +507,7 @@ pub async fn live_claim_outlives_retention_and_is_never_swept(store: Arc<dyn Sto
     let far = T0.plus(Duration::from_secs(5000));
     assert_eq!(
         store
-            .renew(&k, token, far.plus(Duration::from_secs(10)))
+            .renew(&k, token, far, far.plus(Duration::from_secs(10)))
             .await
             .unwrap(),
         Write::Written
@@ -512,7 +549,10 @@ pub async fn owner_lost_after_a_long_execution_leaves_unknown_not_a_free_key(
     let last_renewal = T0.plus(Duration::from_secs(2000));
     let lease_end = last_renewal.plus(Duration::from_secs(10));
     assert_eq!(
-        store.renew(&k, token, lease_end).await.unwrap(),
+        store
+            .renew(&k, token, last_renewal, lease_end)
+            .await
+            .unwrap(),
         Write::Written
     );
     // The owner dies: its lease lapses.
@@ -532,4 +572,330 @@ pub async fn owner_lost_after_a_long_execution_leaves_unknown_not_a_free_key(
     let mut again = claim_at(&k, "a", after);
     again.reclaim_unknown = false;
     assert_eq!(existing(&*store, again).await.0, ExistingOutcome::Unknown);
+}
+
+/// A claim sent again under its own attempt (its reply was lost after the
+/// store committed it) is told it owns the key, with the same token, and
+/// the record stays that one claim; a retry with fresh times under the same
+/// attempt too. Another attempt finds it in progress; attempt 0 never
+/// matches.
+pub async fn the_same_attempt_is_claimed_again_with_the_same_token(store: Arc<dyn Store>) {
+    let k = id("s", "retried");
+    let first = claim_at(&k, "a", T0);
+    let token = must_claim(&*store, first.clone()).await;
+    let stored = store.get(&k).await.unwrap().expect("claimed");
+    assert_eq!(stored.attempt, first.attempt);
+    assert_eq!(must_claim(&*store, first.clone()).await, token);
+    let retry = claim_at(&k, "a", T0.plus(Duration::from_millis(1))).with_attempt(first.attempt);
+    assert_eq!(must_claim(&*store, retry).await, token);
+    let again = store.get(&k).await.unwrap().expect("still there");
+    assert_eq!(
+        (again.state, again.token, again.attempt, again.claimed_at),
+        (
+            RecordState::InFlight,
+            token,
+            first.attempt,
+            stored.claimed_at
+        ),
+        "one claim, in flight"
+    );
+    assert!(again.lease_until >= stored.lease_until, "never moved back");
+    let (outcome, record) = existing(&*store, claim_at(&k, "a", T0)).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(record.token, token);
+    // The same attempt with another body is another request: a mismatch.
+    let (outcome, _) = existing(&*store, claim_at(&k, "b", T0).with_attempt(first.attempt)).await;
+    assert_eq!(outcome, ExistingOutcome::Mismatch);
+    // Attempt 0 (unknown) never matches, not even itself.
+    let z = id("s", "zero");
+    let zero = claim_at(&z, "a", T0).with_attempt(0);
+    must_claim(&*store, zero.clone()).await;
+    assert_eq!(store.get(&z).await.unwrap().map(|r| r.attempt), Some(0));
+    let (outcome, _) = existing(&*store, zero).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+}
+
+/// A claim whose lease ran out before its retry arrived (a long store
+/// outage) is still its owner's: the retry gets it with the same token
+/// (never outcome-unknown), and a retry with a fresh lease makes it live
+/// again. Released, the key is claimed afresh with a larger token.
+///
+/// Zero-length leases make "ran out" immediate on any clock.
+pub async fn the_same_attempt_after_its_lease_ran_out_is_still_the_owner(store: Arc<dyn Store>) {
+    let k = id("s", "stranded");
+    let mut first = claim_at(&k, "a", T0);
+    first.lease_until = first.now;
+    let token = must_claim(&*store, first.clone()).await;
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", T0)).await;
+    assert_eq!(
+        outcome,
+        ExistingOutcome::Unknown,
+        "another attempt: unknown"
+    );
+    assert_eq!(must_claim(&*store, first.clone()).await, token);
+    // The retry with a real lease revives the claim for everyone.
+    let retry = claim_at(&k, "a", T0).with_attempt(first.attempt);
+    assert_eq!(must_claim(&*store, retry).await, token);
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", T0)).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(store.release(&k, token).await.unwrap(), Write::Written);
+    let next = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    assert!(next > token, "{token} then {next}");
+    // The old attempt now meets another claim: in progress, not its own.
+    let (outcome, record) = existing(&*store, first).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(record.token, next);
+}
+
+/// The same attempt once the claim completed is answered from the record
+/// like any request: the replay.
+pub async fn the_same_attempt_after_completion_gets_the_replay(store: Arc<dyn Store>) {
+    let k = id("s", "done");
+    let first = claim_at(&k, "a", T0);
+    let token = must_claim(&*store, first.clone()).await;
+    let resp = response(201, Some(b"done"));
+    assert_eq!(
+        complete(&*store, &k, token, resp.clone(), T0).await,
+        Write::Written
+    );
+    let (outcome, record) = existing(&*store, first.clone()).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response, Some(resp));
+    assert_eq!(record.attempt, first.attempt);
+    // Marked unknown, it is unknown to its own attempt too.
+    let u = id("s", "unknown");
+    let first = claim_at(&u, "a", T0);
+    let token = must_claim(&*store, first.clone()).await;
+    assert_eq!(
+        store.mark_unknown(&u, token, T0).await.unwrap(),
+        Write::Written
+    );
+    assert_eq!(existing(&*store, first).await.0, ExistingOutcome::Unknown);
+}
+
+/// 32 claims of one key with distinct attempts: exactly one wins; the
+/// winner's attempt sent again wins again, with the same token.
+pub async fn racing_attempts_have_one_winner_whose_retry_wins_again(store: Arc<dyn Store>) {
+    let k = id("s", "raced-attempts");
+    let barrier = Arc::new(tokio::sync::Barrier::new(32));
+    let tasks: Vec<_> = (0..32u64)
+        .map(|i| {
+            let (store, k, barrier) = (store.clone(), k.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let claim = claim_at(&k, "a", T0).with_attempt(1000 + i);
+                barrier.wait().await;
+                (claim.clone(), store.claim(claim).await.unwrap())
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (claim, ClaimOutcome::Claimed { token }) => winners.push((claim, token)),
+            (_, ClaimOutcome::Existing { outcome, .. }) => assert!(
+                matches!(outcome, ExistingOutcome::InProgress { .. }),
+                "{outcome:?}"
+            ),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one attempt wins");
+    let (claim, token) = winners.pop().expect("one winner");
+    assert_eq!(
+        store.get(&k).await.unwrap().map(|r| r.attempt),
+        Some(claim.attempt)
+    );
+    assert_eq!(must_claim(&*store, claim).await, token);
+}
+
+/// Memory, SQLite (and the networked engines with `StoreClock::Caller`):
+/// the caller's reading is the clock. A claim read by a caller a minute
+/// later is past its 10 s lease, a renewal's lease is taken as given, and
+/// a sweep an hour on deletes what is past its tombstone then, whatever
+/// the time really is.
+pub async fn the_callers_clock_decides(store: Arc<dyn Store>) {
+    let k = id("s", "caller-clock");
+    let token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let minute = T0.plus(Duration::from_secs(60));
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", minute)).await;
+    assert_eq!(outcome, ExistingOutcome::Unknown);
+    let lease = minute.plus(Duration::from_secs(10));
+    assert_eq!(
+        store.renew(&k, token, T0, lease).await.unwrap(),
+        Write::Written
+    );
+    assert_eq!(
+        store.get(&k).await.unwrap().map(|r| r.lease_until),
+        Some(lease)
+    );
+    let r = id("s", "caller-clock-done");
+    let token = must_claim(&*store, claim_at(&r, "a", T0)).await;
+    let _ = complete(&*store, &r, token, response(201, Some(b"x")), T0).await;
+    let hour = T0.plus(Duration::from_secs(3600));
+    let report = store.sweep(hour, 100).await.unwrap();
+    assert_eq!(report.deleted, 2, "{report:?}");
+    assert!(store.get(&r).await.unwrap().is_none());
+}
+
+/// Store clock: the right time, from this machine's clock (the store's
+/// server runs beside the tests, so its clock is this one).
+fn real_now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// Slack for the time between reading this machine's clock and the store
+/// reading its own.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// Store clock: a claim made by a caller whose clock is an hour behind,
+/// with a 10 s lease, is in progress to a caller with the right clock
+/// (on the callers' clocks its lease would have ended an hour ago).
+pub async fn a_caller_behind_does_not_make_live_claims_unknown(store: Arc<dyn Store>) {
+    let k = id("s", "behind");
+    let behind = Timestamp(real_now().as_millis() - 3_600_000);
+    let token = must_claim(&*store, claim_at(&k, "a", behind)).await;
+    let (outcome, record) = existing(&*store, claim_at(&k, "a", real_now())).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    assert!(record.lease_until > real_now(), "{record:?}");
+    assert_eq!(record.token, token);
+    // And its retention is the store's time plus the 100 s it meant.
+    assert!(record.expires_at > real_now().plus(Duration::from_secs(90)));
+}
+
+/// Store clock: a caller whose clock is an hour ahead gets a 10 s lease
+/// from the store's time, not one that lasts an hour longer; a caller with
+/// the right clock sees it run out after 10 s.
+pub async fn a_caller_ahead_does_not_lengthen_its_lease(store: Arc<dyn Store>) {
+    let k = id("s", "ahead");
+    let ahead = real_now().plus(Duration::from_secs(3600));
+    must_claim(&*store, claim_at(&k, "a", ahead)).await;
+    let record = store.get(&k).await.unwrap().expect("claimed");
+    let limit = real_now().plus(Duration::from_secs(10)).plus(SLACK);
+    assert!(
+        record.lease_until <= limit,
+        "lease {:?} past {limit:?}",
+        record.lease_until
+    );
+    assert!(record.tombstone_until <= real_now().plus(Duration::from_secs(1100)).plus(SLACK));
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", ahead)).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+}
+
+/// Store clock: a renewal from a caller an hour behind extends the lease
+/// from the store's time by the 30 s it asked for.
+pub async fn renewal_from_a_skewed_caller_counts_from_store_time(store: Arc<dyn Store>) {
+    let k = id("s", "renewed-behind");
+    let token = must_claim(&*store, claim_at(&k, "a", real_now())).await;
+    let behind = Timestamp(real_now().as_millis() - 3_600_000);
+    let asked = Duration::from_secs(30);
+    let before = real_now();
+    assert_eq!(
+        store
+            .renew(&k, token, behind, behind.plus(asked))
+            .await
+            .unwrap(),
+        Write::Written
+    );
+    let lease = store.get(&k).await.unwrap().expect("claimed").lease_until;
+    assert!(
+        lease >= before.plus(asked) && lease <= real_now().plus(asked).plus(SLACK),
+        "lease {lease:?}, renewed at {before:?} for {asked:?}"
+    );
+    // An hour ahead, asking for 10 s: no hour-long lease either.
+    let ahead = real_now().plus(Duration::from_secs(3600));
+    assert_eq!(
+        store
+            .renew(&k, token, ahead, ahead.plus(Duration::from_secs(10)))
+            .await
+            .unwrap(),
+        Write::Written
+    );
+    let lease = store.get(&k).await.unwrap().expect("claimed").lease_until;
+    assert!(lease <= real_now().plus(asked).plus(SLACK), "{lease:?}");
+}
+
+/// Store clock: a completion by a caller an hour behind is replayed for
+/// its retention from the store's time (on its own clock it would be past
+/// retention for every caller with the right clock).
+pub async fn completion_from_a_skewed_caller_keeps_its_retention(store: Arc<dyn Store>) {
+    let k = id("s", "completed-behind");
+    let behind = Timestamp(real_now().as_millis() - 3_600_000);
+    let token = must_claim(&*store, claim_at(&k, "a", behind)).await;
+    assert_eq!(
+        complete(&*store, &k, token, response(201, Some(b"x")), behind).await,
+        Write::Written
+    );
+    let (outcome, record) = existing(&*store, claim_at(&k, "a", real_now())).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert!(record.expires_at > real_now().plus(Duration::from_secs(90)));
+}
+
+/// Store clock: a sweep whose caller's clock is 30 days ahead (past every
+/// retention and tombstone) deletes nothing live or replayable.
+pub async fn a_sweep_far_ahead_deletes_nothing_live_or_replayable(store: Arc<dyn Store>) {
+    let live = id("s", "sweep-live");
+    let done = id("s", "sweep-done");
+    must_claim(&*store, claim_at(&live, "a", real_now())).await;
+    let token = must_claim(&*store, claim_at(&done, "a", real_now())).await;
+    let _ = complete(&*store, &done, token, response(201, Some(b"x")), real_now()).await;
+    let month = real_now().plus(Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(
+        store.sweep(month, 1000).await.unwrap(),
+        crate::SweepReport::default()
+    );
+    let (outcome, _) = existing(&*store, claim_at(&live, "a", real_now())).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    let (outcome, record) = existing(&*store, claim_at(&done, "a", real_now())).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert!(record.response.and_then(|r| r.body).is_some());
+}
+
+/// Clock readings at the ends of the range (a broken clock, a test's
+/// arithmetic) give an answer or an error on every operation: never a
+/// panic, never an overflow.
+pub async fn any_clock_reading_is_an_answer_or_an_error_never_a_panic(store: Arc<dyn Store>) {
+    let huge = Retention {
+        retention: Duration::MAX,
+        tombstone_retention: Duration::MAX,
+        lease: Duration::MAX,
+    };
+    for (i, now) in [i64::MIN, -1, 0, 1 << 53, i64::MAX].into_iter().enumerate() {
+        let now = Timestamp(now);
+        let k = id("s", &format!("clock-{i}"));
+        for retention in [retention(), huge] {
+            let claim = Claim::new(k.clone(), fp("a"), now, &retention, false);
+            if let Ok(ClaimOutcome::Claimed { token }) = store.claim(claim.clone()).await {
+                let _ = store.claim(claim).await;
+                let _ = store.renew(&k, token, now, Timestamp(i64::MAX)).await;
+                let _ = store.renew(&k, token, Timestamp(i64::MIN), now).await;
+                let c = Completion::new(response(201, Some(b"x")), now, &retention);
+                let _ = store.complete(&k, token, c).await;
+            }
+            let _ = store.get(&k).await;
+        }
+        let _ = store.sweep(now, 10).await;
+    }
+    // The store still works.
+    let k = id("s", "after-the-clocks");
+    must_claim(&*store, claim_at(&k, "a", T0)).await;
 }

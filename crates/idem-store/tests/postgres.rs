@@ -16,7 +16,8 @@ use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
 use idem_core::*;
 use idem_store::{
-    Claim, ClaimOutcome, Completion, PostgresOptions, PostgresStore, Store, SweepReport, Write,
+    Claim, ClaimOutcome, Completion, PostgresOptions, PostgresStore, Store, StoreClock,
+    SweepReport, Write,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,16 @@ fn options(schema: &str) -> PostgresOptions {
         operation_timeout: Duration::from_millis(1500),
         migration_timeout: Duration::from_secs(20),
         schema: Some(schema.to_owned()),
+        clock: StoreClock::Server,
+    }
+}
+
+/// [`options`] deciding on the callers' clock, for tests that move time by
+/// passing readings.
+fn caller_clock(schema: &str) -> PostgresOptions {
+    PostgresOptions {
+        clock: StoreClock::Caller,
+        ..options(schema)
     }
 }
 
@@ -52,22 +63,41 @@ impl Drop for Schema {
     }
 }
 
-/// A store in a fresh schema, or `None` when there is no server.
-async fn fresh() -> Option<Arc<dyn Store>> {
+/// A store in a fresh schema on `clock`, or `None` when there is no
+/// server.
+async fn fresh(clock: StoreClock) -> Option<Arc<dyn Store>> {
     if !server_up().await {
         return None;
     }
     let schema = support::unique_name("idem_test");
-    let store = PostgresStore::open(&url(), options(&schema))
-        .await
-        .expect("open a store in a fresh schema");
+    let store = PostgresStore::open(
+        &url(),
+        PostgresOptions {
+            clock,
+            ..options(&schema)
+        },
+    )
+    .await
+    .expect("open a store in a fresh schema");
     Some(Arc::new(Cleaned::new(store, move || drop_schema(schema))))
 }
 
-idem_store::conformance_tests!(match fresh().await {
+// The suite moves time by passing readings: on the callers' clock.
+idem_store::conformance_tests!(match fresh(StoreClock::Caller).await {
     Some(store) => std::future::ready(store),
     None => return,
 });
+
+/// The database server's clock (the default): what holds without moving
+/// time, and skewed callers agreeing.
+mod store_clock {
+    use super::*;
+
+    idem_store::conformance_tests!(store_clock: match fresh(StoreClock::Server).await {
+        Some(store) => std::future::ready(store),
+        None => return,
+    });
+}
 
 fn id(key: &str) -> RecordId {
     RecordId {
@@ -200,7 +230,7 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
         .await
         .unwrap();
     assert_eq!(report.applied, vec![]);
-    assert_eq!(report.version, 2);
+    assert_eq!(report.version, 3);
 
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
@@ -219,7 +249,11 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
     let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
         applied,
-        vec![(1, "records".to_owned()), (2, "waiters".to_owned())]
+        vec![
+            (1, "records".to_owned()),
+            (2, "waiters".to_owned()),
+            (3, "attempts".to_owned())
+        ]
     );
 
     // A schema written by a newer build is refused, not misread.
@@ -251,8 +285,11 @@ async fn migrate_on_a_fresh_schema_reports_what_it_applied() {
     let report = PostgresStore::migrate(&url(), options(&schema.0))
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![(1, "records"), (2, "waiters")]);
-    assert_eq!(report.version, 2);
+    assert_eq!(
+        report.applied,
+        vec![(1, "records"), (2, "waiters"), (3, "attempts")]
+    );
+    assert_eq!(report.version, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,8 +300,9 @@ async fn sweeps_on_many_instances_at_once_share_the_work() {
     let schema = Schema::new();
     let mut stores = Vec::new();
     for _ in 0..3 {
+        // The sweep below moves time: on the callers' clock.
         stores.push(Arc::new(
-            PostgresStore::open(&url(), options(&schema.0))
+            PostgresStore::open(&url(), caller_clock(&schema.0))
                 .await
                 .unwrap(),
         ));
@@ -678,4 +716,53 @@ async fn the_wake_up_listener_reconnects_after_an_outage() {
 
     proxy.restore();
     woken_across(&waiting, &owner, &client, &schema.0, "after", "complete").await;
+}
+
+/// A database at schema version 2 (before attempts were stored) is
+/// upgraded by `idem migrate` (and then by nothing more on open), keeps
+/// its records, and they read attempt 0.
+#[tokio::test]
+async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let store = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    let old = id("old");
+    let token = must_claim(&store, claim(&old, T0)).await;
+    drop(store);
+    // Back to version 2: no attempt column, no record of migration 3.
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "SET search_path = \"{}\"; ALTER TABLE idem_records DROP COLUMN attempt; \
+             DELETE FROM idem_schema_migrations WHERE version = 3",
+            schema.0
+        ))
+        .await
+        .unwrap();
+    let report = PostgresStore::migrate(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.version), (vec![(3, "attempts")], 3));
+    let store = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    let record = store.get(&old).await.unwrap().expect("kept");
+    assert_eq!(
+        (record.state, record.token, record.attempt),
+        (RecordState::InFlight, token, 0)
+    );
+    let (outcome, _) = support::existing(&store, claim(&old, T0).with_attempt(0)).await;
+    assert!(matches!(outcome, ExistingOutcome::InProgress { .. }));
+    let fresh = claim(&id("new"), T0);
+    let token = must_claim(&store, fresh.clone()).await;
+    assert_eq!(must_claim(&store, fresh).await, token);
+    drop(client);
+    let _ = conn.await;
 }

@@ -16,7 +16,9 @@ mod support;
 use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
 use idem_core::*;
-use idem_store::{Claim, ClaimOutcome, Completion, RedisOptions, RedisStore, Store, Write};
+use idem_store::{
+    Claim, ClaimOutcome, Completion, RedisOptions, RedisStore, Store, StoreClock, Write,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::redis::{delete_prefix, server_up};
@@ -32,27 +34,47 @@ fn options(prefix: &str) -> RedisOptions {
         response_timeout: Duration::from_secs(1),
         operation_timeout: Duration::from_millis(1500),
         ttl_grace: Duration::from_secs(60),
+        clock: StoreClock::Server,
     }
 }
 
-/// A store under a fresh prefix, or `None` when there is no server.
-async fn fresh() -> Option<Arc<dyn Store>> {
+/// A store under a fresh prefix on `clock`, or `None` when there is no
+/// server.
+async fn fresh(clock: StoreClock) -> Option<Arc<dyn Store>> {
     if !server_up().await {
         return None;
     }
     let prefix = support::unique_name("idem-test");
-    let store = RedisStore::open(&url(), options(&prefix))
-        .await
-        .expect("open a store");
+    let store = RedisStore::open(
+        &url(),
+        RedisOptions {
+            clock,
+            ..options(&prefix)
+        },
+    )
+    .await
+    .expect("open a store");
     Some(Arc::new(Cleaned::new(store, move || {
         delete_prefix(vec![url()], prefix)
     })))
 }
 
-idem_store::conformance_tests!(match fresh().await {
+// The suite moves time by passing readings: on the callers' clock.
+idem_store::conformance_tests!(match fresh(StoreClock::Caller).await {
     Some(store) => std::future::ready(store),
     None => return,
 });
+
+/// The Redis server's clock (the default): what holds without moving time,
+/// and skewed callers agreeing.
+mod store_clock {
+    use super::*;
+
+    idem_store::conformance_tests!(store_clock: match fresh(StoreClock::Server).await {
+        Some(store) => std::future::ready(store),
+        None => return,
+    });
+}
 
 fn id(key: &str) -> RecordId {
     RecordId {
@@ -194,7 +216,7 @@ async fn every_record_expires_by_itself() {
     let token = must_claim(&store, claim(&slow, T0)).await;
     let far = T0.plus(Duration::from_secs(3000));
     assert_eq!(
-        store.renew(&slow, token, far).await.unwrap(),
+        store.renew(&slow, token, T0, far).await.unwrap(),
         Write::Written
     );
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -621,11 +643,15 @@ async fn start_cluster() -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// A store on the test cluster under a fresh prefix.
-async fn fresh_on_cluster() -> Option<Arc<dyn Store>> {
+/// A store on the test cluster under a fresh prefix, on `clock`.
+async fn fresh_on_cluster(clock: StoreClock) -> Option<Arc<dyn Store>> {
     let nodes = cluster_nodes().await?;
     let prefix = support::unique_name("idem-test");
-    let store = RedisStore::open_cluster(&nodes, options(&prefix))
+    let options = RedisOptions {
+        clock,
+        ..options(&prefix)
+    };
+    let store = RedisStore::open_cluster(&nodes, options)
         .await
         .expect("open a store on the cluster");
     Some(Arc::new(Cleaned::new(store, move || {
@@ -638,10 +664,21 @@ async fn fresh_on_cluster() -> Option<Arc<dyn Store>> {
 mod cluster {
     use super::*;
 
-    idem_store::conformance_tests!(match fresh_on_cluster().await {
+    idem_store::conformance_tests!(match fresh_on_cluster(StoreClock::Caller).await {
         Some(store) => std::future::ready(store),
         None => return,
     });
+
+    /// On the nodes' own clocks (`TIME` in each script, on the node that
+    /// holds the record).
+    mod store_clock {
+        use super::*;
+
+        idem_store::conformance_tests!(store_clock: match fresh_on_cluster(StoreClock::Server).await {
+            Some(store) => std::future::ready(store),
+            None => return,
+        });
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn keys_spread_over_every_master_and_one_claim_wins() {

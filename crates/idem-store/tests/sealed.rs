@@ -67,9 +67,11 @@ mod pg {
             return None;
         }
         let schema = support::unique_name("idem_sealed");
+        // The suite moves time by passing readings: the callers' clock.
         let options = PostgresOptions {
             pool_size: 8,
             schema: Some(schema.clone()),
+            clock: idem_store::StoreClock::Caller,
             ..Default::default()
         };
         let store = PostgresStore::open(&url(), options)
@@ -96,8 +98,10 @@ mod rd {
             return None;
         }
         let prefix = support::unique_name("idem-sealed");
+        // The suite moves time by passing readings: the callers' clock.
         let options = RedisOptions {
             prefix: prefix.clone(),
+            clock: idem_store::StoreClock::Caller,
             ..Default::default()
         };
         let store = RedisStore::open(&url(), options)

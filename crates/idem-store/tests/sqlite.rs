@@ -41,9 +41,10 @@ impl Store for TempStore {
         &self,
         id: &RecordId,
         token: u64,
+        now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Write, idem_store::StoreError> {
-        self.store.renew(id, token, lease_until).await
+        self.store.renew(id, token, now, lease_until).await
     }
     async fn complete(
         &self,
@@ -456,7 +457,7 @@ async fn opens_in_wal_mode_with_full_sync() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 }
 
 /// The child half of [`acknowledged_outcomes_survive_kill_9`]: claims and
@@ -699,4 +700,125 @@ async fn an_existing_database_readable_by_others_still_opens() {
     must_claim(&store, claim(&id("k"), T0)).await;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
+}
+
+/// The schema of version 1 (before attempts were stored), as that build
+/// created it.
+const SCHEMA_V1: &str = "
+CREATE TABLE idem_records (
+    scope            TEXT    NOT NULL,
+    key              TEXT    NOT NULL,
+    state            INTEGER NOT NULL,
+    token            INTEGER NOT NULL,
+    fp_version       INTEGER NOT NULL,
+    fp_digest        BLOB    NOT NULL,
+    lease_until      INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    tombstone_until  INTEGER NOT NULL,
+    claimed_at       INTEGER NOT NULL,
+    has_response     INTEGER NOT NULL,
+    status           INTEGER,
+    headers          BLOB,
+    body             BLOB,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX idem_records_by_tombstone_until ON idem_records (tombstone_until);
+CREATE INDEX idem_records_with_payload_by_expires_at
+    ON idem_records (expires_at) WHERE body IS NOT NULL OR headers IS NOT NULL;
+CREATE INDEX idem_records_released_by_lease_until ON idem_records (lease_until) WHERE state = 4;
+PRAGMA user_version = 1;
+";
+
+/// A file written by the previous schema (version 1, no attempts) opens:
+/// it is migrated, keeps its records, and they read attempt 0, which no
+/// retried claim matches; new claims store their attempts.
+#[tokio::test]
+async fn a_version_1_file_is_upgraded_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(SCHEMA_V1).unwrap();
+    let digest = fp("a").digest.to_vec();
+    let insert = "INSERT INTO idem_records (scope, key, state, token, fp_version, fp_digest, \
+         lease_until, expires_at, tombstone_until, claimed_at, has_response, status, headers, body) \
+         VALUES ('tenant', ?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, ?11)";
+    let t0 = T0.as_millis();
+    // In flight (lease until T0+10 s), and completed with a body.
+    raw.execute(
+        insert,
+        rusqlite::params![
+            "flying",
+            1,
+            7,
+            digest,
+            t0 + 10_000,
+            t0 + 100_000,
+            t0 + 1_100_000,
+            t0,
+            false,
+            None::<i64>,
+            None::<Vec<u8>>
+        ],
+    )
+    .unwrap();
+    raw.execute(
+        insert,
+        rusqlite::params![
+            "done",
+            2,
+            8,
+            digest,
+            t0 + 10_000,
+            t0 + 100_000,
+            t0 + 1_100_000,
+            t0,
+            true,
+            201,
+            b"old".to_vec()
+        ],
+    )
+    .unwrap();
+    drop(raw);
+
+    let store = open(&path);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2, "migrated on open");
+    drop(raw);
+    let flying = store.get(&id("flying")).await.unwrap().expect("kept");
+    assert_eq!(
+        (flying.state, flying.token, flying.attempt),
+        (RecordState::InFlight, 7, 0)
+    );
+    let done = store.get(&id("done")).await.unwrap().expect("kept");
+    assert_eq!(done.attempt, 0);
+    assert_eq!(
+        done.response.and_then(|r| r.body).as_deref(),
+        Some(&b"old"[..])
+    );
+    // Attempt 0 is unknown: no claim is taken for the old claim's retry.
+    let (outcome, _) = existing(&store, claim(&id("flying"), T0)).await;
+    assert!(
+        matches!(outcome, ExistingOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    let (outcome, _) = existing(&store, claim(&id("flying"), T0).with_attempt(0)).await;
+    assert!(matches!(outcome, ExistingOutcome::InProgress { .. }));
+    assert_eq!(
+        existing(&store, claim(&id("done"), T0)).await.0,
+        ExistingOutcome::Replay
+    );
+    // New claims store their attempt, and recognise their retry.
+    let c = claim(&id("new"), T0);
+    let token = must_claim(&store, c.clone()).await;
+    assert_eq!(must_claim(&store, c.clone()).await, token);
+    drop(store);
+    // Reopening a migrated file changes nothing.
+    let store = open(&path);
+    assert_eq!(
+        store.get(&id("new")).await.unwrap().map(|r| r.attempt),
+        Some(c.attempt)
+    );
 }

@@ -148,6 +148,8 @@ where
 enum Mode {
     Forward,
     Stall,
+    /// Requests reach the server; its replies are lost.
+    DropReplies,
 }
 
 /// A TCP proxy in front of a server, standing in for the network: `cut`
@@ -187,6 +189,14 @@ impl Proxy {
         self.mode.send_replace(Mode::Stall);
     }
 
+    /// Requests still reach the server and run there, but its replies are
+    /// lost (a reply path that fails, a middlebox that eats packets one
+    /// way): the client sees a timeout for operations that took effect.
+    /// New connections are accepted and treated the same way.
+    pub fn drop_replies(&self) {
+        self.mode.send_replace(Mode::DropReplies);
+    }
+
     /// The server is reachable again.
     pub fn restore(&self) {
         self.mode.send_replace(Mode::Forward);
@@ -202,20 +212,45 @@ impl Drop for Proxy {
 }
 
 async fn relay(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
-    if *mode.borrow_and_update() == Mode::Forward {
+    let start = *mode.borrow_and_update();
+    if start != Mode::Stall {
         let Ok(mut server) = TcpStream::connect(upstream).await else {
             return;
         };
-        let stalled = tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
-            _ = mode.wait_for(|m| *m == Mode::Stall) => true,
-        };
-        if !stalled {
-            return;
+        if start == Mode::Forward {
+            let interrupted = tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => None,
+                m = mode.wait_for(|m| *m != Mode::Forward) => m.ok().map(|m| *m),
+            };
+            match interrupted {
+                None => return,
+                Some(Mode::DropReplies) => drop_replies(&mut client, &mut server, &mut mode).await,
+                Some(_) => {}
+            }
+        } else {
+            drop_replies(&mut client, &mut server, &mut mode).await;
         }
         drop(server);
     }
     // Silent until restored, then closed.
     let _ = mode.wait_for(|m| *m == Mode::Forward).await;
     let _ = client.shutdown().await;
+}
+
+/// Forwards the client's bytes and discards the server's, until the mode
+/// changes.
+async fn drop_replies(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    mode: &mut watch::Receiver<Mode>,
+) {
+    let (mut client_read, _client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let forward = tokio::io::copy(&mut client_read, &mut server_write);
+    let mut sink = tokio::io::sink();
+    let discard = tokio::io::copy(&mut server_read, &mut sink);
+    tokio::select! {
+        _ = async { tokio::join!(forward, discard) } => {}
+        _ = mode.wait_for(|m| *m != Mode::DropReplies) => {}
+    }
 }

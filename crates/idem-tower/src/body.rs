@@ -1,3 +1,4 @@
+use crate::budget::Reservation;
 use crate::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -80,6 +81,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: ResKind<B>,
+        // Buffered bytes counted against the layer's budget until the body
+        // is sent and dropped.
+        held: Option<Reservation>,
     }
 }
 
@@ -98,7 +102,13 @@ impl<B> ResponseBody<B> {
             kind: ResKind::Full {
                 body: Full::new(bytes),
             },
+            held: None,
         }
+    }
+
+    /// Keeps `held` counted until this body is dropped.
+    pub(crate) fn hold(&mut self, held: Reservation) {
+        self.held = Some(held);
     }
 
     pub(crate) fn stream(body: B) -> Self {
@@ -109,6 +119,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn prefixed(prefix: Option<Bytes>, body: B) -> Self {
         ResponseBody {
             kind: ResKind::Stream { prefix, body },
+            held: None,
         }
     }
 }

@@ -6,13 +6,27 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
 }
 
-/// The system's wall clock.
+/// The system's wall clock as read when the process first asked, advanced
+/// from then on by the monotonic clock.
+///
+/// Leases and retention are durations, so a step of the wall clock (NTP
+/// correcting a drifted host, an operator setting the date) must not move
+/// them: a jump forward would make live claims look abandoned
+/// (`outcome-unknown`) and a sweeper delete live records; a jump back would
+/// stop renewals from extending a lease. Every `SystemClock` in the process
+/// shares one anchor, so the layer and the sweeper agree. (PostgreSQL and
+/// Redis go further and use the store's own clock for every decision, so
+/// gateways on different hosts agree too.)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Timestamp::now()
+        static ANCHOR: std::sync::OnceLock<(Timestamp, std::time::Instant)> =
+            std::sync::OnceLock::new();
+        let (wall, mono) = ANCHOR.get_or_init(|| (Timestamp::now(), std::time::Instant::now()));
+        let elapsed = i64::try_from(mono.elapsed().as_millis()).unwrap_or(i64::MAX);
+        Timestamp(wall.as_millis().saturating_add(elapsed))
     }
 }
 
@@ -29,6 +43,21 @@ pub(crate) fn deadline_after(d: std::time::Duration) -> tokio::time::Instant {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_starts_at_the_wall_clock_and_never_goes_back() {
+        let first = SystemClock.now();
+        let wall = Timestamp::now();
+        assert!(wall.as_millis().abs_diff(first.as_millis()) < 5_000);
+        let mut last = first;
+        for _ in 0..1000 {
+            let now = SystemClock.now();
+            assert!(now >= last);
+            last = now;
+        }
+    }
+
     #[test]
     fn a_deadline_past_any_clock_does_not_panic() {
         let far = super::deadline_after(std::time::Duration::MAX);

@@ -60,6 +60,15 @@ pub struct IdempotencyConfig {
     /// Largest response body stored for replay; larger is streamed to the
     /// first caller and stored without a body. Default 10 MiB.
     pub max_response_body: usize,
+    /// One budget for the request and response bytes the layer holds in
+    /// memory across all requests. A keyed request that would go past it
+    /// gets 503 `overloaded` with `Retry-After`, before any claim. Default
+    /// 256 MiB.
+    pub max_buffered_bytes: usize,
+    /// How long a keyed request's body may take to arrive, in all. Past it
+    /// the request gets 408 `body-timeout`; nothing was claimed. Default
+    /// 30 s.
+    pub request_body_timeout: Duration,
     /// Response headers not stored for replay.
     pub replay_headers: ReplayHeaderFilter,
     /// Statuses that release the claim instead of being stored.
@@ -83,6 +92,8 @@ impl Default for IdempotencyConfig {
             upstream_timeout: Duration::from_secs(60),
             max_request_body: 10 * 1024 * 1024,
             max_response_body: 10 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            request_body_timeout: Duration::from_secs(30),
             replay_headers: ReplayHeaderFilter::default(),
             release_statuses: ReleaseStatuses::default(),
             fingerprint_headers: Vec::new(),

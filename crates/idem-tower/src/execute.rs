@@ -2,6 +2,7 @@
 //! renews the lease while it works, and stores the outcome whether or not
 //! the client is still there.
 
+use crate::budget::Reservation;
 use crate::clock::deadline_after;
 use crate::layer::Shared;
 use crate::metrics::{self, InFlightGuard, Outcome};
@@ -30,11 +31,12 @@ enum Exchange<RB> {
     Failed(BoxError),
     /// A "nothing was done, try again" status: release and pass it on.
     Released(Response<RB>),
-    /// A whole response, small enough to store.
-    Complete(Parts, Bytes),
+    /// A whole response, small enough to store, and its bytes' count
+    /// against the buffer budget.
+    Complete(Parts, Bytes, Reservation),
     /// A response whose body is over the storage limit: what was read, and
     /// the rest of the stream.
-    TooLarge(Parts, Bytes, RB),
+    TooLarge(Parts, Bytes, RB, Reservation),
 }
 
 pub(crate) struct Owner {
@@ -42,16 +44,19 @@ pub(crate) struct Owner {
     pub(crate) id: RecordId,
     pub(crate) token: u64,
     pub(crate) echo: KeyEcho,
+    /// The request's buffered bytes, counted until it has been sent.
+    pub(crate) held: Reservation,
 }
 
 impl Owner {
-    /// Executes the request and returns its response once the outcome is
-    /// stored. Runs on a task of the layer's (never on the client's
-    /// connection), so a client that goes away does not cancel it.
-    pub(crate) async fn execute<S, B, RB>(
-        self,
+    /// Executes the buffered request and returns its response once the
+    /// outcome is stored. Runs on a task of the layer's (never on the
+    /// client's connection), so a client that goes away does not cancel it.
+    pub(crate) async fn execute_buffered<S, B, RB>(
+        mut self,
         inner: S,
-        request: Request<RequestBody<B>>,
+        parts: http::request::Parts,
+        body: Bytes,
     ) -> Response<ResponseBody<RB>>
     where
         S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
@@ -63,9 +68,11 @@ impl Owner {
         RB::Error: Into<BoxError>,
     {
         let _gauge = InFlightGuard::enter();
+        let request = Request::from_parts(parts, RequestBody::<B>::buffered(body));
         let config = &self.shared.config;
         let max_body = config.max_response_body;
         let releases = config.release_statuses.clone();
+        let budget = self.shared.budget.clone();
         // A panic in the inner service is caught here, so the key is marked
         // outcome-unknown instead of staying in flight until its lease ends.
         let exchange = AssertUnwindSafe(async move {
@@ -80,7 +87,7 @@ impl Owner {
                 Ok(response) if releases.releases(response.status().as_u16()) => {
                     Exchange::Released(response)
                 }
-                Ok(response) => read_body(response, max_body).await,
+                Ok(response) => read_body(response, max_body, budget.reservation()).await,
             }
         })
         .catch_unwind();
@@ -106,14 +113,21 @@ impl Owner {
                 }
             }
         };
+        // The request has been sent (or abandoned): its bytes are gone.
+        self.held.shrink_to(0);
         let response = match result {
-            Some(Exchange::Complete(parts, body)) => self.store_and_respond(parts, body).await,
-            Some(Exchange::TooLarge(parts, prefix, rest)) => {
+            Some(Exchange::Complete(parts, body, held)) => {
+                let mut response = self.store_and_respond(parts, body).await;
+                response.body_mut().hold(held);
+                response
+            }
+            Some(Exchange::TooLarge(parts, prefix, rest, held)) => {
                 self.complete(stored(&parts, None, &self.shared.config))
                     .await;
                 metrics::count(Outcome::Executed);
                 let mut response =
                     Response::from_parts(parts, ResponseBody::prefixed(Some(prefix), rest));
+                response.body_mut().hold(held);
                 self.echo.apply(&mut response);
                 response
             }
@@ -248,15 +262,12 @@ impl Owner {
 
     async fn renew(&self) {
         let started = StdInstant::now();
-        let lease_until = self
-            .shared
-            .clock
-            .now()
-            .plus(self.shared.config.retention.lease);
+        let now = self.shared.clock.now();
+        let lease_until = now.plus(self.shared.config.retention.lease);
         match self
             .shared
             .store
-            .renew(&self.id, self.token, lease_until)
+            .renew(&self.id, self.token, now, lease_until)
             .await
         {
             Ok(Write::Written) => {}
@@ -271,8 +282,9 @@ impl Owner {
     }
 }
 
-/// Reads a response body up to `max` bytes.
-async fn read_body<RB>(response: Response<RB>, max: usize) -> Exchange<RB>
+/// Reads a response body up to `max` bytes, counting them in `held`
+/// (never refused: the request was executed, its outcome must be kept).
+async fn read_body<RB>(response: Response<RB>, max: usize, mut held: Reservation) -> Exchange<RB>
 where
     RB: Body<Data = Bytes> + Unpin,
     RB::Error: Into<BoxError>,
@@ -281,13 +293,14 @@ where
     let mut buf = BytesMut::new();
     loop {
         match body.frame().await {
-            None => return Exchange::Complete(parts, buf.freeze()),
+            None => return Exchange::Complete(parts, buf.freeze(), held),
             Some(Err(e)) => return Exchange::Failed(e.into()),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
+                    held.force_grow(data.len());
                     buf.extend_from_slice(&data);
                     if buf.len() > max {
-                        return Exchange::TooLarge(parts, buf.freeze(), body);
+                        return Exchange::TooLarge(parts, buf.freeze(), body, held);
                     }
                 }
                 // Trailers are not stored: replays carry none.

@@ -1,3 +1,5 @@
+use crate::budget::BufferBudget;
+use crate::settle::Settlements;
 use crate::wait::Waiters;
 use crate::{Clock, Idempotency, IdempotencyConfig, SystemClock};
 use idem_store::Store;
@@ -20,6 +22,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) executions: TaskTracker,
     pub(crate) waiters: Waiters,
+    pub(crate) budget: Arc<BufferBudget>,
+    pub(crate) settlements: Settlements,
 }
 
 impl IdempotencyLayer {
@@ -36,11 +40,13 @@ impl IdempotencyLayer {
     ) -> Self {
         IdempotencyLayer {
             shared: Arc::new(Shared {
+                budget: BufferBudget::new(config.max_buffered_bytes),
                 config,
                 store,
                 clock,
                 executions: TaskTracker::new(),
                 waiters: Waiters::default(),
+                settlements: Settlements::default(),
             }),
         }
     }
@@ -53,6 +59,17 @@ impl IdempotencyLayer {
     /// The store in use.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
+    }
+
+    /// Request and response bytes held in memory now, counted against
+    /// [`IdempotencyConfig::max_buffered_bytes`].
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.budget.used()
+    }
+
+    /// The clock the layer reads (for a sweeper that must agree with it).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
     }
 
     /// How many keyed executions are running (each outlives its client).

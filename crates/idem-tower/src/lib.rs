@@ -22,6 +22,7 @@
 //! ```
 
 mod body;
+mod budget;
 mod clock;
 mod config;
 mod error;
@@ -31,6 +32,7 @@ mod layer;
 mod metrics;
 mod respond;
 mod service;
+mod settle;
 mod wait;
 
 pub use body::{RequestBody, ResponseBody};

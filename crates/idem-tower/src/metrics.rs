@@ -9,6 +9,10 @@ pub(crate) const REQUESTS: &str = "idem_requests_total";
 pub(crate) const STORE_SECONDS: &str = "idem_store_operation_seconds";
 /// Gauge of keys this process is executing right now.
 pub(crate) const IN_FLIGHT: &str = "idem_keys_in_flight";
+/// Gauge of claims the store did not confirm that are still being settled.
+pub(crate) const UNSETTLED: &str = "idem_unsettled_claims";
+/// Gauge of request and response bytes held in memory (`max_buffered_bytes`).
+pub(crate) const BUFFERED: &str = "idem_buffered_bytes";
 
 /// How a keyed (or unprotected) request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +29,7 @@ pub(crate) enum Outcome {
     StoreError,
     FailOpen,
     Anonymous,
+    Overloaded,
 }
 
 impl Outcome {
@@ -42,6 +47,7 @@ impl Outcome {
             Outcome::StoreError => "store_error",
             Outcome::FailOpen => "fail_open",
             Outcome::Anonymous => "anonymous",
+            Outcome::Overloaded => "overloaded",
         }
     }
 }

@@ -1,3 +1,4 @@
+use crate::budget::Reservation;
 use crate::config::AmbiguousPath;
 use crate::execute::Owner;
 use crate::future::DetachOnDrop;
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use idem_core::decision::ExistingOutcome;
 use idem_core::path::NormalisedPath;
 use idem_core::scope::{CredentialError, Resolved};
@@ -228,10 +229,50 @@ where
     if declared.is_some_and(|n| n > config.max_request_body as u64) {
         return too_large();
     }
-    let body = match Limited::new(body, config.max_request_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
+    let mut held = shared.budget.reservation();
+    let overloaded = || {
+        metrics::count(Outcome::Overloaded);
+        tracing::warn!(key = %id.key, buffered = shared.budget.used(), "buffer budget spent; refusing a keyed request");
+        Ok(respond::problem_with_retry(
+            respond::kind(
+                ProblemType::Overloaded,
+                format!(
+                    "The gateway holds its budget of {} buffered bytes, so this request was refused before anything was claimed or forwarded. Retry later with the same key.",
+                    config.max_buffered_bytes
+                ),
+                &id.key,
+            ),
+            Some(&echo),
+            config.retry_after,
+        ))
+    };
+    // A declared length is reserved at once, so a flood of large uploads is
+    // refused before their bytes arrive.
+    if let Some(n) = declared {
+        if !held.try_hold(n as usize) {
+            return overloaded();
+        }
+    }
+    let deadline = crate::clock::deadline_after(config.request_body_timeout);
+    let body = match read_request_body(body, config.max_request_body, &mut held, deadline).await {
+        Ok(bytes) => bytes,
+        Err(BodyReadError::TooLarge) => return too_large(),
+        Err(BodyReadError::OverBudget) => return overloaded(),
+        Err(BodyReadError::TimedOut) => {
+            metrics::count(Outcome::Rejected);
+            return Ok(respond::problem(
+                respond::kind(
+                    ProblemType::BodyTimeout,
+                    format!(
+                        "The request body did not arrive within {:?}. Nothing was claimed or executed; retry with the same key.",
+                        config.request_body_timeout
+                    ),
+                    &id.key,
+                ),
+                Some(&echo),
+            ));
+        }
+        Err(BodyReadError::Broken(e)) => {
             metrics::count(Outcome::Rejected);
             return Ok(respond::problem(
                 respond::kind(
@@ -243,8 +284,12 @@ where
             ));
         }
     };
+    held.shrink_to(body.len());
 
-    let fingerprint = fingerprint(config, &parts, &body);
+    let fingerprint = match fingerprint_off_workers(config, &parts, &body, &mut held).await {
+        Some(fingerprint) => fingerprint,
+        None => return overloaded(),
+    };
     // From the claim on, the work no longer belongs to the client's
     // connection: a client that hangs up (even while its claim is being
     // written) must not leave a claim that nobody executes or releases.
@@ -258,10 +303,112 @@ where
             fingerprint,
             policy,
             echo,
+            held,
         ),
         shared.executions.clone(),
     )
     .await
+}
+
+/// Why a keyed request's body was not read.
+enum BodyReadError {
+    TooLarge,
+    OverBudget,
+    TimedOut,
+    Broken(BoxError),
+}
+
+/// Reads the whole body, at most `max` bytes, each chunk counted against
+/// the buffer budget, all of it before `deadline`.
+async fn read_request_body<B>(
+    body: B,
+    max: usize,
+    held: &mut Reservation,
+    deadline: TokioInstant,
+) -> Result<Bytes, BodyReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyReadError::TimedOut),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyReadError::Broken(e.into())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not part of the fingerprint
+        };
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(BodyReadError::TooLarge);
+        }
+        // Joining the chunks at the end needs the bytes twice, briefly.
+        if !held.try_hold(len.saturating_mul(2)) {
+            return Err(BodyReadError::OverBudget);
+        }
+        chunks.push(data);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = bytes::BytesMut::with_capacity(len);
+            for chunk in chunks {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    })
+}
+
+/// Bodies at least this large are fingerprinted on a blocking thread:
+/// canonicalising megabytes of JSON would stall every request sharing the
+/// async worker.
+const FINGERPRINT_OFF_WORKERS: usize = 64 * 1024;
+
+/// The request's fingerprint, computed on a blocking thread for a large
+/// JSON body, with the canonical form's memory counted against the budget.
+/// `None` when the budget cannot hold it.
+async fn fingerprint_off_workers(
+    config: &crate::IdempotencyConfig,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    held: &mut Reservation,
+) -> Option<Fingerprint> {
+    let json = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| idem_core::fingerprint::is_json_media_type(v.as_bytes()));
+    if !json || body.len() < FINGERPRINT_OFF_WORKERS {
+        return Some(fingerprint(config, parts, body));
+    }
+    // The canonical form takes at most about three times the body.
+    let before = body.len();
+    if !held.try_hold(before.saturating_mul(4)) {
+        return None;
+    }
+    let (names, method, uri, headers, bytes) = (
+        config.fingerprint_headers.clone(),
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+        body.clone(),
+    );
+    let computed = tokio::task::spawn_blocking(move || {
+        fingerprint_of(&names, &method, &uri, &headers, &bytes)
+    })
+    .await;
+    held.shrink_to(before);
+    match computed {
+        Ok(fingerprint) => Some(fingerprint),
+        // The blocking pool is shutting down: compute here rather than fail.
+        Err(_) => Some(fingerprint(config, parts, body)),
+    }
 }
 
 /// Claims the key and answers: executes as the owner, replays, waits, or
@@ -276,6 +423,7 @@ async fn claim_and_answer<S, B, RB>(
     fingerprint: Fingerprint,
     policy: Policy,
     echo: KeyEcho,
+    held: Reservation,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
@@ -292,28 +440,34 @@ where
         InFlightMode::Reject => None,
     };
     let mut poll = Duration::from_millis(10);
+    // One attempt nonce for every claim this request makes: a repeat of a
+    // claim whose reply was lost is then recognised as its own.
+    let mut attempt = None;
+    // An unconfirmed claim of this process on the key (a request before
+    // this one got 503 although its claim may have committed): settle it
+    // first; if it is this very request, execute under it.
+    let mut adopted = match shared.settlements.take(&id) {
+        Some(unsettled) => crate::settle::adopt(&shared, &id, unsettled, &fingerprint).await,
+        None => None,
+    };
     loop {
-        let now = shared.clock.now();
-        let claim = Claim::new(
-            id.clone(),
-            fingerprint,
-            now,
-            &config.retention,
-            policy.upstream_dedupes,
-        );
-        let started = Instant::now();
-        let outcome = shared.store.claim(claim).await;
-        metrics::store_op(shared.store.engine(), "claim", started);
+        let outcome = match adopted.take() {
+            Some(token) => {
+                tracing::info!(key = %id.key, "a retry adopted its earlier, unconfirmed claim");
+                Ok(ClaimOutcome::Claimed { token })
+            }
+            None => claim_settled(&shared, &id, fingerprint, &policy, &mut attempt).await,
+        };
         let (outcome, record) = match outcome {
             Ok(ClaimOutcome::Claimed { token }) => {
-                let request = http::Request::from_parts(parts, RequestBody::buffered(body));
                 let owner = Owner {
                     shared: shared.clone(),
                     id,
                     token,
                     echo,
+                    held,
                 };
-                return Ok(owner.execute(inner, request).await);
+                return Ok(owner.execute_buffered(inner, parts, body).await);
             }
             Ok(ClaimOutcome::Existing { outcome, record }) => (outcome, record),
             Err(e) if e.is_full() => {
@@ -343,7 +497,7 @@ where
                 return Ok(respond::problem_with_retry(
                     respond::kind(
                         ProblemType::StoreUnavailable,
-                        "The idempotency store cannot be reached, so the request was not forwarded. Retry with the same key.",
+                        "The idempotency store cannot be reached, so the request was not forwarded. Retry with the same key: a claim the store may have taken is given back as soon as it answers.",
                         &id.key,
                     ),
                     Some(&echo),
@@ -384,7 +538,15 @@ where
                         tracing::error!(key = %id.key, "stored response is encrypted and no key is configured; answering outcome-unknown");
                         unreachable_unknown(&id.key, &echo)
                     }
-                    Some(stored) => respond::replay(stored, &echo),
+                    Some(stored) => {
+                        let mut replay = respond::replay(stored, &echo);
+                        // The stored body is in memory until it is sent.
+                        let mut held = held;
+                        held.shrink_to(0);
+                        held.force_grow(stored.body.as_ref().map_or(0, |b| b.len()));
+                        replay.body_mut().hold(held);
+                        return Ok(replay);
+                    }
                     None => unreachable_unknown(&id.key, &echo),
                 }
             }
@@ -426,6 +588,53 @@ where
     }
 }
 
+/// Claims the key with this request's attempt nonce (drawn on its first
+/// claim). A claim whose reply is lost is repeated before the answer and,
+/// if the store stays silent, settled in the background.
+async fn claim_settled(
+    shared: &Arc<Shared>,
+    id: &RecordId,
+    fingerprint: Fingerprint,
+    policy: &Policy,
+    attempt: &mut Option<u64>,
+) -> Result<ClaimOutcome, idem_store::StoreError> {
+    let claim = Claim::new(
+        id.clone(),
+        fingerprint,
+        shared.clock.now(),
+        &shared.config.retention,
+        policy.upstream_dedupes,
+    );
+    let claim = match *attempt {
+        Some(attempt) => claim.with_attempt(attempt),
+        None => {
+            *attempt = Some(claim.attempt);
+            claim
+        }
+    };
+    let unsettled = crate::settle::Unsettled {
+        attempt: claim.attempt,
+        fingerprint,
+        reclaim_unknown: policy.upstream_dedupes,
+    };
+    let started = Instant::now();
+    let outcome = shared.store.claim(claim).await;
+    metrics::store_op(shared.store.engine(), "claim", started);
+    match outcome {
+        // The claim may have committed with its reply lost: ask again (same
+        // attempt) before answering.
+        Err(e) if !e.is_full() => {
+            tracing::warn!(error = %e, key = %id.key, "claim not confirmed; settling it");
+            let outcome = crate::settle::inline(shared, id, &unsettled).await;
+            if outcome.is_err() {
+                crate::settle::in_background(shared.clone(), id.clone(), unsettled);
+            }
+            outcome
+        }
+        outcome => outcome,
+    }
+}
+
 fn unreachable_unknown<RB>(key: &IdempotencyKey, echo: &KeyEcho) -> Response<ResponseBody<RB>> {
     metrics::count(Outcome::Unknown);
     respond::problem(
@@ -454,16 +663,31 @@ fn fingerprint(
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Fingerprint {
-    let extra: Vec<(&str, Option<&[u8]>)> = config
-        .fingerprint_headers
+    fingerprint_of(
+        &config.fingerprint_headers,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        body,
+    )
+}
+
+fn fingerprint_of(
+    names: &[http::HeaderName],
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Fingerprint {
+    let extra: Vec<(&str, Option<&[u8]>)> = names
         .iter()
-        .map(|name| (name.as_str(), parts.headers.get(name).map(|v| v.as_bytes())))
+        .map(|name| (name.as_str(), headers.get(name).map(|v| v.as_bytes())))
         .collect();
     Fingerprint::compute(&FingerprintInput {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        content_type: parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query(),
+        content_type: headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
         extra_headers: &extra,
         body,
     })

@@ -222,9 +222,10 @@ impl Store for CompletionOutage {
         &self,
         id: &idem_core::RecordId,
         t: u64,
+        n: Timestamp,
         l: Timestamp,
     ) -> Result<idem_store::Write, idem_store::StoreError> {
-        self.inner.renew(id, t, l).await
+        self.inner.renew(id, t, n, l).await
     }
     async fn complete(
         &self,

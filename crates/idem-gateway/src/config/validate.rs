@@ -29,6 +29,8 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_BODY: u64 = 1 << 30;
 const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_CONNECTIONS: usize = 1_000_000;
+const MAX_BUFFERED: u64 = 64 << 30;
+const MAX_BODY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -174,6 +176,39 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
     }
     if let Some(n) = file.max_response_body {
         c.max_response_body = body_limit("max_response_body", n)?;
+    }
+    if let Some(d) = file.request_body_timeout {
+        c.request_body_timeout = at_most(
+            "request_body_timeout",
+            positive("request_body_timeout", d)?,
+            MAX_BODY_TIMEOUT,
+        )?;
+    }
+    if let Some(n) = file.max_buffered_bytes {
+        if n > MAX_BUFFERED {
+            return Err(invalid(
+                "max_buffered_bytes",
+                format!("must be at most 64GiB (got {n} bytes)"),
+            ));
+        }
+        c.max_buffered_bytes = usize::try_from(n).map_err(|_| {
+            invalid(
+                "max_buffered_bytes",
+                format!("{n} bytes is more than this platform can hold"),
+            )
+        })?;
+    }
+    // A JSON body is held about four times while it is read and
+    // canonicalised: a budget smaller than that refuses every large one.
+    let needed = c.max_request_body.saturating_mul(4);
+    if c.max_buffered_bytes < needed {
+        return Err(invalid(
+            "max_buffered_bytes",
+            format!(
+                "must be at least 4 × max_request_body = {needed} bytes (got {}): a request body is held up to four times while it is read and its JSON canonicalised, so a smaller budget would refuse every large request",
+                c.max_buffered_bytes
+            ),
+        ));
     }
     if let Some(extra) = file.replay_header_deny {
         let extra = extra

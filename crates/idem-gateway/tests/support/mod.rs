@@ -270,6 +270,7 @@ impl Store for FailingStore {
         &self,
         _id: &RecordId,
         _token: u64,
+        _now: idem_core::Timestamp,
         _lease_until: idem_core::Timestamp,
     ) -> Result<Write, StoreError> {
         Err(injected("renew"))

@@ -1,5 +1,8 @@
 //! The in-memory engine: for tests and single-process use. Nothing survives
 //! the process.
+//!
+//! Times are the callers' readings, as passed: one process has one clock,
+//! and the layer hands the store a monotonic one.
 
 use super::*;
 use crate::{Store, StoreError, SweepReport};
@@ -138,6 +141,7 @@ impl Store for MemoryStore {
         &self,
         id: &RecordId,
         token: u64,
+        _now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Write, StoreError> {
         Ok(self.with_slot(id, |slot| apply_renew(slot, token, lease_until)))

@@ -20,11 +20,19 @@ pub(crate) fn apply_claim(slot: &mut Option<Record>, claim: &Claim) -> ClaimOutc
     match decide_claim(
         slot.as_ref(),
         &claim.fingerprint,
+        claim.attempt,
         claim.now,
         claim.reclaim_unknown,
     ) {
         ClaimDecision::Claim { token } => {
-            *slot = Some(claim.to_record(token));
+            match slot {
+                // The same token is the same claim (a new claim always gets
+                // a larger one): a retry of a claim whose reply was lost.
+                Some(r) if r.token == token && r.state == RecordState::InFlight => {
+                    refresh_own_claim(r, claim)
+                }
+                _ => *slot = Some(claim.to_record(token)),
+            }
             ClaimOutcome::Claimed { token }
         }
         ClaimDecision::Existing(outcome) => ClaimOutcome::Existing {
@@ -33,6 +41,31 @@ pub(crate) fn apply_claim(slot: &mut Option<Record>, claim: &Claim) -> ClaimOutc
             record: Box::new(slot.clone().expect("existing outcome implies a record")),
         },
     }
+}
+
+/// A claim retried under its own attempt keeps its record (token, claim
+/// time, a waiter's mark) and gets the retry's horizons where they are
+/// later: its owner is alive now, so the lease holds from the retry on, and
+/// nothing ever moves back.
+pub(crate) fn refresh_own_claim(r: &mut Record, claim: &Claim) {
+    r.lease_until = r.lease_until.max(claim.lease_until);
+    r.expires_at = r.expires_at.max(claim.expires_at);
+    r.tombstone_until = r.tombstone_until.max(claim.tombstone_until);
+}
+
+/// Largest distance (ms, either way) of a horizon from its operation's
+/// clock reading that the networked engines add to their server's clock:
+/// about 35,000 years, so the sum never overflows a bigint or leaves the
+/// integers a Lua number holds exactly.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) const MAX_OFFSET: i64 = 1 << 50;
+
+/// `horizon` as a distance from the clock reading `now`, clamped to
+/// [`MAX_OFFSET`]: what an engine on the store's clock adds to its own
+/// reading.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn offset(now: Timestamp, horizon: Timestamp) -> i64 {
+    horizon.millis_since(now).clamp(-MAX_OFFSET, MAX_OFFSET)
 }
 
 pub(crate) fn apply_renew(slot: &mut Option<Record>, token: u64, lease_until: Timestamp) -> Write {

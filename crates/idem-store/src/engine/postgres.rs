@@ -20,6 +20,14 @@
 //!   `FOR UPDATE SKIP LOCKED` (sweepers on many gateways take disjoint rows
 //!   and never wait), lets [`crate::engine::sweep_action`] decide each, and
 //!   deletes or tombstones in bounded transactions.
+//! - Time is the database server's ([`StoreClock::Server`], the default):
+//!   every statement that decides or writes a time reads
+//!   `clock_timestamp()` itself (the claim's `INSERT`, the `SELECT` that
+//!   reads the row, each owner's `UPDATE`), and the caller's horizons
+//!   arrive as distances from the caller's own reading, so no gateway's
+//!   clock skews a lease or a retention and no extra round trip is made.
+//!   A sweep reads the server's clock once and ignores the caller's `now`.
+//!   Records come back with the server's times.
 //! - The schema is created and upgraded by versioned migrations
 //!   (`idem_schema_migrations`) under an advisory lock, on open and by
 //!   `idem migrate`.
@@ -40,8 +48,8 @@ pub(super) mod wakeups;
 
 pub use schema::MigrationReport;
 
-use super::{apply_claim, sweep_action, to_tombstone, SweepAction};
-use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use super::{apply_claim, offset, sweep_action, to_tombstone, SweepAction};
+use crate::{Claim, ClaimOutcome, Completion, Store, StoreClock, StoreError, SweepReport, Write};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use idem_core::{Record, RecordId, Scope, Timestamp};
 use rows::{read_record, Body, Corrupt, RowError, RowValues};
@@ -58,6 +66,12 @@ const CLAIM_ATTEMPTS: usize = 8;
 
 /// Most records one sweep transaction touches.
 const SWEEP_CHUNK: usize = 500;
+
+/// Bound on a caller's clock reading used as the store's clock
+/// ([`StoreClock::Caller`]): about 36 million years either way, so that
+/// adding horizons' distances (at most [`super::MAX_OFFSET`]) and moving
+/// them again on renewal stays far inside a bigint.
+const CALLER_CLOCK_MAX: i64 = 1 << 60;
 
 /// Tuning of the PostgreSQL engine.
 ///
@@ -88,6 +102,9 @@ pub struct PostgresOptions {
     /// `_` only. Default: none, or the URL's `schema=NAME` parameter (an
     /// idem parameter, removed before the URL reaches the driver).
     pub schema: Option<String>,
+    /// Whose clock leases and retention are decided on. Default
+    /// [`StoreClock::Server`]: the database server's.
+    pub clock: StoreClock,
 }
 
 impl Default for PostgresOptions {
@@ -99,6 +116,7 @@ impl Default for PostgresOptions {
             operation_timeout: Duration::from_secs(3),
             migration_timeout: Duration::from_secs(60),
             schema: None,
+            clock: StoreClock::Server,
         }
     }
 }
@@ -324,9 +342,9 @@ impl PostgresStore {
                 // Renewals return rows updated; the other writes (which
                 // announce) one row: (rows updated, notifications sent).
                 let updated = match &extra {
-                    Extra::Lease(lease_until) => {
+                    Extra::Lease { lease, clock } => {
                         client
-                            .execute(&stmt, &[&scope, &key, &token, lease_until])
+                            .execute(&stmt, &[&scope, &key, &token, lease, clock])
                             .await?
                     }
                     Extra::Announce => {
@@ -335,12 +353,16 @@ impl PostgresStore {
                             .await?;
                         u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
                     }
-                    Extra::Completion(c) => {
+                    Extra::Completion(c, clock) => {
                         let (names, values) = rows::header_arrays(&c.response.headers);
                         let status = i32::from(c.response.status);
                         let body = c.response.body.as_deref();
-                        let (expires_at, tombstone_until) =
-                            (c.expires_at.as_millis(), c.tombstone_until.as_millis());
+                        // Distances from the caller's reading, added to
+                        // the store's clock.
+                        let (expires_at, tombstone_until) = (
+                            offset(c.now, c.expires_at),
+                            offset(c.now, c.tombstone_until),
+                        );
                         let row = client
                             .query_one(
                                 &stmt,
@@ -355,6 +377,7 @@ impl PostgresStore {
                                     &expires_at,
                                     &tombstone_until,
                                     &announcement,
+                                    clock,
                                 ],
                             )
                             .await?;
@@ -369,6 +392,16 @@ impl PostgresStore {
             })
         })
         .await
+    }
+
+    /// The `store_now!` parameter of a statement: NULL (the server's
+    /// clock), or with [`StoreClock::Caller`] the caller's reading `now`
+    /// (bounded, so a horizon's distance added to it cannot overflow).
+    fn clock_param(&self, now: Timestamp) -> Option<i64> {
+        match self.options.clock {
+            StoreClock::Server => None,
+            StoreClock::Caller => Some(now.as_millis().clamp(-CALLER_CLOCK_MAX, CALLER_CLOCK_MAX)),
+        }
     }
 
     /// Marks the claim on `id` as waited on; whether it is still in flight.
@@ -509,47 +542,73 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 
 /// The values an owner's write sets besides the state.
 enum Extra {
-    /// A renewal's new lease.
-    Lease(i64),
+    /// A renewal's new lease, as a distance from the caller's reading, and
+    /// the clock parameter.
+    Lease { lease: i64, clock: Option<i64> },
     /// Release or mark-unknown: nothing but the announcement.
     Announce,
-    /// A completion's response and horizons.
-    Completion(Box<Completion>),
+    /// A completion's response and horizons, and the clock parameter.
+    Completion(Box<Completion>, Option<i64>),
 }
 
-/// Claims `claim.id` (see the module documentation).
-async fn claim_on(client: &mut Object, claim: &Claim) -> Result<ClaimOutcome, RowError> {
-    let mut fresh = None;
-    let won = apply_claim(&mut fresh, claim);
-    let record = fresh.expect("an absent key is always claimed");
-    let values = RowValues::of(&record)?;
+/// Claims `claim.id` (see the module documentation). `clock` is the
+/// `store_now!` parameter: NULL for the server's clock.
+async fn claim_on(
+    client: &mut Object,
+    claim: &Claim,
+    clock: Option<i64>,
+) -> Result<ClaimOutcome, RowError> {
     let (scope, key) = (claim.id.scope.as_str(), claim.id.key.as_str());
+    let (version, digest) = (
+        i32::from(claim.fingerprint.version),
+        &claim.fingerprint.digest[..],
+    );
+    let (lease, expires, tombstone) = (
+        offset(claim.now, claim.lease_until),
+        offset(claim.now, claim.expires_at),
+        offset(claim.now, claim.tombstone_until),
+    );
+    let attempt = rows::attempt_to_sql(claim.attempt);
     let insert = client.prepare_cached(rows::INSERT_IF_ABSENT).await?;
-    let select = client.prepare_cached(rows::SELECT).await?;
+    let select = client.prepare_cached(rows::SELECT_AT).await?;
     for _ in 0..CLAIM_ATTEMPTS {
-        if client.execute(&insert, &values.params()).await? == 1 {
-            return Ok(won);
+        let inserted = client
+            .query_opt(
+                &insert,
+                &[
+                    &scope, &key, &version, &digest, &lease, &expires, &tombstone, &attempt, &clock,
+                ],
+            )
+            .await?;
+        if let Some(row) = inserted {
+            let token: i64 = row.try_get(0)?;
+            let token = u64::try_from(token)
+                .map_err(|_| Corrupt(format!("negative fencing token {token}")))?;
+            return Ok(ClaimOutcome::Claimed { token });
         }
         // The key is taken. Most often the rule answers from the record as
         // it is (in progress, replay, mismatch...): that answer is the
-        // latest committed state, read without a lock.
-        let Some(row) = client.query_opt(&select, &[&scope, &key]).await? else {
+        // latest committed state, read without a lock, at the store's time
+        // read in the same statement.
+        let Some(row) = client.query_opt(&select, &[&scope, &key, &clock]).await? else {
             continue; // swept in between: try the insert again
         };
         let mut slot = Some(read_record(&row, 0, claim.id.clone(), Body::Load)?);
-        if let existing @ ClaimOutcome::Existing { .. } = apply_claim(&mut slot, claim) {
+        let at_store = at_store_time(claim, row.try_get(rows::COLUMNS)?);
+        if let existing @ ClaimOutcome::Existing { .. } = apply_claim(&mut slot, &at_store) {
             return Ok(existing);
         }
         // The rule would claim it again: decide under the row lock, so two
         // gateways cannot both take it over.
         let tx = client.transaction().await?;
-        let lock = tx.prepare_cached(rows::SELECT_FOR_UPDATE).await?;
-        let Some(row) = tx.query_opt(&lock, &[&scope, &key]).await? else {
+        let lock = tx.prepare_cached(rows::SELECT_FOR_UPDATE_AT).await?;
+        let Some(row) = tx.query_opt(&lock, &[&scope, &key, &clock]).await? else {
             tx.rollback().await?;
             continue;
         };
         let mut slot = Some(read_record(&row, 0, claim.id.clone(), Body::Load)?);
-        let outcome = apply_claim(&mut slot, claim);
+        let at_store = at_store_time(claim, row.try_get(rows::COLUMNS)?);
+        let outcome = apply_claim(&mut slot, &at_store);
         if let ClaimOutcome::Claimed { .. } = outcome {
             let record = slot.as_ref().expect("a claim leaves a record");
             let overwrite = tx.prepare_cached(rows::OVERWRITE).await?;
@@ -564,12 +623,29 @@ async fn claim_on(client: &mut Object, claim: &Claim) -> Result<ClaimOutcome, Ro
     ))))
 }
 
-/// Sweeps at most `limit` records in transactions of [`SWEEP_CHUNK`].
+/// `claim` as made at the store's clock reading `now`: each horizon keeps
+/// its distance from the caller's reading (bounded as the `INSERT` bounds
+/// it).
+fn at_store_time(claim: &Claim, now: i64) -> Claim {
+    let now = Timestamp(now);
+    Claim {
+        now,
+        lease_until: now.shifted(offset(claim.now, claim.lease_until)),
+        expires_at: now.shifted(offset(claim.now, claim.expires_at)),
+        tombstone_until: now.shifted(offset(claim.now, claim.tombstone_until)),
+        ..claim.clone()
+    }
+}
+
+/// Sweeps at most `limit` records in transactions of [`SWEEP_CHUNK`], at
+/// the store's clock (read once; `clock` is the `store_now!` parameter).
 async fn sweep_on(
     client: &mut Object,
-    now: Timestamp,
+    clock: Option<i64>,
     limit: usize,
 ) -> Result<SweepReport, RowError> {
+    let stmt = client.prepare_cached(rows::NOW).await?;
+    let now = Timestamp(client.query_one(&stmt, &[&clock]).await?.try_get(0)?);
     let mut report = SweepReport::default();
     let mut remaining = limit;
     while remaining > 0 {
@@ -655,8 +731,9 @@ impl Keys {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
+        let clock = self.clock_param(claim.now);
         self.run("claim", self.options.operation_timeout, |client| {
-            Box::pin(async move { claim_on(client, &claim).await })
+            Box::pin(async move { claim_on(client, &claim, clock).await })
         })
         .await
     }
@@ -665,16 +742,15 @@ impl Store for PostgresStore {
         &self,
         id: &RecordId,
         token: u64,
+        now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Write, StoreError> {
-        self.owner_write(
-            "renew",
-            rows::RENEW,
-            id,
-            token,
-            Extra::Lease(lease_until.as_millis()),
-        )
-        .await
+        let extra = Extra::Lease {
+            lease: offset(now, lease_until),
+            clock: self.clock_param(now),
+        };
+        self.owner_write("renew", rows::RENEW, id, token, extra)
+            .await
     }
 
     async fn complete(
@@ -683,12 +759,13 @@ impl Store for PostgresStore {
         token: u64,
         completion: Completion,
     ) -> Result<Write, StoreError> {
+        let clock = self.clock_param(completion.now);
         self.owner_write(
             "complete",
             rows::COMPLETE,
             id,
             token,
-            Extra::Completion(Box::new(completion)),
+            Extra::Completion(Box::new(completion), clock),
         )
         .await
     }
@@ -729,11 +806,14 @@ impl Store for PostgresStore {
         .await
     }
 
+    /// With [`StoreClock::Server`] `now` is ignored: the sweep runs at the
+    /// database server's clock.
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
+        let clock = self.clock_param(now);
         self.run(
             "sweep",
             self.options.operation_timeout * 10,
-            move |client| Box::pin(sweep_on(client, now, limit)),
+            move |client| Box::pin(sweep_on(client, clock, limit)),
         )
         .await
     }

@@ -11,12 +11,18 @@
 //! - A record is a hash under `<prefix>:{<shard>}:r:<len>:<scope>:<key>`.
 //!   The hash tag is one of 256 shards: every key a script touches (the
 //!   record and its shard's due index) is in one Cluster slot.
+//! - Time is the server's ([`StoreClock::Server`], the default): each
+//!   script that decides or writes a time reads `TIME` itself, and the
+//!   caller's horizons arrive as distances from the caller's own reading,
+//!   so horizons are "server time plus the durations the caller meant" and
+//!   gateways with skewed clocks agree. A sweep reads `TIME` once at its
+//!   start and ignores the caller's `now`. Records come back with the
+//!   server's times.
 //! - Retention is a key TTL: a record's key expires a grace period (5 min
 //!   by default) after the later of its lease and its tombstone horizon, so
-//!   Redis frees the memory even if no sweep ever runs. The TTL is relative
-//!   (the callers' horizon minus the callers' `now`), so a gateway's clock
-//!   and the server's need not agree. Expiry is also enforced on read: the
-//!   scripts compare the stored horizons with the caller's `now`.
+//!   Redis frees the memory even if no sweep ever runs. Expiry is also
+//!   enforced on read: the scripts compare the stored horizons with the
+//!   server's clock.
 //! - The sweep reads each shard's due index (a sorted set of records by the
 //!   earliest time a sweep acts on them), and a script applies
 //!   `sweep_action` to the due records: tombstoning drops body and headers
@@ -45,12 +51,12 @@ use super::postgres::wakeups;
 #[path = "postgres/wakeups.rs"]
 mod wakeups;
 
-use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use super::offset;
+use crate::{Claim, ClaimOutcome, Completion, Store, StoreClock, StoreError, SweepReport, Write};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use codec::{due_key, record_key, SHARDS};
-use idem_core::decision::first_token;
 use idem_core::{decide_claim, ClaimDecision, Record, RecordId, Timestamp};
 use scripts::SCRIPTS;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,8 +90,12 @@ pub struct RedisOptions {
     /// 3 s.
     pub operation_timeout: Duration,
     /// How long a record's key outlives its horizon before Redis expires
-    /// it, absorbing clock differences between gateways. Default 5 min.
+    /// it. Default 5 min.
     pub ttl_grace: Duration,
+    /// Whose clock leases and retention are decided on. Default
+    /// [`StoreClock::Server`]: the Redis server's (each node's, on a
+    /// cluster: keep the nodes' clocks synchronised).
+    pub clock: StoreClock,
 }
 
 impl Default for RedisOptions {
@@ -96,6 +106,7 @@ impl Default for RedisOptions {
             response_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(3),
             ttl_grace: Duration::from_secs(300),
+            clock: StoreClock::Server,
         }
     }
 }
@@ -417,6 +428,35 @@ impl RedisStore {
         }
     }
 
+    /// The scripts' clock argument: '' for the server's `TIME`, or with
+    /// [`StoreClock::Caller`] the caller's reading `now` (which must be an
+    /// integer a Lua number holds exactly).
+    fn clock_arg(&self, op: &'static str, now: Timestamp) -> Result<String, StoreError> {
+        match self.options.clock {
+            StoreClock::Server => Ok(String::new()),
+            StoreClock::Caller => Ok(exact(op, "time", now.as_millis())?.to_string()),
+        }
+    }
+
+    /// The store's clock for a sweep: the server's `TIME`, or the caller's
+    /// `now` with [`StoreClock::Caller`].
+    async fn sweep_clock(&self, now: Timestamp) -> Result<i64, StoreError> {
+        let op = "sweep";
+        if self.options.clock == StoreClock::Caller {
+            return exact(op, "time", now.as_millis());
+        }
+        let (secs, micros): (i64, i64) = self
+            .call(op, |mut conn| {
+                Box::pin(async move { ::redis::cmd("TIME").query_async(&mut conn).await })
+            })
+            .await?;
+        let ms = secs
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(micros / 1000))
+            .ok_or_else(|| fail(op, format!("the server's clock reads {secs} s")))?;
+        exact(op, "the server's time", ms)
+    }
+
     fn grace_ms(&self) -> i64 {
         i64::try_from(self.options.ttl_grace.as_millis()).unwrap_or(i64::MAX / 4)
     }
@@ -627,45 +667,42 @@ fn exact(op: &'static str, what: &str, value: i64) -> Result<i64, StoreError> {
 impl Store for RedisStore {
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
         let op = "claim";
-        let first = i64::try_from(first_token(claim.now)).unwrap_or(i64::MAX);
         let prefix = &self.options.prefix;
         let mut invocation = SCRIPTS.claim.key(record_key(prefix, &claim.id));
         invocation
             .key(due_key(prefix, codec::shard(&claim.id)))
-            .arg(exact(op, "time", claim.now.as_millis())?)
+            .arg(self.clock_arg(op, claim.now)?)
             .arg(claim.fingerprint.version)
             .arg(&claim.fingerprint.digest[..])
             .arg(if claim.reclaim_unknown { "1" } else { "0" })
-            .arg(exact(op, "fencing token", first)?)
-            .arg(exact(op, "lease", claim.lease_until.as_millis())?)
-            .arg(exact(op, "expiry", claim.expires_at.as_millis())?)
-            .arg(exact(
-                op,
-                "tombstone horizon",
-                claim.tombstone_until.as_millis(),
-            )?)
+            .arg(claim.attempt.to_string())
+            .arg(offset(claim.now, claim.lease_until))
+            .arg(offset(claim.now, claim.expires_at))
+            .arg(offset(claim.now, claim.tombstone_until))
             .arg(self.grace_ms());
         let reply = self.invoke(op, invocation).await?;
         let Value::Array(items) = reply else {
             return Err(fail(op, format!("unexpected script reply {reply:?}")));
         };
         let mut items = items.into_iter();
-        match (items.next(), items.next()) {
-            (Some(Value::Int(1)), Some(Value::BulkString(token))) => {
+        match (items.next(), items.next(), items.next()) {
+            (Some(Value::Int(1)), Some(Value::BulkString(token)), Some(Value::Int(_))) => {
                 let token = std::str::from_utf8(&token)
                     .ok()
                     .and_then(|t| t.parse().ok())
                     .ok_or_else(|| fail(op, "the script returned a malformed token"))?;
                 Ok(ClaimOutcome::Claimed { token })
             }
-            (Some(Value::Int(0)), Some(hash)) => {
+            (Some(Value::Int(0)), Some(hash), Some(Value::Int(now))) => {
                 let record = codec::record_from_hash(claim.id.clone(), hash)
                     .map_err(|e| StoreError::new(ENGINE, op, e))?
                     .ok_or_else(|| fail(op, "the script returned an empty record"))?;
+                // Decided at the clock the script decided at.
                 match decide_claim(
                     Some(&record),
                     &claim.fingerprint,
-                    claim.now,
+                    claim.attempt,
+                    Timestamp(now),
                     claim.reclaim_unknown,
                 ) {
                     ClaimDecision::Existing(outcome) => Ok(ClaimOutcome::Existing {
@@ -680,7 +717,10 @@ impl Store for RedisStore {
                     )),
                 }
             }
-            (a, b) => Err(fail(op, format!("unexpected script reply [{a:?}, {b:?}]"))),
+            (a, b, c) => Err(fail(
+                op,
+                format!("unexpected script reply [{a:?}, {b:?}, {c:?}]"),
+            )),
         }
     }
 
@@ -688,11 +728,14 @@ impl Store for RedisStore {
         &self,
         id: &RecordId,
         token: u64,
+        now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Write, StoreError> {
-        let lease = exact("renew", "lease", lease_until.as_millis())?;
-        self.owner_write("renew", &SCRIPTS.renew, id, token, |inv| {
-            inv.arg(lease);
+        let op = "renew";
+        let lease = offset(now, lease_until);
+        let clock = self.clock_arg(op, now)?;
+        self.owner_write(op, &SCRIPTS.renew, id, token, |inv| {
+            inv.arg(lease).arg(clock);
         })
         .await
     }
@@ -706,13 +749,9 @@ impl Store for RedisStore {
         let op = "complete";
         let headers = codec::encode_headers(&completion.response.headers)
             .map_err(|e| StoreError::new(ENGINE, op, e))?;
-        let now = exact(op, "time", completion.now.as_millis())?;
-        let expires_at = exact(op, "expiry", completion.expires_at.as_millis())?;
-        let tombstone_until = exact(
-            op,
-            "tombstone horizon",
-            completion.tombstone_until.as_millis(),
-        )?;
+        let now = self.clock_arg(op, completion.now)?;
+        let expires_at = offset(completion.now, completion.expires_at);
+        let tombstone_until = offset(completion.now, completion.tombstone_until);
         let grace = self.grace_ms();
         let response = completion.response;
         self.owner_write(op, &SCRIPTS.complete, id, token, move |inv| {
@@ -760,10 +799,12 @@ impl Store for RedisStore {
 
     /// Walks the shards from where the last sweep stopped, reading each
     /// one's due index and sweeping what is due, until `limit` records
-    /// were acted on or every shard was visited once.
+    /// were acted on or every shard was visited once. With
+    /// [`StoreClock::Server`] `now` is ignored: the sweep runs at the
+    /// server's `TIME`, read once at its start.
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
         let op = "sweep";
-        let now_ms = exact(op, "time", now.as_millis())?;
+        let now_ms = self.sweep_clock(now).await?;
         let mut report = SweepReport::default();
         let mut remaining = limit;
         let start = self.sweep_cursor.load(Ordering::Relaxed) % SHARDS;

@@ -12,6 +12,10 @@
 //! engine's rules. `BEGIN IMMEDIATE` plus a busy timeout makes the claim
 //! atomic also across processes sharing the file. Reads (`get`) use a small
 //! pool of read-only connections on tokio's blocking threads.
+//!
+//! Times are the callers' readings, as passed (SQLite has no clock of its
+//! own worth trusting over the gateway's: the processes sharing a file
+//! share the machine's clock, and the layer makes it monotonic).
 
 #[macro_use]
 mod codec;
@@ -204,6 +208,7 @@ impl Store for SqliteStore {
         &self,
         id: &RecordId,
         token: u64,
+        _now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Write, StoreError> {
         self.owner(id, token, OwnerAction::Renew(lease_until)).await

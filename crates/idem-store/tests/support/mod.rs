@@ -198,9 +198,10 @@ impl<S: Store> Store for Cleaned<S> {
         &self,
         id: &RecordId,
         token: u64,
+        now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Write, StoreError> {
-        self.inner().renew(id, token, lease_until).await
+        self.inner().renew(id, token, now, lease_until).await
     }
     async fn complete(
         &self,

@@ -13,7 +13,33 @@ use tokio_postgres::Row;
 macro_rules! record_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
-         tombstone_until, claimed_at, has_response, status, header_names, header_values, body"
+         tombstone_until, claimed_at, has_response, status, header_names, header_values, body, \
+         attempt"
+    };
+}
+
+/// How many columns [`record_columns!`] names: in [`SELECT_AT`] and
+/// [`SELECT_FOR_UPDATE_AT`] the store's clock is the column after them.
+pub(super) const COLUMNS: usize = 14;
+
+/// The store's clock, in milliseconds since the epoch, as one SQL
+/// expression: the server's `clock_timestamp()`, unless parameter `$p` is
+/// not NULL (the callers' reading, with [`crate::StoreClock::Caller`]).
+macro_rules! store_now {
+    ($p:literal) => {
+        concat!(
+            "COALESCE(",
+            $p,
+            "::bigint, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+        )
+    };
+}
+
+/// [`store_now!`] as a one-row relation `c(n)`, for the `FROM` of a write:
+/// evaluated once per statement.
+macro_rules! store_clock {
+    ($p:literal) => {
+        concat!("(SELECT ", store_now!($p), " AS n) AS c")
     };
 }
 
@@ -23,7 +49,7 @@ macro_rules! sweep_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
          tombstone_until, claimed_at, has_response, status, header_names, header_values, \
-         body IS NOT NULL"
+         body IS NOT NULL, attempt"
     };
 }
 
@@ -33,36 +59,71 @@ pub(super) const SELECT: &str = concat!(
     " FROM idem_records WHERE scope = $1 AND key = $2"
 );
 
-pub(super) const SELECT_FOR_UPDATE: &str = concat!(
+/// [`SELECT`] for a claim: the record, then the store's clock read in the
+/// same statement (`$3`: see [`store_now!`]).
+pub(super) const SELECT_AT: &str = concat!(
     "SELECT ",
     record_columns!(),
+    ", ",
+    store_now!("$3"),
+    " FROM idem_records WHERE scope = $1 AND key = $2"
+);
+
+/// [`SELECT_AT`] under the row lock. The clock may be read before a wait
+/// for the lock (bounded by `lock_timeout`): the decision's `now` can only
+/// be a little early, which errs towards "still live", never late.
+pub(super) const SELECT_FOR_UPDATE_AT: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    ", ",
+    store_now!("$3"),
     " FROM idem_records WHERE scope = $1 AND key = $2 FOR UPDATE"
 );
 
 /// The claim of an absent key: one statement, no check-then-act. A row
-/// that already exists is left alone (and reported by zero rows).
-pub(super) const INSERT_IF_ABSENT: &str = "INSERT INTO idem_records (scope, key, state, token, \
-     fp_version, fp_digest, lease_until, expires_at, tombstone_until, claimed_at, has_response, \
-     status, header_names, header_values, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-     ON CONFLICT (scope, key) DO NOTHING";
+/// that already exists is left alone (and reported by no row returned).
+/// It is the record `Claim::to_record(first_token(now))` writes, with `now`
+/// the store's clock ([`store_clock!`], `$9`) and the horizons the
+/// caller's distances from its own reading (`$5`..`$7`); the token is
+/// `first_token` in SQL, returned.
+pub(super) const INSERT_IF_ABSENT: &str = concat!(
+    "INSERT INTO idem_records (scope, key, state, token, fp_version, fp_digest, lease_until, \
+     expires_at, tombstone_until, claimed_at, has_response, attempt) \
+     SELECT $1::text, $2::text, 1, GREATEST(LEAST(GREATEST(c.n, 0), 9223372036854775) * 1000, 1), \
+     $3::integer, $4::bytea, c.n + $5::bigint, c.n + $6::bigint, c.n + $7::bigint, c.n, false, \
+     $8::bigint FROM ",
+    store_clock!("$9"),
+    " ON CONFLICT (scope, key) DO NOTHING RETURNING token"
+);
 
 /// Rewrites a locked row with the record [`crate::engine::apply_claim`]
-/// produced.
+/// produced. A new claim (a larger token) clears the waiters' mark; the
+/// same claim again (its own attempt: the same token) keeps it.
 pub(super) const OVERWRITE: &str = "UPDATE idem_records SET state = $3, token = $4, \
      fp_version = $5, fp_digest = $6, lease_until = $7, expires_at = $8, tombstone_until = $9, \
      claimed_at = $10, has_response = $11, status = $12, header_names = $13, \
-     header_values = $14, body = $15, waiters = false WHERE scope = $1 AND key = $2";
+     header_values = $14, body = $15, attempt = $16, waiters = (waiters AND token = $4) \
+     WHERE scope = $1 AND key = $2";
+
+/// The store's clock alone (`$1`: see [`store_now!`]), for a sweep.
+pub(super) const NOW: &str = concat!("SELECT ", store_now!("$1"));
 
 /// The owner's writes. Each is one conditional UPDATE whose WHERE clause is
 /// exactly [`idem_core::decision::owner_may_write`] (same token, still in
 /// flight: state code 1), and whose SET is exactly the matching helper of
 /// [`crate::engine`] (`apply_renew`, `apply_complete`, `apply_unknown`,
 /// `apply_release`). One row updated is `Written`, none is `Fenced`.
-pub(super) const RENEW: &str = "UPDATE idem_records SET lease_until = GREATEST(lease_until, $4), \
-     expires_at = expires_at + GREATEST(0, $4 - lease_until), \
-     tombstone_until = tombstone_until + GREATEST(0, $4 - lease_until) \
-     WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
+///
+/// Times are the store's: the new lease is the store's clock ([`store_clock!`],
+/// `$5`) plus the caller's distance from its own reading to the lease it
+/// asked for (`$4`).
+pub(super) const RENEW: &str = concat!(
+    "UPDATE idem_records SET lease_until = GREATEST(lease_until, c.n + $4::bigint), \
+     expires_at = expires_at + GREATEST(0, c.n + $4::bigint - lease_until), \
+     tombstone_until = tombstone_until + GREATEST(0, c.n + $4::bigint - lease_until) FROM ",
+    store_clock!("$5"),
+    " WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1"
+);
 
 /// The writes that finish a claim also announce it, in the same statement
 /// (so the same transaction), when a request waits on it (`waiters`, set
@@ -71,7 +132,7 @@ pub(super) const RENEW: &str = "UPDATE idem_records SET lease_until = GREATEST(l
 /// waiters nothing is sent: a `NOTIFY` serialises the commits that send
 /// one. The statement returns (rows updated, notifications sent).
 macro_rules! announcing {
-    ($update:literal, $payload:literal) => {
+    ($update:expr, $payload:literal) => {
         concat!(
             "WITH w AS (",
             $update,
@@ -82,10 +143,16 @@ macro_rules! announcing {
     };
 }
 
+/// Retention counts on the store's clock ([`store_clock!`], `$11`): the
+/// horizons are the caller's distances from its reading (`$8`, `$9`).
 pub(super) const COMPLETE: &str = announcing!(
-    "UPDATE idem_records SET state = 2, has_response = true, \
-     status = $4, header_names = $5, header_values = $6, body = $7, expires_at = $8, \
-     tombstone_until = $9 WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1",
+    concat!(
+        "UPDATE idem_records SET state = 2, has_response = true, \
+         status = $4, header_names = $5, header_values = $6, body = $7, \
+         expires_at = c.n + $8::bigint, tombstone_until = c.n + $9::bigint FROM ",
+        store_clock!("$11"),
+        " WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1"
+    ),
     "$10"
 );
 pub(super) const MARK_UNKNOWN: &str = announcing!(
@@ -192,6 +259,17 @@ pub(super) fn token_to_sql(token: u64) -> Result<i64, Corrupt> {
         .map_err(|_| Corrupt(format!("fencing token {token} does not fit a bigint")))
 }
 
+/// An attempt nonce as PostgreSQL stores it: the same 64 bits, as a
+/// bigint.
+pub(super) fn attempt_to_sql(attempt: u64) -> i64 {
+    i64::from_be_bytes(attempt.to_be_bytes())
+}
+
+/// The inverse of [`attempt_to_sql`].
+pub(super) fn attempt_from_sql(stored: i64) -> u64 {
+    u64::from_be_bytes(stored.to_be_bytes())
+}
+
 /// Reads a record from a row whose columns start with [`record_columns!`]
 /// at `first`.
 pub(super) fn read_record(
@@ -244,6 +322,7 @@ pub(super) fn read_record(
         tombstone_until: Timestamp(row.try_get(c(6))?),
         claimed_at: Timestamp(row.try_get(c(7))?),
         response,
+        attempt: attempt_from_sql(row.try_get(c(13))?),
     })
 }
 
@@ -270,8 +349,8 @@ fn decode_headers(
     }
 }
 
-/// The values of a whole row, in the order of [`INSERT_IF_ABSENT`] and
-/// [`OVERWRITE`] (`$1`..`$15`).
+/// The values of a whole row, in the order of [`OVERWRITE`]
+/// (`$1`..`$16`).
 pub(super) struct RowValues<'a> {
     scope: &'a str,
     key: &'a str,
@@ -288,6 +367,7 @@ pub(super) struct RowValues<'a> {
     header_names: Option<Vec<&'a [u8]>>,
     header_values: Option<Vec<&'a [u8]>>,
     body: Option<&'a [u8]>,
+    attempt: i64,
 }
 
 impl<'a> RowValues<'a> {
@@ -312,10 +392,11 @@ impl<'a> RowValues<'a> {
             header_names,
             header_values,
             body: response.and_then(|resp| resp.body.as_deref()),
+            attempt: attempt_to_sql(r.attempt),
         })
     }
 
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 16] {
         [
             &self.scope,
             &self.key,
@@ -332,6 +413,7 @@ impl<'a> RowValues<'a> {
             &self.header_names,
             &self.header_values,
             &self.body,
+            &self.attempt,
         ]
     }
 }
@@ -381,6 +463,16 @@ mod tests {
     fn owner_writes_are_fenced_exactly_like_owner_may_write() {
         let fence = "WHERE scope = $1 AND key = $2 AND token = $3 AND state = 1";
         assert!(RENEW.ends_with(fence), "{RENEW}");
+        // Times come from the store's clock, read once per statement.
+        for sql in [RENEW, COMPLETE, INSERT_IF_ABSENT] {
+            assert!(
+                sql.contains("clock_timestamp()) * 1000)::bigint) AS n) AS c"),
+                "{sql}"
+            );
+        }
+        for sql in [SELECT_AT, SELECT_FOR_UPDATE_AT, NOW] {
+            assert!(sql.contains("clock_timestamp()"), "{sql}");
+        }
         for sql in [COMPLETE, MARK_UNKNOWN, RELEASE] {
             assert!(
                 sql.contains(&format!("{fence} RETURNING waiters)")),
@@ -393,6 +485,20 @@ mod tests {
         assert_eq!(RecordState::Completed.code(), 2);
         assert_eq!(RecordState::OutcomeUnknown.code(), 3);
         assert_eq!(RecordState::Released.code(), 4);
+    }
+
+    #[test]
+    fn the_clock_column_follows_the_record_columns() {
+        assert_eq!(record_columns!().split(',').count(), COLUMNS);
+        assert_eq!(sweep_columns!().split(',').count(), COLUMNS);
+        assert!(SELECT_AT.contains(concat!(record_columns!(), ", COALESCE($3::bigint")));
+    }
+
+    #[test]
+    fn attempts_keep_all_64_bits() {
+        for a in [0, 1, u64::MAX, 1 << 63, 12_345] {
+            assert_eq!(attempt_from_sql(attempt_to_sql(a)), a);
+        }
     }
 
     #[test]

@@ -28,10 +28,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "waiters",
         sql: V2_WAITERS,
     },
+    Migration {
+        version: 3,
+        name: "attempts",
+        sql: V3_ATTEMPTS,
+    },
 ];
 
 /// The schema version this build writes.
-pub(super) const LATEST: i32 = 2;
+pub(super) const LATEST: i32 = 3;
 
 /// One table keyed by (scope, key), as the SQLite engine's. Headers are two
 /// parallel arrays (names, values), both NULL when there are none, and the
@@ -72,6 +77,15 @@ CREATE INDEX idem_records_released_by_lease_until
 /// without rewriting the table.)
 const V2_WAITERS: &str = "
 ALTER TABLE idem_records ADD COLUMN waiters boolean NOT NULL DEFAULT false;
+";
+
+/// The attempt nonce of the claim that wrote the row (`Record::attempt`):
+/// a claim retried under the same attempt recognises its own record. Rows
+/// from before read 0, which never matches. (`IF NOT EXISTS`: harmless on
+/// a table that has it already; a constant default adds it without a
+/// rewrite.)
+const V3_ATTEMPTS: &str = "
+ALTER TABLE idem_records ADD COLUMN IF NOT EXISTS attempt bigint NOT NULL DEFAULT 0;
 ";
 
 /// The key of the advisory lock migrations hold: "idem" in ASCII, shifted.

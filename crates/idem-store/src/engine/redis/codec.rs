@@ -145,6 +145,7 @@ struct Fields {
     status: Option<Vec<u8>>,
     hdr: Option<Vec<u8>>,
     body: Option<Vec<u8>>,
+    att: Option<Vec<u8>>,
 }
 
 fn bytes_of(v: Value) -> Result<Vec<u8>, Corrupt> {
@@ -191,6 +192,7 @@ pub(super) fn record_from_hash(id: RecordId, reply: Value) -> Result<Option<Reco
             b"status" => f.status = value,
             b"hdr" => f.hdr = value,
             b"body" => f.body = value,
+            b"att" => f.att = value,
             _ => {} // fields of a later build are ignored
         }
     }
@@ -242,6 +244,11 @@ fn record_from_fields(id: RecordId, f: Fields) -> Result<Record, Corrupt> {
         tombstone_until: Timestamp(number("tomb", f.tomb)?),
         claimed_at: Timestamp(number("at", f.at)?),
         response,
+        // Records written before attempts were stored have none: 0.
+        attempt: match f.att {
+            Some(v) => number("att", Some(v))?,
+            None => 0,
+        },
     })
 }
 

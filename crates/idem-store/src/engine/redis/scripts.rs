@@ -4,7 +4,8 @@
 //!
 //! Every script touches only keys of one shard (one hash tag), so each
 //! runs unchanged on Redis Cluster. A record is a hash with these fields
-//! (numbers in decimal, times in milliseconds of the callers' clock):
+//! (numbers in decimal, times in milliseconds since the epoch on the
+//! store's clock, see below):
 //!
 //! | field | meaning |
 //! |---|---|
@@ -15,6 +16,13 @@
 //! | `hr`, `status` | whether there is a response (1/0), its status |
 //! | `hdr`, `body` | encoded headers, body; absent when there are none |
 //! | `w` | present once a gateway waits on the claim (`in_flight = wait`) |
+//! | `att` | the claim's attempt nonce (absent in records from before: 0) |
+//!
+//! Time is the server's: each script that decides or writes a time reads
+//! `TIME` itself (`clock`, below), and the caller sends its horizons as
+//! distances from its own reading, so a gateway's clock skews nothing. With
+//! `StoreClock::Caller` the caller's reading is sent instead and used as
+//! the clock. A sweep is handed the server's time read at its start.
 //!
 //! Beside the records, each shard has a sorted set (its "due index")
 //! scoring each record with the earliest time a sweep may act on it
@@ -35,9 +43,20 @@ use ::redis::Script;
 use std::sync::LazyLock;
 
 /// Shared by the scripts: the earliest time `sweep_action` acts on a
-/// record that is not acted on now. A claim in flight carries no payload.
+/// record that is not acted on now (a claim in flight carries no payload);
+/// the store's clock (`arg` is '' for the server's `TIME`, else the
+/// caller's reading); a horizon `d` ms from `now`, kept within the
+/// integers a Lua number holds exactly; `first_token`.
 const DUE: &str = r"
+local MAXN = 9007199254740991
 local function fmt(n) return string.format('%.0f', n) end
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function at(now, d) return math.max(math.min(now + d, MAXN), -MAXN) end
+local function first_token(now) return math.max(math.max(now, 0) * 1000, 1) end
 local function due(st, lease, exp, tomb, payload)
   if st == 1 then return math.max(lease, tomb) end
   if st == 4 then return math.min(lease, tomb) end
@@ -58,65 +77,86 @@ end
 ";
 
 /// KEYS: record, due index.
-/// ARGV: now, fp version, fp digest, reclaim_unknown ('1'/'0'),
-/// first token for `now`, lease_until, expires_at, tombstone_until,
-/// TTL grace (ms).
-/// Returns `{1, token}` when claimed, `{0, HGETALL}` when not.
+/// ARGV: clock ('' for the server's, else the caller's reading), fp
+/// version, fp digest, reclaim_unknown ('1'/'0'), attempt, and the
+/// distances of lease_until, expires_at, tombstone_until from the caller's
+/// reading, TTL grace (ms).
+/// Returns `{1, token, now}` when claimed, `{0, HGETALL, now}` when not,
+/// `now` being the clock the decision was made at.
 const CLAIM: &str = r"
-local now = tonumber(ARGV[1])
-local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'fpv', 'fpd', 'lease', 'exp', 'tomb')
+local now = clock(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'fpv', 'fpd', 'lease', 'exp', 'tomb', 'att')
+local lease = at(now, tonumber(ARGV[6]))
+local exp = at(now, tonumber(ARGV[7]))
+local tomb = at(now, tonumber(ARGV[8]))
+local grace = tonumber(ARGV[9])
 local token
 if not f[1] then
-  token = tonumber(ARGV[5])
+  token = first_token(now)
 else
   local st, last = tonumber(f[1]), tonumber(f[2])
-  local lease, exp, tomb = tonumber(f[5]), tonumber(f[6]), tonumber(f[7])
-  if not (st and last and lease and exp and tomb) then
+  local olease, oexp, otomb = tonumber(f[5]), tonumber(f[6]), tonumber(f[7])
+  if not (st and last and olease and oexp and otomb) then
     return redis.error_reply('idem: damaged record ' .. KEYS[1])
+  end
+  local same = f[3] == ARGV[2] and f[4] == ARGV[3]
+  -- decide_claim, is_own_claim: the claim's own attempt, still in flight
+  -- (whatever its lease says), is claimed again with its own token;
+  -- refresh_own_claim: its horizons only move forward.
+  if st == 1 and ARGV[5] ~= '0' and f[8] == ARGV[5] and same then
+    local l, e, t = math.max(olease, lease), math.max(oexp, exp), math.max(otomb, tomb)
+    redis.call('HSET', KEYS[1], 'lease', fmt(l), 'exp', fmt(e), 'tomb', fmt(t))
+    redis.call('PEXPIRE', KEYS[1], fmt(math.max(math.max(l, t) - now, 0) + grace))
+    redis.call('ZADD', KEYS[2], fmt(due(1, l, 0, t, false)), KEYS[1])
+    return {1, f[2], now}
   end
   -- Record::effective
   local eff
   if st == 4 then eff = 'absent'
-  elseif st == 1 and now < lease then eff = 'in-flight'
-  elseif now >= tomb then eff = 'absent'
-  elseif now >= exp then eff = 'tombstone'
+  elseif st == 1 and now < olease then eff = 'in-flight'
+  elseif now >= otomb then eff = 'absent'
+  elseif now >= oexp then eff = 'tombstone'
   elseif st == 1 or st == 3 then eff = 'unknown'
   elseif st == 2 then eff = 'completed'
   else return redis.error_reply('idem: unknown state code ' .. f[1] .. ' in ' .. KEYS[1]) end
   -- decide_claim: absent is claimed whatever the fingerprint; unknown only
   -- with upstream_dedupes and the same fingerprint; everything else is
   -- answered from the record.
-  local same = f[3] == ARGV[2] and f[4] == ARGV[3]
   if not (eff == 'absent' or (eff == 'unknown' and same and ARGV[4] == '1')) then
-    return {0, redis.call('HGETALL', KEYS[1])}
+    return {0, redis.call('HGETALL', KEYS[1]), now}
   end
-  if last >= 9007199254740991 then
+  if last >= MAXN then
     return redis.error_reply('idem: fencing token out of range in ' .. KEYS[1])
   end
-  token = math.max(last + 1, tonumber(ARGV[5]))
+  token = math.max(last + 1, first_token(now))
+end
+if token > MAXN then
+  return redis.error_reply('idem: the clock is beyond the range of fencing tokens')
 end
 local tok = fmt(token)
-local lease, tomb = tonumber(ARGV[6]), tonumber(ARGV[8])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'st', '1', 'tok', tok, 'fpv', ARGV[2], 'fpd', ARGV[3],
-  'lease', ARGV[6], 'exp', ARGV[7], 'tomb', ARGV[8], 'at', ARGV[1], 'hr', '0')
+  'lease', fmt(lease), 'exp', fmt(exp), 'tomb', fmt(tomb), 'at', fmt(now), 'hr', '0',
+  'att', ARGV[5])
 local horizon = math.max(lease, tomb)
-redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[9])))
+redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + grace))
 redis.call('ZADD', KEYS[2], fmt(due(1, lease, 0, tomb, false)), KEYS[1])
-return {1, tok}
+return {1, tok, now}
 ";
 
-/// KEYS: record, due index. ARGV: token, lease_until.
+/// KEYS: record, due index. ARGV: token, the distance of lease_until from
+/// the caller's reading, clock ('' for the server's).
 /// Returns 1 (written) or 0 (fenced).
 const RENEW: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'exp', 'tomb')
 if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
-local old, new = tonumber(f[3]), tonumber(ARGV[2])
+local now = clock(ARGV[3])
+local old, new = tonumber(f[3]), at(now, tonumber(ARGV[2]))
 local exp, tomb = tonumber(f[4]), tonumber(f[5])
 if new > old then
   -- apply_renew: the retention and tombstone horizons move with the lease.
   local moved = new - old
-  redis.call('HSET', KEYS[1], 'lease', ARGV[2], 'exp', fmt(exp + moved), 'tomb', fmt(tomb + moved))
+  redis.call('HSET', KEYS[1], 'lease', fmt(new), 'exp', fmt(exp + moved), 'tomb', fmt(tomb + moved))
   -- The key lives until the later of lease and tombstone (plus grace):
   -- move its expiry by as much as that horizon moved.
   local grow = math.max(new, tomb + moved) - math.max(old, tomb)
@@ -129,14 +169,17 @@ end
 return 1
 ";
 
-/// KEYS: record, due index. ARGV: token, now, status, encoded headers
-/// ('' for none), has body ('1'/'0'), body, expires_at, tombstone_until,
+/// KEYS: record, due index. ARGV: token, clock ('' for the server's),
+/// status, encoded headers ('' for none), has body ('1'/'0'), body, the
+/// distances of expires_at and tombstone_until from the caller's reading,
 /// TTL grace (ms), announcement channel, publish command. Returns 1
 /// (written) or 0 (fenced).
 const COMPLETE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease')
 if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'st', '2', 'hr', '1', 'status', ARGV[3], 'exp', ARGV[7], 'tomb', ARGV[8])
+local now, lease = clock(ARGV[2]), tonumber(f[3])
+local exp, tomb = at(now, tonumber(ARGV[7])), at(now, tonumber(ARGV[8]))
+redis.call('HSET', KEYS[1], 'st', '2', 'hr', '1', 'status', ARGV[3], 'exp', fmt(exp), 'tomb', fmt(tomb))
 local payload = false
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[1], 'hdr', ARGV[4])
@@ -150,8 +193,6 @@ if ARGV[5] == '1' then
 else
   redis.call('HDEL', KEYS[1], 'body')
 end
-local now, lease = tonumber(ARGV[2]), tonumber(f[3])
-local exp, tomb = tonumber(ARGV[7]), tonumber(ARGV[8])
 local horizon = math.max(lease, tomb)
 redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[9])))
 redis.call('ZADD', KEYS[2], fmt(due(2, lease, exp, tomb, payload)), KEYS[1])
@@ -194,7 +235,9 @@ return 1
 ";
 
 /// KEYS: due index, then the records it lists as due (all of one shard).
-/// ARGV: now. Applies `sweep_action` to each record and re-scores what it
+/// ARGV: now (the store's clock as the sweep read it at its start: the
+/// same reading chose the candidates, so every candidate kept is re-scored
+/// past it and never chosen again by this sweep). Applies `sweep_action` to each record and re-scores what it
 /// keeps. Returns `{tombstoned, deleted}`.
 const SWEEP: &str = r"
 local now = tonumber(ARGV[1])
@@ -271,5 +314,10 @@ mod tests {
                 "{script}"
             );
         }
+        // Times come from the store's clock, read in the script.
+        for script in [CLAIM, RENEW, COMPLETE] {
+            assert!(script.contains("clock(ARGV["), "{script}");
+        }
+        assert!(DUE.contains("redis.call('TIME')"));
     }
 }

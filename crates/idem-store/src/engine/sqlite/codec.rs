@@ -14,7 +14,7 @@ use std::fmt;
 macro_rules! record_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
-         tombstone_until, claimed_at, has_response, status, headers, body"
+         tombstone_until, claimed_at, has_response, status, headers, body, attempt"
     };
 }
 
@@ -23,7 +23,7 @@ macro_rules! record_columns {
 macro_rules! sweep_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
-         tombstone_until, claimed_at, has_response, status, headers, body IS NOT NULL"
+         tombstone_until, claimed_at, has_response, status, headers, body IS NOT NULL, attempt"
     };
 }
 
@@ -137,6 +137,17 @@ pub(super) fn token_to_sql(token: u64) -> Result<i64, Corrupt> {
     })
 }
 
+/// An attempt nonce as SQLite stores it: the same 64 bits, as a signed
+/// integer.
+pub(super) fn attempt_to_sql(attempt: u64) -> i64 {
+    i64::from_be_bytes(attempt.to_be_bytes())
+}
+
+/// The inverse of [`attempt_to_sql`].
+pub(super) fn attempt_from_sql(stored: i64) -> u64 {
+    u64::from_be_bytes(stored.to_be_bytes())
+}
+
 /// How much of a record to read: everything, or everything but the body
 /// (the sweep only needs to know whether there is one).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -197,6 +208,7 @@ pub(super) fn read_record(
         tombstone_until: Timestamp(row.get(c(6))?),
         claimed_at: Timestamp(row.get(c(7))?),
         response,
+        attempt: attempt_from_sql(row.get(c(12))?),
     })
 }
 

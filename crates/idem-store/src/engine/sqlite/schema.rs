@@ -6,9 +6,17 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;
 
-/// The schema this build writes, kept in `PRAGMA user_version`. A later
-/// build migrates from older numbers; this one refuses newer ones.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// The schema this build writes, kept in `PRAGMA user_version`. Older
+/// numbers are migrated on open (see [`MIGRATIONS`]); newer ones are
+/// refused.
+///
+/// 1. the records table and its indexes ([`SCHEMA_V1`]);
+/// 2. the claim's attempt nonce ([`MIGRATION_V2`]).
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// `MIGRATIONS[v]` brings a file of version `v` to `v + 1`. Released
+/// entries are never edited: a change is a new entry.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, MIGRATION_V2];
 
 /// One table keyed by (scope, key). Headers are NULL when there are none
 /// and the body is NULL when it is not replayable, so "the response still
@@ -38,6 +46,12 @@ CREATE INDEX IF NOT EXISTS idem_records_with_payload_by_expires_at
     ON idem_records (expires_at) WHERE body IS NOT NULL OR headers IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idem_records_released_by_lease_until
     ON idem_records (lease_until) WHERE state = 4;
+";
+
+/// The attempt nonce of the claim that wrote the row (`Record::attempt`).
+/// Rows of version 1 read 0: unknown, never matched by a retried claim.
+const MIGRATION_V2: &str = "
+ALTER TABLE idem_records ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// The code of `RecordState::Released` as written in the SQL above and in
@@ -182,8 +196,12 @@ fn migrate(conn: &Connection) -> Result<(), Migrate> {
     let result = (|| {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         match version {
-            0 => conn.execute_batch(SCHEMA_V1)?,
             SCHEMA_VERSION => {}
+            older if (0..SCHEMA_VERSION).contains(&older) => {
+                for step in &MIGRATIONS[older as usize..] {
+                    conn.execute_batch(step)?;
+                }
+            }
             newer => return Err(Migrate::TooNew(newer)),
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -234,7 +252,9 @@ mod tests {
     #[test]
     fn every_query_uses_an_index() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA_V1).unwrap();
+        for step in MIGRATIONS {
+            conn.execute_batch(step).unwrap();
+        }
         let lookup = concat!(
             "SELECT ",
             record_columns!(),
