@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_layer::Layer;
@@ -252,6 +252,15 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
     })
 }
 
+/// Whether the client sends its first byte within `within`.
+async fn first_bytes_within(stream: &TcpStream, within: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.peek(&mut first)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
 async fn serve(
     listener: TcpListener,
     service: idem_tower::Idempotency<Proxy>,
@@ -319,13 +328,22 @@ async fn serve(
                 }
             }
         });
-        // Not `with_upgrades`: the proxy forwards no upgrades, and that mode
-        // would ignore `http1_only`.
-        let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
-        let connection = graceful.watch(connection.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = connection.await {
+            // With h2c on, the version is read from the first bytes, before
+            // hyper's header timer runs: a client that sends nothing would
+            // hold its slot for ever.
+            if h2c && !first_bytes_within(&stream, header_read_timeout).await {
+                tracing::debug!(%peer, "no request bytes within the header read timeout; closed");
+                return;
+            }
+            // Not `with_upgrades`: the proxy forwards no upgrades, and that
+            // mode would ignore `http1_only`.
+            let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

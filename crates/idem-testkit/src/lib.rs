@@ -18,6 +18,7 @@ pub use upstream::{counting_upstream, reply, Body, Gate, Reply, Seen, Upstream};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -60,6 +61,28 @@ pub fn postgres_addr() -> SocketAddr {
 /// local one `.ci/run` starts.
 pub fn redis_url() -> String {
     std::env::var("IDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+/// The socket address of [`redis_url`]'s server (a [`Proxy`] needs it).
+pub fn redis_addr() -> SocketAddr {
+    let url = redis_url();
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .map(|a| a.rsplit('@').next().unwrap_or(a))
+        .unwrap_or("127.0.0.1:6379");
+    let authority = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:6379")
+    };
+    use std::net::ToSocketAddrs;
+    authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the test Redis host resolves")
 }
 
 /// Reports that `server` is not reachable. Under `CI=true` that is a
@@ -141,6 +164,61 @@ where
         rt.block_on(make());
     });
     let _ = worker.join();
+}
+
+/// Whether the Redis server at `url` answers PING within `within`.
+pub async fn redis_ping(url: &str, within: Duration) -> Result<(), String> {
+    let ping = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(within, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {within:?}")),
+    }
+}
+
+/// Deletes every key under `prefix` on each of `urls` (one Redis server,
+/// or the nodes of a cluster): a test's cleanup, after its store closed.
+/// Blocks (on a thread of its own, so it can run in `Drop`).
+pub fn delete_redis_prefix(urls: Vec<String>, prefix: String) {
+    block_on_thread(move || async move {
+        for url in urls {
+            let Ok(client) = redis::Client::open(url) else {
+                continue;
+            };
+            let connect = client.get_multiplexed_async_connection();
+            let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(3), connect).await
+            else {
+                continue;
+            };
+            let mut cursor = 0u64;
+            loop {
+                let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}:*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                else {
+                    break;
+                };
+                // One key per command: on a cluster node keys of several
+                // slots cannot go in one DEL.
+                for key in keys {
+                    let _: Result<i64, _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+    });
 }
 
 /// Whether the proxy forwards or stalls.

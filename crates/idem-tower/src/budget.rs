@@ -47,8 +47,8 @@ impl BufferBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&total| total <= self.limit)
             });
-        if let Ok(before) = updated {
-            report(before + n);
+        if updated.is_ok() {
+            metrics::gauge!(crate::metrics::BUFFERED).increment(n as f64);
         }
         updated.is_ok()
     }
@@ -60,7 +60,9 @@ impl BufferBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 Some(used.saturating_add(n))
             });
-        report(before.unwrap_or_default().saturating_add(n));
+        let before = before.unwrap_or_default();
+        let added = before.saturating_add(n) - before;
+        metrics::gauge!(crate::metrics::BUFFERED).increment(added as f64);
     }
 
     fn sub(&self, n: usize) {
@@ -72,12 +74,10 @@ impl BufferBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 Some(used.saturating_sub(n))
             });
-        report(before.unwrap_or_default().saturating_sub(n));
+        let before = before.unwrap_or_default();
+        let taken = before - before.saturating_sub(n);
+        metrics::gauge!(crate::metrics::BUFFERED).decrement(taken as f64);
     }
-}
-
-fn report(used: usize) {
-    metrics::gauge!(crate::metrics::BUFFERED).set(used as f64);
 }
 
 /// Bytes held against the budget; given back when dropped.

@@ -5,6 +5,7 @@ use crate::future::DetachOnDrop;
 use crate::layer::Shared;
 use crate::metrics::{self, Outcome};
 use crate::respond::{self, KeyEcho};
+use crate::settle::Adoption;
 use crate::{BoxError, RequestBody, ResponseBody, ResponseFuture};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -231,19 +232,11 @@ where
     }
     let mut held = shared.budget.reservation();
     let overloaded = || {
-        metrics::count(Outcome::Overloaded);
-        tracing::warn!(key = %id.key, buffered = shared.budget.used(), "buffer budget spent; refusing a keyed request");
-        Ok(respond::problem_with_retry(
-            respond::kind(
-                ProblemType::Overloaded,
-                format!(
-                    "The gateway holds its budget of {} buffered bytes, so this request was refused before anything was claimed or forwarded. Retry later with the same key.",
-                    config.max_buffered_bytes
-                ),
-                &id.key,
-            ),
-            Some(&echo),
-            config.retry_after,
+        Ok(overloaded(
+            &shared,
+            &id,
+            &echo,
+            "so this request was refused before anything was claimed or forwarded",
         ))
     };
     // A declared length is reserved at once, so a flood of large uploads is
@@ -446,17 +439,19 @@ where
     // An unconfirmed claim of this process on the key (a request before
     // this one got 503 although its claim may have committed): settle it
     // first; if it is this very request, execute under it.
-    let mut adopted = match shared.settlements.take(&id) {
-        Some(unsettled) => crate::settle::adopt(&shared, &id, unsettled, &fingerprint).await,
-        None => None,
-    };
+    let mut adoption = Some(crate::settle::adopt(&shared, &id, &fingerprint).await);
     loop {
-        let outcome = match adopted.take() {
-            Some(token) => {
+        let outcome = match adoption.take() {
+            Some(Adoption::Adopted { token }) => {
                 tracing::info!(key = %id.key, "a retry adopted its earlier, unconfirmed claim");
                 Ok(ClaimOutcome::Claimed { token })
             }
-            None => claim_settled(&shared, &id, fingerprint, &policy, &mut attempt).await,
+            // Not a new claim: one more unconfirmed attempt would only
+            // hold the key longer.
+            Some(Adoption::StoreDown(e)) => Err(e),
+            Some(Adoption::NotOurs) | None => {
+                claim_settled(&shared, &id, fingerprint, &policy, &mut attempt).await
+            }
         };
         let (outcome, record) = match outcome {
             Ok(ClaimOutcome::Claimed { token }) => {
@@ -539,11 +534,20 @@ where
                         unreachable_unknown(&id.key, &echo)
                     }
                     Some(stored) => {
-                        let mut replay = respond::replay(stored, &echo);
-                        // The stored body is in memory until it is sent.
+                        // The stored body is in memory until it is sent: a
+                        // replay the budget cannot hold is refused (and its
+                        // copy dropped at once) rather than held.
                         let mut held = held;
                         held.shrink_to(0);
-                        held.force_grow(stored.body.as_ref().map_or(0, |b| b.len()));
+                        if !held.try_hold(stored.body.as_ref().map_or(0, |b| b.len())) {
+                            return Ok(overloaded(
+                                &shared,
+                                &id,
+                                &echo,
+                                "so the stored response was not sent; it is kept",
+                            ));
+                        }
+                        let mut replay = respond::replay(stored, &echo);
                         replay.body_mut().hold(held);
                         return Ok(replay);
                     }
@@ -633,6 +637,30 @@ async fn claim_settled(
         }
         outcome => outcome,
     }
+}
+
+/// 503 `overloaded`: the buffer budget is spent. `what` says what that
+/// meant for this request.
+fn overloaded<RB>(
+    shared: &Shared,
+    id: &RecordId,
+    echo: &KeyEcho,
+    what: &str,
+) -> Response<ResponseBody<RB>> {
+    metrics::count(Outcome::Overloaded);
+    tracing::warn!(key = %id.key, buffered = shared.budget.used(), "buffer budget spent; refusing a keyed request");
+    respond::problem_with_retry(
+        respond::kind(
+            ProblemType::Overloaded,
+            format!(
+                "The gateway holds its budget of {} buffered bytes, {what}. Retry later with the same key.",
+                shared.config.max_buffered_bytes
+            ),
+            &id.key,
+        ),
+        Some(echo),
+        shared.config.retry_after,
+    )
 }
 
 fn unreachable_unknown<RB>(key: &IdempotencyKey, echo: &KeyEcho) -> Response<ResponseBody<RB>> {

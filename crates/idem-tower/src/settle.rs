@@ -19,9 +19,9 @@
 
 use crate::layer::Shared;
 use idem_core::{Fingerprint, RecordId};
-use idem_store::{Claim, ClaimOutcome, Write};
+use idem_store::{Claim, ClaimOutcome, StoreError, Write};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// A claim sent to the store and not confirmed.
@@ -32,28 +32,72 @@ pub(crate) struct Unsettled {
     pub(crate) reclaim_unknown: bool,
 }
 
+/// The unconfirmed claims on one key (usually one), and the turn that the
+/// settler and retries take to act on them.
+#[derive(Default)]
+struct Slot {
+    attempts: Mutex<Vec<Unsettled>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn attempts(&self) -> MutexGuard<'_, Vec<Unsettled>> {
+        lock(&self.attempts)
+    }
+
+    /// Forgets `attempt`: it is settled.
+    fn settled(&self, attempt: u64) {
+        let mut attempts = self.attempts();
+        let before = attempts.len();
+        attempts.retain(|u| u.attempt != attempt);
+        let gone = before - attempts.len();
+        metrics::gauge!(crate::metrics::UNSETTLED).decrement(gone as f64);
+    }
+}
+
 /// The unsettled claims of this process, by key.
 #[derive(Default)]
 pub(crate) struct Settlements {
-    map: Mutex<HashMap<RecordId, Unsettled>>,
+    slots: Mutex<HashMap<RecordId, Arc<Slot>>>,
 }
 
 impl Settlements {
-    /// Takes the unsettled claim on `id`, if any: the caller now owns its
-    /// settlement.
-    pub(crate) fn take(&self, id: &RecordId) -> Option<Unsettled> {
-        self.lock().remove(id)
+    fn slot(&self, id: &RecordId) -> Option<Arc<Slot>> {
+        lock(&self.slots).get(id).cloned()
     }
 
-    fn put_back(&self, id: &RecordId, unsettled: Unsettled) {
-        self.lock().entry(id.clone()).or_insert(unsettled);
+    /// Records an unconfirmed claim; `true` if the key had none, so a
+    /// settler must be started for it.
+    fn add(&self, id: &RecordId, unsettled: Unsettled) -> bool {
+        let mut slots = lock(&self.slots);
+        let fresh = !slots.contains_key(id);
+        slots
+            .entry(id.clone())
+            .or_default()
+            .attempts()
+            .push(unsettled);
+        metrics::gauge!(crate::metrics::UNSETTLED).increment(1.0);
+        fresh
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RecordId, Unsettled>> {
-        // A poisoned lock only means a panic during an insert or remove;
-        // the map is still sound.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    /// Drops the key's slot if nothing is left to settle; `true` if it did.
+    /// Under the map's lock, so an [`add`](Self::add) is never lost.
+    fn remove_if_settled(&self, id: &RecordId) -> bool {
+        let mut slots = lock(&self.slots);
+        match slots.get(id) {
+            Some(slot) if !slot.attempts().is_empty() => false,
+            _ => {
+                slots.remove(id);
+                true
+            }
+        }
     }
+}
+
+/// A poisoned lock only means a panic while a vector or map was changed
+/// in place; what they hold is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The same claim again, with fresh times.
@@ -80,7 +124,7 @@ pub(crate) async fn inline(
     shared: &Shared,
     id: &RecordId,
     unsettled: &Unsettled,
-) -> Result<ClaimOutcome, idem_store::StoreError> {
+) -> Result<ClaimOutcome, StoreError> {
     let repeats = async {
         let mut pause = Duration::from_millis(20);
         loop {
@@ -94,7 +138,7 @@ pub(crate) async fn inline(
     tokio::time::timeout(INLINE_SETTLING, repeats)
         .await
         .map_err(|_| {
-            idem_store::StoreError::new(
+            StoreError::new(
                 shared.store.engine(),
                 "claim",
                 format!("no answer while settling an unconfirmed claim for {INLINE_SETTLING:?}"),
@@ -105,8 +149,9 @@ pub(crate) async fn inline(
 /// Hands an unconfirmed claim to a background task that releases it once
 /// the store answers (unless a retry adopts it first).
 pub(crate) fn in_background(shared: Arc<Shared>, id: RecordId, unsettled: Unsettled) {
-    shared.settlements.put_back(&id, unsettled);
-    metrics::gauge!(crate::metrics::UNSETTLED).increment(1.0);
+    if !shared.settlements.add(&id, unsettled) {
+        return; // the key's settler is running and takes this one too
+    }
     // Detached, not an execution: shutdown does not wait for a store that
     // may stay down (the claim then reads outcome-unknown after its lease).
     tokio::spawn(async move {
@@ -115,33 +160,36 @@ pub(crate) fn in_background(shared: Arc<Shared>, id: RecordId, unsettled: Unsett
         loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
-            // Whoever takes the entry settles it; a retry may have.
-            let Some(unsettled) = shared.settlements.take(&id) else {
+            let Some(slot) = shared.settlements.slot(&id) else {
                 break;
             };
-            match settle(&shared, &id, &unsettled).await {
-                Ok(()) => break,
-                Err(e) if shared.clock.now() >= give_up => {
-                    tracing::error!(key = %id.key, error = %e, "gave up settling an unconfirmed claim: the store stayed unavailable for the whole retention");
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(key = %id.key, error = %e, "store still unavailable; claim not settled yet");
-                    shared.settlements.put_back(&id, unsettled);
+            {
+                let _turn = slot.turn.lock().await;
+                let pending: Vec<Unsettled> = slot.attempts().clone();
+                for unsettled in pending {
+                    match settle(&shared, &id, &unsettled).await {
+                        Ok(()) => slot.settled(unsettled.attempt),
+                        Err(e) if shared.clock.now() >= give_up => {
+                            tracing::error!(key = %id.key, error = %e, "gave up settling an unconfirmed claim: the store stayed unavailable for the whole retention");
+                            slot.settled(unsettled.attempt);
+                        }
+                        Err(e) => {
+                            tracing::debug!(key = %id.key, error = %e, "store still unavailable; claim not settled yet");
+                            break;
+                        }
+                    }
                 }
             }
+            if shared.settlements.remove_if_settled(&id) {
+                break;
+            }
         }
-        metrics::gauge!(crate::metrics::UNSETTLED).decrement(1.0);
     });
 }
 
 /// Learns whether the claim committed, and if it did, gives the key back:
 /// nothing was forwarded under it.
-async fn settle(
-    shared: &Shared,
-    id: &RecordId,
-    unsettled: &Unsettled,
-) -> Result<(), idem_store::StoreError> {
+async fn settle(shared: &Shared, id: &RecordId, unsettled: &Unsettled) -> Result<(), StoreError> {
     match shared.store.claim(repeat(shared, id, unsettled)).await? {
         ClaimOutcome::Claimed { token } => match shared.store.release(id, token).await? {
             Write::Written => {
@@ -159,33 +207,46 @@ async fn settle(
     }
 }
 
-/// Settles `unsettled` for a request with `fingerprint` that just arrived
-/// for the same key. `Some(token)`: the claim had committed with the same
-/// request, which now executes under it. `None`: nothing of ours holds the
-/// key any more (or the store is still down: the background task goes on).
-pub(crate) async fn adopt(
-    shared: &Arc<Shared>,
-    id: &RecordId,
-    unsettled: Unsettled,
-    fingerprint: &Fingerprint,
-) -> Option<u64> {
-    let outcome = match shared.store.claim(repeat(shared, id, &unsettled)).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            shared.settlements.put_back(id, unsettled);
-            return None;
-        }
+/// What a request found of this process's unconfirmed claims on its key.
+pub(crate) enum Adoption {
+    /// One had committed for this very request: it executes under `token`.
+    Adopted { token: u64 },
+    /// None holds the key (any found are settled): claim as usual.
+    NotOurs,
+    /// The store is still silent: the request is refused as the first was,
+    /// and the settler goes on.
+    StoreDown(StoreError),
+}
+
+/// Settles this process's unconfirmed claims on `id` for a request with
+/// `fingerprint` that just arrived for the same key, waiting for a
+/// settling attempt in progress first.
+pub(crate) async fn adopt(shared: &Shared, id: &RecordId, fingerprint: &Fingerprint) -> Adoption {
+    let Some(slot) = shared.settlements.slot(id) else {
+        return Adoption::NotOurs;
     };
-    match outcome {
-        ClaimOutcome::Claimed { token } if unsettled.fingerprint == *fingerprint => Some(token),
-        ClaimOutcome::Claimed { token } => {
-            // A different request reuses the key: free it first, then the
-            // new request claims (and executes) as usual.
-            if !matches!(shared.store.release(id, token).await, Ok(Write::Written)) {
-                shared.settlements.put_back(id, unsettled);
+    let _turn = slot.turn.lock().await;
+    let pending: Vec<Unsettled> = slot.attempts().clone();
+    for unsettled in pending {
+        let outcome = match shared.store.claim(repeat(shared, id, &unsettled)).await {
+            Ok(outcome) => outcome,
+            Err(e) => return Adoption::StoreDown(e),
+        };
+        match outcome {
+            ClaimOutcome::Claimed { token } if unsettled.fingerprint == *fingerprint => {
+                slot.settled(unsettled.attempt);
+                return Adoption::Adopted { token };
             }
-            None
+            ClaimOutcome::Claimed { token } => {
+                // A different request reuses the key: free it first, then
+                // the new request claims (and executes) as usual.
+                match shared.store.release(id, token).await {
+                    Ok(_) => slot.settled(unsettled.attempt),
+                    Err(e) => return Adoption::StoreDown(e),
+                }
+            }
+            ClaimOutcome::Existing { .. } => slot.settled(unsettled.attempt),
         }
-        ClaimOutcome::Existing { .. } => None,
     }
+    Adoption::NotOurs
 }

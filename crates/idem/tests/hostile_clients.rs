@@ -3,8 +3,10 @@
 
 mod support;
 
-use idem_testkit::Upstream;
+use idem_testkit::{poll_until, Upstream};
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::Idem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -131,4 +133,235 @@ async fn a_flood_of_idle_connections_cannot_exhaust_descriptors_or_starve_a_paym
     );
     assert_eq!(api.count_key("during-flood"), 1);
     drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_within_the_header_timeout() {
+    let api = Upstream::start().await;
+    for h2c in [false, true] {
+        // With h2c the version is read from the first bytes, before any
+        // HTTP timer runs.
+        let (gw, _dir) = gateway(
+            &api,
+            &format!("header_read_timeout = \"1s\"\nh2c = {h2c}\n"),
+        );
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "h2c = {h2c}: a connection that never sends a byte is kept"
+        );
+        assert_eq!(
+            keyed_post(gw.addr, &format!("after-silence-{h2c}")).await.0,
+            201
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_within_the_header_timeout() {
+    let api = Upstream::start().await;
+    let (gw, _dir) = gateway(&api, "header_read_timeout = \"1s\"\n");
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /items HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer arrives and the connection stays open for the next
+    // request, then is closed when none comes.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "an idle keep-alive connection is kept past the header timeout"
+    );
+}
+
+/// Bytes in a 10 MiB upload.
+const TEN_MIB: usize = 10 << 20;
+
+/// A kernel figure of `pid` from /proc/PID/status, in bytes (`VmHWM`: the
+/// peak resident set).
+fn proc_status_bytes(pid: u32, field: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The gateway's `idem_buffered_bytes` gauge, read from its admin listener.
+async fn buffered_bytes(admin: SocketAddr) -> usize {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    raw.lines()
+        .find_map(|l| l.strip_prefix("idem_buffered_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as usize)
+}
+
+/// The answers the unfinished uploads got (each refused one's status line
+/// and headers), as they arrive.
+type Answers = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts a keyed upload declaring `TEN_MIB` bytes that never sends its
+/// last byte; an answer the gateway sends is added to `answers`. The
+/// connection is held open until `hang_up` fires.
+fn unfinished_upload(
+    addr: SocketAddr,
+    key: String,
+    answers: Answers,
+    hang_up: Arc<tokio::sync::Notify>,
+) {
+    tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let head = format!(
+            "POST /charges HTTP/1.1\r\nhost: t\r\nauthorization: Bearer a\r\nidempotency-key: {key}\r\ncontent-type: application/octet-stream\r\ncontent-length: {TEN_MIB}\r\n\r\n"
+        );
+        let hang_up_writer = hang_up.clone();
+        tokio::spawn(async move {
+            let send = async {
+                write.write_all(head.as_bytes()).await?;
+                let chunk = vec![b'x'; 256 * 1024];
+                let mut left = TEN_MIB - 1;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    write.write_all(&chunk[..n]).await?;
+                    left -= n;
+                }
+                std::io::Result::Ok(())
+            };
+            let _ = send.await; // a refused upload's writes fail: fine
+            hang_up_writer.notified().await;
+        });
+        let answer = async {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            answers
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&got).into_owned());
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = answer => {}
+            () = hang_up.notified() => {}
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_unfinished_large_uploads_stay_within_the_buffer_budget() {
+    // As found: 40 keyed 10 MiB uploads that never finished took the
+    // gateway from 16 MB to 514 MB of RSS.
+    const BUDGET: usize = 64 << 20;
+    let api = Upstream::start().await;
+    let (mut gw, _dir) = gateway(
+        &api,
+        "admin = \"127.0.0.1:0\"\nmax_buffered_bytes = \"64MiB\"\nrequest_body_timeout = \"120s\"\n",
+    );
+    let mut line = String::new();
+    gw.stdout.read_line(&mut line).unwrap();
+    let admin: SocketAddr = line
+        .trim()
+        .strip_prefix("admin on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(keyed_post(gw.addr, "before-uploads").await.0, 201);
+    let pid = gw.child.id();
+    let baseline = proc_status_bytes(pid, "VmHWM");
+
+    let answers = Answers::default();
+    let hang_up = Arc::new(tokio::sync::Notify::new());
+    for i in 0..40 {
+        unfinished_upload(
+            gw.addr,
+            format!("upload-{i}"),
+            answers.clone(),
+            hang_up.clone(),
+        );
+    }
+    // Settled: every upload is either answered or wholly read by the
+    // gateway, which holds twice each one's length (joining the chunks
+    // needs them twice).
+    let per_upload = 2 * (TEN_MIB - 1);
+    poll_until(
+        "every upload to be refused or read",
+        Duration::from_secs(60),
+        || {
+            let answers = answers.clone();
+            async move {
+                let pending = 40 - answers.lock().unwrap().len();
+                buffered_bytes(admin).await == pending * per_upload
+            }
+        },
+    )
+    .await;
+    let answers = answers.lock().unwrap().clone();
+    let (refused, pending) = (answers.len(), 40 - answers.len());
+    for head in &answers {
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 503"), "{head}");
+        assert!(lower.contains("retry-after:"), "{head}");
+    }
+    assert!(
+        pending >= 1,
+        "the budget takes some uploads ({refused} refused)"
+    );
+    assert!(refused >= 30, "only {refused} of 40 were refused");
+    let peak = proc_status_bytes(pid, "VmHWM");
+    let grew = peak.saturating_sub(baseline);
+    eprintln!("peak grew by {} KiB", grew >> 10);
+    assert!(
+        grew <= BUDGET + (32 << 20),
+        "peak RSS grew by {} MiB with a {} MiB budget ({pending} uploads pending)",
+        grew >> 20,
+        BUDGET >> 20
+    );
+    // Small requests are still served meanwhile.
+    assert_eq!(keyed_post(gw.addr, "beside-uploads").await.0, 201);
+    assert_eq!(api.total(), 2, "no unfinished upload was forwarded");
+    // Hung up, the uploads give their bytes back.
+    hang_up.notify_waiters();
+    poll_until(
+        "the budget to be given back",
+        Duration::from_secs(30),
+        || async move { buffered_bytes(admin).await == 0 },
+    )
+    .await;
 }

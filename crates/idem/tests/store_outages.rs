@@ -284,3 +284,104 @@ async fn postgres_cut_off_and_back_under_a_gateway() {
     let store = schema.store_url_via(&proxy);
     a_gateway_survives_its_store_going_away(&store, Outage::Postgres(proxy)).await;
 }
+
+/// Finding 6 of issue 10: a claim that committed while the store's reply
+/// was lost. As found, the client was told 503 "not forwarded, retry" and
+/// every retry then got 409 `outcome-unknown` for eight days. Now the
+/// gateway settles the claim: a retry to it executes once (never 409), and
+/// a key whose client went away is given back, so another gateway can
+/// execute it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_store_reply_was_lost_is_settled_not_stranded() {
+    if !redis_up().await {
+        return;
+    }
+    let prefix = RedisPrefix::new(&redis_url());
+    let proxy = Proxy::start(redis_addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let rest = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("lease = \"1s\"\n{rest}")).unwrap();
+    let upstream = Upstream::start().await;
+    let lossy = Idem::gateway(upstream.addr, &prefix.store_url_via(&proxy), &config);
+    let other = Idem::gateway(upstream.addr, &prefix.store_url(), &config);
+    let client = http_client();
+    let warm = post(&client, lossy.addr, "/charges", "warm").await.unwrap();
+    assert_eq!(warm.status, 201, "{warm:?}");
+
+    proxy.drop_replies();
+    for key in ["retried", "abandoned"] {
+        let answer = post(&client, lossy.addr, "/charges", key).await.unwrap();
+        assert_eq!(answer.status, 503, "{key}: {answer:?}");
+        assert_eq!(answer.problem().as_deref(), Some("store-unavailable"));
+        assert_eq!(upstream.count_key(key), 0, "{key} was not forwarded");
+    }
+    // The claims did commit: Redis holds both keys.
+    let held = redis_keys(&prefix.name).await;
+    assert!(
+        held >= 3,
+        "warm, retried and abandoned are stored ({held} keys)"
+    );
+    proxy.restore();
+
+    // The client that retries with its key gets its request executed,
+    // once; never `outcome-unknown`.
+    poll_until("the retry to execute", Duration::from_secs(30), || {
+        let client = client.clone();
+        let addr = lossy.addr;
+        async move {
+            let answer = post(&client, addr, "/charges", "retried").await.unwrap();
+            match answer.status {
+                201 => true,
+                503 => false, // the gateway is reconnecting to Redis
+                _ => panic!("the retry of an unforwarded request: {answer:?}"),
+            }
+        }
+    })
+    .await;
+    let replay = post(&client, lossy.addr, "/charges", "retried")
+        .await
+        .unwrap();
+    assert_eq!((replay.status, replay.replayed), (201, true), "{replay:?}");
+    assert_eq!(upstream.count_key("retried"), 1);
+
+    // The abandoned claim is given back in the background; from then on
+    // another gateway executes the key like a new one.
+    poll_until(
+        "the abandoned claim to be given back",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let addr = other.addr;
+            async move {
+                let answer = post(&client, addr, "/charges", "abandoned").await.unwrap();
+                match (answer.status, answer.problem().as_deref()) {
+                    (201, _) => true,
+                    // Until the lossy gateway reaches Redis again, the claim
+                    // reads like any whose owner went silent.
+                    (409, Some("request-in-progress" | "outcome-unknown")) => false,
+                    _ => panic!("{answer:?}"),
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(upstream.count_key("abandoned"), 1);
+    let replay = post(&client, lossy.addr, "/charges", "abandoned")
+        .await
+        .unwrap();
+    assert_eq!((replay.status, replay.replayed), (201, true), "{replay:?}");
+    assert_eq!(upstream.count_key("abandoned"), 1);
+}
+
+/// How many keys Redis holds under `prefix`.
+async fn redis_keys(prefix: &str) -> usize {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.len()
+}

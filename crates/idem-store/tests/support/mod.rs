@@ -121,44 +121,8 @@ pub mod redis {
         super::answered("Redis", REDIS_START, ping).await.is_some()
     }
 
-    /// Deletes every key under `prefix` on each of `urls` (one server, or
-    /// the nodes of a cluster), after its store is closed.
-    pub fn delete_prefix(urls: Vec<String>, prefix: String) {
-        super::block_on_thread(move || async move {
-            for url in urls {
-                let Ok(client) = redis::Client::open(url) else {
-                    continue;
-                };
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                    continue;
-                };
-                let mut cursor = 0u64;
-                loop {
-                    let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(format!("{prefix}:*"))
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn)
-                        .await
-                    else {
-                        break;
-                    };
-                    // One key per command: on a cluster node keys of several
-                    // slots cannot go in one DEL.
-                    for key in keys {
-                        let _: Result<i64, _> =
-                            redis::cmd("DEL").arg(key).query_async(&mut conn).await;
-                    }
-                    cursor = next;
-                    if cursor == 0 {
-                        break;
-                    }
-                }
-            }
-        });
-    }
+    #[allow(unused_imports)] // each test binary uses its own part
+    pub use idem_testkit::delete_redis_prefix as delete_prefix;
 }
 
 /// A store that runs `cleanup` after it is dropped (and closed).

@@ -28,7 +28,7 @@ pub use idem_testkit::{
 // ------------------------------------------------------------ PostgreSQL
 
 #[allow(unused_imports)] // each test binary uses its own part
-pub use idem_testkit::{postgres_url as pg_url, redis_url};
+pub use idem_testkit::{postgres_url as pg_url, redis_addr, redis_url};
 
 /// Whether PostgreSQL answers; if not, skips (or fails under CI).
 pub async fn pg_up() -> bool {
@@ -99,19 +99,7 @@ pub use idem_testkit::postgres_addr as pg_server_addr;
 
 // ------------------------------------------------------------ Redis
 
-/// Whether the Redis server at `url` answers PING within `within`.
-pub async fn redis_ping(url: &str, within: Duration) -> Result<(), String> {
-    let ping = async {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(within, ping).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {within:?}")),
-    }
-}
+pub use idem_testkit::redis_ping;
 
 /// Whether the shared Redis answers; if not, skips (or fails under CI).
 pub async fn redis_up() -> bool {
@@ -143,43 +131,16 @@ impl RedisPrefix {
     pub fn store_url(&self) -> String {
         with_param(&self.url, "prefix", &self.name)
     }
+
+    /// The `--store` URL of this prefix through `proxy`.
+    pub fn store_url_via(&self, proxy: &Proxy) -> String {
+        format!("redis://{}/?prefix={}", proxy.addr, self.name)
+    }
 }
 
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
-        let (url, prefix) = (self.url.clone(), self.name.clone());
-        block_on_thread(move || async move {
-            let Ok(client) = redis::Client::open(url) else {
-                return;
-            };
-            let connect = client.get_multiplexed_async_connection();
-            let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(3), connect).await
-            else {
-                return;
-            };
-            let mut cursor = 0u64;
-            loop {
-                let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}:*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                else {
-                    break;
-                };
-                if !keys.is_empty() {
-                    let _: Result<i64, _> =
-                        redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-        });
+        idem_testkit::delete_redis_prefix(vec![self.url.clone()], self.name.clone());
     }
 }
 
