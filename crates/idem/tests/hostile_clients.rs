@@ -106,20 +106,28 @@ async fn a_flood_of_idle_connections_cannot_exhaust_descriptors_or_starve_a_paym
     let api = Upstream::start().await;
     let (gw, _dir) = gateway(
         &api,
-        "max_connections = 300\nheader_read_timeout = \"2s\"\n",
+        "max_connections = 1000\nheader_read_timeout = \"2s\"\n",
     );
     let mut idle = Vec::new();
-    for _ in 0..600 {
+    for _ in 0..2000 {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(gw.addr)).await {
             Ok(Ok(s)) => idle.push(s),
             _ => break, // the listen backlog is full: that is the bound
         }
     }
-    assert!(idle.len() > 300, "opened {} idle connections", idle.len());
-    let descriptors = open_descriptors(gw.child.id());
+    assert!(idle.len() > 1000, "opened {} idle connections", idle.len());
+    // The gateway takes connections up to its limit, and no more.
+    let pid = gw.child.id();
+    poll_until(
+        "the gateway to fill its slots",
+        Duration::from_secs(10),
+        || async move { open_descriptors(pid) >= 1000 },
+    )
+    .await;
+    let descriptors = open_descriptors(pid);
     assert!(
-        descriptors <= 300 + 64,
-        "the gateway holds {descriptors} descriptors with max_connections = 300"
+        descriptors <= 1000 + 64,
+        "the gateway holds {descriptors} descriptors with max_connections = 1000"
     );
     // A keyed payment waits its turn and executes once; its retry replays.
     let (status, text) = keyed_post(gw.addr, "during-flood").await;
