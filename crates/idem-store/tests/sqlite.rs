@@ -263,6 +263,186 @@ async fn one_batch_with_many_claims_of_one_key_has_one_winner() {
     );
 }
 
+/// A body of `len` bytes no shorter or shifted copy of it equals.
+fn patterned_body(len: usize) -> Bytes {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Replays of a 4 MiB record race claims of fresh keys (with and without
+/// a group-commit window): every replay returns the stored body byte for
+/// byte, every fresh key is claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replays_of_a_large_record_beside_fresh_claims_return_the_exact_body() {
+    let windows = [Duration::ZERO, Duration::from_millis(2)];
+    for window in windows {
+        let options = SqliteOptions {
+            group_commit_window: window,
+            ..Default::default()
+        };
+        let store = Arc::new(TempStore::new(options));
+        let large = id("large");
+        let stored = StoredResponse {
+            status: 200,
+            headers: vec![("content-type".into(), Bytes::from_static(b"text/csv"))],
+            body: Some(patterned_body(4 << 20)),
+        };
+        let token = must_claim(&*store, claim(&large, T0)).await;
+        let completion = Completion::new(stored.clone(), T0, &retention());
+        let written = store.complete(&large, token, completion).await.unwrap();
+        assert_eq!(written, Write::Written);
+
+        let (replayers, rounds, claimers) = (12, 3, 48);
+        let barrier = Arc::new(tokio::sync::Barrier::new(replayers + claimers));
+        let mut replays = Vec::new();
+        for _ in 0..replayers {
+            let (store, barrier, large) = (store.clone(), barrier.clone(), large.clone());
+            replays.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let mut bodies = Vec::new();
+                for _ in 0..rounds {
+                    let (outcome, record) = existing(&*store, claim(&large, T0)).await;
+                    assert_eq!(outcome, ExistingOutcome::Replay);
+                    bodies.push(record.response.expect("a replay has its response"));
+                }
+                bodies
+            }));
+        }
+        let mut claims = Vec::new();
+        for i in 0..claimers {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            claims.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.claim(claim(&id(&format!("fresh-{i}")), T0)).await
+            }));
+        }
+        let deadline = Duration::from_secs(60);
+        for task in claims {
+            let outcome = tokio::time::timeout(deadline, task).await.expect("in time");
+            assert!(
+                matches!(outcome.unwrap().unwrap(), ClaimOutcome::Claimed { .. }),
+                "window {window:?}: a fresh key is claimed"
+            );
+        }
+        for task in replays {
+            let responses = tokio::time::timeout(deadline, task).await.expect("in time");
+            for response in responses.unwrap() {
+                assert_eq!(response.status, stored.status);
+                assert_eq!(response.headers, stored.headers);
+                // Not assert_eq!: a mismatch would print 4 MiB twice.
+                let body = response.body.expect("a replay has its body");
+                assert!(
+                    body == stored.body.as_ref().unwrap(),
+                    "window {window:?}: a replay returned {} bytes that are not the stored body",
+                    body.len()
+                );
+            }
+        }
+    }
+}
+
+/// A replay decided in the very transaction that completed the record is
+/// answered after that transaction committed, so its body, read by another
+/// connection, is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_decided_in_the_batch_that_completed_the_record_reads_its_body() {
+    let options = SqliteOptions {
+        group_commit_window: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let store = TempStore::new(options);
+    let k = id("same-batch");
+    let token = must_claim(&store, claim(&k, T0)).await;
+    let commits = store.store.commit_count();
+    let completion = Completion::new(response(b"fresh"), T0, &retention());
+    // `join!` polls in order: the completion is queued before the claim.
+    let (written, replay) = tokio::join!(
+        store.complete(&k, token, completion),
+        store.claim(claim(&k, T0))
+    );
+    assert_eq!(
+        store.store.commit_count(),
+        commits + 1,
+        "both operations shared one transaction"
+    );
+    assert_eq!(written.unwrap(), Write::Written);
+    let ClaimOutcome::Existing { outcome, record } = replay.unwrap() else {
+        panic!("a completed key is not claimed again");
+    };
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response, Some(response(b"fresh")));
+}
+
+/// The writer decides on a record's small columns: answers that do not
+/// replay carry no body (a not-replayable response keeps its headers), and
+/// a damaged payload fails only what reads it.
+#[tokio::test]
+async fn only_a_replay_reads_the_stored_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&db_path(&dir));
+    let k = id("done");
+    let token = must_claim(&store, claim(&k, T0)).await;
+    let completion = Completion::new(response(b"paid"), T0, &retention());
+    assert_eq!(
+        store.complete(&k, token, completion).await.unwrap(),
+        Write::Written
+    );
+    let other = Claim::new(k.clone(), fp("b"), T0, &retention(), false);
+    let (outcome, record) = existing(&store, other.clone()).await;
+    assert_eq!(outcome, ExistingOutcome::Mismatch);
+    let stripped = record.response.unwrap();
+    assert_eq!((stripped.status, stripped.body), (201, None));
+    assert!(stripped.headers.is_empty());
+    let expired = T0.plus(retention().retention);
+    let (outcome, record) = existing(&store, claim(&k, expired)).await;
+    assert_eq!(outcome, ExistingOutcome::Expired);
+    assert_eq!(record.response.unwrap().body, None);
+
+    let big = id("too-big");
+    let token = must_claim(&store, claim(&big, T0)).await;
+    let headers_only = StoredResponse {
+        body: None,
+        ..response(b"")
+    };
+    let completion = Completion::new(headers_only.clone(), T0, &retention());
+    assert_eq!(
+        store.complete(&big, token, completion).await.unwrap(),
+        Write::Written
+    );
+    let (outcome, record) = existing(&store, claim(&big, T0)).await;
+    assert_eq!(outcome, ExistingOutcome::NotReplayable { status: 201 });
+    assert_eq!(record.response, Some(headers_only));
+
+    let raw = rusqlite::Connection::open(db_path(&dir)).unwrap();
+    raw.execute(
+        "UPDATE idem_records SET headers = x'09' WHERE key = 'done'",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    let (outcome, _) = existing(&store, other).await;
+    assert_eq!(
+        outcome,
+        ExistingOutcome::Mismatch,
+        "decided without the payload"
+    );
+    let err = store.claim(claim(&k, T0)).await.unwrap_err();
+    assert_eq!(err.operation(), "claim");
+    assert!(
+        err.to_string().contains("header encoding version 9"),
+        "{err}"
+    );
+    assert!(store.get(&k).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_stores_on_one_file_never_both_claim() {
     // Two writer threads with their own connections stand in for two

@@ -13,6 +13,11 @@
 //! atomic also across processes sharing the file. Reads (`get`) use a small
 //! pool of read-only connections on tokio's blocking threads.
 //!
+//! The writer never reads a stored body: a claim decides on the record's
+//! small columns, and a replay's headers and body are then read by a
+//! reader (see [`SqliteStore::replay`]), so replaying a large response
+//! delays nobody else's claim.
+//!
 //! Times are the callers' readings, as passed (SQLite has no clock of its
 //! own worth trusting over the gateway's: the processes sharing a file
 //! share the machine's clock, and the layer makes it monotonic).
@@ -24,6 +29,7 @@ mod schema;
 mod writer;
 
 use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use idem_core::decision::ExistingOutcome;
 use idem_core::{Record, RecordId, Timestamp};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -109,6 +115,8 @@ impl SqliteStore {
             busy_timeout: options.busy_timeout,
             max_idle: options.max_idle_readers,
             idle: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            before_payload: Mutex::new(None),
         });
         // Fail now, not at the first `get`, if readers cannot open.
         let reader = readers
@@ -168,6 +176,53 @@ impl SqliteStore {
         })
     }
 
+    /// Completes a replay the writer decided: reads the headers and body on
+    /// a reader, guarded by the identity of the record the writer decided
+    /// on (see [`rows::load_payload`]).
+    ///
+    /// The writer answers only after its batch committed, so the reader
+    /// (whose statement starts a fresh WAL snapshot) sees at least that
+    /// commit. A completed record does not change after it (owners' writes
+    /// are fenced to records in flight, and a claim only overwrites a
+    /// record that is free) until a sweep drops its payload or deletes it,
+    /// possibly a sweep by another process, on a later clock; after a
+    /// deletion the key may even hold a new record. When the guarded read
+    /// finds nothing, a sweep has judged the decided record past its
+    /// retention, so the answer is what a record past its retention gets:
+    /// `Expired`, with the status and no payload. Never the body of another
+    /// record (the guard), and never a second execution: asking the writer
+    /// again could find the key free and claim it, although this request's
+    /// first execution is on record.
+    async fn replay(&self, record: Box<Record>) -> Result<ClaimOutcome, StoreError> {
+        let readers = self.readers.clone();
+        let (mut record, payload) = tokio::task::spawn_blocking(move || {
+            let payload = readers.payload(&record);
+            (record, payload)
+        })
+        .await
+        .map_err(|e| fail("claim", format!("the read task failed: {e}")))?;
+        let outcome = match (payload?, &mut record.response) {
+            (Some(payload), Some(response)) => {
+                response.headers = payload.headers;
+                response.body = Some(payload.body);
+                ExistingOutcome::Replay
+            }
+            (_, response) => {
+                if let Some(response) = response {
+                    response.headers.clear();
+                    response.body = None;
+                }
+                tracing::debug!(
+                    scope = record.id.scope.as_str(),
+                    key = %record.id.key,
+                    "a replayed record was swept before its body was read; answering expired"
+                );
+                ExistingOutcome::Expired
+            }
+        };
+        Ok(ClaimOutcome::Existing { outcome, record })
+    }
+
     async fn owner(
         &self,
         id: &RecordId,
@@ -201,7 +256,16 @@ impl Drop for SqliteStore {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
-        self.call("claim", |reply| Op::Claim { claim, reply }).await
+        match self
+            .call("claim", |reply| Op::Claim { claim, reply })
+            .await?
+        {
+            ClaimOutcome::Existing {
+                outcome: ExistingOutcome::Replay,
+                record,
+            } => self.replay(record).await,
+            decided => Ok(decided),
+        }
     }
 
     async fn renew(
@@ -268,13 +332,17 @@ impl Store for SqliteStore {
     }
 }
 
-/// Read-only connections for `get`. WAL lets them read while the writer
-/// writes; each statement sees the latest committed state.
+/// Read-only connections for `get` and replays. WAL lets them read while
+/// the writer writes; each statement sees the latest committed state.
 struct Readers {
     path: PathBuf,
     busy_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Connection>>,
+    /// Runs once, on the read thread, just before the next payload read:
+    /// lets tests act between the writer's decision and the read.
+    #[cfg(test)]
+    before_payload: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Readers {
@@ -303,6 +371,28 @@ impl Readers {
         self.put(conn);
         result
     }
+
+    /// The headers and body of the completed record `decided`, if it is
+    /// still stored with its body.
+    fn payload(&self, decided: &Record) -> Result<Option<rows::Payload>, StoreError> {
+        #[cfg(test)]
+        {
+            let hook = self
+                .before_payload
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        let conn = self
+            .take()
+            .map_err(|e| fail("claim", format!("cannot open a read connection: {e}")))?;
+        let result = rows::load_payload(&conn, decided).map_err(|e| rows::row_error("claim", e));
+        self.put(conn);
+        result
+    }
 }
 
 /// An engine error for `op` with a message.
@@ -313,9 +403,14 @@ fn fail(op: &'static str, message: impl Into<String>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idem_core::{Fingerprint, IdempotencyKey, Retention, Scope};
+    use bytes::Bytes;
+    use idem_core::{Fingerprint, IdempotencyKey, Retention, Scope, StoredResponse};
 
     fn claim(key: &str) -> Claim {
+        claim_at(key, Timestamp(1_000))
+    }
+
+    fn claim_at(key: &str, now: Timestamp) -> Claim {
         let id = RecordId {
             scope: Scope::from_stored("s"),
             key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
@@ -324,13 +419,7 @@ mod tests {
             version: 1,
             digest: [7; 32],
         };
-        Claim::new(
-            id,
-            fingerprint,
-            Timestamp(1_000),
-            &Retention::default(),
-            false,
-        )
+        Claim::new(id, fingerprint, now, &Retention::default(), false)
     }
 
     fn open_temp() -> (SqliteStore, tempfile::TempDir) {
@@ -397,5 +486,139 @@ mod tests {
             ClaimOutcome::Claimed { .. }
         ));
         store.ping().await.unwrap();
+    }
+
+    /// Claims `c`, completes it with `body`, and returns the completion.
+    async fn complete_with(store: &SqliteStore, c: &Claim, body: &'static [u8]) -> Completion {
+        let ClaimOutcome::Claimed { token } = store.claim(c.clone()).await.unwrap() else {
+            panic!("{} is free", c.id.key);
+        };
+        let response = StoredResponse {
+            status: 201,
+            headers: vec![("x-h".into(), Bytes::from_static(b"v"))],
+            body: Some(Bytes::from_static(body)),
+        };
+        let completion = Completion::new(response, c.now, &Retention::default());
+        let written = store.complete(&c.id, token, completion.clone()).await;
+        assert_eq!(written.unwrap(), Write::Written);
+        completion
+    }
+
+    /// Holds the next payload read on its read thread: the first receiver
+    /// resolves once the read is held (the writer has answered the claim),
+    /// and the read goes on when the sender fires or is dropped.
+    fn hold_next_payload_read(store: &SqliteStore) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (held, is_held) = oneshot::channel();
+        let (go, on_go) = oneshot::channel::<()>();
+        let hook: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = held.send(());
+            let _ = on_go.blocking_recv();
+        });
+        *store.readers.before_payload.lock().unwrap() = Some(hook);
+        (is_held, go)
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(DEADLINE, f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not happen within {DEADLINE:?}"))
+    }
+
+    /// The replay's body is read after the writer answered, off its thread:
+    /// while that read is held, the writer commits other claims.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_serves_other_claims_while_a_replay_reads_its_body() {
+        let (store, _dir) = open_temp();
+        let store = Arc::new(store);
+        let c = claim("large");
+        let stored = complete_with(&store, &c, b"the stored body").await;
+        let (is_held, go) = hold_next_payload_read(&store);
+        let replay = tokio::spawn({
+            let store = store.clone();
+            async move { store.claim(claim("large")).await }
+        });
+        within("the payload read", is_held).await.unwrap();
+        for i in 0..3 {
+            let fresh = within("a fresh claim", store.claim(claim(&format!("fresh-{i}")))).await;
+            assert!(matches!(fresh.unwrap(), ClaimOutcome::Claimed { .. }));
+        }
+        within("a ping", store.ping()).await.unwrap();
+        assert!(!replay.is_finished(), "the replay waits for its read");
+        go.send(()).unwrap();
+        let replayed = within("the replay", replay).await.unwrap().unwrap();
+        let ClaimOutcome::Existing { outcome, record } = replayed else {
+            panic!("a completed key is not claimed again");
+        };
+        assert_eq!(outcome, ExistingOutcome::Replay);
+        assert_eq!(record.response, Some(stored.response));
+    }
+
+    /// A sweep that drops the payload between the writer's decision and the
+    /// read: the answer is the one a tombstone gets, not a replay without
+    /// a body and not a new claim.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_swept_before_its_body_is_read_answers_expired() {
+        let (store, _dir) = open_temp();
+        let store = Arc::new(store);
+        let c = claim("k");
+        let stored = complete_with(&store, &c, b"body").await;
+        let (is_held, go) = hold_next_payload_read(&store);
+        let replay = tokio::spawn({
+            let store = store.clone();
+            async move { store.claim(claim("k")).await }
+        });
+        within("the payload read", is_held).await.unwrap();
+        let report = within("the sweep", store.sweep(stored.expires_at, 10)).await;
+        assert_eq!(report.unwrap().tombstoned, 1);
+        go.send(()).unwrap();
+        let ClaimOutcome::Existing { outcome, record } =
+            within("the replay", replay).await.unwrap().unwrap()
+        else {
+            panic!("a swept record is not claimed again");
+        };
+        assert_eq!(outcome, ExistingOutcome::Expired);
+        let response = record.response.unwrap();
+        assert_eq!((response.status, response.body), (201, None));
+        assert!(response.headers.is_empty());
+    }
+
+    /// The record the writer decided on deleted and the key claimed and
+    /// completed anew before the read: the replay never returns the new
+    /// record's body.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_never_returns_the_body_of_a_record_that_replaced_it() {
+        let (store, _dir) = open_temp();
+        let store = Arc::new(store);
+        let stored = complete_with(&store, &claim("k"), b"first").await;
+        let (is_held, go) = hold_next_payload_read(&store);
+        let replay = tokio::spawn({
+            let store = store.clone();
+            async move { store.claim(claim("k")).await }
+        });
+        within("the payload read", is_held).await.unwrap();
+        let later = stored.tombstone_until;
+        let report = within("the sweep", store.sweep(later, 10)).await;
+        assert_eq!(report.unwrap().deleted, 1);
+        let second = claim_at("k", later);
+        let second_stored =
+            within("the new record", complete_with(&store, &second, b"second")).await;
+        go.send(()).unwrap();
+        let ClaimOutcome::Existing { outcome, record } =
+            within("the replay", replay).await.unwrap().unwrap()
+        else {
+            panic!("the replay does not claim");
+        };
+        assert_eq!(outcome, ExistingOutcome::Expired);
+        assert_eq!(record.response.and_then(|r| r.body), None);
+        // A request now meets the new record, and replays it.
+        let ClaimOutcome::Existing { outcome, record } =
+            store.claim(claim_at("k", later)).await.unwrap()
+        else {
+            panic!("the new record is completed");
+        };
+        assert_eq!(outcome, ExistingOutcome::Replay);
+        assert_eq!(record.response, Some(second_stored.response));
     }
 }

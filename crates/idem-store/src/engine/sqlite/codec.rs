@@ -27,6 +27,20 @@ macro_rules! sweep_columns {
     };
 }
 
+/// What the writer's claim reads: [`sweep_columns!`], with the headers only
+/// when there is no body. A claim decides on the small columns alone; the
+/// payload of a replay is read afterwards by a reader (see `sqlite.rs`),
+/// so a large body never passes through the writer thread. Headers beside
+/// no body (a not-replayable response) are small and kept, so that record
+/// comes back whole.
+macro_rules! claim_columns {
+    () => {
+        "state, token, fp_version, fp_digest, lease_until, expires_at, \
+         tombstone_until, claimed_at, has_response, status, \
+         CASE WHEN body IS NULL THEN headers END, body IS NOT NULL, attempt"
+    };
+}
+
 /// The first byte of an encoded header list: the format's version.
 const HEADERS_V1: u8 = 1;
 
@@ -149,13 +163,14 @@ pub(super) fn attempt_from_sql(stored: i64) -> u64 {
 }
 
 /// How much of a record to read: everything, or everything but the body
-/// (the sweep only needs to know whether there is one).
+/// (the sweep and the claim only need to know whether there is one).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Body {
     Load,
-    /// The body column was selected as `body IS NOT NULL`; a present body
-    /// is represented by an empty placeholder that must never be written
-    /// back.
+    /// The body column was selected as `body IS NOT NULL` (by
+    /// [`sweep_columns!`] or [`claim_columns!`]); a present body is
+    /// represented by an empty placeholder that must never be written back
+    /// nor replayed.
     PresenceOnly,
 }
 

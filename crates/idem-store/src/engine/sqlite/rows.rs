@@ -4,7 +4,9 @@
 use super::codec::{self, Body, Corrupt, RowError};
 use crate::engine::{sweep_action, to_tombstone, SweepAction};
 use crate::{StoreError, SweepReport};
-use idem_core::{Record, RecordId, Scope, Timestamp};
+use bytes::Bytes;
+use idem_core::{Record, RecordId, RecordState, Scope, Timestamp};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The three kinds of records a sweep acts on, each found through its own
@@ -83,6 +85,80 @@ pub(super) fn load(conn: &Connection, id: &RecordId) -> Result<Option<Record>, R
     })
     .optional()
     .map_err(RowError::from)
+}
+
+/// [`load_for_claim`]'s query.
+pub(super) const CLAIM_LOOKUP: &str = concat!(
+    "SELECT ",
+    claim_columns!(),
+    " FROM idem_records WHERE scope = ?1 AND key = ?2"
+);
+
+/// [`load_payload`]'s query: the payload, if the row is still the record
+/// the claim decided on.
+pub(super) const PAYLOAD_LOOKUP: &str = "SELECT headers, body FROM idem_records \
+     WHERE scope = ?1 AND key = ?2 AND token = ?3 AND attempt = ?4 AND state = ?5 \
+     AND fp_version = ?6 AND fp_digest = ?7 AND has_response AND body IS NOT NULL";
+
+/// The record stored under `id` as the writer's claim reads it: the body
+/// only as a placeholder for "there is one", and no headers beside it
+/// ([`claim_columns!`]). Never written back as it is.
+pub(super) fn load_for_claim(conn: &Connection, id: &RecordId) -> Result<Option<Record>, RowError> {
+    let mut stmt = conn.prepare_cached(CLAIM_LOOKUP)?;
+    stmt.query_row(params![id.scope.as_str(), id.key.as_str()], |row| {
+        Ok(codec::read_record(row, 0, id.clone(), Body::PresenceOnly)?)
+    })
+    .optional()
+    .map_err(RowError::from)
+}
+
+/// The stored response of a replay, read after the claim decided it.
+pub(super) struct Payload {
+    pub(super) headers: Vec<(String, Bytes)>,
+    pub(super) body: Bytes,
+}
+
+/// The headers and body of `decided`, if the row still is that record
+/// (the same claim: token, attempt and fingerprint; completed, which it
+/// stays until it is swept) and still has its body. A different record
+/// under the key, or none, or one without a body is `None`: what `decided`
+/// stored is gone.
+pub(super) fn load_payload(
+    conn: &Connection,
+    decided: &Record,
+) -> Result<Option<Payload>, RowError> {
+    let mut stmt = conn.prepare_cached(PAYLOAD_LOOKUP)?;
+    let found = stmt
+        .query_row(
+            params![
+                decided.id.scope.as_str(),
+                decided.id.key.as_str(),
+                codec::token_to_sql(decided.token)?,
+                codec::attempt_to_sql(decided.attempt),
+                RecordState::Completed.code(),
+                i64::from(decided.fingerprint.version),
+                &decided.fingerprint.digest[..],
+            ],
+            |row| {
+                let headers = codec::decode_headers(row.get(0)?).map_err(RowError::Corrupt)?;
+                // One copy, straight from SQLite's buffer into the one the
+                // replay keeps. (Incremental blob I/O, which would skip
+                // SQLite's own buffer, needs a rowid; the table has none.)
+                let body = match row.get_ref(1)? {
+                    ValueRef::Blob(b) => Bytes::copy_from_slice(b),
+                    other => {
+                        return Err(RowError::Corrupt(Corrupt(format!(
+                            "a response body stored as {}",
+                            other.data_type()
+                        )))
+                        .into())
+                    }
+                };
+                Ok(Payload { headers, body })
+            },
+        )
+        .optional()?;
+    Ok(found)
 }
 
 /// Writes the slot back: the whole row, or its deletion.

@@ -262,6 +262,8 @@ mod tests {
         );
         let expected = [
             (lookup, "USING PRIMARY KEY"),
+            (super::super::rows::CLAIM_LOOKUP, "USING PRIMARY KEY"),
+            (super::super::rows::PAYLOAD_LOOKUP, "USING PRIMARY KEY"),
             (
                 super::super::rows::SWEEP_QUERIES[0],
                 "USING INDEX idem_records_by_tombstone_until",
@@ -278,7 +280,10 @@ mod tests {
         for (sql, index) in expected {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = stmt
-                .query_map([1, 2], |r| r.get::<_, String>(3))
+                .query_map(
+                    rusqlite::params_from_iter(vec![1; stmt.parameter_count()]),
+                    |r| r.get::<_, String>(3),
+                )
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();

@@ -8,9 +8,14 @@
 //! one fsync however many operations it carries. Operations on the same key
 //! in one batch see each other's effects, because each one reads its row
 //! inside the transaction.
+//!
+//! The writer only writes, and reads what a decision needs: a claim that
+//! meets a completed record reads whether it has a body, never the body
+//! (nor the headers beside it); the store reads a replay's payload on a
+//! reader, after the answer, which is sent only after the commit.
 
 use super::codec::RowError;
-use super::rows::{load, persist, row_error, sweep_candidates};
+use super::rows::{load, load_for_claim, persist, row_error, sweep_candidates};
 use super::{fail, Stats};
 use crate::engine::{apply_claim, apply_complete, apply_release, apply_renew, apply_unknown};
 use crate::{Claim, ClaimOutcome, Completion, StoreError, SweepReport, Write};
@@ -352,12 +357,36 @@ impl Writer {
         }
     }
 
+    /// Decides a claim on the record's small columns only: an existing
+    /// record comes back without its body (and without the headers beside
+    /// one), which the store reads outside this thread when the answer is
+    /// a replay. The body's presence is all the decision needs.
     fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let op = "claim";
-        let mut slot = load(&self.conn, &claim.id).map_err(|e| row_error(op, e))?;
-        let outcome = apply_claim(&mut slot, claim);
+        let mut slot = load_for_claim(&self.conn, &claim.id).map_err(|e| row_error(op, e))?;
+        let mut outcome = apply_claim(&mut slot, claim);
         if let ClaimOutcome::Claimed { .. } = outcome {
-            persist(&self.conn, &claim.id, slot.as_ref()).map_err(|e| row_error(op, e))?;
+            if slot.as_ref().is_some_and(|r| r.response.is_some()) {
+                // A claim writes a fresh record or refreshes its own one in
+                // flight, and neither has a response. Were a row ever to
+                // break that rule, the slot would hold the placeholder body,
+                // which must never be written back: decide on the whole row.
+                slot = load(&self.conn, &claim.id).map_err(|e| row_error(op, e))?;
+                outcome = apply_claim(&mut slot, claim);
+            }
+        }
+        match &mut outcome {
+            ClaimOutcome::Claimed { .. } => {
+                persist(&self.conn, &claim.id, slot.as_ref()).map_err(|e| row_error(op, e))?;
+            }
+            ClaimOutcome::Existing { record, .. } => {
+                if let Some(response) = &mut record.response {
+                    // The placeholder (or, after the fallback above, the
+                    // body) is not part of the answer: a replay's body is
+                    // read by the store, from the committed row.
+                    response.body = None;
+                }
+            }
         }
         Ok(outcome)
     }
