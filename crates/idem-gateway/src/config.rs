@@ -67,7 +67,8 @@ pub struct FileConfig {
     /// `listen`: address clients connect to.
     #[serde(default, deserialize_with = "de::opt")]
     pub listen: Option<SocketAddr>,
-    /// `upstream`: the API behind the gateway, `http://host[:port][/base]`.
+    /// `upstream`: the API behind the gateway,
+    /// `http[s]://host[:port][/base]`.
     #[serde(default, deserialize_with = "de::opt")]
     pub upstream: Option<Uri>,
     /// `store`: `sqlite:PATH` or `memory`.
@@ -152,6 +153,19 @@ pub struct FileConfig {
     /// `h2c`: accept cleartext HTTP/2 (prior knowledge); default false.
     #[serde(default)]
     pub h2c: Option<bool>,
+    /// `upstream_ca`: PEM file of the CA certificates an `https://`
+    /// upstream is verified against, instead of the public roots.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// `upstream_client_cert`: PEM file of a client certificate for mTLS.
+    #[serde(default)]
+    pub upstream_client_cert: Option<PathBuf>,
+    /// `upstream_client_key`: PEM file of its private key.
+    #[serde(default)]
+    pub upstream_client_key: Option<PathBuf>,
+    /// `upstream_http2`: `"auto"` (ALPN decides), `"never"` or `"always"`.
+    #[serde(default)]
+    pub upstream_http2: Option<crate::upstream_tls::UpstreamHttp2>,
     /// `[scope]`: where a request's tenant scope comes from.
     #[serde(default)]
     pub scope: Option<ScopeConfig>,
@@ -315,6 +329,9 @@ pub struct Settings {
     pub trust_forwarded: bool,
     /// Accept cleartext HTTP/2. Default false.
     pub h2c: bool,
+    /// TLS and HTTP version to the upstream. Default: public roots, no
+    /// client certificate, ALPN decides.
+    pub upstream_tls: crate::upstream_tls::UpstreamTls,
     /// Seal stored responses with these keys. Default none.
     pub encryption: Option<idem_store::KeyRing>,
     /// The contract's settings, for the layer.
@@ -336,6 +353,7 @@ impl Default for Settings {
             sweep_batch: 1000,
             trust_forwarded: false,
             h2c: false,
+            upstream_tls: crate::upstream_tls::UpstreamTls::default(),
             encryption: None,
             idempotency: IdempotencyConfig::default(),
         }
@@ -393,15 +411,16 @@ pub fn check(path: &Path) -> Result<Settings, ConfigError> {
 }
 
 /// Parses and checks an upstream URI the way the `upstream` option is
-/// checked: `http://` with a host, an optional base path, no query, no
-/// credentials. `https://` is not supported yet.
+/// checked: `http://` or `https://` with a host, an optional base path, no
+/// query, no credentials.
 ///
 /// Fits clap's `value_parser` for `--upstream`.
 ///
 /// ```
 /// use idem_gateway::config::parse_upstream;
 /// assert!(parse_upstream("http://127.0.0.1:3000").is_ok());
-/// assert!(parse_upstream("https://api.example.com").is_err());
+/// assert!(parse_upstream("https://api.example.com").is_ok());
+/// assert!(parse_upstream("ftp://api.example.com").is_err());
 /// ```
 pub fn parse_upstream(s: &str) -> Result<Uri, ConfigError> {
     de::upstream(s).map_err(|message| ConfigError::invalid("upstream", message))

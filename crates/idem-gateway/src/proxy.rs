@@ -1,10 +1,12 @@
 //! The reverse proxy the layer wraps: no idempotency rules here, only
 //! faithful forwarding.
 
+use crate::upstream_tls::{UpstreamHttp2, UpstreamTls};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use idem_core::headers::is_hop_by_hop;
@@ -21,10 +23,11 @@ use tower_service::Service;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// Forwards requests to one upstream over a pooled keep-alive client.
+/// Forwards requests to one upstream (`http://` or `https://`) over a
+/// pooled keep-alive client.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, RequestBody<Incoming>>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody<Incoming>>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -65,35 +68,62 @@ impl Forwarding {
 #[error("upstream `{uri}`: {reason}")]
 pub struct InvalidUpstream {
     uri: String,
-    reason: &'static str,
+    reason: String,
 }
 
 impl Proxy {
-    /// A proxy to `upstream` (`http://host:port[/base]`).
-    pub fn new(upstream: &Uri, forwarding: Forwarding) -> Result<Self, InvalidUpstream> {
-        let invalid = |reason| InvalidUpstream {
+    /// A proxy to `upstream` (`http://` or `https://host[:port][/base]`),
+    /// reached as `tls` says.
+    pub fn new(
+        upstream: &Uri,
+        forwarding: Forwarding,
+        tls: &UpstreamTls,
+    ) -> Result<Self, InvalidUpstream> {
+        let invalid = |reason: String| InvalidUpstream {
             uri: upstream.to_string(),
             reason,
         };
         let scheme = upstream
             .scheme()
             .cloned()
-            .ok_or_else(|| invalid("needs a scheme, e.g. http://127.0.0.1:3000"))?;
-        if scheme != Scheme::HTTP {
-            return Err(invalid("only http:// upstreams are supported"));
+            .ok_or_else(|| invalid("needs a scheme, e.g. http://127.0.0.1:3000".to_owned()))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(invalid(
+                "only http:// and https:// upstreams are supported".to_owned(),
+            ));
         }
         let authority = upstream
             .authority()
             .cloned()
-            .ok_or_else(|| invalid("needs a host"))?;
+            .ok_or_else(|| invalid("needs a host".to_owned()))?;
         let base_path = upstream.path().trim_end_matches('/').to_owned();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new())
+        // The TLS connector wraps the TCP one; `https_or_http` lets the
+        // same client reach an `http://` upstream in the clear.
+        connector.enforce_http(false);
+        let tls_config = tls.client_config().map_err(|e| invalid(e.to_string()))?;
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http();
+        // ALPN follows the versions enabled here.
+        let https = match tls.http2 {
+            UpstreamHttp2::Auto => https
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(connector),
+            UpstreamHttp2::Never => https.enable_http1().wrap_connector(connector),
+            UpstreamHttp2::Always => https.enable_http2().wrap_connector(connector),
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+            .pool_max_idle_per_host(1024);
+        if tls.http2 == UpstreamHttp2::Always {
+            builder.http2_only(true);
+        }
+        let client = builder.build(https);
         Ok(Proxy {
             client,
             scheme,
@@ -245,10 +275,95 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
                     strip_hop_by_hop(response.headers_mut(), &[]);
                     Ok(response)
                 }
-                // Refused, unreachable, DNS: nothing reached the upstream.
-                Err(e) if e.is_connect() => Err(Box::new(NotExecuted::new(e)) as BoxError),
+                // Refused, unreachable, DNS, a TLS handshake that failed:
+                // nothing reached the upstream.
+                Err(e) if e.is_connect() || never_sent(&e) => {
+                    let reason = with_causes(&e);
+                    tracing::warn!(%reason, "upstream not reached; nothing was executed");
+                    Err(Box::new(NotExecuted::new(reason)) as BoxError)
+                }
                 Err(e) => Err(Box::new(e) as BoxError),
             }
         })
+    }
+}
+
+/// `e` and its causes, joined: hyper's own message ("client error
+/// (Connect)") does not say why.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Whether the request never reached the upstream's application although
+/// the connection was made:
+/// - hyper cancelled it because the connection closed while it was still
+///   queued (hyper hands such a request back unsent);
+/// - the upstream's TLS endpoint refused the handshake (a bad or missing
+///   client certificate, an alert). With TLS 1.3 a server judges the
+///   client's certificate after the client considers the handshake done,
+///   so the refusal arrives while the request is being sent; but a server
+///   that refused the handshake never hands the request to its
+///   application.
+fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return is_handshake_refusal(tls);
+        }
+        // tokio-rustls hands the alert up as an `io::Error` carrying only
+        // rustls's message, not the error itself.
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                let text = io.to_string();
+                if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+                    return HANDSHAKE_ALERTS.contains(&alert);
+                }
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The alerts a TLS server sends when it refuses the handshake (rustls's
+/// names): the client's certificate, or no agreement on how to talk.
+const HANDSHAKE_ALERTS: [&str; 11] = [
+    "HandshakeFailure",
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "CertificateRequired",
+    "UnknownCA",
+    "AccessDenied",
+    "ProtocolVersion",
+    "NoApplicationProtocol",
+];
+
+fn is_handshake_refusal(tls: &rustls::Error) -> bool {
+    match tls {
+        rustls::Error::AlertReceived(alert) => {
+            HANDSHAKE_ALERTS.contains(&format!("{alert:?}").as_str())
+        }
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::PeerIncompatible(_) => true,
+        _ => false,
     }
 }

@@ -42,6 +42,8 @@ pub struct GatewayOptions {
     pub trust_forwarded: bool,
     /// Accept cleartext HTTP/2 (prior knowledge). Off: HTTP/1.1 only.
     pub h2c: bool,
+    /// TLS (and the HTTP version) to the upstream.
+    pub upstream_tls: crate::upstream_tls::UpstreamTls,
     /// Seal stored responses with these keys (any engine).
     pub encryption: Option<idem_store::KeyRing>,
     /// Timeouts and limits of client connections.
@@ -118,6 +120,7 @@ impl GatewayOptions {
             sweep_batch: settings.sweep_batch,
             trust_forwarded: settings.trust_forwarded,
             h2c: settings.h2c,
+            upstream_tls: settings.upstream_tls,
             encryption: settings.encryption,
             limits: settings.limits,
             admin_token: settings.admin_token,
@@ -182,7 +185,7 @@ impl RunningGateway {
 /// Binds the listeners and starts serving.
 pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayError> {
     let forwarding = Forwarding::for_config(&options.idempotency, options.trust_forwarded);
-    let proxy = Proxy::new(&options.upstream, forwarding)?;
+    let proxy = Proxy::new(&options.upstream, forwarding, &options.upstream_tls)?;
     let store: Arc<dyn Store> = match options.encryption {
         Some(keys) => Arc::new(idem_store::SealedStore::new(options.store, keys)),
         None => options.store,

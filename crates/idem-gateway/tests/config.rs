@@ -40,6 +40,10 @@ header_read_timeout = "10s"         # a client's headers (and an idle keep-alive
 max_connections = 10000             # past it, new clients wait in the listen backlog
 trust_forwarded = false             # drop inbound Forwarded / X-Forwarded-* / X-Real-IP
 h2c = false                         # cleartext HTTP/2 only when asked
+upstream_http2 = "auto"             # HTTP/2 to the upstream when its TLS offers it; or "never", "always"
+# upstream_ca = "upstream-ca.pem"          # https upstream: trust this CA (PEM) instead of the public roots
+# upstream_client_cert = "gateway.crt"     # and present this client certificate (mTLS)...
+# upstream_client_key = "gateway.key"      # ...with this key; paths relative to this file
 
 [scope]
 source = "header-hash"   # or "cookie-hash", "jwt", "trusted-header", "none"
@@ -486,12 +490,9 @@ fn scope_none_with_a_header_is_refused() {
 }
 
 #[test]
-fn upstream_must_be_plain_http_with_a_host() {
-    refused(
-        "upstream = \"https://api.example.com\"",
-        "upstream",
-        "https upstreams are not supported yet",
-    );
+fn upstream_must_be_http_or_https_with_a_host() {
+    let s = check("upstream = \"https://api.example.com/v1\"").unwrap();
+    assert_eq!(s.upstream.unwrap().scheme_str(), Some("https"));
     refused(
         "upstream = \"ftp://files.example.com\"",
         "upstream",
@@ -503,10 +504,7 @@ fn upstream_must_be_plain_http_with_a_host() {
         "upstream",
         "a query string is not supported",
     );
-    assert!(config::parse_upstream("https://api.example.com")
-        .unwrap_err()
-        .to_string()
-        .contains("not supported yet"));
+    assert!(config::parse_upstream("https://api.example.com").is_ok());
 }
 
 #[test]
@@ -706,4 +704,36 @@ fn a_buffer_budget_too_small_for_one_large_request_is_refused() {
     );
     let s = check("max_request_body = \"1MiB\"\nmax_buffered_bytes = \"4MiB\"\n").unwrap();
     assert_eq!(s.idempotency.max_buffered_bytes, 4 * 1024 * 1024);
+}
+
+#[test]
+fn upstream_tls_files_are_read_relative_to_the_file_and_named_when_bad() {
+    let file = write("upstream = \"https://localhost:8443\"\nupstream_ca = \"ca.pem\"\nupstream_http2 = \"never\"\n");
+    let dir = file.path.parent().unwrap();
+    let ca = idem_testkit::tls::TestCa::new("test CA");
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    let s = config::check(&file.path).unwrap();
+    assert_eq!(
+        s.upstream_tls.ca.as_deref(),
+        Some(dir.join("ca.pem").as_path())
+    );
+    assert_eq!(
+        s.upstream_tls.http2,
+        idem_gateway::upstream_tls::UpstreamHttp2::Never
+    );
+    refused(
+        "upstream_ca = \"missing.pem\"\n",
+        "upstream_ca",
+        "missing.pem",
+    );
+    refused(
+        "upstream_client_cert = \"gateway.crt\"\n",
+        "upstream_client_key",
+        "required with upstream_client_cert",
+    );
+    refused(
+        "upstream_http2 = \"sometimes\"\n",
+        "upstream_http2",
+        "sometimes",
+    );
 }

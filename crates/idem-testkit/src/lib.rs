@@ -12,6 +12,7 @@
 //!   it as the test says; [`counting_upstream`] when a count of side
 //!   effects is all a test needs.
 
+pub mod tls;
 mod upstream;
 
 pub use upstream::{counting_upstream, reply, Body, Gate, Reply, Seen, Upstream};

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +53,9 @@ pub struct Seen {
     pub number_on_path: usize,
     /// Which request with this `method` (1 for the first).
     pub number_with_method: usize,
+    /// The HTTP version it came in (HTTP/2 when a TLS front negotiated
+    /// `h2`, or with prior knowledge).
+    pub version: http::Version,
 }
 
 type BoxedReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -75,7 +78,12 @@ impl State {
             .headers
             .get("idempotency-key")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let path = parts.uri.to_string();
+        // The target as an HTTP/1.1 request line has it (an HTTP/2
+        // request's URI also carries the scheme and authority).
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
         let mut all = self.seen.lock().unwrap();
         let seen = Seen {
             number: all.len() + 1,
@@ -86,6 +94,7 @@ impl State {
             headers: parts.headers,
             body,
             key,
+            version: parts.version,
         };
         all.push(seen.clone());
         seen
@@ -286,8 +295,10 @@ pub async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>) {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Serves HTTP/1.1 on a free 127.0.0.1 port, answering every request with
-/// `handle`, until the test's runtime ends. Returns the address.
+/// Serves HTTP/1.1 (and HTTP/2 with prior knowledge, which is what a TLS
+/// front that negotiated `h2` pipes in) on a free 127.0.0.1 port,
+/// answering every request with `handle`, until the test's runtime ends.
+/// Returns the address.
 async fn serve<H, F, E>(handle: H) -> SocketAddr
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -305,7 +316,7 @@ where
             let handle = handle.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| handle(req));
-                let _ = hyper::server::conn::http1::Builder::new()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

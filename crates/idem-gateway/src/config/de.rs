@@ -257,18 +257,17 @@ pub(super) fn upstream(s: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// What the proxy can forward to: `http://host[:port][/base]`. `shown` is
+/// What the proxy can forward to: `http[s]://host[:port][/base]`. `shown` is
 /// the URI as written, for messages.
 pub(super) fn check_upstream(uri: &Uri, shown: &str) -> Result<(), String> {
     const EXAMPLE: &str = r#"(expected e.g. "http://127.0.0.1:3000")"#;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("http" | "https") => {}
+        Some(other) => {
             return Err(format!(
-                "{shown:?}: https upstreams are not supported yet; use the upstream's plain http:// address"
+                "{shown:?}: scheme {other:?} is not supported {EXAMPLE}"
             ))
         }
-        Some(other) => return Err(format!("{shown:?}: scheme {other:?} is not supported {EXAMPLE}")),
         None => return Err(format!("{shown:?} has no scheme {EXAMPLE}")),
     }
     match uri.authority() {

@@ -9,7 +9,7 @@ use idem_core::headers::ReplayHeaderFilter;
 use idem_core::scope::{JwtKeys, JwtVerifier, ScopeSecret};
 use idem_core::{Anonymous, InFlightMode, Policy, ReleaseStatuses, ScopeRule, ScopeSource};
 use idem_tower::Route;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,7 +78,10 @@ fn body_limit(field: &str, bytes: u64) -> Result<usize> {
 }
 
 pub(super) fn settings(file: FileConfig) -> Result<Settings> {
-    let mut s = Settings::default();
+    let mut s = Settings {
+        upstream_tls: upstream_tls(&file)?,
+        ..Settings::default()
+    };
     if let Some(uri) = file.upstream {
         de::check_upstream(&uri, &uri.to_string()).map_err(|m| invalid("upstream", m))?;
         s.upstream = Some(uri);
@@ -556,4 +559,22 @@ fn route(i: usize, entry: RouteConfig) -> Result<Route> {
         upstream_dedupes: entry.upstream_dedupes.unwrap_or(defaults.upstream_dedupes),
     };
     Ok(route)
+}
+
+/// The upstream's TLS files, relative to the configuration file, loaded
+/// once here so `--check-config` reports a bad one.
+fn upstream_tls(file: &FileConfig) -> Result<crate::upstream_tls::UpstreamTls> {
+    let near_config = |path: &PathBuf| match file.file.as_deref().and_then(Path::parent) {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.clone(),
+    };
+    let tls = crate::upstream_tls::UpstreamTls {
+        ca: file.upstream_ca.as_ref().map(near_config),
+        client_cert: file.upstream_client_cert.as_ref().map(near_config),
+        client_key: file.upstream_client_key.as_ref().map(near_config),
+        http2: file.upstream_http2.unwrap_or_default(),
+    };
+    tls.client_config()
+        .map_err(|e| invalid(e.field, e.problem))?;
+    Ok(tls)
 }

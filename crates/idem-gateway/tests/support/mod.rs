@@ -327,8 +327,20 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(upstream: Uri, config: IdempotencyConfig, store: TestStore) -> Gateway {
+        let tls = idem_gateway::upstream_tls::UpstreamTls::default();
+        Gateway::start_with_tls(upstream, config, store, tls).await
+    }
+
+    /// [`Gateway::start`], reaching the upstream as `upstream_tls` says.
+    pub async fn start_with_tls(
+        upstream: Uri,
+        config: IdempotencyConfig,
+        store: TestStore,
+        upstream_tls: idem_gateway::upstream_tls::UpstreamTls,
+    ) -> Gateway {
         let running = idem_gateway::start(GatewayOptions {
             admin: Some("127.0.0.1:0".parse().unwrap()),
+            upstream_tls,
             idempotency: config,
             shutdown_grace: Duration::from_secs(5),
             sweep_interval: Duration::from_millis(50),
