@@ -166,6 +166,13 @@ pub struct FileConfig {
     /// `upstream_http2`: `"auto"` (ALPN decides), `"never"` or `"always"`.
     #[serde(default)]
     pub upstream_http2: Option<crate::upstream_tls::UpstreamHttp2>,
+    /// `tls_cert`: PEM certificate chain; with `tls_key`, the listener
+    /// speaks TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// `[scope]`: where a request's tenant scope comes from.
     #[serde(default)]
     pub scope: Option<ScopeConfig>,
@@ -332,6 +339,8 @@ pub struct Settings {
     /// TLS and HTTP version to the upstream. Default: public roots, no
     /// client certificate, ALPN decides.
     pub upstream_tls: crate::upstream_tls::UpstreamTls,
+    /// TLS termination on the listener. Default off.
+    pub listen_tls: Option<crate::listen_tls::ListenTls>,
     /// Seal stored responses with these keys. Default none.
     pub encryption: Option<idem_store::KeyRing>,
     /// The contract's settings, for the layer.
@@ -354,6 +363,7 @@ impl Default for Settings {
             trust_forwarded: false,
             h2c: false,
             upstream_tls: crate::upstream_tls::UpstreamTls::default(),
+            listen_tls: None,
             encryption: None,
             idempotency: IdempotencyConfig::default(),
         }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod listen_tls;
 pub mod proxy;
 pub mod server;
 pub mod upstream_tls;

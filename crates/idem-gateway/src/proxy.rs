@@ -23,6 +23,11 @@ use tower_service::Service;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Put in request extensions by the server when the client spoke TLS to
+/// it: the upstream is told `X-Forwarded-Proto: https`.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsTerminated;
+
 /// Forwards requests to one upstream (`http://` or `https://`) over a
 /// pooled keep-alive client.
 #[derive(Clone)]
@@ -189,6 +194,7 @@ fn set_forwarded(
     headers: &mut HeaderMap,
     host: Option<HeaderValue>,
     client: Option<SocketAddr>,
+    tls: bool,
     trust: bool,
 ) {
     if !trust {
@@ -220,7 +226,8 @@ fn set_forwarded(
             headers.insert("x-forwarded-for", v);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     // Always the gateway's own reading, never the client's header.
     match host {
         Some(host) => {
@@ -261,10 +268,12 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
             parts.uri = uri.map_err(NotExecuted::new)?;
             let client_addr = parts.extensions.get::<ClientAddr>().map(|c| c.0);
             strip_hop_by_hop(&mut parts.headers, &forwarding.protected);
+            let tls = parts.extensions.get::<TlsTerminated>().is_some();
             set_forwarded(
                 &mut parts.headers,
                 host,
                 client_addr,
+                tls,
                 forwarding.trust_forwarded,
             );
             // The client sets Host from the upstream URI.

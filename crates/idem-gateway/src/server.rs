@@ -1,10 +1,12 @@
 //! Wiring: the listener, the layer around the proxy, the admin listener,
 //! the sweeper, and graceful shutdown.
 
-use crate::proxy::{ClientAddr, Forwarding, InvalidUpstream, Proxy};
+use crate::listen_tls::{ListenTls, ListenTlsError, TlsTermination};
+use crate::proxy::{ClientAddr, Forwarding, InvalidUpstream, Proxy, TlsTerminated};
 use http::{Request, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use idem_core::{Problem, ProblemType};
 use idem_store::Store;
@@ -44,6 +46,9 @@ pub struct GatewayOptions {
     pub h2c: bool,
     /// TLS (and the HTTP version) to the upstream.
     pub upstream_tls: crate::upstream_tls::UpstreamTls,
+    /// Terminate TLS on the listener with this certificate and key. Off:
+    /// plain HTTP.
+    pub listen_tls: Option<ListenTls>,
     /// Seal stored responses with these keys (any engine).
     pub encryption: Option<idem_store::KeyRing>,
     /// Timeouts and limits of client connections.
@@ -121,6 +126,7 @@ impl GatewayOptions {
             trust_forwarded: settings.trust_forwarded,
             h2c: settings.h2c,
             upstream_tls: settings.upstream_tls,
+            listen_tls: settings.listen_tls,
             encryption: settings.encryption,
             limits: settings.limits,
             admin_token: settings.admin_token,
@@ -142,6 +148,9 @@ pub enum GatewayError {
     /// The upstream URL is unusable.
     #[error(transparent)]
     Upstream(#[from] InvalidUpstream),
+    /// The listener's certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] ListenTlsError),
 }
 
 /// A gateway that is serving.
@@ -150,6 +159,7 @@ pub struct RunningGateway {
     admin_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    tls: Option<Arc<TlsTermination>>,
 }
 
 impl RunningGateway {
@@ -176,6 +186,13 @@ impl RunningGateway {
         let _ = self.task.await;
     }
 
+    /// Reads the listener's certificate and key again (`idem gateway` does
+    /// on SIGHUP): new handshakes use them, open connections keep theirs.
+    /// `None` without TLS; on an error the certificate in use stays.
+    pub fn reload_tls(&self) -> Option<Result<(), ListenTlsError>> {
+        self.tls.as_ref().map(|tls| tls.reload())
+    }
+
     /// A token that, when cancelled, starts graceful shutdown.
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
@@ -186,6 +203,10 @@ impl RunningGateway {
 pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayError> {
     let forwarding = Forwarding::for_config(&options.idempotency, options.trust_forwarded);
     let proxy = Proxy::new(&options.upstream, forwarding, &options.upstream_tls)?;
+    let tls = match options.listen_tls {
+        Some(files) => Some(Arc::new(TlsTermination::new(files)?)),
+        None => None,
+    };
     let store: Arc<dyn Store> = match options.encryption {
         Some(keys) => Arc::new(idem_store::SealedStore::new(options.store, keys)),
         None => options.store,
@@ -243,6 +264,7 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         layer,
         options.shutdown_grace,
         options.h2c,
+        tls.clone(),
         options.limits,
         stop.clone(),
     ));
@@ -252,7 +274,24 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         admin_addr,
         stop,
         task,
+        tls,
     })
+}
+
+/// A connection builder with the client limits: header timeout, HTTP/2
+/// streams and header list size.
+fn connection_builder(limits: ConnectionLimits) -> AutoBuilder<TokioExecutor> {
+    let mut builder = AutoBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(limits.header_read_timeout));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(Some(256))
+        .max_header_list_size(64 * 1024);
+    builder
 }
 
 /// Whether the client sends its first byte within `within`.
@@ -264,34 +303,26 @@ async fn first_bytes_within(stream: &TcpStream, within: Duration) -> bool {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     listener: TcpListener,
     service: idem_tower::Idempotency<Proxy>,
     layer: IdempotencyLayer,
     grace: Duration,
     h2c: bool,
+    tls: Option<Arc<TlsTermination>>,
     limits: ConnectionLimits,
     stop: CancellationToken,
 ) {
     warn_if_descriptors_short(limits.max_connections);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if !h2c {
-        // Cleartext HTTP/2 only when asked for: an h2c client would
-        // otherwise reach paths (e.g. `:authority` without `Host`) that
-        // HTTP/1.1 deployments never see.
-        builder = builder.http1_only();
-    }
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Some(limits.header_read_timeout));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(Some(256))
-        .max_header_list_size(64 * 1024);
+    // HTTP/2 only where it was asked for: over TLS when ALPN chose `h2`,
+    // in the clear with `h2c`. An h2c client would otherwise reach paths
+    // (e.g. `:authority` without `Host`) that HTTP/1.1 deployments never
+    // see.
+    let both = connection_builder(limits);
+    let http1_only = connection_builder(limits).http1_only();
     loop {
         // A free slot first: at the limit, new clients wait in the backlog.
         let slot = tokio::select! {
@@ -315,8 +346,12 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let terminated = tls.is_some();
         let hyper_service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
+            if terminated {
+                request.extensions_mut().insert(TlsTerminated);
+            }
             let mut service = service.clone();
             async move {
                 match service.call(request).await {
@@ -331,22 +366,49 @@ async fn serve(
                 }
             }
         });
-        let builder = builder.clone();
+        let (both, http1_only) = (both.clone(), http1_only.clone());
         let watcher = graceful.watcher();
         let header_read_timeout = limits.header_read_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            // With h2c on, the version is read from the first bytes, before
-            // hyper's header timer runs: a client that sends nothing would
-            // hold its slot for ever.
-            if h2c && !first_bytes_within(&stream, header_read_timeout).await {
-                tracing::debug!(%peer, "no request bytes within the header read timeout; closed");
-                return;
-            }
-            // Not `with_upgrades`: the proxy forwards no upgrades, and that
-            // mode would ignore `http1_only`.
-            let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
+            let ended = match tls {
+                Some(tls) => {
+                    // The handshake counts against the header timeout: a
+                    // client that stalls in it holds a slot no longer.
+                    let handshake = tls.acceptor().accept(stream);
+                    let stream = match tokio::time::timeout(header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "no TLS handshake within the header read timeout; closed");
+                            return;
+                        }
+                    };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let builder = if h2 { both } else { http1_only };
+                    let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                None => {
+                    // With h2c on, the version is read from the first
+                    // bytes, before hyper's header timer runs: a client that
+                    // sends nothing would hold its slot for ever.
+                    if h2c && !first_bytes_within(&stream, header_read_timeout).await {
+                        tracing::debug!(%peer, "no request bytes within the header read timeout; closed");
+                        return;
+                    }
+                    let builder = if h2c { both } else { http1_only };
+                    // Not `with_upgrades`: the proxy forwards no upgrades,
+                    // and that mode would ignore `http1_only`.
+                    let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -44,6 +44,8 @@ upstream_http2 = "auto"             # HTTP/2 to the upstream when its TLS offers
 # upstream_ca = "upstream-ca.pem"          # https upstream: trust this CA (PEM) instead of the public roots
 # upstream_client_cert = "gateway.crt"     # and present this client certificate (mTLS)...
 # upstream_client_key = "gateway.key"      # ...with this key; paths relative to this file
+# tls_cert = "server.crt"                  # serve HTTPS (ALPN h2 and http/1.1) with this certificate chain...
+# tls_key = "server.key"                   # ...and key; SIGHUP reloads both without dropping connections
 
 [scope]
 source = "header-hash"   # or "cookie-hash", "jwt", "trusted-header", "none"
@@ -736,4 +738,33 @@ fn upstream_tls_files_are_read_relative_to_the_file_and_named_when_bad() {
         "upstream_http2",
         "sometimes",
     );
+}
+
+#[test]
+fn the_listener_certificate_needs_its_key_and_both_must_load() {
+    refused(
+        "tls_cert = \"server.crt\"\n",
+        "tls_key",
+        "required with tls_cert",
+    );
+    refused(
+        "tls_key = \"server.key\"\n",
+        "tls_cert",
+        "required with tls_key",
+    );
+    let file = write("tls_cert = \"server.crt\"\ntls_key = \"server.key\"\n");
+    let dir = file.path.parent().unwrap();
+    let ca = idem_testkit::tls::TestCa::new("test CA");
+    let (cert, _) = ca.server_cert(&["localhost"]).write(dir, "server");
+    // A key that is not the certificate's.
+    std::fs::write(dir.join("server.key"), ca.server_cert(&["other"]).key).unwrap();
+    let err = config::check(&file.path).unwrap_err();
+    assert_eq!(err.field(), Some("tls_key"), "{err}");
+    assert!(
+        err.to_string().contains("does not go with tls_cert"),
+        "{err}"
+    );
+    ca.server_cert(&["localhost"]).write(dir, "server");
+    let s = config::check(&file.path).unwrap();
+    assert_eq!(s.listen_tls.unwrap().cert, cert);
 }

@@ -96,6 +96,17 @@ impl TestCa {
         }
     }
 
+    /// A client configuration that trusts this CA only (no ALPN).
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(self.roots())
+        .with_no_client_auth()
+    }
+
     fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("CA PEM");

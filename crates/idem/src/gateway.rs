@@ -77,24 +77,34 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal(_gateway: &RunningGateway) {
+/// Waits for SIGTERM or Ctrl-C; meanwhile SIGHUP reloads the listener's
+/// TLS certificate and key.
+async fn wait_for_signal(gateway: &RunningGateway) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hangup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hangup.recv() => match gateway.reload_tls() {
+                    Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays"),
+                    None => tracing::info!("SIGHUP: no TLS configured; nothing to reload"),
+                },
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = gateway;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

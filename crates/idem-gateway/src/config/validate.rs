@@ -80,6 +80,7 @@ fn body_limit(field: &str, bytes: u64) -> Result<usize> {
 pub(super) fn settings(file: FileConfig) -> Result<Settings> {
     let mut s = Settings {
         upstream_tls: upstream_tls(&file)?,
+        listen_tls: listen_tls(&file)?,
         ..Settings::default()
     };
     if let Some(uri) = file.upstream {
@@ -561,13 +562,34 @@ fn route(i: usize, entry: RouteConfig) -> Result<Route> {
     Ok(route)
 }
 
+/// `path` relative to the configuration file, as a reader of it expects.
+fn near_config(file: &FileConfig, path: &Path) -> PathBuf {
+    match file.file.as_deref().and_then(Path::parent) {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+/// The listener's certificate and key, both or neither, loaded once here so
+/// `--check-config` reports a bad one.
+fn listen_tls(file: &FileConfig) -> Result<Option<crate::listen_tls::ListenTls>> {
+    let files = match (&file.tls_cert, &file.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => crate::listen_tls::ListenTls {
+            cert: near_config(file, cert),
+            key: near_config(file, key),
+        },
+        (Some(_), None) => return Err(invalid("tls_key", "required with tls_cert")),
+        (None, Some(_)) => return Err(invalid("tls_cert", "required with tls_key")),
+    };
+    files.load().map_err(|e| invalid(e.field, e.problem))?;
+    Ok(Some(files))
+}
+
 /// The upstream's TLS files, relative to the configuration file, loaded
 /// once here so `--check-config` reports a bad one.
 fn upstream_tls(file: &FileConfig) -> Result<crate::upstream_tls::UpstreamTls> {
-    let near_config = |path: &PathBuf| match file.file.as_deref().and_then(Path::parent) {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.clone(),
-    };
+    let near_config = |path: &PathBuf| near_config(file, path);
     let tls = crate::upstream_tls::UpstreamTls {
         ca: file.upstream_ca.as_ref().map(near_config),
         client_cert: file.upstream_client_cert.as_ref().map(near_config),
