@@ -9,6 +9,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,14 +35,14 @@ pub(crate) enum NoResponse {
     Uri(#[from] http::Error),
 }
 
-/// Parses `--upstream`: `http://host:port[/base]`.
+/// Parses `--upstream`: `http[s]://host:port[/base]`.
 pub fn parse_upstream(input: &str) -> Result<Uri, ParseError> {
     let bad = |why: &str| ParseError(format!("`{input}` {why}, e.g. http://127.0.0.1:3000"));
     let uri: Uri = input.trim().parse().map_err(|_| bad("is not a URL"))?;
     match uri.scheme() {
         None => return Err(bad("needs a scheme")),
-        Some(s) if *s != Scheme::HTTP => {
-            return Err(bad("is not http:// (only http is supported)"))
+        Some(s) if *s != Scheme::HTTP && *s != Scheme::HTTPS => {
+            return Err(bad("is not http:// or https://"))
         }
         Some(_) => {}
     }
@@ -72,7 +73,7 @@ struct Decisions {
 
 /// The proxy's shared state.
 pub(crate) struct Chaos {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -144,10 +145,19 @@ impl Chaos {
         methods: Methods,
         seed: u64,
         log: Option<FaultLog>,
+        tls: rustls::ClientConfig,
     ) -> Chaos {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.enforce_http(false);
+        // HTTP/1.1 to the upstream, as the faults are written per request
+        // on one HTTP/1.1 exchange.
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);

@@ -24,9 +24,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct ChaosOptions {
     /// Where to listen, e.g. 127.0.0.1:8081 (port 0 picks one).
     pub listen: SocketAddr,
-    /// The upstream, `http://host:port[/base]` (see
+    /// The upstream, `http[s]://host:port[/base]` (see
     /// [`parse_upstream`](crate::parse_upstream)).
     pub upstream: Uri,
+    /// PEM file of the CA certificates an `https://` upstream is verified
+    /// against, instead of Mozilla's roots.
+    pub upstream_ca: Option<PathBuf>,
     /// The probability of each fault.
     pub faults: Faults,
     /// Which methods get faults; the others pass through untouched.
@@ -52,6 +55,9 @@ pub enum ChaosError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `--upstream-ca` file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] idem_tls::TlsFileError),
     /// The log file cannot be created.
     #[error("cannot create the fault log {}: {source}", path.display())]
     Log {
@@ -181,6 +187,13 @@ pub async fn start(options: ChaosOptions) -> Result<RunningChaos, ChaosError> {
         })?),
         None => None,
     };
+    let roots = idem_tls::roots(
+        options
+            .upstream_ca
+            .as_deref()
+            .map(|ca| ("--upstream-ca", ca)),
+    )?;
+    let tls = idem_tls::client_config(roots, None)?;
     let seed = options.seed.unwrap_or_else(rand::random);
     let listener =
         TcpListener::bind(options.listen)
@@ -199,6 +212,7 @@ pub async fn start(options: ChaosOptions) -> Result<RunningChaos, ChaosError> {
         options.methods.clone(),
         seed,
         log,
+        tls,
     ));
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve(listener, chaos.clone(), stop.clone()));

@@ -49,6 +49,7 @@ async fn chaos_with(
     idem_chaos::start(ChaosOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: format!("http://{upstream}").parse().unwrap(),
+        upstream_ca: None,
         faults,
         methods,
         seed: Some(seed),
@@ -485,6 +486,7 @@ async fn probabilities_above_one_in_all_are_refused() {
     let err = idem_chaos::start(ChaosOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: "http://127.0.0.1:1".parse().unwrap(),
+        upstream_ca: None,
         faults: Faults {
             duplicate: 0.7,
             reset: 0.7,
@@ -501,4 +503,51 @@ async fn probabilities_above_one_in_all_are_refused() {
         err.to_string().contains("--reset 0.7 + --duplicate 0.7"),
         "{err}"
     );
+}
+
+/// In front of an `https://` upstream (issue 12): requests and their
+/// faults go through TLS, verified against `upstream_ca`; an upstream whose
+/// certificate the CA did not sign answers 502 and executes nothing.
+#[tokio::test]
+async fn an_https_upstream_gets_its_faults_through_tls() {
+    use idem_testkit::tls::{TestCa, TlsFront, TlsFrontOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("upstream CA");
+    let upstream = Upstream::answering(respond).await;
+    let front = TlsFront::start(
+        upstream.addr,
+        TlsFrontOptions::new(ca.server_cert(&["localhost"])),
+    )
+    .await;
+    let start = |ca_file| {
+        idem_chaos::start(ChaosOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: format!("https://localhost:{}", front.addr.port())
+                .parse()
+                .unwrap(),
+            upstream_ca: Some(ca_file),
+            faults: Faults {
+                duplicate: 1.0,
+                ..Faults::default()
+            },
+            methods: Methods::default(),
+            seed: Some(1),
+            log: None,
+        })
+    };
+    let chaos = start(ca.write_cert(dir.path(), "ca")).await.unwrap();
+    let answer = post(chaos.addr(), 1).await.unwrap();
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(upstream.count_key("key-1"), 2, "delivered twice, over TLS");
+
+    let stranger = TestCa::new("another CA");
+    let refusing = start(stranger.write_cert(dir.path(), "other"))
+        .await
+        .unwrap();
+    let answer = post(refusing.addr(), 2).await.unwrap();
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(upstream.count_key("key-2"), 0);
+
+    let missing = start(dir.path().join("missing.pem")).await.err().unwrap();
+    assert!(missing.to_string().contains("--upstream-ca"), "{missing}");
 }

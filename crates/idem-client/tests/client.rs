@@ -149,6 +149,7 @@ async fn chaos(upstream: SocketAddr, faults: Faults, seed: u64) -> RunningChaos 
     idem_chaos::start(ChaosOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: format!("http://{upstream}").parse().unwrap(),
+        upstream_ca: None,
         faults,
         methods: Methods::default(),
         seed: Some(seed),

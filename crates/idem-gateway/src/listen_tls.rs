@@ -2,8 +2,6 @@
 //! PEM files, reloaded on demand (SIGHUP in `idem gateway`) without
 //! dropping connections, ALPN `h2` and `http/1.1`.
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::PathBuf;
@@ -20,37 +18,15 @@ pub struct ListenTls {
 }
 
 /// A certificate or key that cannot be used; names the option.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct ListenTlsError {
-    /// The configuration option at fault.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub problem: String,
-}
+pub use idem_tls::TlsFileError as ListenTlsError;
 
 impl ListenTls {
     /// Reads and checks the pair.
     pub fn load(&self) -> Result<Arc<CertifiedKey>, ListenTlsError> {
-        let error = |field, problem: String| ListenTlsError { field, problem };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|certs| certs.collect())
-            .map_err(|e| error("tls_cert", format!("{}: {e}", self.cert.display())))?;
-        if chain.is_empty() {
-            return Err(error(
-                "tls_cert",
-                format!("{}: no PEM certificate in it", self.cert.display()),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
-            error(
-                "tls_key",
-                format!("{}: {e} (expected a PEM private key)", self.key.display()),
-            )
-        })?;
-        let provider = rustls::crypto::ring::default_provider();
-        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-            error(
+        let chain = idem_tls::read_certs("tls_cert", &self.cert)?;
+        let key = idem_tls::read_key("tls_key", &self.key)?;
+        let certified = CertifiedKey::from_der(chain, key, &idem_tls::provider()).map_err(|e| {
+            ListenTlsError::new(
                 "tls_key",
                 format!("{}: does not go with tls_cert: {e}", self.key.display()),
             )
@@ -80,13 +56,9 @@ impl TlsTermination {
     /// Loads the certificate and key; offers `h2` and `http/1.1`.
     pub fn new(files: ListenTls) -> Result<Self, ListenTlsError> {
         let current = Arc::new(Current(RwLock::new(files.load()?)));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(idem_tls::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| ListenTlsError {
-                field: "tls_cert",
-                problem: format!("TLS: {e}"),
-            })?
+            .map_err(|e| ListenTlsError::new("tls_cert", format!("TLS: {e}")))?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -2,12 +2,9 @@
 //! or a private CA, an optional client certificate (mTLS), and which HTTP
 //! version to speak.
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 /// Whether the gateway speaks HTTP/2 to its upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -46,86 +43,42 @@ pub struct UpstreamTls {
 }
 
 /// A TLS file or setting that cannot be used; names the option.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct UpstreamTlsError {
-    /// The configuration option at fault.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-fn error(field: &'static str, problem: impl Into<String>) -> UpstreamTlsError {
-    UpstreamTlsError {
-        field,
-        problem: problem.into(),
-    }
-}
-
-fn read_certs(
-    field: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, UpstreamTlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| error(field, format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(error(
-            field,
-            format!("{}: no PEM certificate in it", path.display()),
-        ));
-    }
-    Ok(certs)
-}
+pub use idem_tls::TlsFileError as UpstreamTlsError;
 
 impl UpstreamTls {
     /// The rustls client configuration (without ALPN, which the connector
     /// sets from [`UpstreamTls::http2`]).
     pub fn client_config(&self) -> Result<ClientConfig, UpstreamTlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| error("upstream", format!("TLS: {e}")))?;
-        let roots = match &self.ca {
-            None => RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in read_certs("upstream_ca", path)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| error("upstream_ca", format!("{}: {e}", path.display())))?;
-                }
-                roots
+        let roots = idem_tls::roots(self.ca.as_deref().map(|ca| ("upstream_ca", ca)))?;
+        let client_auth = match (&self.client_cert, &self.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                idem_tls::read_certs("upstream_client_cert", cert)?,
+                idem_tls::read_key("upstream_client_key", key)?,
+            )),
+            (Some(_), None) => {
+                return Err(UpstreamTlsError::new(
+                    "upstream_client_key",
+                    "required with upstream_client_cert",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(UpstreamTlsError::new(
+                    "upstream_client_cert",
+                    "required with upstream_client_key",
+                ))
             }
         };
-        let builder = builder.with_root_certificates(roots);
-        match (&self.client_cert, &self.client_key) {
-            (None, None) => Ok(builder.with_no_client_auth()),
-            (Some(cert), Some(key)) => {
-                let chain = read_certs("upstream_client_cert", cert)?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    error(
-                        "upstream_client_key",
-                        format!("{}: {e} (expected a PEM private key)", key.display()),
-                    )
-                })?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    error(
-                        "upstream_client_key",
-                        format!("does not go with upstream_client_cert: {e}"),
-                    )
-                })
+        let mtls = client_auth.is_some();
+        idem_tls::client_config(roots, client_auth).map_err(|e| {
+            if mtls {
+                UpstreamTlsError::new(
+                    "upstream_client_key",
+                    format!("does not go with upstream_client_cert: {}", e.problem),
+                )
+            } else {
+                e
             }
-            (Some(_), None) => Err(error(
-                "upstream_client_key",
-                "required with upstream_client_cert",
-            )),
-            (None, Some(_)) => Err(error(
-                "upstream_client_cert",
-                "required with upstream_client_key",
-            )),
-        }
+        })
     }
 }

@@ -35,6 +35,7 @@ async fn chaos(upstream: SocketAddr, drop_response: f64) -> RunningChaos {
     idem_chaos::start(ChaosOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: format!("http://{upstream}").parse().unwrap(),
+        upstream_ca: None,
         faults: Faults {
             drop_response,
             ..Faults::default()

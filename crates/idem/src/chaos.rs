@@ -19,6 +19,10 @@ pub struct ChaosArgs {
     /// Where to forward, e.g. http://127.0.0.1:8080.
     #[arg(long, value_name = "URL", value_parser = parse_upstream)]
     upstream: http::Uri,
+    /// Verify an https:// upstream against the CA certificates in FILE
+    /// (PEM) instead of the public roots.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
     /// Probability of delivering a request twice (same headers and body);
     /// the client gets the first answer.
     #[arg(long, value_name = "P", value_parser = parse_probability, default_value = "0")]
@@ -56,6 +60,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let options = ChaosOptions {
         listen: args.listen,
         upstream: args.upstream,
+        upstream_ca: args.upstream_ca,
         faults: Faults {
             duplicate: args.duplicate,
             drop_response: args.drop_response,
