@@ -164,9 +164,9 @@ fn bad_flags_exit_2_naming_the_flag() {
             "--listen",
             "127.0.0.1:0",
             "--upstream",
-            "https://example.com",
+            "ftp://example.com",
         ],
-        &["--upstream", "only http"],
+        &["--upstream", "is not http:// or https://"],
     );
     fails_with(&["--upstream", "http://127.0.0.1:1"], &["--listen"]);
 }
