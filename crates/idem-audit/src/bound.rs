@@ -118,6 +118,7 @@ mod tests {
             failed_trials: failed,
             raced: true,
             evidence: Evidence::default(),
+            oracle_hint: None,
             duration_ms: 0.0,
         }
     }

@@ -57,6 +57,8 @@ pub struct FileConfig {
     pub volume: Option<String>,
     /// `--ambiguous-rate` for the whole run.
     pub ambiguous_rate: Option<String>,
+    /// `--fail-on` for the whole run: `low`, `medium`, `high` or `critical`.
+    pub fail_on: Option<String>,
     /// Headers sent to every endpoint, before the endpoint's own.
     #[serde(default)]
     pub headers: Vec<String>,
@@ -104,6 +106,8 @@ pub struct FileEndpoint {
     pub require_key: Option<bool>,
     pub timeout: Option<String>,
     pub retry_deadline: Option<String>,
+    pub settle: Option<String>,
+    pub settle_deadline: Option<String>,
 }
 
 impl FileConfig {
@@ -237,6 +241,12 @@ impl FileConfig {
                 ("abandon_after", &raw.abandon_after, &mut e.abandon_after),
                 ("timeout", &raw.timeout, &mut e.timeout),
                 ("retry_deadline", &raw.retry_deadline, &mut e.retry_deadline),
+                ("settle", &raw.settle, &mut e.settle),
+                (
+                    "settle_deadline",
+                    &raw.settle_deadline,
+                    &mut e.settle_deadline,
+                ),
             ] {
                 if let Some(v) = value {
                     *into = parse_duration(v).map_err(|m| format!("{}: {m}", at(field)))?;
@@ -260,6 +270,9 @@ impl FileConfig {
             options.ambiguous_rate = r
                 .parse::<Rate>()
                 .map_err(|m| format!("ambiguous_rate: {m}"))?;
+        }
+        if let Some(f) = &self.fail_on {
+            options.fail_on = parse_fail_on(f).map_err(|m| format!("fail_on: {m}"))?;
         }
         Ok(options)
     }
@@ -347,6 +360,11 @@ pub fn parse_scenarios(s: &str) -> Result<Vec<ScenarioId>, String> {
     Ok(ids)
 }
 
+/// Parses `--fail-on`: `low`, `medium`, `high` or `critical`.
+pub fn parse_fail_on(s: &str) -> Result<crate::Severity, String> {
+    s.parse::<crate::Severity>().map_err(|e| e.to_string())
+}
+
 /// Parses a duration: `100ms`, `2s`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -364,6 +382,7 @@ mod tests {
         let config = FileConfig::parse(
             r#"
             volume = "10M/day"
+            fail_on = "high"
             headers = ["Authorization: Bearer a"]
             [[endpoint]]
             name = "pay"
@@ -372,6 +391,8 @@ mod tests {
             body = '{"amount": 1}'
             id_field = "id"
             abandon_after = "50ms"
+            settle = "1s"
+            settle_deadline = "20s"
             [[endpoint]]
             url = "http://127.0.0.1:1/refunds"
             body_file = "refund.json"
@@ -389,6 +410,8 @@ mod tests {
         assert_eq!(pay.label(), "pay");
         assert_eq!(pay.urls().count(), 2);
         assert_eq!(pay.abandon_after, Duration::from_millis(50));
+        assert_eq!(pay.settle, Duration::from_secs(1));
+        assert_eq!(pay.settle_deadline, Duration::from_secs(20));
         assert_eq!(refund.headers.len(), 2);
         assert_eq!(&refund.body[..], br#"{"amount": 5}"#);
         assert_eq!(refund.error_body.as_deref(), Some(&br#"{"amount": 5}"#[..]));
@@ -397,6 +420,7 @@ mod tests {
             [ScenarioId::SequentialReplay, ScenarioId::ConcurrentBurst]
         );
         assert!(options.volume.is_some());
+        assert_eq!(options.fail_on, crate::Severity::High);
     }
 
     #[test]
@@ -433,6 +457,16 @@ mod tests {
         let err = bad("[[endpoint]]\nurl = \"http://x/\"\nburst = 1\n");
         assert!(
             err.starts_with("endpoint[0].burst: must be at least 2"),
+            "{err}"
+        );
+        let err = bad("fail_on = \"info\"\n[[endpoint]]\nurl = \"http://x/\"\n");
+        assert!(
+            err.starts_with("fail_on: `info` is not a severity"),
+            "{err}"
+        );
+        let err = bad("[[endpoint]]\nurl = \"http://x/\"\nsettle = \"20s\"\n");
+        assert!(
+            err.starts_with("endpoint[0].settle_deadline: must be at least settle"),
             "{err}"
         );
         let err = bad("[[endpoint]]\nname = \"x\"\n");

@@ -37,7 +37,8 @@ pub(crate) struct Request {
 
 impl Request {
     /// The request's bytes: request line, `Host`, the headers,
-    /// `Content-Length`, `Connection: close`, and the body.
+    /// `Content-Length`, `User-Agent` (unless a header sets it),
+    /// `Connection: close`, and the body.
     pub fn encode(&self) -> Vec<u8> {
         let mut target = self.url.path().to_owned();
         if let Some(q) = self.url.query() {
@@ -48,32 +49,45 @@ impl Request {
         out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", self.method, target).as_bytes());
         out.extend_from_slice(format!("host: {}\r\n", host_header(&self.url)).as_bytes());
         for (name, value) in &self.headers {
+            // `Name:` for an empty value, as curl writes it (`-H 'Name;'`),
+            // so that a reproduced request carries the same bytes.
             out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
+            out.push(b':');
+            if !value.is_empty() {
+                out.push(b' ');
+                out.extend_from_slice(value);
+            }
             out.extend_from_slice(b"\r\n");
         }
-        let needs_length = !self.body.is_empty()
-            || matches!(self.method, Method::POST | Method::PUT | Method::PATCH);
-        if needs_length {
+        if self.needs_length() {
             out.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
         }
-        // Some firewalls refuse requests without a User-Agent; say who we are
-        // unless the user sends their own.
-        if !self
-            .headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
-        {
-            out.extend_from_slice(
-                concat!("user-agent: idem-audit/", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes(),
-            );
+        if self.adds_user_agent() {
+            out.extend_from_slice(format!("user-agent: {USER_AGENT}\r\n").as_bytes());
         }
         out.extend_from_slice(b"connection: close\r\n\r\n");
         out.extend_from_slice(&self.body);
         out
     }
+
+    /// Whether the request carries `Content-Length` (any body, and every
+    /// POST, PUT and PATCH, even empty).
+    pub fn needs_length(&self) -> bool {
+        !self.body.is_empty() || matches!(self.method, Method::POST | Method::PUT | Method::PATCH)
+    }
+
+    /// Whether the auditor adds its own `User-Agent`: some firewalls refuse
+    /// requests without one, so it says who it is unless a header does.
+    pub fn adds_user_agent(&self) -> bool {
+        !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
+    }
 }
+
+/// The `User-Agent` the auditor sends unless a header sets one.
+pub(crate) const USER_AGENT: &str = concat!("idem-audit/", env!("CARGO_PKG_VERSION"));
 
 fn host_header(url: &Url) -> String {
     let host = url.host_str().unwrap_or("localhost");

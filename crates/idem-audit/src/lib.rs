@@ -37,7 +37,7 @@ pub use config::{ConfigError, FileConfig};
 pub use oracle::OracleError;
 pub use outcome::{
     Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioResult,
-    Seen, SentRequest, Severity, Verdict, VolumeOutlook,
+    Seen, SentRequest, Severity, UnknownSeverity, Verdict, VolumeOutlook,
 };
 pub use plan::{AuditOptions, CountField, Endpoint, FieldPath, FieldPathError, InvalidEndpoint};
 pub use scenario::ScenarioId;
@@ -156,7 +156,8 @@ pub async fn audit(
         .volume
         .and_then(|v| bound::outlook(&bound, v, options.ambiguous_rate));
     Ok(AuditReport {
-        verdict: AuditReport::overall(&scenarios),
+        verdict: AuditReport::overall(&scenarios, options.fail_on),
+        fail_on: options.fail_on,
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,

@@ -11,7 +11,7 @@ use http::Method;
 use std::time::Duration;
 
 /// Whose credentials a request carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Tenant {
     /// `--header`.
     Primary,
@@ -20,7 +20,7 @@ pub(crate) enum Tenant {
 }
 
 impl Tenant {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Tenant::Primary => "primary",
             Tenant::Alternate => "alternate",
@@ -84,6 +84,20 @@ impl Counts {
             effects = effects.max(a - b);
         }
         Ok(effects)
+    }
+}
+
+/// The readings as reports show them: `12`, or `12 and 7` with both
+/// oracles (`--count-url`'s first).
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" and ")?;
+            }
+            write!(f, "{n}")?;
+        }
+        Ok(())
     }
 }
 

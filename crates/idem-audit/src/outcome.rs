@@ -83,6 +83,36 @@ impl fmt::Display for Severity {
     }
 }
 
+/// A `--fail-on` value that is not a severity a failure can have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{given}` is not a severity to fail on; expected low, medium, high or critical")]
+pub struct UnknownSeverity {
+    /// What was given.
+    pub given: String,
+}
+
+impl std::str::FromStr for Severity {
+    type Err = UnknownSeverity;
+
+    /// Parses `low`, `medium`, `high` or `critical` (any case): the
+    /// severities `--fail-on` takes. `info` is refused: an informational
+    /// result never fails.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        [
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .find(|v| v.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| UnknownSeverity {
+            given: s.to_owned(),
+        })
+    }
+}
+
 /// One request as the auditor sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentRequest {
@@ -238,8 +268,25 @@ pub struct ScenarioResult {
     pub raced: bool,
     /// What was sent, what came back, what the oracle saw.
     pub evidence: Evidence,
+    /// For an indeterminate result that another oracle would decide: the
+    /// flags to add, and why (`--count-url URL or --check-cmd CMD: …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle_hint: Option<String>,
     /// Wall time of the scenario.
     pub duration_ms: f64,
+}
+
+impl ScenarioResult {
+    /// Whether this is a failure below `fail_on`: reported, but it does
+    /// not fail the run.
+    pub fn is_warning(&self, fail_on: Severity) -> bool {
+        self.verdict == Verdict::Fail && self.severity < fail_on
+    }
+
+    /// Whether this is a failure at or above `fail_on`: it fails the run.
+    pub fn fails_run(&self, fail_on: Severity) -> bool {
+        self.verdict == Verdict::Fail && self.severity >= fail_on
+    }
 }
 
 /// What clean (or not) raced trials say about the duplicate rate.
@@ -304,9 +351,13 @@ pub struct EndpointSummary {
 /// A whole audit: the JSON report is this value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditReport {
-    /// `fail` if any scenario failed, else `indeterminate` if any was,
-    /// else `pass`.
+    /// `fail` if any scenario failed with a severity at or above
+    /// `fail_on`, else `indeterminate` if any was, else `pass`.
     pub verdict: Verdict,
+    /// The least severity that fails the run (`--fail-on`, default
+    /// medium); failures below it are warnings.
+    #[serde(default = "default_fail_on")]
+    pub fail_on: Severity,
     /// idem's version.
     pub tool_version: String,
     /// When the run started (RFC 3339, UTC).
@@ -324,12 +375,20 @@ pub struct AuditReport {
     pub volume: Option<VolumeOutlook>,
 }
 
+/// `--fail-on`'s default: a finding that can cost nothing worse than a
+/// weak protection (low) is a warning.
+pub(crate) fn default_fail_on() -> Severity {
+    Severity::Medium
+}
+
 impl AuditReport {
-    /// The verdict over results: any fail, else any indeterminate, else
-    /// pass, except that a run where every scenario was skipped checked
-    /// nothing and says so (`skipped`), rather than pass.
-    pub fn overall(results: &[ScenarioResult]) -> Verdict {
-        if results.iter().any(|r| r.verdict == Verdict::Fail) {
+    /// The verdict over results: any failure at or above `fail_on`, else
+    /// any indeterminate, else pass, except that a run where every
+    /// scenario was skipped checked nothing and says so (`skipped`), rather
+    /// than pass. Failures below `fail_on` are warnings: they do not change
+    /// the verdict.
+    pub fn overall(results: &[ScenarioResult], fail_on: Severity) -> Verdict {
+        if results.iter().any(|r| r.fails_run(fail_on)) {
             Verdict::Fail
         } else if results.iter().any(|r| r.verdict == Verdict::Indeterminate) {
             Verdict::Indeterminate
@@ -340,8 +399,8 @@ impl AuditReport {
         }
     }
 
-    /// The process exit code the report stands for: 0 pass, 1 any failure,
-    /// 3 nothing failed but something could not be established (only
+    /// The process exit code the report stands for: 0 pass (warnings
+    /// allowed), 1 any failure at or above `fail_on`, 3 nothing failed but something could not be established (only
     /// indeterminate results, or every scenario skipped). 2 is for usage
     /// errors and an unreachable target, which never produce a report.
     pub fn exit_code(&self) -> u8 {
@@ -352,11 +411,27 @@ impl AuditReport {
         }
     }
 
-    /// The results with this verdict.
+    /// The results with this verdict (failures below `fail_on` included).
     pub fn count(&self, verdict: Verdict) -> usize {
         self.scenarios
             .iter()
             .filter(|r| r.verdict == verdict)
+            .count()
+    }
+
+    /// Failures at or above `fail_on`: the ones that fail the run.
+    pub fn failures(&self) -> usize {
+        self.scenarios
+            .iter()
+            .filter(|r| r.fails_run(self.fail_on))
+            .count()
+    }
+
+    /// Failures below `fail_on`: reported, but the run does not fail.
+    pub fn warnings(&self) -> usize {
+        self.scenarios
+            .iter()
+            .filter(|r| r.is_warning(self.fail_on))
             .count()
     }
 }

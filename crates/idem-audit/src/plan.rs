@@ -80,6 +80,15 @@ pub struct Endpoint {
     pub timeout: Duration,
     /// How long a retry loop may keep retrying 409s.
     pub retry_deadline: Duration,
+    /// How long the counting oracle must stay unchanged before a reading
+    /// counts as quiet: before a scenario starts and before its last
+    /// reading, so that an effect still on its way (an abandoned attempt
+    /// that goes on executing) lands in the scenario that caused it. The
+    /// auditor stretches it to the slowest answer seen so far; zero turns
+    /// the wait off.
+    pub settle: Duration,
+    /// The longest one wait for a quiet oracle may take.
+    pub settle_deadline: Duration,
 }
 
 impl Endpoint {
@@ -113,6 +122,8 @@ impl Endpoint {
             require_key: false,
             timeout: Duration::from_secs(30),
             retry_deadline: Duration::from_secs(30),
+            settle: Duration::from_millis(200),
+            settle_deadline: Duration::from_secs(10),
         }
     }
 
@@ -193,6 +204,12 @@ impl Endpoint {
         }
         if self.abandon_after.is_zero() {
             return invalid("abandon_after", "must be above 0".into());
+        }
+        if self.settle_deadline < self.settle {
+            return invalid(
+                "settle_deadline",
+                "must be at least @settle@: a wait for a quiet oracle could never end quiet".into(),
+            );
         }
         if self.scenarios.is_empty() {
             return invalid("scenarios", "no scenario selected".into());
@@ -325,10 +342,14 @@ pub struct AuditOptions {
     pub show_secrets: bool,
     /// How `https://` targets are verified.
     pub tls: crate::TlsSettings,
+    /// The least severity that fails the run (default medium); failures
+    /// below it are reported as warnings.
+    pub fail_on: crate::Severity,
 }
 
 impl AuditOptions {
-    /// One endpoint, no volume, 0.1% ambiguous, secrets redacted.
+    /// One endpoint, no volume, 0.1% ambiguous, secrets redacted,
+    /// failing on medium and worse.
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
         AuditOptions {
             endpoints,
@@ -336,6 +357,7 @@ impl AuditOptions {
             ambiguous_rate: Rate::new(0.001).unwrap_or_else(|| unreachable!("0.1% is a rate")),
             show_secrets: false,
             tls: crate::TlsSettings::default(),
+            fail_on: crate::outcome::default_fail_on(),
         }
     }
 }

@@ -3,12 +3,18 @@
 //! exposes it, every run; the correct server is never flagged.
 //!
 //! The servers are `idem-sample-api` on 127.0.0.1 (a payments API whose
-//! work runs on even when the client hangs up), reached over real TCP.
+//! work runs on even when the client hangs up), reached over real TCP, and
+//! the shapes of real middlewares in [`shapes`] (409 without Retry-After
+//! while the first attempt runs, a wrapper's 502, raw-bytes fingerprints,
+//! replays under 409), each correct and broken.
+
+mod shapes;
 
 use idem_audit::{
     audit, AuditOptions, AuditReport, Endpoint, NoProgress, ScenarioId, Severity, Verdict,
 };
 use idem_sample_api::{Flaw, RunningSampleApi, SampleApiOptions};
+use shapes::{Fingerprint, InProgress, Replay, Shape, ShapedApi};
 use std::time::Duration;
 
 use ScenarioId::*;
@@ -31,7 +37,11 @@ async fn api(flaw: Flaw) -> RunningSampleApi {
 /// Every oracle the sample API offers: ids, a per-tenant count, a second
 /// tenant, a body that gets the card declined.
 fn endpoint(api: &RunningSampleApi) -> Endpoint {
-    let base = api.url();
+    endpoint_at(&api.url())
+}
+
+/// The same for the API at `base`.
+fn endpoint_at(base: &str) -> Endpoint {
     let mut e = Endpoint::new(format!("{base}/payments").parse().unwrap())
         .with_body(r#"{"amount":2500,"currency":"eur"}"#)
         .with_header("Authorization", "Bearer sk_tenant_a")
@@ -231,4 +241,297 @@ async fn a_count_url_that_does_not_count_is_an_error_before_anything_is_sent() {
         .unwrap_err();
     assert!(err.to_string().contains("--count-url"), "{err}");
     assert_eq!(api.payments(), 0, "nothing executed");
+}
+
+fn result(report: &AuditReport, id: ScenarioId) -> &idem_audit::ScenarioResult {
+    report
+        .scenarios
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap_or_else(|| panic!("{id} was not run"))
+}
+
+/// Asserts that the run exits 0 with exactly `warnings` reported as
+/// failures of low severity (warnings under the default `--fail-on
+/// medium`) and every other scenario passing.
+fn expect_warnings(report: &AuditReport, warnings: &[ScenarioId]) {
+    let wrong: Vec<String> = report
+        .scenarios
+        .iter()
+        .filter(|s| {
+            let warned = s.verdict == Fail && s.severity == Severity::Low;
+            if warnings.contains(&s.id) {
+                !warned
+            } else {
+                s.verdict != Pass
+            }
+        })
+        .map(|s| {
+            let want = if warnings.contains(&s.id) {
+                "a low warning"
+            } else {
+                "pass"
+            };
+            format!(
+                "{}: expected {want}, got {} ({})",
+                s.id, s.verdict, s.severity
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty() && report.exit_code() == 0 && report.warnings() == warnings.len(),
+        "{}\nexit code {}\n\n{}",
+        wrong.join("\n"),
+        report.exit_code(),
+        idem_audit::report::render(report, Default::default(), Default::default())
+    );
+}
+
+#[tokio::test]
+async fn a_retry_refused_with_a_plain_409_while_the_first_attempt_runs_is_only_a_warning() {
+    let api = ShapedApi::start(Shape::refusing_in_flight(InProgress::PlainConflict)).await;
+    for _ in 0..2 {
+        let report = run(endpoint_at(&api.url())).await;
+        expect_warnings(&report, &[AbandonedRequest]);
+        let s = result(&report, AbandonedRequest);
+        assert!(
+            s.summary.contains("409 with no Retry-After")
+                && s.summary.contains("got the outcome (201)"),
+            "{}",
+            s.summary
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrappers_502_while_the_work_goes_on_is_only_a_warning() {
+    let api = ShapedApi::start(Shape::refusing_in_flight(InProgress::BadGateway)).await;
+    for _ in 0..2 {
+        let report = run(endpoint_at(&api.url())).await;
+        expect_warnings(&report, &[AbandonedRequest]);
+        assert!(
+            result(&report, AbandonedRequest)
+                .summary
+                .contains("got 502"),
+            "{}",
+            result(&report, AbandonedRequest).summary
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_raw_bytes_fingerprint_is_a_warning_that_fails_only_with_fail_on_low() {
+    let api = ShapedApi::start(Shape {
+        fingerprint: Fingerprint::RawBytes,
+        ..Shape::contract()
+    })
+    .await;
+    for _ in 0..2 {
+        let report = run(endpoint_at(&api.url())).await;
+        expect_warnings(&report, &[PayloadMismatch]);
+        let s = result(&report, PayloadMismatch);
+        assert!(
+            s.summary.contains("re-serialised was refused too (422)"),
+            "{}",
+            s.summary
+        );
+    }
+    let mut options = AuditOptions::new(vec![endpoint_at(&api.url())]);
+    options.fail_on = Severity::Low;
+    let report = audit(&options, &NoProgress).await.unwrap();
+    assert_eq!((report.verdict, report.exit_code()), (Fail, 1));
+}
+
+#[tokio::test]
+async fn the_stored_body_replayed_under_409_is_a_warning_wherever_a_replay_is_read() {
+    let api = ShapedApi::start(Shape {
+        in_progress: InProgress::PlainConflict,
+        replay: Replay::Conflict409,
+        ..Shape::contract()
+    })
+    .await;
+    for _ in 0..2 {
+        let report = run(endpoint_at(&api.url())).await;
+        expect_warnings(
+            &report,
+            &[
+                SequentialReplay,
+                LostResponse,
+                AbandonedRequest,
+                PayloadMismatch,
+                ErrorReplay,
+            ],
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_released_when_the_client_leaves_is_caught_behind_a_plain_409_or_a_502() {
+    for in_progress in [InProgress::PlainConflict, InProgress::BadGateway] {
+        let api = ShapedApi::start(Shape {
+            store_when_client_gone: false,
+            ..Shape::refusing_in_flight(in_progress)
+        })
+        .await;
+        for _ in 0..2 {
+            let report = run(endpoint_at(&api.url())).await;
+            expect(&report, &all_pass_but(&[AbandonedRequest]));
+            let s = result(&report, AbandonedRequest);
+            assert_eq!(s.severity, Severity::High, "{in_progress:?}: {}", s.summary);
+            assert!(s.summary.contains("executed twice"), "{}", s.summary);
+            assert_eq!(report.exit_code(), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_error_executed_again_on_retry_is_caught_by_the_count_even_with_the_same_body() {
+    let api = ShapedApi::start(Shape {
+        store_errors: false,
+        ..Shape::contract()
+    })
+    .await;
+    let report = run(endpoint_at(&api.url())).await;
+    expect(&report, &all_pass_but(&[ErrorReplay]));
+    let s = result(&report, ErrorReplay);
+    assert_eq!(s.severity, Severity::High);
+    assert!(
+        s.summary.contains("the count moved by 2")
+            && s.summary.contains("402 both times, the same body"),
+        "{}",
+        s.summary
+    );
+}
+
+#[tokio::test]
+async fn without_an_error_body_error_replay_says_what_kind_of_request_to_give() {
+    let api = ShapedApi::start(Shape::contract()).await;
+    let mut e = endpoint_at(&api.url());
+    e.error_body = None;
+    e.scenarios = vec![ErrorReplay, ReplayMarker];
+    let report = run(e).await;
+    let s = result(&report, ErrorReplay);
+    assert_eq!(s.verdict, Verdict::Skipped);
+    assert!(
+        s.summary.contains("--config") && s.summary.contains("starts to execute but then fails"),
+        "{}",
+        s.summary
+    );
+}
+
+/// The exchange with this label (the last attempt of it), and its answer.
+fn exchange<'a>(s: &'a idem_audit::ScenarioResult, label: &str) -> &'a idem_audit::Seen {
+    s.evidence
+        .exchanges
+        .iter()
+        .rev()
+        .find(|x| x.label.starts_with(label))
+        .and_then(|x| x.answer.delivered())
+        .unwrap_or_else(|| panic!("no answered `{label}` in {:#?}", s.evidence.exchanges))
+}
+
+#[tokio::test]
+async fn an_abandoned_attempt_that_outlives_its_retry_is_counted_where_it_ran_not_in_payload_mismatch(
+) {
+    for in_progress in [InProgress::PlainConflict, InProgress::BadGateway] {
+        // Slow work, and a retry refused at once: the abandoned attempt is
+        // still running when abandoned-request has its answer.
+        let api = ShapedApi::start(Shape {
+            latency: Duration::from_millis(800),
+            ..Shape::refusing_in_flight(in_progress)
+        })
+        .await;
+        let mut e = endpoint_at(&api.url());
+        e.scenarios = vec![AbandonedRequest, PayloadMismatch];
+        e.abandon_after = Duration::from_millis(100);
+        let report = run(e).await;
+        let shown = || idem_audit::report::render(&report, Default::default(), Default::default());
+        assert_eq!(report.failures(), 0, "{in_progress:?}\n{}", shown());
+
+        // abandoned-request waited for its own late execution and counted it.
+        let abandoned = result(&report, AbandonedRequest);
+        assert!(
+            abandoned
+                .evidence
+                .oracle
+                .iter()
+                .any(|o| o.saw == "the count moved by 1" && o.effects == Some(1)),
+            "{}",
+            shown()
+        );
+
+        // payload-mismatch's verdict is what its own exchanges show: the
+        // re-serialised payload replayed the first answer, the changed one
+        // was refused, and the counts it rests on are all in its evidence.
+        let payload = result(&report, PayloadMismatch);
+        assert_eq!(payload.verdict, Pass, "{}", shown());
+        let first = exchange(payload, "first");
+        let again = exchange(payload, "same payload, re-serialised");
+        let changed = exchange(payload, "changed payload");
+        assert_eq!(
+            (first.status, again.status, changed.status),
+            (201, 201, 422)
+        );
+        assert_eq!(first.body, again.body, "{}", shown());
+        let moves: Vec<(&str, Option<u64>)> = payload
+            .evidence
+            .oracle
+            .iter()
+            .filter(|o| o.effects.is_some())
+            .map(|o| (o.saw.as_str(), o.effects))
+            .collect();
+        assert_eq!(
+            moves,
+            [
+                (
+                    "the count moved by 1 over the first request and the re-serialised one",
+                    Some(1)
+                ),
+                ("the count moved by 0 over the changed request", Some(0)),
+            ],
+            "{}",
+            shown()
+        );
+        let readings = payload
+            .evidence
+            .oracle
+            .iter()
+            .filter(|o| o.effects.is_none())
+            .count();
+        assert_eq!(
+            readings, 3,
+            "before, after the re-serialised, after the changed"
+        );
+        // One execution each: abandoned-request's, payload-mismatch's.
+        assert_eq!(api.executions(), 2);
+    }
+}
+
+#[tokio::test]
+async fn with_only_ids_an_abandoned_request_is_indeterminate_and_the_report_names_the_flag() {
+    // The retry is refused with a plain 409 while the first attempt runs;
+    // without a count the later retries ask until the refusal ends.
+    let api = ShapedApi::start(Shape::refusing_in_flight(InProgress::PlainConflict)).await;
+    let mut e = endpoint_at(&api.url());
+    e.count_url = None;
+    e.scenarios = vec![SequentialReplay, AbandonedRequest];
+    let report = run(e).await;
+    let s = result(&report, AbandonedRequest);
+    assert_eq!(s.verdict, Verdict::Indeterminate, "{}", s.summary);
+    assert!(s.summary.contains("got the outcome (201)"), "{}", s.summary);
+    let hint = s.oracle_hint.as_deref().unwrap_or_default();
+    assert!(
+        hint.starts_with("--count-url URL or --check-cmd CMD"),
+        "{hint}"
+    );
+    let text = idem_audit::report::render(&report, Default::default(), Default::default());
+    let top: Vec<&str> = text.lines().skip(2).take(2).collect();
+    assert_eq!(
+        top,
+        [
+            "1 result is indeterminate; what would turn each into a verdict:",
+            &format!("  abandoned-request  add {hint}")[..],
+        ],
+        "{text}"
+    );
 }

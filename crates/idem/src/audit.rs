@@ -4,12 +4,13 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use idem_audit::config::{
-    parse_body, parse_duration, parse_header, parse_method, parse_scenarios, parse_url,
+    parse_body, parse_duration, parse_fail_on, parse_header, parse_method, parse_scenarios,
+    parse_url,
 };
 use idem_audit::report::{ReportFormat, Style};
 use idem_audit::{
     AuditOptions, AuditReport, CountField, Endpoint, FieldPath, FileConfig, Progress, ScenarioId,
-    ScenarioResult, TlsSettings, Verdict,
+    ScenarioResult, Severity, TlsSettings, Verdict,
 };
 use idem_math::{Rate, Volume};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -100,6 +101,19 @@ pub struct AuditArgs {
     /// 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retry_deadline: Option<Duration>,
+    /// How long the count must stay unchanged before a reading counts as
+    /// quiet, before each scenario and before its last reading (default
+    /// 200ms, stretched to the slowest answer seen; 0s turns it off).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    settle: Option<Duration>,
+    /// The longest one wait for a quiet count may take (default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    settle_deadline: Option<Duration>,
+    /// The least severity that fails the run: low, medium, high or
+    /// critical (default medium). Failures below it are warnings: shown,
+    /// exit code 0.
+    #[arg(long, value_name = "SEVERITY", value_parser = parse_fail_on)]
+    fail_on: Option<Severity>,
     /// Report format.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     format: ReportFormat,
@@ -164,6 +178,8 @@ impl AuditArgs {
             ("--require-key", self.require_key),
             ("--timeout", self.timeout.is_some()),
             ("--retry-deadline", self.retry_deadline.is_some()),
+            ("--settle", self.settle.is_some()),
+            ("--settle-deadline", self.settle_deadline.is_some()),
         ];
         given
             .into_iter()
@@ -188,6 +204,9 @@ impl AuditArgs {
             }
             if let Some(r) = self.ambiguous_rate {
                 options.ambiguous_rate = r;
+            }
+            if let Some(f) = self.fail_on {
+                options.fail_on = f;
             }
             options.show_secrets = self.show_secrets;
             options.tls = self.tls();
@@ -236,12 +255,21 @@ impl AuditArgs {
         if let Some(d) = self.retry_deadline {
             e.retry_deadline = d;
         }
+        if let Some(d) = self.settle {
+            e.settle = d;
+        }
+        if let Some(d) = self.settle_deadline {
+            e.settle_deadline = d;
+        }
         // Flags are named as the user typed them.
         e.validate().map_err(|m| anyhow::anyhow!(m.as_flag()))?;
         let mut options = AuditOptions::new(vec![e]);
         options.volume = self.volume;
         if let Some(r) = self.ambiguous_rate {
             options.ambiguous_rate = r;
+        }
+        if let Some(f) = self.fail_on {
+            options.fail_on = f;
         }
         options.show_secrets = self.show_secrets;
         options.tls = tls;
@@ -292,8 +320,11 @@ impl Progress for Spinner {
 
     fn finished(&self, result: &ScenarioResult) {
         if !self.bar.is_hidden() {
-            self.bar
-                .println(format!("  {:<13} {}", result.verdict.as_str(), result.id));
+            let verdict = match result.verdict {
+                Verdict::Fail => format!("fail [{}]", result.severity),
+                other => other.to_string(),
+            };
+            self.bar.println(format!("  {verdict:<13} {}", result.id));
         }
     }
 }

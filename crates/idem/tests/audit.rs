@@ -516,3 +516,84 @@ async fn keys_travel_in_the_header_the_api_reads() {
     assert_eq!(scenario(&report, "sequential-replay")["verdict"], "fail");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warning_is_reported_but_fails_the_run_only_at_or_above_fail_on() {
+    let api = api(Flaw::None).await;
+    let base = api.url();
+    // The keyless request executes and --require-key says keys are
+    // required: a low finding, which cannot duplicate anything by itself.
+    let args = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "audit",
+            "--url",
+            &format!("{base}/payments"),
+            "--body",
+            r#"{"amount":100}"#,
+            "--header",
+            "Authorization: Bearer sk_a",
+            "--count-url",
+            &format!("{base}/payments/count"),
+            "--scenarios",
+            "sequential-replay,missing-key",
+            "--require-key",
+            "--settle",
+            "50ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let out = idem(args(&[])).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("missing-key"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.trim_start().starts_with("WARN") && line.contains("[low]"),
+        "{line}"
+    );
+    assert!(
+        stdout.contains("1 warning (below --fail-on medium)"),
+        "{stdout}"
+    );
+
+    let out = idem(args(&["--format", "json"])).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&report["verdict"], &report["fail_on"]),
+        (&"pass".into(), &"medium".into())
+    );
+    let s = scenario(&report, "missing-key");
+    assert_eq!(
+        (&s["verdict"], &s["severity"]),
+        (&"fail".into(), &"low".into())
+    );
+
+    let out = idem(args(&["--fail-on", "low"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("FAIL  missing-key"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    for (extra, expected) in [
+        (&["--fail-on", "info"][..], "--fail-on"),
+        (
+            &["--settle-deadline", "10ms"][..],
+            "--settle-deadline: must be at least --settle",
+        ),
+    ] {
+        let out = idem(args(extra)).await;
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{extra:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

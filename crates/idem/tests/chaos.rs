@@ -160,12 +160,7 @@ fn bad_flags_exit_2_naming_the_flag() {
     fails_with(&with(&["--delay", "0.5"]), &["--delay", "P:DURATION"]);
     fails_with(&with(&["--methods", "PO ST"]), &["--methods"]);
     fails_with(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "ftp://example.com",
-        ],
+        &["--listen", "127.0.0.1:0", "--upstream", "ftp://example.com"],
         &["--upstream", "is not http:// or https://"],
     );
     fails_with(&["--upstream", "http://127.0.0.1:1"], &["--listen"]);

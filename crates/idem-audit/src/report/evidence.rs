@@ -69,7 +69,7 @@ pub(crate) fn lines(evidence: &Evidence) -> Vec<Line> {
         push(0, LineKind::Heading, "reproduce:".to_owned());
         for curl in &evidence.curl {
             for line in curl.lines() {
-                push(1, LineKind::Curl, sanitize(line));
+                push(1, LineKind::Curl, sanitize_curl(line));
             }
         }
     }
@@ -250,6 +250,20 @@ pub(crate) fn sanitize(s: &str) -> String {
     for c in s.chars() {
         match c {
             '\t' => out.push_str("    "),
+            c => push_visible(&mut out, c),
+        }
+    }
+    out
+}
+
+/// A curl line as reports show it: control characters escaped, but tabs
+/// kept (one inside a quoted header value is part of what it sends; the
+/// auditor writes every other control character as a `printf` escape).
+pub(crate) fn sanitize_curl(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(c),
             c => push_visible(&mut out, c),
         }
     }

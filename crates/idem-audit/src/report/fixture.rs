@@ -25,6 +25,11 @@ pub(crate) const PASS_NOTE: &str = "pass-note-never-shown-in-text";
 pub(crate) const INDETERMINATE_SUMMARY: &str =
     "no duplicate seen, but only bodies could be compared";
 pub(crate) const SKIPPED_SUMMARY: &str = "needs --retention";
+/// What would decide the indeterminate result.
+pub(crate) const INDETERMINATE_HINT: &str = "--count-url URL or --check-cmd CMD";
+/// The warning's summary (see [`with_warning`]).
+pub(crate) const WARNING_SUMMARY: &str =
+    "the same payload re-serialised was refused too (422): a warning";
 
 fn request(key: &str) -> SentRequest {
     SentRequest {
@@ -68,6 +73,7 @@ fn result(id: ScenarioId, verdict: Verdict, summary: &str, evidence: Evidence) -
         failed_trials: u64::from(verdict == Verdict::Fail),
         raced: false,
         evidence,
+        oracle_hint: None,
         duration_ms: 1250.0,
     }
 }
@@ -141,7 +147,7 @@ pub(crate) fn report() -> AuditReport {
             ],
         },
     );
-    let indeterminate = result(
+    let mut indeterminate = result(
         ScenarioId::ConcurrentBurst,
         Verdict::Indeterminate,
         INDETERMINATE_SUMMARY,
@@ -156,6 +162,7 @@ pub(crate) fn report() -> AuditReport {
             curl: vec![],
         },
     );
+    indeterminate.oracle_hint = Some(INDETERMINATE_HINT.to_owned());
     let skipped = result(
         ScenarioId::Retention,
         Verdict::Skipped,
@@ -164,7 +171,8 @@ pub(crate) fn report() -> AuditReport {
     );
     let scenarios = vec![pass, fail, indeterminate, skipped];
     AuditReport {
-        verdict: AuditReport::overall(&scenarios),
+        verdict: AuditReport::overall(&scenarios, Severity::Medium),
+        fail_on: Severity::Medium,
         tool_version: "0.1.0".to_owned(),
         started_at: "2025-06-01T12:00:00Z".to_owned(),
         duration_ms: 5321.0,
@@ -217,5 +225,24 @@ pub(crate) fn two_endpoints() -> AuditReport {
     refund.summary = "refund replayed identically".to_owned();
     // Run order interleaves endpoints; reports group them.
     report.scenarios.insert(1, refund);
+    report
+}
+
+/// The report with one more failure, of low severity: a warning under the
+/// default `--fail-on medium`.
+pub(crate) fn with_warning() -> AuditReport {
+    let mut report = report();
+    let mut warning = result(
+        ScenarioId::PayloadMismatch,
+        Verdict::Fail,
+        WARNING_SUMMARY,
+        Evidence {
+            notes: vec!["the changed request sends `amount` changed".to_owned()],
+            ..Evidence::default()
+        },
+    );
+    warning.severity = Severity::Low;
+    warning.failed_trials = 0;
+    report.scenarios.insert(2, warning);
     report
 }

@@ -18,12 +18,15 @@
 //!   indeterminate results together.
 //! * **skipped** → `<skipped message="<summary>">`.
 //! * **pass** → a bare test case; its summary goes to its `system-out`.
+//! * **warning** (a failure below `--fail-on`) → a passing test case, so
+//!   it does not fail the build, with `warning (SEVERITY, below --fail-on
+//!   …): <summary>` and the evidence in its `system-out`.
 //!
 //! Each suite carries the tool version, start time and the bound as
 //! properties, and the bound and volume statements in its `system-out`.
 
 use super::evidence;
-use crate::outcome::{AuditReport, ScenarioResult, Verdict};
+use crate::outcome::{AuditReport, ScenarioResult, Severity, Verdict};
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 use std::time::Duration;
 
@@ -64,7 +67,7 @@ pub(crate) fn render(report: &AuditReport) -> String {
             system_out.push_str(&volume.statement);
         }
         suite.set_system_out(system_out);
-        suite.add_test_cases(results.into_iter().map(test_case));
+        suite.add_test_cases(results.into_iter().map(|r| test_case(r, report.fail_on)));
         junit.add_test_suite(suite);
     }
 
@@ -75,10 +78,12 @@ pub(crate) fn render(report: &AuditReport) -> String {
     })
 }
 
-fn test_case(result: &ScenarioResult) -> TestCase {
+fn test_case(result: &ScenarioResult, fail_on: Severity) -> TestCase {
     let summary = evidence::one_line(&result.summary);
+    let warning = result.is_warning(fail_on);
     let status = match result.verdict {
         Verdict::Pass => TestCaseStatus::success(),
+        Verdict::Fail if warning => TestCaseStatus::success(),
         Verdict::Skipped => {
             let mut status = TestCaseStatus::skipped();
             status.set_message(summary.as_str());
@@ -94,6 +99,17 @@ fn test_case(result: &ScenarioResult) -> TestCase {
     case.set_time(seconds(result.duration_ms));
     if result.verdict == Verdict::Pass {
         case.set_system_out(summary);
+    } else if warning {
+        let mut text = format!(
+            "warning ({}, below --fail-on {fail_on}): {summary}\n",
+            result.severity
+        );
+        let lines = evidence::lines(&result.evidence);
+        if !lines.is_empty() {
+            text.push('\n');
+            text.push_str(&evidence::plain_text(&lines));
+        }
+        case.set_system_out(text);
     }
     case
 }
@@ -102,9 +118,13 @@ fn failure(message: String, ty: &str, result: &ScenarioResult) -> TestCaseStatus
     let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
     status.set_message(message);
     status.set_type(ty);
-    let lines = evidence::lines(&result.evidence);
-    if !lines.is_empty() {
-        status.set_description(evidence::plain_text(&lines));
+    let mut text = match &result.oracle_hint {
+        Some(hint) => format!("would decide it: {}\n", evidence::one_line(hint)),
+        None => String::new(),
+    };
+    text.push_str(&evidence::plain_text(&evidence::lines(&result.evidence)));
+    if !text.is_empty() {
+        status.set_description(text);
     }
     status
 }
@@ -254,5 +274,19 @@ mod tests {
         assert!(root.contains("tests=\"5\""), "{root}");
         let case = start_tag(&xml, "testcase", "classname=\"refunds\"");
         assert!(case.contains("name=\"sequential-replay\""), "{case}");
+    }
+
+    #[test]
+    fn a_warning_passes_the_build_but_carries_its_evidence() {
+        let xml = render(&fixture::with_warning());
+        let case = start_tag(&xml, "testcase", "name=\"payload-mismatch\"");
+        let at = xml.find(case).unwrap();
+        let body = &xml[at..at + xml[at..].find("</testcase>").unwrap()];
+        assert!(!body.contains("<failure"), "{body}");
+        assert!(
+            body.contains("warning (low, below --fail-on medium)"),
+            "{body}"
+        );
+        assert!(body.contains("the changed request sends"), "{body}");
     }
 }

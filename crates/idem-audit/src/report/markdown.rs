@@ -2,7 +2,7 @@
 //! evidence for each failure and indeterminate result, then the bound.
 
 use super::evidence;
-use crate::outcome::{AuditReport, ScenarioResult, Verdict};
+use crate::outcome::{AuditReport, ScenarioResult, Severity, Verdict};
 use std::fmt::Write as _;
 
 /// The Markdown report (GitHub-flavoured: tables, fenced code).
@@ -19,15 +19,39 @@ pub(crate) fn render(report: &AuditReport) -> String {
         report.exit_code(),
     );
     out.push('\n');
+    let warnings = match report.warnings() {
+        0 => String::new(),
+        n => format!(", {n} warn (below --fail-on {})", report.fail_on),
+    };
     let _ = writeln!(
         out,
-        "{} scenarios: {} pass, {} fail, {} indeterminate, {} skipped",
+        "{} scenarios: {} pass, {} fail{warnings}, {} indeterminate, {} skipped",
         report.scenarios.len(),
         report.count(Verdict::Pass),
-        report.count(Verdict::Fail),
+        report.failures(),
         report.count(Verdict::Indeterminate),
         report.count(Verdict::Skipped),
     );
+    let open: Vec<&ScenarioResult> = report
+        .scenarios
+        .iter()
+        .filter(|r| r.verdict == Verdict::Indeterminate)
+        .collect();
+    if !open.is_empty() {
+        out.push_str("\nWhat would turn each indeterminate result into a verdict:\n\n");
+        for result in open {
+            let what = match &result.oracle_hint {
+                Some(hint) => format!("add {}", inline(hint)),
+                None => "not another oracle: see its details".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "- {} on {}: {what}",
+                code(result.id.as_str()),
+                inline(&result.endpoint)
+            );
+        }
+    }
 
     if !report.endpoints.is_empty() {
         out.push('\n');
@@ -67,7 +91,7 @@ pub(crate) fn render(report: &AuditReport) -> String {
                 "| {} | {} | {} | {} | {} |",
                 inline(&result.endpoint),
                 code(result.id.as_str()),
-                marker(result.verdict),
+                result_marker(result, report.fail_on),
                 severity,
                 inline(&result.summary),
             );
@@ -82,7 +106,7 @@ pub(crate) fn render(report: &AuditReport) -> String {
     if !details.is_empty() {
         out.push_str("\n## Details\n");
         for result in details {
-            detail(&mut out, result);
+            detail(&mut out, result, report.fail_on);
         }
     }
 
@@ -95,7 +119,7 @@ pub(crate) fn render(report: &AuditReport) -> String {
     out
 }
 
-fn detail(out: &mut String, result: &ScenarioResult) {
+fn detail(out: &mut String, result: &ScenarioResult, fail_on: Severity) {
     let severity = if result.verdict == Verdict::Fail {
         format!(" ({})", result.severity)
     } else {
@@ -104,7 +128,7 @@ fn detail(out: &mut String, result: &ScenarioResult) {
     let _ = writeln!(
         out,
         "\n### {} {} on {}{severity}\n",
-        marker(result.verdict),
+        result_marker(result, fail_on),
         code(result.id.as_str()),
         inline(&result.endpoint),
     );
@@ -114,6 +138,10 @@ fn detail(out: &mut String, result: &ScenarioResult) {
         inline(result.id.title()),
         inline(&result.summary)
     );
+
+    if let Some(hint) = &result.oracle_hint {
+        let _ = writeln!(out, "\nWould decide it: {}", inline(hint));
+    }
 
     let ev = &result.evidence;
     if !ev.notes.is_empty() || !ev.oracle.is_empty() {
@@ -133,9 +161,19 @@ fn detail(out: &mut String, result: &ScenarioResult) {
     }
 
     if !ev.curl.is_empty() {
-        let curl: Vec<String> = ev.curl.iter().map(|c| evidence::sanitize(c)).collect();
+        let curl: Vec<String> = ev.curl.iter().map(|c| evidence::sanitize_curl(c)).collect();
         out.push_str("\nReproduce:\n\n");
         fenced(out, "sh", &curl.join("\n"));
+    }
+}
+
+/// A result's marker: its verdict, or `**WARN**` for a failure below
+/// `--fail-on`.
+fn result_marker(result: &ScenarioResult, fail_on: Severity) -> String {
+    if result.is_warning(fail_on) {
+        "**WARN**".to_owned()
+    } else {
+        marker(result.verdict)
     }
 }
 
@@ -287,5 +325,36 @@ mod tests {
         let mut out = String::new();
         fenced(&mut out, "text", "a ``` b");
         assert_eq!(out, "````text\na ``` b\n````\n");
+    }
+
+    #[test]
+    fn a_warning_is_marked_apart_and_keeps_its_details() {
+        let out = render(&fixture::with_warning());
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("| ") && l.contains("payload-mismatch"))
+            .unwrap();
+        let cells = cells(row);
+        assert_eq!((cells[2].as_str(), cells[3].as_str()), ("**WARN**", "low"));
+        assert!(out.contains("### **WARN** `payload-mismatch`"), "{out}");
+        assert!(
+            out.contains("1 fail, 1 warn (below --fail-on medium)"),
+            "{out}"
+        );
+        // Still a failing run because of the medium-or-worse failure.
+        assert!(out.starts_with("# idem audit: **FAIL**"), "{out}");
+    }
+
+    #[test]
+    fn indeterminate_results_say_what_would_decide_them() {
+        let out = md();
+        assert!(
+            out.contains(&format!(
+                "- `concurrent-burst` on {}: add {}",
+                inline(fixture::ENDPOINT),
+                inline(fixture::INDETERMINATE_HINT)
+            )),
+            "{out}"
+        );
     }
 }

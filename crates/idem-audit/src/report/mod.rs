@@ -12,6 +12,8 @@ mod junit;
 mod markdown;
 mod text;
 
+pub(crate) use evidence::millis;
+
 use crate::outcome::AuditReport;
 use std::fmt;
 use std::str::FromStr;

@@ -4,7 +4,7 @@
 
 use super::evidence::{self, LineKind};
 use super::Style;
-use crate::outcome::{AuditReport, EndpointSummary, ScenarioResult, Verdict};
+use crate::outcome::{AuditReport, EndpointSummary, ScenarioResult, Severity, Verdict};
 use std::fmt::Write as _;
 
 /// Indentation of scenario lines under their endpoint.
@@ -18,6 +18,7 @@ const DIM: &str = "\x1b[2m";
 const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[1;31m";
 const YELLOW: &str = "\x1b[1;33m";
+const AMBER: &str = "\x1b[33m";
 
 /// Colours, or none.
 #[derive(Clone, Copy)]
@@ -46,6 +47,16 @@ fn verdict_colour(verdict: Verdict) -> &'static str {
     }
 }
 
+/// A result's badge: its verdict, or `WARN` for a failure below
+/// `--fail-on`.
+fn result_badge(result: &ScenarioResult, fail_on: Severity) -> &'static str {
+    if result.is_warning(fail_on) {
+        "WARN"
+    } else {
+        badge(result.verdict)
+    }
+}
+
 fn badge(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Pass => "PASS",
@@ -69,11 +80,13 @@ pub(crate) fn render(report: &AuditReport, style: Style) -> String {
         evidence::millis(report.duration_ms),
     );
 
+    oracle_hints(&mut out, report);
+
     // Columns line up across the whole report.
     let badge_width = report
         .scenarios
         .iter()
-        .map(|r| badge(r.verdict).len())
+        .map(|r| result_badge(r, report.fail_on).len())
         .max()
         .unwrap_or(0);
     let id_width = report
@@ -94,7 +107,13 @@ pub(crate) fn render(report: &AuditReport, style: Style) -> String {
             );
         }
         for result in results {
-            scenario(&mut out, result, badge_width, id_width, paint);
+            scenario(
+                &mut out,
+                result,
+                report.fail_on,
+                (badge_width, id_width),
+                paint,
+            );
         }
     }
 
@@ -170,11 +189,11 @@ fn endpoint_heading(endpoint: &EndpointSummary, paint: Paint) -> String {
 fn scenario(
     out: &mut String,
     result: &ScenarioResult,
-    badge_width: usize,
-    id_width: usize,
+    fail_on: Severity,
+    (badge_width, id_width): (usize, usize),
     paint: Paint,
 ) {
-    let word = badge(result.verdict);
+    let word = result_badge(result, fail_on);
     // Padding goes outside the colour, so colour does not change widths.
     let pad = " ".repeat(badge_width.saturating_sub(word.len()));
     let id = format!("{:<id_width$}", result.id.as_str());
@@ -186,6 +205,8 @@ fn scenario(
     let line = if result.verdict == Verdict::Skipped {
         let rest = format!("{id}  {summary}");
         format!("{}{pad}  {}", paint.with(DIM, word), paint.with(DIM, &rest))
+    } else if result.is_warning(fail_on) {
+        format!("{}{pad}  {id}  {summary}", paint.with(AMBER, word))
     } else {
         format!(
             "{}{pad}  {id}  {summary}",
@@ -196,6 +217,16 @@ fn scenario(
 
     if !matches!(result.verdict, Verdict::Fail | Verdict::Indeterminate) {
         return;
+    }
+    if let Some(hint) = result.oracle_hint.as_deref() {
+        let _ = writeln!(
+            out,
+            "{EVIDENCE_INDENT}{}",
+            paint.with(
+                DIM,
+                &format!("would decide it: {}", evidence::one_line(hint))
+            )
+        );
     }
     let lines = evidence::lines(&result.evidence);
     for line in &lines {
@@ -211,33 +242,84 @@ fn scenario(
     }
 }
 
-/// `4 scenarios: 1 pass, 1 fail, 1 indeterminate, 1 skipped`.
+/// At the top, when something is indeterminate: for each such result,
+/// the oracle (and its flag) that would turn it into a verdict.
+fn oracle_hints(out: &mut String, report: &AuditReport) {
+    let open: Vec<&ScenarioResult> = report
+        .scenarios
+        .iter()
+        .filter(|r| r.verdict == Verdict::Indeterminate)
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let several = report.endpoints.len() > 1;
+    blank_line(out);
+    let noun = match open.len() {
+        1 => "1 result is".to_owned(),
+        n => format!("{n} results are"),
+    };
+    let _ = writeln!(
+        out,
+        "{noun} indeterminate; what would turn each into a verdict:"
+    );
+    let width = open.iter().map(|r| r.id.as_str().len()).max().unwrap_or(0);
+    for result in open {
+        let what = match &result.oracle_hint {
+            Some(hint) => format!("add {}", evidence::one_line(hint)),
+            None => "not another oracle: see its summary below".to_owned(),
+        };
+        let on = if several {
+            format!(" on {}", evidence::one_line(&result.endpoint))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{SCENARIO_INDENT}{:<width$}{on}  {what}",
+            result.id.as_str()
+        );
+    }
+}
+
+/// `4 scenarios: 1 pass, 1 fail, 1 indeterminate, 1 skipped`, with the
+/// warnings (failures below `--fail-on`) counted apart when there are any.
 fn totals(report: &AuditReport, paint: Paint) -> String {
     let total = report.scenarios.len();
     let noun = if total == 1 { "scenario" } else { "scenarios" };
-    let counts: Vec<String> = [
+    let warnings = report.warnings();
+    let mut counts: Vec<String> = Vec::new();
+    for verdict in [
         Verdict::Pass,
         Verdict::Fail,
         Verdict::Indeterminate,
         Verdict::Skipped,
-    ]
-    .into_iter()
-    .map(|verdict| {
-        let n = report.count(verdict);
+    ] {
+        let n = match verdict {
+            Verdict::Fail => report.failures(),
+            _ => report.count(verdict),
+        };
         let text = format!("{n} {verdict}");
-        if n == 0 {
+        counts.push(if n == 0 {
             text
         } else {
             paint.verdict(verdict, &text)
+        });
+        if verdict == Verdict::Fail && warnings > 0 {
+            let text = format!(
+                "{warnings} {} (below --fail-on {})",
+                if warnings == 1 { "warning" } else { "warnings" },
+                report.fail_on
+            );
+            counts.push(paint.with(AMBER, &text));
         }
-    })
-    .collect();
+    }
     format!("{total} {noun}: {}", counts.join(", "))
 }
 
 /// `verdict FAIL: 1 failed (exit code 1)`.
 fn final_line(report: &AuditReport, paint: Paint) -> String {
-    let failed = report.count(Verdict::Fail);
+    let failed = report.failures();
     let indeterminate = report.count(Verdict::Indeterminate);
     let scenarios = |n: usize| if n == 1 { "scenario" } else { "scenarios" };
     let why = match report.verdict {
@@ -252,6 +334,14 @@ fn final_line(report: &AuditReport, paint: Paint) -> String {
         Verdict::Pass | Verdict::Skipped if report.count(Verdict::Pass) == 0 => {
             "nothing was checked: no scenario ran".to_owned()
         }
+        Verdict::Pass | Verdict::Skipped if report.warnings() > 0 => format!(
+            "no violation at or above --fail-on {}, {} below it",
+            report.fail_on,
+            match report.warnings() {
+                1 => "1 warning".to_owned(),
+                n => format!("{n} warnings"),
+            }
+        ),
         Verdict::Pass | Verdict::Skipped => "no violation found".to_owned(),
     };
     format!(
@@ -422,7 +512,7 @@ mod tests {
     fn an_indeterminate_run_says_exit_code_3() {
         let mut report = fixture::report();
         report.scenarios.retain(|r| r.verdict != Verdict::Fail);
-        report.verdict = AuditReport::overall(&report.scenarios);
+        report.verdict = AuditReport::overall(&report.scenarios, report.fail_on);
         let out = render(&report, Style::default());
         let last = out.lines().last().unwrap();
         assert!(
@@ -459,5 +549,74 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("5 scenarios: 2 pass"), "{out}");
+    }
+
+    #[test]
+    fn indeterminate_results_say_at_the_top_which_oracle_would_decide_them() {
+        let out = plain();
+        let top: Vec<&str> = out.lines().skip(1).take(3).collect();
+        assert_eq!(
+            top[1], "1 result is indeterminate; what would turn each into a verdict:",
+            "{out}"
+        );
+        assert_eq!(
+            top[2],
+            format!("  concurrent-burst  add {}", fixture::INDETERMINATE_HINT),
+            "{out}"
+        );
+        // Before the first endpoint.
+        assert!(
+            out.find(top[2]).unwrap() < out.find(fixture::ENDPOINT).unwrap(),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("would decide it: {}", fixture::INDETERMINATE_HINT)),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_warning_is_shown_with_its_evidence_but_does_not_fail_the_run() {
+        let mut report = fixture::with_warning();
+        report
+            .scenarios
+            .retain(|r| r.verdict != Verdict::Indeterminate);
+        report
+            .scenarios
+            .retain(|r| r.id != crate::ScenarioId::LostResponse);
+        report.verdict = AuditReport::overall(&report.scenarios, report.fail_on);
+        assert_eq!(report.verdict, Verdict::Pass);
+        assert_eq!(report.exit_code(), 0);
+        let out = render(&report, Style::default());
+        let line = out
+            .lines()
+            .find(|l| l.contains("payload-mismatch"))
+            .unwrap();
+        assert!(line.trim_start().starts_with("WARN "), "{line}");
+        assert!(
+            line.ends_with(&format!("[low] {}", fixture::WARNING_SUMMARY)),
+            "{line}"
+        );
+        assert!(out.contains("the changed request sends"), "{out}");
+        let tail: Vec<&str> = out.lines().rev().take(4).collect();
+        assert_eq!(
+            tail[3],
+            "3 scenarios: 1 pass, 0 fail, 1 warning (below --fail-on medium), 0 indeterminate, 1 skipped"
+        );
+        assert_eq!(
+            tail[0],
+            "verdict PASS: no violation at or above --fail-on medium, 1 warning below it (exit code 0)"
+        );
+        // With --fail-on low the same finding fails the run.
+        report.fail_on = Severity::Low;
+        report.verdict = AuditReport::overall(&report.scenarios, report.fail_on);
+        assert_eq!(report.exit_code(), 1);
+        let out = render(&report, Style::default());
+        let line = out
+            .lines()
+            .find(|l| l.contains("payload-mismatch"))
+            .unwrap();
+        assert!(line.trim_start().starts_with("FAIL "), "{line}");
+        assert!(line.contains("[low]"), "{line}");
     }
 }

@@ -16,22 +16,30 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let (mut failed, mut indeterminate, mut worst) = (0u64, 0u64, 0u64);
     let mut shown_round = false;
     let mut first_indeterminate = None;
+    let mut hint = None;
     for round in 1..=e.rounds {
         let key = ctx.fresh_key();
         let request = ctx.request(&key, Tenant::Primary, &e.body);
         if round == 1 {
+            // A loop, not xargs -I{}: a body holding `{}` must stay as it is.
             evidence.curl.push(format!(
-                "seq {} | xargs -P {} -I{{}} {}",
-                e.burst,
+                "for i in $(seq {}); do {} & done; wait",
                 e.burst,
                 ctx.curl(&request)
             ));
         }
-        let before = ctx.count(Tenant::Primary, &mut evidence).await;
+        let mut round_evidence = Evidence::default();
+        let before = ctx
+            .quiet_count(
+                Tenant::Primary,
+                &format!("before round {round}"),
+                None,
+                &mut round_evidence,
+            )
+            .await;
         // Each copy on the next instance, when there are several.
         let requests: Vec<_> = (0..e.burst).map(|_| ctx.routed(&request)).collect();
-        let (answers, release) = ctx.client.burst(&requests).await;
-        let mut round_evidence = Evidence::default();
+        let (answers, release) = ctx.burst(&requests).await;
         for (i, (answer, elapsed)) in answers.iter().enumerate() {
             round_evidence.exchanges.push(ctx.exchange(
                 format!("round {round} request {}", i + 1),
@@ -49,8 +57,19 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 &mut round_evidence,
             )
             .await;
-        let after = ctx.count(Tenant::Primary, &mut round_evidence).await;
+        let after = ctx
+            .quiet_count(
+                Tenant::Primary,
+                &format!("after round {round}"),
+                None,
+                &mut round_evidence,
+            )
+            .await;
         let mut tally = Tally::one();
+        let counts = match (&before, &after) {
+            (Some(b), Some(a)) => format!("; count {b} → {a}"),
+            _ => String::new(),
+        };
         tally.counted = delta(before, after, &mut round_evidence);
         for (answer, _) in &answers {
             match answer {
@@ -62,13 +81,16 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             tally.add(ctx, r);
         }
         let (verdict, summary) = tally.judge(ctx, &mut round_evidence);
+        if verdict == Verdict::Indeterminate && hint.is_none() {
+            hint = tally.oracle_hint(ctx);
+        }
         let statuses = status_counts(
             answers
                 .iter()
                 .map(|(a, _)| a.as_ref().ok().map(|r| r.status)),
         );
         evidence.notes.push(format!(
-            "round {round}: {statuses}; last bytes released within {} µs; {}: {summary}",
+            "round {round}: {statuses}; last bytes released within {} µs{counts}; {}: {summary}",
             release.as_micros(),
             verdict
         ));
@@ -127,7 +149,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         trials: rounds - indeterminate,
         failed_trials: failed,
         raced: true,
-        ..Finding::new(ID, verdict, summary, evidence)
+        ..Finding::new(ID, verdict, summary, evidence).with_hint(hint)
     }
 }
 

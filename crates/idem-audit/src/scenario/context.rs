@@ -1,13 +1,15 @@
 //! What every scenario needs: fresh keys, requests for either tenant, sent
 //! and recorded as evidence, retries that honour 409, and the oracles.
 
+use super::quiet::Activity;
 use crate::http::{Client, HttpError, Request, Response};
-use crate::oracle::{Counts, Oracles, Tenant};
+use crate::oracle::{Oracles, Tenant};
 use crate::outcome::{Answer, Evidence, Exchange, OracleReading, Seen, SentRequest, Verdict};
 use crate::plan::Endpoint;
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -24,6 +26,9 @@ pub(crate) struct Ctx<'a> {
     show_secrets: bool,
     /// Which instance the next request goes to (with `more_urls`).
     next_instance: AtomicUsize,
+    /// What the quiet waits need: when the API last heard from the
+    /// auditor, its slowest answer, the last counts read.
+    activity: Mutex<Activity>,
 }
 
 /// What a key is sent as.
@@ -45,6 +50,23 @@ impl<'a> Ctx<'a> {
             client,
             show_secrets,
             next_instance: AtomicUsize::new(0),
+            activity: Mutex::default(),
+        }
+    }
+
+    /// The quiet waits' state. Never held across an await.
+    pub(super) fn activity(&self) -> MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes that a request to the endpoint just ended after `elapsed`
+    /// (answered, hung up or failed): quiet waits start no earlier, and a
+    /// slow answer stretches the settle period.
+    fn sent(&self, elapsed: Duration, answered: bool) {
+        let mut activity = self.activity();
+        activity.last_sent = Some(Instant::now());
+        if answered {
+            activity.slowest = activity.slowest.max(elapsed);
         }
     }
 
@@ -94,7 +116,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The request as reports show it.
-    pub fn sent(&self, request: &Request) -> SentRequest {
+    pub fn shown(&self, request: &Request) -> SentRequest {
         SentRequest {
             method: request.method.to_string(),
             url: request.url.to_string(),
@@ -113,7 +135,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn shown_value(&self, name: &str, value: &[u8]) -> String {
+    pub(super) fn shown_value(&self, name: &str, value: &[u8]) -> String {
         if !self.show_secrets && is_secret(name) {
             return "<redacted>".to_owned();
         }
@@ -159,22 +181,11 @@ impl<'a> Ctx<'a> {
         a.status == b.status && self.same_body(&a.body, &b.body)
     }
 
-    /// A curl line that sends the same request.
-    pub fn curl(&self, request: &Request) -> String {
-        let mut line = format!("curl -sS -X {}", request.method);
-        for (name, value) in &request.headers {
-            let value = self.shown_value(name, value);
-            line.push_str(&format!(" -H {}", shell_quote(&format!("{name}: {value}"))));
-        }
-        if !request.body.is_empty() {
-            line.push_str(&format!(
-                " --data-raw {}",
-                shell_quote(&String::from_utf8_lossy(&request.body))
-            ));
-        }
-        line.push(' ');
-        line.push_str(&shell_quote(request.url.as_str()));
-        line
+    /// Whether `replay` carries `stored`'s body under another status (a
+    /// library that replays with 409, say): the outcome reaches the client,
+    /// only the status is wrong.
+    pub fn same_body_other_status(&self, stored: &Response, replay: &Response) -> bool {
+        stored.status != replay.status && self.same_body(&stored.body, &replay.body)
     }
 
     /// An exchange for the evidence.
@@ -192,7 +203,7 @@ impl<'a> Ctx<'a> {
         };
         Exchange {
             label: label.into(),
-            request: self.sent(request),
+            request: self.shown(request),
             answer,
             elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         }
@@ -207,10 +218,50 @@ impl<'a> Ctx<'a> {
     ) -> Result<Response, HttpError> {
         let request = self.routed(request);
         let (answer, elapsed) = self.client.send(&request).await;
+        self.sent(elapsed, answer.is_ok());
         evidence
             .exchanges
             .push(self.exchange(label, &request, answer_of(&answer), elapsed));
         answer
+    }
+
+    /// The lost-response fault point ([`Client::send_and_discard`]), on a
+    /// request already routed.
+    pub async fn send_and_discard(
+        &self,
+        request: &Request,
+    ) -> (Result<Response, HttpError>, Duration) {
+        let (answer, elapsed) = self.client.send_and_discard(request).await;
+        self.sent(elapsed, answer.is_ok());
+        (answer, elapsed)
+    }
+
+    /// The abandoned-request fault point ([`Client::send_and_abandon`]),
+    /// on a request already routed. A hang-up counts as an answer that
+    /// slow: the work took at least that long.
+    pub async fn send_and_abandon(
+        &self,
+        request: &Request,
+        after: Duration,
+    ) -> (Result<Option<Response>, HttpError>, Duration) {
+        let (answer, elapsed) = self.client.send_and_abandon(request, after).await;
+        self.sent(elapsed, answer.is_ok());
+        (answer, elapsed)
+    }
+
+    /// A burst released together ([`Client::burst`]).
+    pub async fn burst(
+        &self,
+        requests: &[Request],
+    ) -> (Vec<(Result<Response, HttpError>, Duration)>, Duration) {
+        let (answers, release) = self.client.burst(requests).await;
+        let slowest = answers
+            .iter()
+            .filter(|(a, _)| a.is_ok())
+            .map(|(_, elapsed)| *elapsed)
+            .max();
+        self.sent(slowest.unwrap_or_default(), slowest.is_some());
+        (answers, release)
     }
 
     /// Sends until the answer is final: 409 `request-in-progress` (or a
@@ -245,20 +296,6 @@ impl<'a> Ctx<'a> {
             }
             tokio::time::sleep(wait).await;
             attempt += 1;
-        }
-    }
-
-    /// Reads the counting oracles for a tenant (`None` without one); a
-    /// failure to read is noted and returns `None`.
-    pub async fn count(&self, tenant: Tenant, evidence: &mut Evidence) -> Option<Counts> {
-        match self.oracles.count(tenant).await {
-            Ok(count) => count,
-            Err(e) => {
-                evidence
-                    .notes
-                    .push(format!("the count could not be read: {e}"));
-                None
-            }
         }
     }
 
@@ -342,11 +379,6 @@ fn is_secret(name: &str) -> bool {
     ) || ["token", "secret", "password", "session"]
         .iter()
         .any(|word| name.contains(word))
-}
-
-/// Single-quotes for a POSIX shell.
-pub(crate) fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// How many executions one key caused, from whatever the oracles saw.
@@ -458,7 +490,7 @@ impl Tally {
                 return (
                     Verdict::Indeterminate,
                     format!(
-                        "{} attempt(s) got no answer anyone read, so their executions are invisible to --id-field; add --count-url or --check-cmd to rule a duplicate out",
+                        "{} attempt(s) got no answer anyone read, so their executions are invisible to --id-field",
                         self.unseen
                     ),
                 );
@@ -491,6 +523,54 @@ impl Tally {
         (
             Verdict::Indeterminate,
             "the answers agree, but without --id-field, --count-url or --check-cmd a second execution with the same answer cannot be ruled out".to_owned(),
+        )
+    }
+}
+
+/// What to add when only a count of side effects can see an execution.
+pub(crate) const NEEDS_A_COUNT: &str = "--count-url URL or --check-cmd CMD: an attempt's answer was never read, so only a count of side effects sees whether it executed";
+/// What to add when no oracle counted anything.
+pub(crate) const NEEDS_AN_ORACLE: &str = "--count-url URL or --check-cmd CMD (a count of side effects), or --id-field PATH (a value new per execution, e.g. --id-field id): identical answers cannot rule out a second execution";
+
+impl Tally {
+    /// For an indeterminate [`Tally::judge`]: the oracle that would turn
+    /// it into a verdict, with its flag.
+    pub fn oracle_hint(&self, ctx: &Ctx<'_>) -> Option<String> {
+        let e = ctx.endpoint;
+        if self.ids.len() as u64 > self.expected {
+            return None;
+        }
+        if let Some(counted) = self.counted {
+            return (counted < self.expected).then(|| {
+                "--count-url URL (with --count-field PATH) or --check-cmd CMD that counts this operation's effects: the count moved less than the executions the answers show".to_owned()
+            });
+        }
+        if e.counts_effects() {
+            return Some(
+                "a count nothing else changes: the count could not be used here (see the notes), so --count-url or --check-cmd did not decide".to_owned(),
+            );
+        }
+        if let Some(path) = &e.id_field {
+            if self.unseen > 0 {
+                return Some(NEEDS_A_COUNT.to_owned());
+            }
+            if self.ids_missing > 0 || self.ids.is_empty() {
+                return Some(format!(
+                    "--id-field PATH naming a value new per execution (the answers have none at {path}), or --count-url URL or --check-cmd CMD"
+                ));
+            }
+            return None;
+        }
+        if self.bodies.len() as u64 > self.expected {
+            return None;
+        }
+        Some(
+            if self.unseen > 0 {
+                NEEDS_A_COUNT
+            } else {
+                NEEDS_AN_ORACLE
+            }
+            .to_owned(),
         )
     }
 }

@@ -34,15 +34,39 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     // Counts are read for both tenants around the second tenant's request:
     // a per-tenant count moves for tenant 2 only, a global one for both.
     let mid = (
-        ctx.count(Tenant::Primary, &mut evidence).await,
-        ctx.count(Tenant::Alternate, &mut evidence).await,
+        ctx.quiet_count(
+            Tenant::Primary,
+            "after tenant 1's request",
+            None,
+            &mut evidence,
+        )
+        .await,
+        ctx.quiet_count(
+            Tenant::Alternate,
+            "after tenant 1's request",
+            None,
+            &mut evidence,
+        )
+        .await,
     );
     let other = ctx
         .send_until_final("tenant 2", &other_request, &mut evidence)
         .await;
     let after = (
-        ctx.count(Tenant::Primary, &mut evidence).await,
-        ctx.count(Tenant::Alternate, &mut evidence).await,
+        ctx.quiet_count(
+            Tenant::Primary,
+            "after tenant 2's request",
+            None,
+            &mut evidence,
+        )
+        .await,
+        ctx.quiet_count(
+            Tenant::Alternate,
+            "after tenant 2's request",
+            None,
+            &mut evidence,
+        )
+        .await,
     );
     let effects = match (
         delta(mid.0, after.0, &mut evidence),
@@ -106,9 +130,16 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             None => Finding::new(
                 ID,
                 Verdict::Indeterminate,
-                "tenant 2 got the same answer as tenant 1; without --id-field or a count it cannot be told whether that is its own execution or tenant 1's stored answer",
+                match effects {
+                    Some(_) => format!("tenant 2 got another answer than tenant 1 ({}), but the count did not move: whether that is its own execution cannot be told", other.status),
+                    None => "tenant 2 got the same answer as tenant 1; without --id-field or a count it cannot be told whether that is its own execution or tenant 1's stored answer".to_owned(),
+                },
                 evidence,
-            ),
+            )
+            .with_hint(Some(match effects {
+                Some(_) => "--id-field PATH (tenant 2's own execution carries a new id): the count did not move, yet the answers differ".to_owned(),
+                None => "--id-field PATH (tenant 2's own execution carries a new id) or --count-url URL or --check-cmd CMD (it moves the count)".to_owned(),
+            })),
         };
     }
     if matches!(other.status, 401 | 403) {

@@ -18,9 +18,16 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         "{}  # the answer to this one is lost; then run it again",
         ctx.curl(&request)
     ));
-    let before = ctx.count(Tenant::Primary, &mut evidence).await;
+    let before = ctx
+        .quiet_count(
+            Tenant::Primary,
+            "before the first request",
+            None,
+            &mut evidence,
+        )
+        .await;
     let request = ctx.routed(&request);
-    let (lost, elapsed) = ctx.client.send_and_discard(&request).await;
+    let (lost, elapsed) = ctx.send_and_discard(&request).await;
     let original = match lost {
         Ok(response) if response.is_success() => {
             evidence.exchanges.push(ctx.exchange(
@@ -42,7 +49,9 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         }
     };
     let retry = ctx.send_until_final("retry", &request, &mut evidence).await;
-    let after = ctx.count(Tenant::Primary, &mut evidence).await;
+    let after = ctx
+        .quiet_count(Tenant::Primary, "after the retry", None, &mut evidence)
+        .await;
     let mut tally = Tally::one();
     tally.counted = delta(before, after, &mut evidence);
     tally.add(ctx, &original);
@@ -51,6 +60,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         Err(_) => tally.unseen += 1,
     }
     let (verdict, summary) = tally.judge(ctx, &mut evidence);
+    let hint = tally.oracle_hint(ctx);
     if verdict == Verdict::Fail {
         return with_trial(Finding::new(ID, verdict, summary, evidence));
     }
@@ -63,7 +73,21 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 _ => summary,
             },
             evidence,
-        )),
+        )
+        .with_hint(hint)),
+        Ok(r) if ctx.same_body_other_status(&original, r) => with_trial(
+            Finding::new(
+                ID,
+                Verdict::Fail,
+                format!(
+                    "the retry got the lost answer's body, but with {} instead of {}: the outcome reaches the client, though one that reads the status takes it for an error",
+                    r.status, original.status
+                ),
+                evidence,
+            )
+            .with_severity(Severity::Low)
+            .not_a_duplicate(),
+        ),
         Ok(r) => with_trial(
             Finding::new(
                 ID,

@@ -2,9 +2,9 @@
 //! unless `--require-key` says keys must be required.
 
 use super::context::Key;
-use super::{delta, Ctx, Finding, ScenarioId};
+use super::{moved, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
-use crate::outcome::{Evidence, Verdict};
+use crate::outcome::{Evidence, Severity, Verdict};
 
 const ID: ScenarioId = ScenarioId::MissingKey;
 
@@ -13,10 +13,20 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut evidence = Evidence::default();
     let request = ctx.request(&Key::Absent, Tenant::Primary, &e.body);
     evidence.curl.push(ctx.curl(&request));
-    let before = ctx.count(Tenant::Primary, &mut evidence).await;
+    let before = ctx
+        .quiet_count(Tenant::Primary, "before the request", None, &mut evidence)
+        .await;
     let answer = ctx.send("without a key", &request, &mut evidence).await;
-    let after = ctx.count(Tenant::Primary, &mut evidence).await;
-    let executed = delta(before, after, &mut evidence);
+    let after = ctx
+        .quiet_count(Tenant::Primary, "after it", None, &mut evidence)
+        .await;
+    let executed = moved(
+        ctx,
+        before.as_ref(),
+        after.as_ref(),
+        "over it",
+        &mut evidence,
+    );
     let response = match answer {
         Ok(r) => r,
         Err(err) => return Finding::no_answer(ID, "the request", &err, evidence),
@@ -46,7 +56,8 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 response.status
             ),
             evidence,
-        );
+        )
+        .with_severity(Severity::Low);
     }
     let summary = if ran {
         format!(

@@ -6,12 +6,14 @@ mod abandoned_request;
 mod concurrent_burst;
 mod context;
 mod cross_tenant;
+mod curl;
 mod error_replay;
 mod id;
 mod invalid_key;
 mod lost_response;
 mod missing_key;
 mod payload_mismatch;
+mod quiet;
 mod replay_marker;
 mod retention;
 mod sequential_replay;
@@ -19,7 +21,7 @@ mod sequential_replay;
 pub(crate) use context::Ctx;
 pub use id::{ScenarioId, UnknownScenario};
 
-use crate::outcome::{Evidence, ScenarioResult, Severity, Verdict};
+use crate::outcome::{Evidence, OracleReading, ScenarioResult, Severity, Verdict};
 use tokio::time::Instant;
 
 /// What a scenario found.
@@ -32,6 +34,8 @@ pub(crate) struct Finding {
     pub failed_trials: u64,
     pub raced: bool,
     pub evidence: Evidence,
+    /// For an indeterminate finding: the oracle that would decide it.
+    pub hint: Option<String>,
 }
 
 impl Finding {
@@ -51,7 +55,17 @@ impl Finding {
             failed_trials: u64::from(verdict == Verdict::Fail),
             raced: false,
             evidence,
+            hint: None,
         }
+    }
+
+    /// The same with the oracle that would decide it, if it is
+    /// indeterminate.
+    fn with_hint(mut self, hint: Option<String>) -> Self {
+        if self.verdict == Verdict::Indeterminate {
+            self.hint = hint;
+        }
+        self
     }
 
     /// A failure that is not a duplicate execution (the key was honoured,
@@ -92,9 +106,13 @@ impl Finding {
     }
 }
 
-/// Runs one scenario against the context's endpoint.
+/// Runs one scenario against the context's endpoint, then waits for the
+/// API to be quiet, so that the next scenario starts from a quiet API and
+/// an effect that landed after this scenario's last reading is reported
+/// here, where it was caused.
 pub(crate) async fn run_scenario(id: ScenarioId, ctx: &Ctx<'_>) -> ScenarioResult {
     let started = Instant::now();
+    ctx.begin_scenario();
     let finding = match id {
         ScenarioId::SequentialReplay => sequential_replay::run(ctx).await,
         ScenarioId::ConcurrentBurst => concurrent_burst::run(ctx).await,
@@ -108,6 +126,10 @@ pub(crate) async fn run_scenario(id: ScenarioId, ctx: &Ctx<'_>) -> ScenarioResul
         ScenarioId::Retention => retention::run(ctx).await,
         ScenarioId::ReplayMarker => replay_marker::run(ctx).await,
     };
+    let finding = match ctx.after_scenario().await {
+        Some((moved, last, now)) => late_effects(ctx, finding, moved, &last, &now),
+        None => finding,
+    };
     ScenarioResult {
         id,
         endpoint: ctx.endpoint.label(),
@@ -118,8 +140,61 @@ pub(crate) async fn run_scenario(id: ScenarioId, ctx: &Ctx<'_>) -> ScenarioResul
         failed_trials: finding.failed_trials,
         raced: finding.raced,
         evidence: finding.evidence,
+        oracle_hint: finding.hint,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
     }
+}
+
+/// The count moved after the scenario's last reading: effects of its
+/// requests that came late (or other traffic). They are shown in its
+/// evidence; a pass that did not see them is no longer a pass.
+fn late_effects(
+    ctx: &Ctx<'_>,
+    mut finding: Finding,
+    moved: u64,
+    last: &crate::oracle::Counts,
+    now: &crate::oracle::Counts,
+) -> Finding {
+    finding.evidence.oracle.push(OracleReading {
+        oracle: ctx.oracles.counting_name().to_owned(),
+        saw: format!(
+            "{now} once the API was quiet after the scenario: moved by {moved} after its last reading ({last})"
+        ),
+        effects: Some(moved),
+    });
+    let why = format!(
+        "the count moved by {moved} after this scenario's last reading (a reading waits until the count is unchanged for {}): a late execution of its requests, or other traffic on the count",
+        crate::report::millis(ctx.settle_period().as_secs_f64() * 1000.0)
+    );
+    finding.evidence.notes.push(why.clone());
+    if finding.verdict == Verdict::Pass {
+        finding.summary = format!("{why}; before that: {}", finding.summary);
+        finding.verdict = Verdict::Indeterminate;
+        finding.trials = 0;
+        finding.failed_trials = 0;
+        finding.hint = Some(
+            "a longer --settle (the count must stay unchanged that long before a reading), and a count nothing else changes".to_owned(),
+        );
+    }
+    finding
+}
+
+/// The move between two quiet readings, recorded in the evidence as what
+/// the oracle saw `over` (`over the changed request`).
+pub(crate) fn moved(
+    ctx: &Ctx<'_>,
+    before: Option<&crate::oracle::Counts>,
+    after: Option<&crate::oracle::Counts>,
+    over: &str,
+    evidence: &mut Evidence,
+) -> Option<u64> {
+    let n = delta(before.cloned(), after.cloned(), evidence)?;
+    evidence.oracle.push(OracleReading {
+        oracle: ctx.oracles.counting_name().to_owned(),
+        saw: format!("the count moved by {n} {over}"),
+        effects: Some(n),
+    });
+    Some(n)
 }
 
 /// The change of a count, if both readings exist and it did not go down.

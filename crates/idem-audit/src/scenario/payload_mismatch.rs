@@ -5,7 +5,7 @@
 //! a fingerprint over raw bytes breaks every client that re-serialises on
 //! retry.
 
-use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
+use super::{baseline_failed, moved, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Severity, Verdict};
 use bytes::Bytes;
@@ -32,10 +32,24 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         .push(format!("the changed request sends {how}"));
     let key = ctx.fresh_key();
     let first_request = ctx.request(&key, Tenant::Primary, &e.body);
+    let reserialised = reserialise(&e.body);
+    let reserialised_request = reserialised
+        .as_ref()
+        .map(|body| ctx.request(&key, Tenant::Primary, body));
     let changed_request = ctx.request(&key, Tenant::Primary, &changed);
     evidence.curl.push(ctx.curl(&first_request));
+    if let Some(request) = &reserialised_request {
+        evidence.curl.push(ctx.curl(request));
+    }
     evidence.curl.push(ctx.curl(&changed_request));
-    let before = ctx.count(Tenant::Primary, &mut evidence).await;
+    let before = ctx
+        .quiet_count(
+            Tenant::Primary,
+            "before the first request",
+            None,
+            &mut evidence,
+        )
+        .await;
     let first = ctx
         .send_until_final("first", &first_request, &mut evidence)
         .await;
@@ -45,21 +59,54 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     };
     // The same payload, re-serialised: must replay, not be refused.
     let mut reserialised_refused = None;
-    if let Some(reserialised) = reserialise(&e.body) {
-        let request = ctx.request(&key, Tenant::Primary, &reserialised);
+    let mut mid = before.clone();
+    if let Some(request) = &reserialised_request {
         let answer = ctx
-            .send_until_final("same payload, re-serialised", &request, &mut evidence)
+            .send_until_final("same payload, re-serialised", request, &mut evidence)
             .await;
-        let mid = ctx.count(Tenant::Primary, &mut evidence).await;
+        mid = ctx
+            .quiet_count(
+                Tenant::Primary,
+                "after the re-serialised request",
+                None,
+                &mut evidence,
+            )
+            .await;
+        let counted = moved(
+            ctx,
+            before.as_ref(),
+            mid.as_ref(),
+            "over the first request and the re-serialised one",
+            &mut evidence,
+        );
         let again = answer.as_ref().ok();
+        let answered = match again {
+            Some(r) => format!("answered {}", r.status),
+            None => "no answer".to_owned(),
+        };
         let new_id = again.is_some_and(|r| {
             r.is_success() && ctx.id_of(r).is_some() && ctx.id_of(r) != ctx.id_of(&first)
         });
-        if delta(before, mid, &mut evidence).is_some_and(|n| n > 1) || new_id {
+        if new_id {
             return Finding::new(
                 ID,
                 Verdict::Fail,
-                "the same payload, re-serialised, was executed a second time under the same key",
+                format!(
+                    "the same payload, re-serialised, was executed a second time under the same key: its answer carries another id ({} after {})",
+                    ctx.id_of(again.unwrap_or(&first)).unwrap_or_default(),
+                    ctx.id_of(&first).unwrap_or_default()
+                ),
+                evidence,
+            )
+            .with_severity(Severity::High);
+        }
+        if let Some(n) = counted.filter(|n| *n > 1) {
+            return Finding::new(
+                ID,
+                Verdict::Fail,
+                format!(
+                    "the same payload, re-serialised ({answered}), was executed a second time under the same key: the count moved by {n} over the first request and the re-serialised one"
+                ),
                 evidence,
             )
             .with_severity(Severity::High);
@@ -77,31 +124,55 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                 )
                 .with_severity(Severity::High);
             }
-            reserialised_refused = Some(r.status);
+            reserialised_refused = Some((r.status, ctx.same_body_other_status(&first, r)));
         }
     }
-    let mid = ctx.count(Tenant::Primary, &mut evidence).await;
     let second = ctx
         .send_until_final("changed payload", &changed_request, &mut evidence)
         .await;
-    let after = ctx.count(Tenant::Primary, &mut evidence).await;
-    let counted = delta(mid, after, &mut evidence);
+    let after = ctx
+        .quiet_count(
+            Tenant::Primary,
+            "after the changed request",
+            None,
+            &mut evidence,
+        )
+        .await;
+    let counted = moved(
+        ctx,
+        mid.as_ref(),
+        after.as_ref(),
+        "over the changed request",
+        &mut evidence,
+    );
     let second = match second {
         Ok(r) => r,
         Err(err) => return Finding::no_answer(ID, "the changed request", &err, evidence),
     };
-    let executed = counted.is_some_and(|n| n > 0)
-        || (second.is_success()
-            && e.id_field.is_some()
-            && ctx.id_of(&second).is_some()
-            && ctx.id_of(&second) != ctx.id_of(&first));
-    if executed {
+    let new_id = second.is_success()
+        && e.id_field.is_some()
+        && ctx.id_of(&second).is_some()
+        && ctx.id_of(&second) != ctx.id_of(&first);
+    if let Some(n) = counted.filter(|n| *n > 0) {
         return Finding::new(
             ID,
             Verdict::Fail,
             format!(
-                "the changed payload was executed under the used key (answered {})",
+                "the changed payload was executed under the used key (answered {}; the count moved by {n} over it)",
                 second.status
+            ),
+            evidence,
+        )
+        .with_severity(Severity::High);
+    }
+    if new_id {
+        return Finding::new(
+            ID,
+            Verdict::Fail,
+            format!(
+                "the changed payload was executed under the used key (answered {} with another id, {})",
+                second.status,
+                ctx.id_of(&second).unwrap_or_default()
             ),
             evidence,
         )
@@ -142,12 +213,17 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             evidence,
         );
     }
-    if let Some(status) = reserialised_refused {
+    if let Some((status, stored_body)) = reserialised_refused {
+        let what = if stored_body {
+            format!("got the stored answer under {status}")
+        } else {
+            format!("was refused too ({status})")
+        };
         return Finding::new(
             ID,
             Verdict::Fail,
             format!(
-                "the changed payload was refused ({}), but so was the same payload re-serialised ({status}): clients that re-serialise JSON on retry are told they changed it",
+                "the changed payload was refused ({}), but the same payload re-serialised {what}: clients that re-serialise JSON on retry are told they changed it, though nothing executes twice",
                 second.status
             ),
             evidence,
@@ -162,7 +238,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         "the changed payload was refused with {}{slug}",
         second.status
     );
-    if reserialise(&e.body).is_some() {
+    if reserialised.is_some() {
         summary.push_str("; the same payload re-serialised was replayed");
     }
     Finding::new(ID, Verdict::Pass, summary, evidence)

@@ -16,7 +16,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
     evidence.curl.push(format!(
         "for i in 1 2; do {}; echo; done",
-        ctx.curl(&request).replacen("curl -sS", "curl -sSi", 1)
+        ctx.curl_with(&request, "", true)
     ));
     let first = ctx.send_until_final("first", &request, &mut evidence).await;
     let first = match first {

@@ -27,7 +27,14 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         ctx.curl(&request),
         wait.as_secs_f64().ceil()
     ));
-    let before = ctx.count(Tenant::Primary, &mut evidence).await;
+    let before = ctx
+        .quiet_count(
+            Tenant::Primary,
+            "before the first request",
+            None,
+            &mut evidence,
+        )
+        .await;
     let first = ctx.send_until_final("first", &request, &mut evidence).await;
     let first = match first {
         Ok(r) if r.is_success() => r,
@@ -41,7 +48,9 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let late = ctx
         .send_until_final("late retry", &request, &mut evidence)
         .await;
-    let after = ctx.count(Tenant::Primary, &mut evidence).await;
+    let after = ctx
+        .quiet_count(Tenant::Primary, "after the late retry", None, &mut evidence)
+        .await;
     let late = match late {
         Ok(r) => r,
         Err(err) => return Finding::no_answer(ID, "the late retry", &err, evidence),
@@ -51,17 +60,24 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             .problem_slug()
             .map(|s| format!(" {s}"))
             .unwrap_or_default();
-        let counted = delta(before, after, &mut evidence);
-        if counted.is_some_and(|n| n > 1) {
+        let counted = super::moved(
+            ctx,
+            before.as_ref(),
+            after.as_ref(),
+            "over the first request and the late retry",
+            &mut evidence,
+        );
+        if let Some(n) = counted.filter(|n| *n > 1) {
             return Finding::new(
                 ID,
                 Verdict::Fail,
                 format!(
-                    "the late retry was refused ({}{slug}) but executed anyway",
+                    "the late retry was refused ({}{slug}) but executed anyway (the count moved by {n})",
                     late.status
                 ),
                 evidence,
-            );
+            )
+            .with_severity(crate::outcome::Severity::High);
         }
         return Finding::new(
             ID,
@@ -78,6 +94,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     tally.add(ctx, &first);
     tally.add(ctx, &late);
     let (verdict, summary) = tally.judge(ctx, &mut evidence);
+    let hint = tally.oracle_hint(ctx);
     let summary = match verdict {
         Verdict::Fail => {
             return Finding::new(
@@ -93,5 +110,5 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         }
         _ => summary,
     };
-    Finding::new(ID, verdict, summary, evidence)
+    Finding::new(ID, verdict, summary, evidence).with_hint(hint)
 }
