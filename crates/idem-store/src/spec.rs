@@ -20,17 +20,18 @@ pub enum StoreSpec {
         /// The connection URL, as given.
         url: String,
     },
-    /// `redis://…`: one Redis server, shared by many gateways.
+    /// `redis://…` (or `rediss://…` over TLS): one Redis server, shared
+    /// by many gateways.
     Redis {
         /// The connection URL, as given.
         url: String,
     },
     /// `redis+cluster://HOST:PORT,HOST:PORT` (or `redis://` with several
-    /// comma-separated nodes): Redis Cluster, reached through any of the
-    /// nodes.
+    /// comma-separated nodes; `rediss+cluster://` or `rediss://` over
+    /// TLS): Redis Cluster, reached through any of the nodes.
     RedisCluster {
-        /// Each node as a `redis://` URL (credentials of the spec repeated
-        /// on each).
+        /// Each node as a `redis://` (or `rediss://`) URL (credentials and
+        /// query of the spec repeated on each).
         nodes: Vec<String>,
     },
 }
@@ -42,7 +43,7 @@ pub enum StoreSpecError {
     #[error(
         "unknown store `{0}`: expected `memory`, `sqlite:PATH` (e.g. sqlite:idem.db), \
          `postgres://USER@HOST:PORT/DB`, `redis://HOST:PORT/` or \
-         `redis+cluster://HOST:PORT,HOST:PORT`"
+         `redis+cluster://HOST:PORT,HOST:PORT` (`rediss://`, `rediss+cluster://` over TLS)"
     )]
     UnknownScheme(String),
     /// `sqlite:` without a path.
@@ -99,18 +100,26 @@ impl std::str::FromStr for StoreSpec {
             }
             return Ok(StoreSpec::Postgres { url: s.to_owned() });
         }
-        if let Some(rest) = s.strip_prefix("redis+cluster://") {
-            return cluster_nodes(s, rest).map(|nodes| StoreSpec::RedisCluster { nodes });
+        for (cluster, node) in [
+            ("redis+cluster://", "redis://"),
+            ("rediss+cluster://", "rediss://"),
+        ] {
+            if let Some(rest) = s.strip_prefix(cluster) {
+                return cluster_nodes(s, node, rest).map(|nodes| StoreSpec::RedisCluster { nodes });
+            }
         }
-        if let Some(rest) = s.strip_prefix("redis://") {
-            let hosts = authority(s).map(|a| a.rsplit('@').next().unwrap_or(""));
-            if hosts.is_none_or(str::is_empty) {
-                return Err(StoreSpecError::MissingHost(redact(s)));
+        for node in ["redis://", "rediss://"] {
+            if let Some(rest) = s.strip_prefix(node) {
+                let hosts = authority(s).map(|a| a.rsplit('@').next().unwrap_or(""));
+                if hosts.is_none_or(str::is_empty) {
+                    return Err(StoreSpecError::MissingHost(redact(s)));
+                }
+                if hosts.is_some_and(|h| h.contains(',')) {
+                    return cluster_nodes(s, node, rest)
+                        .map(|nodes| StoreSpec::RedisCluster { nodes });
+                }
+                return Ok(StoreSpec::Redis { url: s.to_owned() });
             }
-            if hosts.is_some_and(|h| h.contains(',')) {
-                return cluster_nodes(s, rest).map(|nodes| StoreSpec::RedisCluster { nodes });
-            }
-            return Ok(StoreSpec::Redis { url: s.to_owned() });
         }
         Err(StoreSpecError::UnknownScheme(s.to_owned()))
     }
@@ -131,11 +140,19 @@ impl std::fmt::Display for StoreSpec {
             // Passwords are never shown (this is what logs and errors print).
             StoreSpec::Postgres { url } | StoreSpec::Redis { url } => f.write_str(&redact(url)),
             StoreSpec::RedisCluster { nodes } => {
-                f.write_str("redis+cluster://")?;
+                let tls = nodes.first().is_some_and(|n| n.starts_with("rediss://"));
+                f.write_str(if tls {
+                    "rediss+cluster://"
+                } else {
+                    "redis+cluster://"
+                })?;
                 let mut query = None;
                 for (i, node) in nodes.iter().enumerate() {
                     let shown = redact(node);
-                    let host = shown.strip_prefix("redis://").unwrap_or(&shown);
+                    let host = shown
+                        .strip_prefix("redis://")
+                        .or_else(|| shown.strip_prefix("rediss://"))
+                        .unwrap_or(&shown);
                     // The query, repeated on every node, is shown once.
                     let host = match host.split_once('?') {
                         Some((host, q)) => {
@@ -187,10 +204,11 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The nodes of `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT[/][?QUERY]`,
-/// each as a `redis://` URL carrying the credentials (and the query, e.g.
+/// The nodes of `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT[/][?QUERY]`
+/// (`rest` is what follows the scheme), each as a `scheme` (`redis://` or
+/// `rediss://`) URL carrying the credentials (and the query, e.g.
 /// `prefix=NAME`, as `/?QUERY`).
-fn cluster_nodes(spec: &str, rest: &str) -> Result<Vec<String>, StoreSpecError> {
+fn cluster_nodes(spec: &str, scheme: &str, rest: &str) -> Result<Vec<String>, StoreSpecError> {
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
         None => (rest, None),
@@ -205,8 +223,8 @@ fn cluster_nodes(spec: &str, rest: &str) -> Result<Vec<String>, StoreSpecError> 
         .map(str::trim)
         .map(|host| {
             let node = match userinfo {
-                Some(u) => format!("redis://{u}@{host}"),
-                None => format!("redis://{host}"),
+                Some(u) => format!("{scheme}{u}@{host}"),
+                None => format!("{scheme}{host}"),
             };
             match query {
                 Some(query) => format!("{node}/?{query}"),
@@ -348,6 +366,45 @@ mod tests {
                 ]
             }
         );
+    }
+
+    #[test]
+    fn rediss_stores_are_redis_over_tls_single_or_cluster() {
+        assert_eq!(
+            parse("rediss://:pw@cache:6380/?tls_ca=/etc/ca.pem"),
+            StoreSpec::Redis {
+                url: "rediss://:pw@cache:6380/?tls_ca=/etc/ca.pem".into()
+            }
+        );
+        let c = parse("rediss+cluster://u:pw@a:7000,b:7001/?tls_ca=/etc/ca.pem");
+        assert_eq!(
+            c,
+            StoreSpec::RedisCluster {
+                nodes: vec![
+                    "rediss://u:pw@a:7000/?tls_ca=/etc/ca.pem".into(),
+                    "rediss://u:pw@b:7001/?tls_ca=/etc/ca.pem".into()
+                ]
+            }
+        );
+        assert_eq!(
+            c.to_string(),
+            "rediss+cluster://u:***@a:7000,b:7001/?tls_ca=/etc/ca.pem"
+        );
+        assert_eq!(parse(&c.to_string().replace("***", "pw")), c);
+        assert_eq!(
+            parse("rediss://a:7000,b:7001"),
+            StoreSpec::RedisCluster {
+                nodes: vec!["rediss://a:7000".into(), "rediss://b:7001".into()]
+            }
+        );
+        for bad in [
+            "rediss://",
+            "rediss+cluster://",
+            "rediss+cluster://a:1,,b:2",
+        ] {
+            let err = bad.parse::<StoreSpec>().unwrap_err().to_string();
+            assert!(err.contains("names no server"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -107,6 +107,27 @@ pub fn client_config(
     }
 }
 
+/// The rustls error somewhere in `e`'s chain of sources, if the failure
+/// was TLS's. Drivers often wrap it in an `io::Error` (whose `source()` is
+/// not always set), so those are looked into as well.
+pub fn rustls_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = e.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +150,18 @@ mod tests {
         assert_eq!(err.field, "tls_key");
         let err = read_certs("tls_cert", &dir.path().join("missing.pem")).unwrap_err();
         assert!(err.problem.contains("missing.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_failure_is_found_however_the_driver_wrapped_it() {
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, refused.clone());
+        assert_eq!(rustls_error(&io), Some(&refused));
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot connect")]
+        struct Driver(#[source] std::io::Error);
+        assert_eq!(rustls_error(&Driver(io)), Some(&refused));
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(rustls_error(&other), None);
     }
 }

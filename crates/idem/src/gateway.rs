@@ -18,7 +18,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "URL", value_parser = config::parse_upstream)]
     upstream: Option<http::Uri>,
     /// Where records live: sqlite:PATH (default sqlite:idem.db), memory,
-    /// postgres://USER@HOST/DB, redis://HOST:PORT/ or redis+cluster://H1:P1,H2:P2.
+    /// postgres://USER@HOST/DB[?sslmode=verify-full&sslrootcert=FILE], redis://HOST:PORT/,
+    /// redis+cluster://H1:P1,H2:P2 (rediss:// and rediss+cluster:// over TLS).
     #[arg(long, value_name = "STORE")]
     store: Option<StoreSpec>,
     /// TOML configuration file (see docs/configuration.md).

@@ -180,3 +180,26 @@ pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>
     };
     (url, value)
 }
+
+/// `value` (a URL query parameter's) with its `%XX` escapes decoded, or
+/// `None` when an escape is malformed or the result is not UTF-8.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}

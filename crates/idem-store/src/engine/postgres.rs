@@ -36,6 +36,10 @@
 //!   owner's final write, when it finds the mark, sends `pg_notify` on
 //!   `idem_changed` in the same statement (see [`wakeups`] for why only
 //!   then). One LISTEN connection per store, opened by the first wait.
+//! - Connections use TLS as the URL's `sslmode` and `sslrootcert` say,
+//!   with libpq's meaning ([`tls`]); the default `prefer` encrypts when
+//!   the server accepts it, `require` and stronger never fall back to
+//!   plaintext.
 //! - Every operation is bounded: a pool wait, a connect timeout, a
 //!   server-side `statement_timeout`/`lock_timeout`, and an overall client
 //!   deadline. A database that is down or unreachable yields a
@@ -44,19 +48,21 @@
 
 mod rows;
 mod schema;
+mod tls;
 pub(super) mod wakeups;
 
 pub use schema::MigrationReport;
 
 use super::{apply_claim, offset, sweep_action, to_tombstone, SweepAction};
 use crate::{Claim, ClaimOutcome, Completion, Store, StoreClock, StoreError, SweepReport, Write};
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use idem_core::{Record, RecordId, Scope, Timestamp};
 use rows::{read_record, Body, Corrupt, RowError, RowValues};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 use wakeups::Wakeups;
 
 /// How often a claim retries when the row it saw vanished (swept) before it
@@ -84,7 +90,7 @@ const CALLER_CLOCK_MAX: i64 = 1 << 60;
 pub struct PostgresOptions {
     /// Connections in the pool. Default 16.
     pub pool_size: usize,
-    /// Bound on opening one connection (TCP, TLS-less startup,
+    /// Bound on opening one connection (TCP, TLS handshake, startup,
     /// authentication). Default 2 s.
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout` and `lock_timeout` of every
@@ -135,6 +141,8 @@ pub struct PostgresStore {
     options: PostgresOptions,
     /// The configuration of the pool's connections, for the LISTEN one.
     config: tokio_postgres::Config,
+    /// How every connection is opened (TLS as the URL says).
+    connector: tls::Connector,
     /// The schema in announcements ("" for the search_path's).
     namespace: String,
     /// Waiters on records in flight, and the LISTEN task.
@@ -146,6 +154,13 @@ impl PostgresStore {
     /// `postgresql://` URL, or a libpq key-value string) and brings its
     /// schema up to date. Fails if the database cannot be reached within
     /// the timeouts, or has a schema from a newer build.
+    ///
+    /// Besides the driver's parameters, idem reads (and removes) `schema`
+    /// (see [`PostgresOptions::schema`]), and libpq's `sslmode`
+    /// (`disable`, `prefer` by default, `require`, `verify-ca`,
+    /// `verify-full`) and `sslrootcert=FILE` (the CA that signed the
+    /// server's certificate; the public roots without it), e.g.
+    /// `postgres://idem@db:5432/app?sslmode=verify-full&sslrootcert=/etc/idem/db-ca.pem`.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let store = Self::connect(url, options)?;
         store.migrate_schema().await?;
@@ -154,7 +169,8 @@ impl PostgresStore {
     }
 
     /// Applies the migrations the database at `url` lacks, and reports
-    /// them (`idem migrate`).
+    /// them (`idem migrate`). `url` is read as by [`Self::open`], TLS
+    /// parameters included.
     pub async fn migrate(
         url: &str,
         options: PostgresOptions,
@@ -168,9 +184,12 @@ impl PostgresStore {
         if options.schema.is_none() {
             options.schema = schema;
         }
+        let (url, ssl_mode, rootcert) = tls::take_params(&url).map_err(|e| fail("open", e))?;
+        let connector = tls::Connector::new(ssl_mode, rootcert).map_err(|e| fail("open", e))?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| fail("open", format!("invalid PostgreSQL URL: {e}")))?;
+        config.ssl_mode(connector.driver_mode());
         config.connect_timeout(options.connect_timeout);
         // Notice a peer that vanished without closing (a partition, a
         // powered-off host) on idle connections too.
@@ -199,9 +218,9 @@ impl PostgresStore {
         }
         config.options(server_options.trim_start());
         let namespace = options.schema.clone().unwrap_or_default();
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             config.clone(),
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -218,6 +237,7 @@ impl PostgresStore {
             pool,
             options,
             config,
+            connector,
             namespace,
             wakeups: Wakeups::new(),
         })
@@ -295,7 +315,20 @@ impl PostgresStore {
     async fn client(&self, op: &'static str, deadline: Instant) -> Result<Object, StoreError> {
         match tokio::time::timeout_at(deadline, self.pool.get()).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(fail(op, format!("cannot get a connection: {}", chain(&e)))),
+            Ok(Err(e)) => {
+                let tls = match &e {
+                    PoolError::Backend(e) => self.connector.explain(e),
+                    _ => None,
+                };
+                let e = chain(&e);
+                Err(fail(
+                    op,
+                    match tls {
+                        Some(tls) => format!("cannot get a connection: {e}: {tls}"),
+                        None => format!("cannot get a connection: {e}"),
+                    },
+                ))
+            }
             Err(_) => Err(fail(
                 op,
                 format!("no connection within {:?}", self.options.operation_timeout),
@@ -457,10 +490,15 @@ fn announcement_hash(namespace: &str, id: &RecordId) -> u64 {
 /// [`rows::CHANNEL`] and wakes the waiters of each record announced;
 /// reconnects (with a capped backoff) whenever the connection fails or a
 /// keep-alive query goes unanswered.
-async fn listen(wakeups: Arc<Wakeups<u64>>, config: tokio_postgres::Config, bound: Duration) {
+async fn listen(
+    wakeups: Arc<Wakeups<u64>>,
+    config: tokio_postgres::Config,
+    connector: tls::Connector,
+    bound: Duration,
+) {
     let mut pause = wakeups::RECONNECT_MIN;
     loop {
-        match tokio::time::timeout(bound, config.connect(NoTls)).await {
+        match tokio::time::timeout(bound, connector.connect(&config)).await {
             Ok(Ok((client, connection))) => {
                 if listen_on(&wakeups, &client, connection, bound).await {
                     pause = wakeups::RECONNECT_MIN;
@@ -468,7 +506,8 @@ async fn listen(wakeups: Arc<Wakeups<u64>>, config: tokio_postgres::Config, boun
                 wakeups.set_listening(false);
             }
             Ok(Err(e)) => {
-                tracing::debug!(error = %chain(&e), "postgres store: the LISTEN connection failed")
+                let tls = connector.explain(&e).unwrap_or_default();
+                tracing::debug!(error = %chain(&e), tls, "postgres store: the LISTEN connection failed")
             }
             Err(_) => tracing::debug!("postgres store: the LISTEN connection timed out"),
         }
@@ -481,10 +520,7 @@ async fn listen(wakeups: Arc<Wakeups<u64>>, config: tokio_postgres::Config, boun
 async fn listen_on(
     wakeups: &Wakeups<u64>,
     client: &tokio_postgres::Client,
-    mut connection: tokio_postgres::Connection<
-        tokio_postgres::Socket,
-        tokio_postgres::tls::NoTlsStream,
-    >,
+    mut connection: tls::Connection,
     bound: Duration,
 ) -> bool {
     // The connection delivers the notifications, and carries the client's
@@ -835,7 +871,7 @@ impl Store for PostgresStore {
         let wait = async {
             self.wakeups.start(|wakeups| {
                 let (config, bound) = (self.config.clone(), self.options.operation_timeout);
-                tokio::spawn(listen(wakeups, config, bound))
+                tokio::spawn(listen(wakeups, config, self.connector.clone(), bound))
             });
             let hash = announcement_hash(&self.namespace, id);
             self.wakeups.wait(hash, || self.mark_waited(id)).await;

@@ -37,12 +37,16 @@
 //!   connection per store, opened by the first wait.
 //! - The key prefix is [`RedisOptions::prefix`], or the URL's idem
 //!   parameter `prefix=NAME`.
+//! - `rediss://` connects over TLS, checking the server's certificate
+//!   against the public roots or the CA file of the idem parameter
+//!   `tls_ca=FILE` ([`tls`]).
 //! - Every operation is bounded: connect and response timeouts, and an
 //!   overall deadline; an operation that times out also replaces the
 //!   connection (it may be half-open), so the store recovers by itself.
 
 mod codec;
 mod scripts;
+mod tls;
 // The wake-up registry is shared with the PostgreSQL engine; it lives
 // there, and is compiled here only in builds without that engine.
 #[cfg(feature = "postgres")]
@@ -178,6 +182,8 @@ pub struct RedisStore {
     wakeups: Arc<Wakeups<String>>,
     /// Where the subscriber connects.
     subscriber: Subscriber,
+    /// The URL's TLS settings, to explain failures.
+    tls: tls::Tls,
 }
 
 /// Where announcements are published and subscribed to.
@@ -189,22 +195,30 @@ enum Subscriber {
     /// A cluster: `SPUBLISH`/`SSUBSCRIBE` on `<prefix>:{NNN}:chg`, the
     /// shard channel of each record's own slot (a script may only touch
     /// its keys' slot, and a shard channel is served by that slot's
-    /// node alone), through a RESP3 cluster connection of its own.
-    Cluster(Vec<String>),
+    /// node alone), through a RESP3 cluster connection of its own (with
+    /// the nodes' TLS certificates, if any).
+    Cluster {
+        nodes: Vec<String>,
+        certs: Option<::redis::TlsCertificates>,
+    },
 }
 
 impl RedisStore {
-    /// Connects to one Redis server (`redis://[user:password@]host:port[/db]`).
-    /// A `prefix=NAME` query parameter in `url` (an idem parameter,
-    /// removed before the URL reaches the driver) replaces
-    /// `options.prefix`.
+    /// Connects to one Redis server (`redis://[user:password@]host:port[/db]`,
+    /// or `rediss://…` over TLS). Two idem parameters in the query (removed
+    /// before the URL reaches the driver): `prefix=NAME` replaces
+    /// `options.prefix`; `tls_ca=FILE` (with `rediss://` only) names the
+    /// PEM file of the CA that signed the server's certificate, checked
+    /// instead of the public roots.
     pub async fn open(url: &str, mut options: RedisOptions) -> Result<Self, StoreError> {
         let (url, prefix) = split_prefix_param(url);
         if let Some(prefix) = prefix {
             options.prefix = prefix;
         }
         check_prefix(&options.prefix)?;
-        let client = ::redis::Client::open(url.as_str())
+        let (url, tls) = tls::Tls::take(&url).map_err(|e| fail("open", e))?;
+        let client = tls
+            .client(&url)
             .map_err(|e| fail("open", format!("invalid Redis URL: {e}")))?;
         let subscriber = Subscriber::Single(resp3(&client)?);
         let config = ConnectionManagerConfig::new()
@@ -222,10 +236,19 @@ impl RedisStore {
         .map_err(|_| {
             fail(
                 "open",
-                format!("no connection within {:?}", options.operation_timeout),
+                explained(
+                    format!("no connection within {:?}", options.operation_timeout),
+                    tls.explain(None),
+                ),
             )
         })?
-        .map_err(|e| fail("open", format!("cannot connect: {e}")))?;
+        .map_err(|e| {
+            let e = e.to_string();
+            fail(
+                "open",
+                explained(format!("cannot connect: {e}"), tls.explain(Some(&e))),
+            )
+        })?;
         let store = RedisStore {
             backend: Backend::Single(Box::new(Single {
                 client,
@@ -236,6 +259,7 @@ impl RedisStore {
             sweep_cursor: AtomicUsize::new(0),
             wakeups: Wakeups::new(),
             subscriber,
+            tls,
         };
         store.ping().await?;
         store.check_eviction_policy().await;
@@ -243,26 +267,38 @@ impl RedisStore {
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`
-    /// (`redis://host:port` each). A `prefix=NAME` query parameter on a
-    /// node's URL replaces `options.prefix`.
+    /// (`redis://host:port` each, or `rediss://host:port` over TLS). The
+    /// idem parameters `prefix=NAME` and `tls_ca=FILE` on a node's URL
+    /// mean what they do for [`Self::open`].
     pub async fn open_cluster(
         nodes: &[String],
         mut options: RedisOptions,
     ) -> Result<Self, StoreError> {
         let mut plain = Vec::with_capacity(nodes.len());
+        let mut tls = tls::Tls::default();
         for node in nodes {
             let (node, prefix) = split_prefix_param(node);
             if let Some(prefix) = prefix {
                 options.prefix = prefix;
             }
+            let (node, node_tls) = tls::Tls::take(&node).map_err(|e| fail("open", e))?;
+            if node_tls.certs().is_some() || plain.is_empty() {
+                tls = node_tls;
+            }
             plain.push(node);
         }
         let nodes = plain;
         check_prefix(&options.prefix)?;
-        let client = ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
-            .connection_timeout(options.connect_timeout)
-            .response_timeout(options.response_timeout)
-            .retries(2)
+        let certs = tls.certs();
+        let mut builder =
+            ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.response_timeout)
+                .retries(2);
+        if let Some(certs) = certs.clone() {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .build()
             .map_err(|e| fail("open", format!("invalid Redis Cluster nodes: {e}")))?;
         let conn = tokio::time::timeout(options.operation_timeout, client.get_async_connection())
@@ -270,19 +306,32 @@ impl RedisStore {
             .map_err(|_| {
                 fail(
                     "open",
-                    format!(
-                        "no cluster connection within {:?}",
-                        options.operation_timeout
+                    explained(
+                        format!(
+                            "no cluster connection within {:?}",
+                            options.operation_timeout
+                        ),
+                        tls.explain(None),
                     ),
                 )
             })?
-            .map_err(|e| fail("open", format!("cannot connect to the cluster: {e}")))?;
+            .map_err(|e| {
+                let e = e.to_string();
+                fail(
+                    "open",
+                    explained(
+                        format!("cannot connect to the cluster: {e}"),
+                        tls.explain(Some(&e)),
+                    ),
+                )
+            })?;
         let store = RedisStore {
             backend: Backend::Cluster(conn),
             options,
             sweep_cursor: AtomicUsize::new(0),
             wakeups: Wakeups::new(),
-            subscriber: Subscriber::Cluster(nodes),
+            subscriber: Subscriber::Cluster { nodes, certs },
+            tls,
         };
         store.ping().await?;
         store.check_eviction_policy().await;
@@ -361,7 +410,9 @@ impl RedisStore {
                 if e.is_timeout() {
                     self.reconnect(generation);
                 }
-                Err(fail(op, e.to_string()))
+                let e = e.to_string();
+                let tls = self.tls.explain(Some(&e));
+                Err(fail(op, explained(e, tls)))
             }
             Err(_) => {
                 self.reconnect(generation);
@@ -402,7 +453,7 @@ impl RedisStore {
         // Where the final writes announce the record (renewals ignore it).
         match self.subscriber {
             Subscriber::Single(_) => invocation.arg(codec::channel(prefix, None)).arg("PUBLISH"),
-            Subscriber::Cluster(_) => invocation
+            Subscriber::Cluster { .. } => invocation
                 .arg(codec::channel(prefix, Some(codec::shard(id))))
                 .arg("SPUBLISH"),
         };
@@ -472,6 +523,15 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 
 fn split_prefix_param(url: &str) -> (String, Option<String>) {
     super::take_query_param(url, "prefix")
+}
+
+/// `message`, followed by what it means for TLS when there is something
+/// to say.
+fn explained(message: String, tls: Option<String>) -> String {
+    match tls {
+        Some(tls) => format!("{message}: {tls}"),
+        None => message,
+    }
 }
 
 /// A client like `client`, speaking RESP3 (pushes on a connection that
@@ -585,19 +645,24 @@ async fn subscribe_single(
 async fn subscribe_cluster(
     wakeups: Arc<Wakeups<String>>,
     nodes: Vec<String>,
+    certs: Option<::redis::TlsCertificates>,
     prefix: String,
     options: RedisOptions,
 ) {
     let mut pause = wakeups::RECONNECT_MIN;
     loop {
         let (signals, mut signal) = tokio::sync::mpsc::unbounded_channel();
-        let client = ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
-            .use_protocol(::redis::ProtocolVersion::RESP3)
-            .push_sender(on_push(wakeups.clone(), signals))
-            .connection_timeout(options.connect_timeout)
-            .response_timeout(options.response_timeout)
-            .retries(2)
-            .build();
+        let mut builder =
+            ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                .use_protocol(::redis::ProtocolVersion::RESP3)
+                .push_sender(on_push(wakeups.clone(), signals))
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.response_timeout)
+                .retries(2);
+        if let Some(certs) = certs.clone() {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build();
         let connect = async {
             let mut conn = client?.get_async_connection().await?;
             for shard in 0..SHARDS {
@@ -878,9 +943,13 @@ impl Store for RedisStore {
                         codec::channel(&prefix, None),
                         options,
                     )),
-                    Subscriber::Cluster(nodes) => {
-                        tokio::spawn(subscribe_cluster(wakeups, nodes.clone(), prefix, options))
-                    }
+                    Subscriber::Cluster { nodes, certs } => tokio::spawn(subscribe_cluster(
+                        wakeups,
+                        nodes.clone(),
+                        certs.clone(),
+                        prefix,
+                        options,
+                    )),
                 }
             });
             let key = record_key(&self.options.prefix, id);

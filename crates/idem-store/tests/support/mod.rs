@@ -202,3 +202,35 @@ impl<S: Store> Store for Cleaned<S> {
         self.inner().engine()
     }
 }
+
+#[cfg(feature = "postgres")]
+pub mod pg_server;
+
+#[cfg(feature = "redis")]
+pub mod redis_server;
+
+/// A 127.0.0.1 port free right now (the OS's choice; a server started on
+/// it may still lose a race for it, and then tries another).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Asks `child` to stop with `signal`, waits 10 s at most, then kills it.
+pub fn stop(child: &mut std::process::Child, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
