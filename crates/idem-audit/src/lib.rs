@@ -11,21 +11,33 @@
 //! can rule a duplicate out, the verdict is `indeterminate`, never a silent
 //! pass. docs/audit.md is the user's guide and the JSON report's schema.
 //!
+//! [`Audit`] is the entry point, for a service's own `cargo test` (it can
+//! serve an in-process axum app on 127.0.0.1 for the run) and for the
+//! `idem audit` command alike:
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), idem_audit::AuditError> {
-//! use idem_audit::{audit, AuditOptions, Endpoint, NoProgress};
-//! let endpoint = Endpoint::new("http://127.0.0.1:8080/payments".parse().unwrap())
-//!     .with_body(r#"{"amount":1000,"currency":"eur"}"#)
-//!     .with_header("Authorization", "Bearer sk_test_a");
-//! let report = audit(&AuditOptions::new(vec![endpoint]), &NoProgress).await?;
+//! use idem_audit::{Audit, Target};
+//! let url = "http://127.0.0.1:8080/payments".parse().unwrap();
+//! let report = Audit::new(Target::url(url))
+//!     .body(r#"{"amount":1000,"currency":"eur"}"#)
+//!     .header("Authorization", "Bearer sk_test_a")
+//!     .id_field("id")
+//!     .run()
+//!     .await?;
 //! println!("{}", idem_audit::report::render(&report, Default::default(), Default::default()));
 //! std::process::exit(report.exit_code().into());
 //! # }
 //! ```
+//!
+//! `crates/idem-audit/tests/in_process.rs` audits an axum app with and
+//! without the `idem-tower` layer.
 
 mod bound;
 pub mod config;
+mod entry;
 mod http;
+pub mod openapi;
 mod oracle;
 pub mod outcome;
 mod plan;
@@ -34,6 +46,8 @@ pub mod scenario;
 mod tls;
 
 pub use config::{ConfigError, FileConfig};
+pub use entry::{Audit, Target};
+pub use openapi::{OpenApiError, OpenApiSettings};
 pub use oracle::OracleError;
 pub use outcome::{
     Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioResult,
@@ -78,6 +92,9 @@ pub enum AuditError {
     /// The TLS settings cannot be used (a `--cacert` file, say).
     #[error("{0}")]
     Tls(String),
+    /// An in-process app could not be served on 127.0.0.1.
+    #[error("cannot serve the app on 127.0.0.1: {0}")]
+    Serve(#[source] std::io::Error),
     /// No endpoint to audit.
     #[error("nothing to audit: give --url or a --config with at least one [[endpoint]]")]
     NoEndpoint,
@@ -102,7 +119,8 @@ pub struct NoProgress;
 impl Progress for NoProgress {}
 
 /// Runs every endpoint's scenarios, one after another, and returns the
-/// report. Errors only when nothing could be audited (bad settings, an
+/// report ([`Audit::from_options`] does the same; [`Audit::run`] calls
+/// this). Errors only when nothing could be audited (bad settings, an
 /// unreachable target, an unreadable oracle); findings are never errors.
 pub async fn audit(
     options: &AuditOptions,
@@ -141,6 +159,8 @@ pub async fn audit(
             url: endpoint.url.to_string(),
             more_urls: endpoint.more_urls.iter().map(ToString::to_string).collect(),
             oracles: endpoint.oracle_names(),
+            key_declared: endpoint.key_declared,
+            origin: endpoint.origin.clone(),
         });
         for &id in &endpoint.scenarios {
             progress.started(&endpoint.label(), id);

@@ -346,6 +346,23 @@ pub struct EndpointSummary {
     /// The oracles that counted effects, e.g. `["count-url", "id-field"]`;
     /// `["body"]` when only bodies could be compared.
     pub oracles: Vec<String>,
+    /// With `--openapi`: whether the operation declares the key header.
+    /// `false` is reported as *unprotected*. Absent when no description
+    /// was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_declared: Option<bool>,
+    /// Where the endpoint came from (`OpenAPI operation createPayment;
+    /// body generated from requestBody.content.application/json.schema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+impl EndpointSummary {
+    /// Whether its API description does not declare the key header: its
+    /// retries are not promised any protection.
+    pub fn is_unprotected(&self) -> bool {
+        self.key_declared == Some(false)
+    }
 }
 
 /// A whole audit: the JSON report is this value.
@@ -409,6 +426,18 @@ impl AuditReport {
             Verdict::Fail => 1,
             Verdict::Indeterminate | Verdict::Skipped => 3,
         }
+    }
+
+    /// Whether the run passed: no failure at or above `fail_on`, nothing
+    /// indeterminate, and something ran (exit code 0).
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Pass
+    }
+
+    /// The first result of this scenario (on the first endpoint that ran
+    /// it).
+    pub fn result(&self, id: ScenarioId) -> Option<&ScenarioResult> {
+        self.scenarios.iter().find(|r| r.id == id)
     }
 
     /// The results with this verdict (failures below `fail_on` included).

@@ -89,6 +89,13 @@ pub struct Endpoint {
     pub settle: Duration,
     /// The longest one wait for a quiet oracle may take.
     pub settle_deadline: Duration,
+    /// Whether the API's description declares the key header on this
+    /// operation (`--openapi`): `Some(false)` is reported as unprotected;
+    /// `None` when no description was read.
+    pub key_declared: Option<bool>,
+    /// Where the endpoint came from, for reports (`OpenAPI operation
+    /// createPayment; body from requestBody.content.application/json.example`).
+    pub origin: Option<String>,
 }
 
 impl Endpoint {
@@ -124,6 +131,8 @@ impl Endpoint {
             retry_deadline: Duration::from_secs(30),
             settle: Duration::from_millis(200),
             settle_deadline: Duration::from_secs(10),
+            key_declared: None,
+            origin: None,
         }
     }
 
@@ -283,6 +292,12 @@ pub struct InvalidEndpoint {
 }
 
 impl InvalidEndpoint {
+    /// A problem with `field`; other settings in `message` are marked
+    /// `@name@`.
+    pub(crate) fn new(field: &'static str, message: String) -> Self {
+        InvalidEndpoint { field, message }
+    }
+
     /// What is wrong, settings named as in the configuration file.
     pub fn message(&self) -> String {
         spell(&self.message, |name| name.to_owned())

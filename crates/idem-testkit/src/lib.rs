@@ -11,7 +11,10 @@
 //!   every request (counts per path, idempotency key, method) and answers
 //!   it as the test says; [`counting_upstream`] when a count of side
 //!   effects is all a test needs.
+//! - [`browser`]: a real headless Chromium driven over WebDriver
+//!   (chromedriver + fantoccini), for tests that assert on rendered pages.
 
+pub mod browser;
 pub mod tls;
 mod upstream;
 

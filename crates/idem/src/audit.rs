@@ -7,6 +7,7 @@ use idem_audit::config::{
     parse_body, parse_duration, parse_fail_on, parse_header, parse_method, parse_scenarios,
     parse_url,
 };
+use idem_audit::openapi::OpenApiSettings;
 use idem_audit::report::{ReportFormat, Style};
 use idem_audit::{
     AuditOptions, AuditReport, CountField, Endpoint, FieldPath, FileConfig, Progress, ScenarioId,
@@ -29,7 +30,7 @@ pub struct AuditArgs {
     /// each instance's URL for the operation (several gateways or API
     /// servers behind a load balancer): requests then rotate across them,
     /// so a key's duplicates land on different instances.
-    #[arg(long, value_name = "URL", value_parser = parse_url, required_unless_present = "config")]
+    #[arg(long, value_name = "URL", value_parser = parse_url, required_unless_present_any = ["config", "openapi"])]
     url: Vec<Url>,
     /// Its method (default POST).
     #[arg(long, value_name = "METHOD", value_parser = parse_method)]
@@ -114,7 +115,7 @@ pub struct AuditArgs {
     /// exit code 0.
     #[arg(long, value_name = "SEVERITY", value_parser = parse_fail_on)]
     fail_on: Option<Severity>,
-    /// Report format.
+    /// Report format: text, json, junit, markdown or html.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     format: ReportFormat,
     /// Write the report to FILE (the terminal still gets the text report).
@@ -131,6 +132,25 @@ pub struct AuditArgs {
     /// cannot be combined with it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Every unsafe operation (POST, PATCH; PUT and DELETE with --methods)
+    /// of an OpenAPI 3.0 or 3.1 document (JSON or YAML) becomes an
+    /// endpoint of one run. The other endpoint flags (--header, oracles,
+    /// --scenarios, ...) apply to every operation.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    openapi: Option<PathBuf>,
+    /// Where the API of --openapi is (default: the document's first
+    /// server URL).
+    #[arg(long, value_name = "URL", value_parser = parse_url, requires = "openapi")]
+    base_url: Option<Url>,
+    /// Methods --openapi audits, comma-separated (default POST,PATCH; add
+    /// PUT and DELETE here).
+    #[arg(long, value_name = "METHOD,…", value_parser = parse_method_list, requires = "openapi")]
+    methods: Option<MethodList>,
+    /// A value for an --openapi parameter (path, query, header or
+    /// cookie), NAME=VALUE; used before the document's examples. Repeat
+    /// for more.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param, requires = "openapi")]
+    params: Vec<(String, String)>,
     /// Keep credentials (Authorization, cookies, API keys) in reports and
     /// curl lines instead of redacting them.
     #[arg(long)]
@@ -152,6 +172,33 @@ struct ScenarioList(Vec<ScenarioId>);
 
 fn parse_scenario_list(s: &str) -> Result<ScenarioList, String> {
     parse_scenarios(s).map(ScenarioList)
+}
+
+/// `--methods`, one value holding a list.
+#[derive(Clone)]
+struct MethodList(Vec<http::Method>);
+
+fn parse_method_list(s: &str) -> Result<MethodList, String> {
+    let methods = s
+        .split(',')
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| parse_method(m.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if methods.is_empty() {
+        return Err("no method named; e.g. POST,PATCH,PUT".to_owned());
+    }
+    Ok(MethodList(methods))
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "`{s}` is not NAME=VALUE; write e.g. --param payment_id=pay_123"
+        )),
+    }
 }
 
 impl AuditArgs {
@@ -213,10 +260,31 @@ impl AuditArgs {
             return Ok(options);
         }
         let tls = self.tls();
+        let openapi = self.openapi.clone();
+        if openapi.is_some() {
+            let given = [
+                ("--url", !self.url.is_empty()),
+                ("--method", self.method.is_some()),
+                ("--body", self.body.is_some()),
+                ("--changed-body", self.changed_body.is_some()),
+                ("--error-body", self.error_body.is_some()),
+            ];
+            let clash: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+            if !clash.is_empty() {
+                anyhow::bail!(
+                    "{} cannot be combined with --openapi: each operation's URL, method and body come from the document",
+                    clash.join(", ")
+                );
+            }
+        }
+        let placeholder = || Url::parse("http://127.0.0.1/").expect("a fixed URL parses");
         let mut urls = self.url.into_iter();
-        let url = urls
-            .next()
-            .context("--url is required (or --config with [[endpoint]]s)")?;
+        let url = match &openapi {
+            Some(_) => placeholder(),
+            None => urls
+                .next()
+                .context("--url is required (or --config with [[endpoint]]s, or --openapi)")?,
+        };
         let mut e = Endpoint::new(url);
         e.more_urls = urls.collect();
         if let Some(m) = self.method {
@@ -263,7 +331,19 @@ impl AuditArgs {
         }
         // Flags are named as the user typed them.
         e.validate().map_err(|m| anyhow::anyhow!(m.as_flag()))?;
-        let mut options = AuditOptions::new(vec![e]);
+        let endpoints = match &openapi {
+            Some(path) => {
+                let mut settings = OpenApiSettings::new();
+                settings.base_url = self.base_url;
+                if let Some(MethodList(m)) = self.methods {
+                    settings.methods = m;
+                }
+                settings.params = self.params;
+                idem_audit::openapi::load(path, &settings, &e)?
+            }
+            None => vec![e],
+        };
+        let mut options = AuditOptions::new(endpoints);
         options.volume = self.volume;
         if let Some(r) = self.ambiguous_rate {
             options.ambiguous_rate = r;
@@ -351,7 +431,11 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let spinner = Spinner::new("");
-    let report = runtime.block_on(idem_audit::audit(&options, &spinner));
+    let report = runtime.block_on(
+        idem_audit::Audit::from_options(options)
+            .progress(&spinner)
+            .run(),
+    );
     spinner.finish();
     let report = report?;
     let stdout_is_tty = std::io::stdout().is_terminal();

@@ -182,6 +182,8 @@ pub(crate) fn report() -> AuditReport {
             url: URL.to_owned(),
             more_urls: Vec::new(),
             oracles: vec!["count-url".to_owned(), "body".to_owned()],
+            key_declared: None,
+            origin: None,
         }],
         scenarios,
         bound: Bound {
@@ -219,6 +221,8 @@ pub(crate) fn two_endpoints() -> AuditReport {
         url: "http://127.0.0.1:8080/refunds".to_owned(),
         more_urls: Vec::new(),
         oracles: vec!["body".to_owned()],
+        key_declared: Some(false),
+        origin: Some("OpenAPI operation refund".to_owned()),
     });
     let mut refund = report.scenarios[0].clone();
     refund.endpoint = "refunds".to_owned();

@@ -1,12 +1,26 @@
 //! The JSON report: the [`AuditReport`] itself, every exchange included.
 
+use super::summary::Matrix;
 use crate::outcome::AuditReport;
 
 /// The report as pretty-printed JSON and a trailing newline.
 pub(crate) fn render(report: &AuditReport) -> String {
+    /// The summary table first, then the report's own fields (reading a
+    /// report back ignores `summary`: it is derived).
+    #[derive(serde::Serialize)]
+    struct WithSummary<'a> {
+        summary: Matrix<'a>,
+        #[serde(flatten)]
+        report: &'a AuditReport,
+    }
+    let with_summary = WithSummary {
+        summary: Matrix::of(report),
+        report,
+    };
     // The report holds only strings, numbers, sequences and string-keyed
     // structs, and writing to a String does no I/O: this cannot fail.
-    let mut out = serde_json::to_string_pretty(report).expect("an AuditReport serialises to JSON");
+    let mut out =
+        serde_json::to_string_pretty(&with_summary).expect("an AuditReport serialises to JSON");
     out.push('\n');
     out
 }

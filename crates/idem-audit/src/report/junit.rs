@@ -26,6 +26,7 @@
 //! properties, and the bound and volume statements in its `system-out`.
 
 use super::evidence;
+use super::summary;
 use crate::outcome::{AuditReport, ScenarioResult, Severity, Verdict};
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 use std::time::Duration;
@@ -40,6 +41,15 @@ pub(crate) fn render(report: &AuditReport) -> String {
         if !names.contains(&result.endpoint.as_str()) {
             names.push(&result.endpoint);
         }
+    }
+
+    if summary::worth_drawing(report) {
+        // A suite with no test case: the summary table, first, where CI
+        // tools show a suite's output.
+        let mut suite = TestSuite::new("idem audit summary");
+        let plain = |_: summary::Mark, word: &str| word.to_owned();
+        suite.set_system_out(summary::text_lines(report, &plain).join("\n"));
+        junit.add_test_suite(suite);
     }
 
     for name in names {
@@ -61,7 +71,24 @@ pub(crate) fn render(report: &AuditReport) -> String {
             Property::new("idem.verdict", report.verdict.as_str()),
             Property::new("idem.bound", &report.bound.statement),
         ]);
-        let mut system_out = report.bound.statement.clone();
+        let endpoint = report.endpoints.iter().find(|e| e.name == name);
+        let mut system_out = String::new();
+        if let Some(endpoint) = endpoint {
+            if let Some(declared) = endpoint.key_declared {
+                suite.add_property(Property::new(
+                    "idem.key_declared",
+                    if declared { "true" } else { "false" },
+                ));
+            }
+            if endpoint.is_unprotected() {
+                system_out.push_str(summary::UNPROTECTED);
+                system_out.push('\n');
+            }
+            if let Some(origin) = &endpoint.origin {
+                system_out.push_str(&format!("from {origin}\n"));
+            }
+        }
+        system_out.push_str(&report.bound.statement);
         if let Some(volume) = &report.volume {
             system_out.push('\n');
             system_out.push_str(&volume.statement);

@@ -2,6 +2,7 @@
 //! evidence for each failure and indeterminate result, then the bound.
 
 use super::evidence;
+use super::summary::{self, Matrix};
 use crate::outcome::{AuditReport, ScenarioResult, Severity, Verdict};
 use std::fmt::Write as _;
 
@@ -53,6 +54,10 @@ pub(crate) fn render(report: &AuditReport) -> String {
         }
     }
 
+    if summary::worth_drawing(report) {
+        matrix(&mut out, report);
+    }
+
     if !report.endpoints.is_empty() {
         out.push('\n');
         for endpoint in &report.endpoints {
@@ -73,6 +78,12 @@ pub(crate) fn render(report: &AuditReport) -> String {
                     .join(", ")
             };
             let _ = writeln!(out, "- {name} (oracles: {oracles})");
+            if endpoint.is_unprotected() {
+                let _ = writeln!(out, "  - **{}**", inline(summary::UNPROTECTED));
+            }
+            if let Some(origin) = &endpoint.origin {
+                let _ = writeln!(out, "  - from {}", inline(origin));
+            }
         }
     }
 
@@ -117,6 +128,40 @@ pub(crate) fn render(report: &AuditReport) -> String {
         let _ = writeln!(out, "{}", inline(&volume.statement));
     }
     out
+}
+
+/// The summary table: endpoints × scenarios, one mark per cell.
+fn matrix(out: &mut String, report: &AuditReport) {
+    let matrix = Matrix::of(report);
+    out.push_str("\n## Summary\n\n| Endpoint |");
+    for id in &matrix.scenarios {
+        let _ = write!(out, " {} |", code(id.as_str()));
+    }
+    out.push_str("\n|---|");
+    for _ in &matrix.scenarios {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    for row in &matrix.rows {
+        let unprotected = if row.unprotected {
+            " (unprotected)"
+        } else {
+            ""
+        };
+        let _ = write!(out, "| {}{unprotected} |", inline(row.endpoint));
+        for cell in &row.cells {
+            match cell {
+                Some(c) => {
+                    let _ = write!(out, " **{}** |", c.mark.short());
+                }
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    if matrix.rows.iter().any(|r| r.unprotected) {
+        let _ = writeln!(out, "\n(unprotected) {}", inline(summary::UNPROTECTED));
+    }
 }
 
 fn detail(out: &mut String, result: &ScenarioResult, fail_on: Severity) {

@@ -1,15 +1,19 @@
-//! Rendering an [`AuditReport`]: text, JSON, JUnit XML, Markdown.
+//! Rendering an [`AuditReport`]: text, JSON, JUnit XML, Markdown, HTML.
 //!
-//! All four render the same values. The text report is what a developer
+//! All five render the same values, and each starts with the summary of
+//! endpoints × scenarios (the text-ish ones when the run covered more than
+//! one endpoint). The text report is what a developer
 //! reads in a terminal; JSON is the complete record (every exchange, the
 //! schema in docs/audit.md); JUnit XML is for CI test tabs; Markdown is for
 //! pull requests. The text-ish formats show at most a few exchanges per
 //! scenario and point to the JSON report for the rest.
 
 mod evidence;
+mod html;
 mod json;
 mod junit;
 mod markdown;
+mod summary;
 mod text;
 
 pub(crate) use evidence::millis;
@@ -30,15 +34,20 @@ pub enum ReportFormat {
     Junit,
     /// GitHub-flavoured Markdown for pull requests.
     Markdown,
+    /// One self-contained HTML page (inline CSS, no script, nothing
+    /// fetched): the summary table in verdict colours, each finding's
+    /// evidence expandable.
+    Html,
 }
 
 impl ReportFormat {
     /// Every format, in the order help texts list them.
-    pub const ALL: [ReportFormat; 4] = [
+    pub const ALL: [ReportFormat; 5] = [
         ReportFormat::Text,
         ReportFormat::Json,
         ReportFormat::Junit,
         ReportFormat::Markdown,
+        ReportFormat::Html,
     ];
 
     /// The name `--format` takes, e.g. `junit`.
@@ -48,6 +57,7 @@ impl ReportFormat {
             ReportFormat::Json => "json",
             ReportFormat::Junit => "junit",
             ReportFormat::Markdown => "markdown",
+            ReportFormat::Html => "html",
         }
     }
 }
@@ -60,7 +70,7 @@ impl fmt::Display for ReportFormat {
 
 /// A `--format` value that names no format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown report format `{given}`; expected one of: text, json, junit, markdown")]
+#[error("unknown report format `{given}`; expected one of: text, json, junit, markdown, html")]
 pub struct UnknownFormat {
     /// What was given.
     pub given: String,
@@ -96,6 +106,7 @@ pub fn render(report: &AuditReport, format: ReportFormat, style: Style) -> Strin
         ReportFormat::Json => json::render(report),
         ReportFormat::Junit => junit::render(report),
         ReportFormat::Markdown => markdown::render(report),
+        ReportFormat::Html => html::render(report),
     }
 }
 
@@ -149,6 +160,7 @@ mod tests {
             ReportFormat::Json,
             ReportFormat::Junit,
             ReportFormat::Markdown,
+            ReportFormat::Html,
         ] {
             let out = render(&report, format, Style { color: true });
             assert!(!out.contains('\x1b'), "{format} has escapes");

@@ -3,6 +3,7 @@
 //! part still on screen when the run ends).
 
 use super::evidence::{self, LineKind};
+use super::summary;
 use super::Style;
 use crate::outcome::{AuditReport, EndpointSummary, ScenarioResult, Severity, Verdict};
 use std::fmt::Write as _;
@@ -47,6 +48,16 @@ fn verdict_colour(verdict: Verdict) -> &'static str {
     }
 }
 
+fn mark_colour(mark: summary::Mark) -> &'static str {
+    match mark {
+        summary::Mark::Pass => GREEN,
+        summary::Mark::Fail => RED,
+        summary::Mark::Warn => AMBER,
+        summary::Mark::Indeterminate => YELLOW,
+        summary::Mark::Skipped => DIM,
+    }
+}
+
 /// A result's badge: its verdict, or `WARN` for a failure below
 /// `--fail-on`.
 fn result_badge(result: &ScenarioResult, fail_on: Severity) -> &'static str {
@@ -81,6 +92,14 @@ pub(crate) fn render(report: &AuditReport, style: Style) -> String {
     );
 
     oracle_hints(&mut out, report);
+
+    if summary::worth_drawing(report) {
+        blank_line(&mut out);
+        let dress = |mark: summary::Mark, word: &str| paint.with(mark_colour(mark), word);
+        for line in summary::text_lines(report, &dress) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
 
     // Columns line up across the whole report.
     let badge_width = report
@@ -146,6 +165,8 @@ fn by_endpoint(report: &AuditReport) -> Vec<(EndpointSummary, Vec<&ScenarioResul
                     url: String::new(),
                     more_urls: Vec::new(),
                     oracles: Vec::new(),
+                    key_declared: None,
+                    origin: None,
                 },
                 vec![result],
             )),
@@ -175,6 +196,15 @@ fn endpoint_heading(endpoint: &EndpointSummary, paint: Paint) -> String {
     };
     if let Some(oracles) = oracles {
         heading.push_str(&format!("  ({oracles})"));
+    }
+    if endpoint.is_unprotected() {
+        heading.push_str(&format!(
+            "\n    {}",
+            paint.with(AMBER, summary::UNPROTECTED)
+        ));
+    }
+    if let Some(origin) = &endpoint.origin {
+        heading.push_str(&format!("\n    from {}", evidence::one_line(origin)));
     }
     if !endpoint.more_urls.is_empty() {
         heading.push_str(&format!(
