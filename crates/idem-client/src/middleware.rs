@@ -32,8 +32,11 @@ use tokio::time::Instant;
 ///   key or an idempotent method are retried, and only if their body can be
 ///   cloned (not a stream).
 /// - **What is not**: any other 4xx (422 `key-reused` and `key-expired`
-///   included) and any replayed response (`Idempotent-Replayed: true`: the
-///   stored outcome will not change). They are returned as they are.
+///   included), any problem whose body says `"retryable": false` (the
+///   terminal 409s `outcome-unknown` and `response-not-replayable`
+///   included, whatever their status), and any replayed response
+///   (`Idempotent-Replayed: true`: the stored outcome will not change).
+///   They are returned as they are.
 /// - **What is an error** ([`Error`], inside
 ///   [`reqwest_middleware::Error::Middleware`]): 409 `outcome-unknown`, or a
 ///   504 `upstream-timeout` on the last attempt
@@ -170,6 +173,11 @@ async fn attempt<'a>(next: Next<'a>, request: Request, extensions: &'a mut Exten
     match problem.as_ref().map(|p| p.kind) {
         Some(ProblemType::OutcomeUnknown) => {
             return Step::OutcomeUnknown(problem.and_then(|p| p.detail))
+        }
+        // A terminal answer (`outcome-unknown` above, `response-not-replayable`,
+        // `key-reused`, ...): the server says no retry with this key changes it.
+        _ if problem.as_ref().and_then(|p| p.retryable) == Some(false) => {
+            return Step::Done(response, problem)
         }
         Some(ProblemType::RequestInProgress) => {
             return Step::Retry(Last::Response(response, problem), wait)

@@ -82,6 +82,9 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 pub(crate) struct Recognised {
     pub(crate) kind: ProblemType,
     pub(crate) detail: Option<String>,
+    /// The body's `"retryable"`, when it has one: `false` is a terminal
+    /// answer that no retry with the same key changes.
+    pub(crate) retryable: Option<bool>,
 }
 
 /// Whether a response is a small `application/problem+json` worth reading.
@@ -107,7 +110,12 @@ pub(crate) fn recognise(body: &[u8]) -> Option<Recognised> {
         .get("detail")
         .and_then(|d| d.as_str())
         .map(str::to_owned);
-    Some(Recognised { kind, detail })
+    let retryable = value.get("retryable").and_then(serde_json::Value::as_bool);
+    Some(Recognised {
+        kind,
+        detail,
+        retryable,
+    })
 }
 
 /// Reads a small problem body to classify it, and puts the bytes back so
@@ -172,6 +180,7 @@ mod tests {
         let r = recognise(&body).unwrap();
         assert_eq!(r.kind, ProblemType::OutcomeUnknown);
         assert_eq!(r.detail.as_deref(), Some("lost"));
+        assert_eq!(r.retryable, Some(false));
         // Another base URI with the same slug is the same problem.
         let r = recognise(br#"{"type":"https://api.example/errors/request-in-progress"}"#);
         assert_eq!(r.unwrap().kind, ProblemType::RequestInProgress);

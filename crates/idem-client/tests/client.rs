@@ -659,3 +659,38 @@ impl JsonBody for reqwest::Response {
         serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
     }
 }
+
+#[tokio::test]
+async fn a_terminal_conflict_ends_the_operation_at_once() {
+    let upstream = Upstream::start().await;
+    // `{"id":N}` is over this limit: streamed to the first caller, stored
+    // without a body, so a retry gets 409 response-not-replayable.
+    let config = IdempotencyConfig {
+        max_response_body: 4,
+        ..IdempotencyConfig::default()
+    };
+    let gateway = gateway(&upstream, config).await;
+    let (client, mut rx) = recording_client(policy().max_attempts(5));
+    let url = format!("http://{}/charges", gateway.addr);
+    let send = || {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .with_extension(IdempotencyKey::parse(b"k-terminal").unwrap())
+            .body(r#"{"amount":1}"#)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), StatusCode::CREATED);
+    let _ = drain(&mut rx);
+
+    let response = send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert!(response.headers().get("retry-after").is_none());
+    let op = response.operation().unwrap().clone();
+    assert_eq!(op.problem, Some(ProblemType::ResponseNotReplayable));
+    assert_eq!(op.attempts, 1, "a terminal 409 is not retried");
+    let body: serde_json::Value = response.json_body().await;
+    assert_eq!(body["retryable"], false, "{body}");
+    assert_eq!(drain(&mut rx).len(), 1, "one attempt reached the wire");
+    assert_eq!(upstream.count("/charges"), 1);
+}

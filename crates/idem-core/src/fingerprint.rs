@@ -3,6 +3,7 @@
 //! bodies canonicalised (RFC 8785) so a client that re-serialises its
 //! payload on retry is not told it changed it.
 
+use crate::pointer::{FingerprintIgnore, Node};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
@@ -59,6 +60,34 @@ impl Fingerprint {
     /// );
     /// ```
     pub fn compute(input: &FingerprintInput<'_>) -> Fingerprint {
+        Self::compute_ignoring(input, &FingerprintIgnore::default())
+    }
+
+    /// Like [`Fingerprint::compute`], with the members `ignore` names left
+    /// out of a JSON body's canonical form. A body that is not JSON (not
+    /// declared as JSON, or not parsing) is hashed as bytes, whatever the
+    /// ignore list says. With an empty list this is exactly
+    /// [`Fingerprint::compute`], and a pointer that names nothing in a body
+    /// does not change its fingerprint either, so adding one to a route
+    /// does not make earlier records mismatch unless their bodies had the
+    /// member.
+    ///
+    /// ```
+    /// use idem_core::fingerprint::{Fingerprint, FingerprintInput};
+    /// use idem_core::pointer::{FingerprintIgnore, JsonPointer};
+    /// let ignore = FingerprintIgnore::new([JsonPointer::parse("/request_id").unwrap()]);
+    /// let input = |body: &'static [u8]| FingerprintInput {
+    ///     method: "POST", path: "/charges", query: None,
+    ///     content_type: Some(b"application/json"), extra_headers: &[], body,
+    /// };
+    /// let fp = |body| Fingerprint::compute_ignoring(&input(body), &ignore);
+    /// assert_eq!(fp(br#"{"amount":1,"request_id":"a"}"#), fp(br#"{"amount":1,"request_id":"b"}"#));
+    /// assert_ne!(fp(br#"{"amount":1,"request_id":"a"}"#), fp(br#"{"amount":2,"request_id":"a"}"#));
+    /// ```
+    pub fn compute_ignoring(
+        input: &FingerprintInput<'_>,
+        ignore: &FingerprintIgnore,
+    ) -> Fingerprint {
         let mut h = Sha256::new();
         h.update(b"idem-fingerprint-v1");
         field(&mut h, input.method.as_bytes());
@@ -80,7 +109,7 @@ impl Fingerprint {
             field(&mut h, name.as_bytes());
             optional(&mut h, *value);
         }
-        match canonical_json_body(input.content_type, input.body) {
+        match canonical_json_body_ignoring(input.content_type, input.body, ignore) {
             Some(canonical) => {
                 h.update(b"J");
                 field(&mut h, &canonical);
@@ -126,10 +155,19 @@ pub fn is_json_media_type(content_type: &[u8]) -> bool {
 /// The RFC 8785 form of a JSON body, or `None` if the body is not declared
 /// as JSON or does not parse (then its bytes are hashed as they are).
 pub fn canonical_json_body(content_type: Option<&[u8]>, body: &[u8]) -> Option<Vec<u8>> {
+    canonical_json_body_ignoring(content_type, body, &FingerprintIgnore::default())
+}
+
+/// [`canonical_json_body`] with the members `ignore` names left out.
+pub fn canonical_json_body_ignoring(
+    content_type: Option<&[u8]>,
+    body: &[u8],
+    ignore: &FingerprintIgnore,
+) -> Option<Vec<u8>> {
     if !content_type.is_some_and(is_json_media_type) {
         return None;
     }
-    canonical_json(body)
+    canonical_json_ignoring(body, ignore)
 }
 
 /// The RFC 8785 canonical form of a JSON document, or `None` if it does not
@@ -157,7 +195,21 @@ pub fn canonical_json_body(content_type: Option<&[u8]>, body: &[u8]) -> Option<V
 ///
 /// A duplicated key keeps its last value, as `serde_json::Value` did.
 pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
+    canonicalise(body, None)
+}
+
+/// The RFC 8785 canonical form of a JSON document with the members
+/// `ignore` names removed (each pointer evaluated against the document as
+/// given), or `None` if it does not parse. Streams like
+/// [`canonical_json`]; an ignored value is parsed (so a body that is not
+/// JSON still fails) but never written.
+pub fn canonical_json_ignoring(body: &[u8], ignore: &FingerprintIgnore) -> Option<Vec<u8>> {
+    canonicalise(body, ignore.root())
+}
+
+fn canonicalise(body: &[u8], ignore: Option<&Node>) -> Option<Vec<u8>> {
     let mut canon = Canonicaliser {
+        node: ignore,
         out: Vec::with_capacity(body.len()),
         starts: Vec::new(),
         body_len: body.len(),
@@ -171,7 +223,10 @@ pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The state of one [`canonical_json`] call.
-struct Canonicaliser {
+struct Canonicaliser<'p> {
+    /// Where the value being read sits among the ignored pointers: `None`
+    /// when no pointer reaches it (always, without an ignore list).
+    node: Option<&'p Node>,
     /// The canonical form so far.
     out: Vec<u8>,
     /// One bit per byte of `out`, set where an object member other than its
@@ -187,7 +242,7 @@ struct Canonicaliser {
     scratch: Vec<u8>,
 }
 
-impl Canonicaliser {
+impl Canonicaliser<'_> {
     /// Makes room for `n` more bytes, `n` being no more than what is about
     /// to be written. The output starts as long as the body and only
     /// numbers printed in full (`1e20`) make it longer, so growing is rare;
@@ -458,7 +513,7 @@ fn utf16_order(x: u8, y: u8) -> Ordering {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for &mut Canonicaliser {
+impl<'de> DeserializeSeed<'de> for &mut Canonicaliser<'_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -466,7 +521,7 @@ impl<'de> DeserializeSeed<'de> for &mut Canonicaliser {
     }
 }
 
-impl<'de> Visitor<'de> for &mut Canonicaliser {
+impl<'de, 'p> Visitor<'de> for &mut Canonicaliser<'p> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -520,14 +575,29 @@ impl<'de> Visitor<'de> for &mut Canonicaliser {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.write(b"[");
+        let parent = self.node;
         let mut first = true;
-        while seq
-            .next_element_seed(Element {
-                canon: &mut *self,
-                first,
-            })?
-            .is_some()
-        {
+        let mut index = 0usize;
+        loop {
+            let child = parent.and_then(|n| n.element(index));
+            index += 1;
+            if child.is_some_and(|c| c.ignored) {
+                if seq.next_element::<de::IgnoredAny>()?.is_none() {
+                    break;
+                }
+                continue;
+            }
+            self.node = child;
+            let more = seq
+                .next_element_seed(Element {
+                    canon: &mut *self,
+                    first,
+                })?
+                .is_some();
+            self.node = parent;
+            if !more {
+                break;
+            }
             first = false;
         }
         self.write(b"]");
@@ -537,16 +607,23 @@ impl<'de> Visitor<'de> for &mut Canonicaliser {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         self.write(b"{");
         let region = self.out.len();
+        let parent = self.node;
         let mut count = 0;
-        while map
-            .next_key_seed(Key {
-                canon: &mut *self,
-                first: count == 0,
-            })?
-            .is_some()
-        {
-            map.next_value_seed(&mut *self)?;
-            count += 1;
+        while let Some(member) = map.next_key_seed(Key {
+            canon: &mut *self,
+            first: count == 0,
+        })? {
+            match member {
+                Member::Ignored => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                Member::Written(child) => {
+                    self.node = child;
+                    map.next_value_seed(&mut *self)?;
+                    self.node = parent;
+                    count += 1;
+                }
+            }
         }
         self.close_object(region, count)
             .map_err(de::Error::custom)?;
@@ -574,12 +651,12 @@ fn digits(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// An array element: a comma before all but the first.
-struct Element<'a> {
-    canon: &'a mut Canonicaliser,
+struct Element<'a, 'p> {
+    canon: &'a mut Canonicaliser<'p>,
     first: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for Element<'_> {
+impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -591,36 +668,52 @@ impl<'de> DeserializeSeed<'de> for Element<'_> {
 }
 
 /// An object member's key: written with its comma and colon, its start
-/// marked unless it is the first member.
-struct Key<'a> {
-    canon: &'a mut Canonicaliser,
+/// marked unless it is the first member; or, if an ignored pointer names
+/// it, not written at all.
+struct Key<'a, 'p> {
+    canon: &'a mut Canonicaliser<'p>,
     first: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = ();
+/// What became of an object member's key.
+enum Member<'p> {
+    /// Named by an ignored pointer: its value is skipped.
+    Ignored,
+    /// Written; its value sits at this node of the ignored pointers.
+    Written(Option<&'p Node>),
+}
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+impl<'de, 'p> DeserializeSeed<'de> for Key<'_, 'p> {
+    type Value = Member<'p>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Member<'p>, D::Error> {
         deserializer.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for Key<'_> {
-    type Value = ();
+impl<'de, 'p> Visitor<'de> for Key<'_, 'p> {
+    type Value = Member<'p>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+    fn visit_str<E>(self, v: &str) -> Result<Member<'p>, E> {
         let canon = self.canon;
+        let child = canon.node.and_then(|n| n.member(v));
+        if child.is_some_and(|c| c.ignored) {
+            return Ok(Member::Ignored);
+        }
         if !self.first {
             canon.write(b",");
             canon.mark(canon.out.len());
         }
         canon.write_str(v);
         canon.write(b":");
-        Ok(())
+        Ok(Member::Written(child))
     }
 }
 
@@ -912,6 +1005,182 @@ mod tests {
         }
     }
 
+    /// Every pointer into `v` (escaped per RFC 6901), the root's excepted.
+    fn pointers_into(v: &Value, prefix: &str, out: &mut Vec<String>) {
+        let children: Vec<(String, &Value)> = match v {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v))
+                .collect(),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (token, child) in children {
+            let p = format!("{prefix}/{token}");
+            out.push(p.clone());
+            pointers_into(child, &p, out);
+        }
+    }
+
+    /// `v` without what `pointer` names (the tree's way, for comparison).
+    fn without(v: &Value, pointer: &str) -> Value {
+        let mut v = v.clone();
+        let tokens = crate::pointer::JsonPointer::parse(pointer)
+            .unwrap()
+            .tokens()
+            .to_vec();
+        let (last, parents) = tokens.split_last().unwrap();
+        let mut at = &mut v;
+        for t in parents {
+            at = match at {
+                Value::Object(m) => m.get_mut(t).unwrap(),
+                Value::Array(a) => &mut a[t.parse::<usize>().unwrap()],
+                _ => unreachable!(),
+            };
+        }
+        match at {
+            Value::Object(m) => {
+                m.remove(last);
+            }
+            Value::Array(a) => {
+                a.remove(last.parse::<usize>().unwrap());
+            }
+            _ => unreachable!(),
+        }
+        v
+    }
+
+    fn ignoring(pointers: &[&str]) -> FingerprintIgnore {
+        FingerprintIgnore::new(
+            pointers
+                .iter()
+                .map(|p| crate::pointer::JsonPointer::parse(p).unwrap()),
+        )
+    }
+
+    fn fp_ignoring(ct: Option<&[u8]>, body: &[u8], ignore: &FingerprintIgnore) -> Fingerprint {
+        Fingerprint::compute_ignoring(
+            &FingerprintInput {
+                method: "POST",
+                path: "/x",
+                query: None,
+                content_type: ct,
+                extra_headers: &[],
+                body,
+            },
+            ignore,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn an_ignored_member_is_left_out_of_the_canonical_form(v in json_value(), pick in any::<prop::sample::Index>(), seed in any::<u64>()) {
+            let mut all = Vec::new();
+            pointers_into(&v, "", &mut all);
+            prop_assume!(!all.is_empty());
+            let pointer = all[pick.index(all.len())].clone();
+            let ignore = ignoring(&[&pointer]);
+            let text = render(&Json::from_value(&v), &mut Noise(seed));
+            let expected = canonical_json(serde_json::to_string(&without(&v, &pointer)).unwrap().as_bytes());
+            prop_assert_eq!(canonical_json_ignoring(text.as_bytes(), &ignore), expected, "{} in {}", pointer, text);
+        }
+
+        #[test]
+        fn only_the_ignored_member_may_change(v in json_value(), pick in any::<prop::sample::Index>()) {
+            let mut all = Vec::new();
+            pointers_into(&v, "", &mut all);
+            // Object members only: leaving out an array element moves the
+            // next one to its index, where the pointer then names it.
+            all.retain(|p| {
+                let parent = &p[..p.rfind('/').unwrap_or(0)];
+                let parent = if parent.is_empty() { Some(&v) } else { v.pointer(parent) };
+                parent.is_some_and(Value::is_object)
+            });
+            prop_assume!(!all.is_empty());
+            let pointer = all[pick.index(all.len())].clone();
+            let ignore = ignoring(&[&pointer]);
+            let kept = without(&v, &pointer);
+            let body = serde_json::to_string(&v).unwrap();
+            // Without the member at all: the same request.
+            prop_assert_eq!(
+                fp_ignoring(JSON, body.as_bytes(), &ignore),
+                fp_ignoring(JSON, serde_json::to_string(&kept).unwrap().as_bytes(), &ignore)
+            );
+            // A change anywhere else: another request.
+            if let Some(changed) = mutate(&kept) {
+                prop_assume!(changed != kept);
+                prop_assert_ne!(
+                    fp_ignoring(JSON, body.as_bytes(), &ignore),
+                    fp_ignoring(JSON, serde_json::to_string(&changed).unwrap().as_bytes(), &ignore)
+                );
+            }
+        }
+
+        #[test]
+        fn ignoring_nothing_is_the_plain_fingerprint(body in proptest::collection::vec(any::<u8>(), 0..128)) {
+            prop_assert_eq!(fp_ignoring(JSON, &body, &FingerprintIgnore::default()), fp("POST", "/x", None, JSON, &body));
+        }
+    }
+
+    #[test]
+    fn ignored_pointers_follow_escapes_and_array_positions() {
+        let ignore = ignoring(&["/a~1b", "/items/0/nonce", "/m~0n"]);
+        let c = |b: &[u8]| canonical_json_ignoring(b, &ignore).unwrap();
+        assert_eq!(
+            c(br#"{"a\/b":1,"z":2,"m~n":3,"items":[{"nonce":"x","q":1},{"nonce":"y"}]}"#),
+            br#"{"items":[{"q":1},{"nonce":"y"}],"z":2}"#
+        );
+        // An index past the end, or a member that is absent, names nothing.
+        assert_eq!(c(br#"{"items":[]}"#), br#"{"items":[]}"#);
+        assert_eq!(
+            c(br#"{"items":{"0":{"nonce":1}}}"#),
+            br#"{"items":{"0":{}}}"#
+        );
+        // A whole first element left out: no stray comma.
+        let first = ignoring(&["/0"]);
+        assert_eq!(
+            canonical_json_ignoring(b"[1,2,3]", &first).unwrap(),
+            b"[2,3]"
+        );
+        assert_eq!(canonical_json_ignoring(b"[1]", &first).unwrap(), b"[]");
+        // Every member of an object left out.
+        let both = ignoring(&["/a", "/b"]);
+        assert_eq!(
+            canonical_json_ignoring(br#"{"b":1,"a":2}"#, &both).unwrap(),
+            b"{}"
+        );
+        // Duplicate names: both are left out.
+        assert_eq!(
+            canonical_json_ignoring(br#"{"a":1,"a":2,"c":3}"#, &both).unwrap(),
+            br#"{"c":3}"#
+        );
+        // An ignored value must still be JSON.
+        assert_eq!(canonical_json_ignoring(br#"{"a":tru}"#, &both), None);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_hashed_as_bytes_whatever_the_ignore_list() {
+        let ignore = ignoring(&["/request_id"]);
+        let form: Option<&[u8]> = Some(b"application/x-www-form-urlencoded");
+        let a = b"amount=100&request_id=a";
+        let b = b"amount=100&request_id=b";
+        assert_eq!(
+            fp_ignoring(form, a, &ignore),
+            fp("POST", "/x", None, form, a)
+        );
+        assert_ne!(fp_ignoring(form, a, &ignore), fp_ignoring(form, b, &ignore));
+        // JSON that does not parse: bytes too.
+        let broken = br#"{"request_id":"a","#;
+        assert_eq!(
+            fp_ignoring(JSON, broken, &ignore),
+            fp("POST", "/x", None, JSON, broken)
+        );
+    }
+
     /// A JSON document as text may spell it: members in any order, keys
     /// repeated, numbers in any notation.
     #[derive(Debug, Clone)]
@@ -922,6 +1191,24 @@ mod tests {
         Str(String),
         Arr(Vec<Json>),
         Obj(Vec<(String, Json)>),
+    }
+
+    impl Json {
+        /// The document `v` is (rendered with noise by [`render`]).
+        fn from_value(v: &Value) -> Json {
+            match v {
+                Value::Null => Json::Null,
+                Value::Bool(b) => Json::Bool(*b),
+                Value::Number(n) => Json::Num(n.to_string()),
+                Value::String(s) => Json::Str(s.clone()),
+                Value::Array(a) => Json::Arr(a.iter().map(Json::from_value).collect()),
+                Value::Object(m) => Json::Obj(
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), Json::from_value(v)))
+                        .collect(),
+                ),
+            }
+        }
     }
 
     /// Keys that sort differently in UTF-16 and UTF-8 (U+E000..U+FFFF after

@@ -4,6 +4,10 @@
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set to `true` on every replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// Under the `stripe` problem profile: `true` or `false`, the problem's
+/// [`retryable`](crate::ProblemType::retryable). Stripe's SDKs obey it over
+/// their own rule (which retries every 409 and 5xx).
+pub const STRIPE_SHOULD_RETRY: &str = "stripe-should-retry";
 /// The header a sealed (encrypted) stored response carries in place of its
 /// own headers. Never stored from an upstream's answer, so an upstream
 /// cannot make a record look sealed.

@@ -1,5 +1,6 @@
 //! The knobs of the contract, with the contract's defaults.
 
+use crate::pointer::FingerprintIgnore;
 use std::time::Duration;
 
 /// What a request gets while the same key is in flight.
@@ -64,8 +65,16 @@ impl ReleaseStatuses {
     }
 }
 
+/// The path the gateway publishes its idempotency policy at by default
+/// (RFC 8615 well-known URI).
+pub const POLICY_PATH: &str = "/.well-known/idempotency";
+
 /// The per-route part of the contract the layer applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The `Option` fields override the layer's top-level value for this route
+/// when set; `None` falls back to it. The lease stays one value for the
+/// whole layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Without a key: 400 `missing-key` (true) or forward unprotected.
     pub require_key: bool,
@@ -74,6 +83,19 @@ pub struct Policy {
     /// The upstream honours the key itself, so an `outcome-unknown` record
     /// may be forwarded again with the same key.
     pub upstream_dedupes: bool,
+    /// How long a completed response is replayed on this route.
+    pub retention: Option<Duration>,
+    /// How long its tombstone outlives it on this route.
+    pub tombstone_retention: Option<Duration>,
+    /// Statuses that release the claim on this route (replacing the
+    /// layer's list, not added to it).
+    pub release_statuses: Option<ReleaseStatuses>,
+    /// Extra request headers in this route's fingerprint (replacing the
+    /// layer's list).
+    pub fingerprint_headers: Option<Vec<http::HeaderName>>,
+    /// JSON members left out of this route's fingerprint (replacing the
+    /// layer's list).
+    pub fingerprint_ignore: Option<FingerprintIgnore>,
 }
 
 impl Default for Policy {
@@ -82,6 +104,34 @@ impl Default for Policy {
             require_key: false,
             in_flight: InFlightMode::Reject,
             upstream_dedupes: false,
+            retention: None,
+            tombstone_retention: None,
+            release_statuses: None,
+            fingerprint_headers: None,
+            fingerprint_ignore: None,
+        }
+    }
+}
+
+impl Policy {
+    /// `defaults` with this route's retention windows in place of theirs
+    /// (the lease is always the default's).
+    ///
+    /// ```
+    /// use idem_core::{Policy, Retention};
+    /// use std::time::Duration;
+    /// let policy = Policy { retention: Some(Duration::from_secs(60)), ..Policy::default() };
+    /// let r = policy.retention_over(&Retention::default());
+    /// assert_eq!(r.retention, Duration::from_secs(60));
+    /// assert_eq!(r.tombstone_retention, Retention::default().tombstone_retention);
+    /// ```
+    pub fn retention_over(&self, defaults: &Retention) -> Retention {
+        Retention {
+            retention: self.retention.unwrap_or(defaults.retention),
+            tombstone_retention: self
+                .tombstone_retention
+                .unwrap_or(defaults.tombstone_retention),
+            lease: defaults.lease,
         }
     }
 }

@@ -122,6 +122,27 @@ pub struct FileConfig {
     /// `fingerprint_headers`: extra request headers in the fingerprint.
     #[serde(default, deserialize_with = "de::opt_vec")]
     pub fingerprint_headers: Option<Vec<HeaderName>>,
+    /// `fingerprint_ignore`: JSON pointers left out of the fingerprint of
+    /// JSON bodies, on routes that set none.
+    #[serde(default, deserialize_with = "de::opt_vec")]
+    pub fingerprint_ignore: Option<Vec<idem_core::JsonPointer>>,
+    /// `publish_policy`: serve the policy document; default true.
+    #[serde(default)]
+    pub publish_policy: Option<bool>,
+    /// `policy_path`: where the policy document is served; default
+    /// `/.well-known/idempotency`.
+    #[serde(default, deserialize_with = "de::opt_text")]
+    pub policy_path: Option<String>,
+    /// `docs_url`: sent as `Link: <docs_url>; rel="describedby"` on every
+    /// problem response.
+    #[serde(default, deserialize_with = "de::opt_url")]
+    pub docs_url: Option<String>,
+    /// `problem_type_base`: what every problem `type` URI starts with.
+    #[serde(default, deserialize_with = "de::opt_url")]
+    pub problem_type_base: Option<String>,
+    /// `problem_profile`: `"rfc9457"` (default) or `"stripe"`.
+    #[serde(default)]
+    pub problem_profile: Option<ProblemProfileKind>,
     /// `fail_open`: forward unprotected when the store fails, instead of 503.
     #[serde(default)]
     pub fail_open: Option<bool>,
@@ -229,6 +250,17 @@ pub enum ScopeKind {
     Global,
 }
 
+/// `problem_profile`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProblemProfileKind {
+    /// `"rfc9457"`: RFC 9457 problem details (default).
+    #[default]
+    Rfc9457,
+    /// `"stripe"`: Stripe's error objects and statuses.
+    Stripe,
+}
+
 /// `scope.anonymous`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -295,6 +327,21 @@ pub struct RouteConfig {
     /// `upstream_dedupes`; default false.
     #[serde(default)]
     pub upstream_dedupes: Option<bool>,
+    /// `retention` on this route; default the top-level value.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub retention: Option<Duration>,
+    /// `tombstone_retention` on this route; default the top-level value.
+    #[serde(default, deserialize_with = "de::opt")]
+    pub tombstone_retention: Option<Duration>,
+    /// `release_statuses` on this route (replaces the top-level list).
+    #[serde(default, deserialize_with = "de::opt_statuses")]
+    pub release_statuses: Option<Vec<u16>>,
+    /// `fingerprint_headers` on this route (replaces the top-level list).
+    #[serde(default, deserialize_with = "de::opt_vec")]
+    pub fingerprint_headers: Option<Vec<HeaderName>>,
+    /// `fingerprint_ignore` on this route (replaces the top-level list).
+    #[serde(default, deserialize_with = "de::opt_vec")]
+    pub fingerprint_ignore: Option<Vec<idem_core::JsonPointer>>,
 }
 
 impl RouteConfig {
@@ -306,6 +353,11 @@ impl RouteConfig {
             require_key: None,
             in_flight: None,
             upstream_dedupes: None,
+            retention: None,
+            tombstone_retention: None,
+            release_statuses: None,
+            fingerprint_headers: None,
+            fingerprint_ignore: None,
         }
     }
 }
@@ -343,6 +395,9 @@ pub struct Settings {
     pub listen_tls: Option<crate::listen_tls::ListenTls>,
     /// Seal stored responses with these keys. Default none.
     pub encryption: Option<idem_store::KeyRing>,
+    /// Where the policy document is served on the main listener; `None`
+    /// with `publish_policy = false`. Default `/.well-known/idempotency`.
+    pub policy_path: Option<String>,
     /// The contract's settings, for the layer.
     pub idempotency: IdempotencyConfig,
 }
@@ -365,6 +420,7 @@ impl Default for Settings {
             upstream_tls: crate::upstream_tls::UpstreamTls::default(),
             listen_tls: None,
             encryption: None,
+            policy_path: Some(idem_core::policy::POLICY_PATH.to_owned()),
             idempotency: IdempotencyConfig::default(),
         }
     }

@@ -59,7 +59,7 @@ impl Forwarding {
     pub fn for_config(config: &idem_tower::IdempotencyConfig, trust_forwarded: bool) -> Self {
         let mut protected = vec![config.key_header.clone(), CONTENT_TYPE];
         protected.extend(config.scope.headers());
-        protected.extend(config.fingerprint_headers.iter().cloned());
+        protected.extend(config.all_fingerprint_headers());
         protected.dedup();
         Forwarding {
             protected,

@@ -3,13 +3,17 @@
 
 use crate::listen_tls::{ListenTls, ListenTlsError, TlsTermination};
 use crate::proxy::{ClientAddr, Forwarding, InvalidUpstream, Proxy, TlsTerminated};
-use http::{Request, Uri};
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
+use idem_core::path::NormalisedPath;
 use idem_core::{Problem, ProblemType};
 use idem_store::Store;
+use idem_tower::ResponseBody;
 use idem_tower::{IdempotencyConfig, IdempotencyLayer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -55,6 +59,10 @@ pub struct GatewayOptions {
     pub limits: ConnectionLimits,
     /// The admin listener's bearer token, if any.
     pub admin_token: Option<crate::admin::AdminToken>,
+    /// Where the main listener serves the idempotency policy document
+    /// (answered by the gateway, never forwarded, no key needed); `None`
+    /// turns it off. Default `/.well-known/idempotency`.
+    pub policy_path: Option<String>,
 }
 
 /// What a client connection may hold: defaults safe on the open internet.
@@ -130,6 +138,7 @@ impl GatewayOptions {
             encryption: settings.encryption,
             limits: settings.limits,
             admin_token: settings.admin_token,
+            policy_path: settings.policy_path,
         }
     }
 }
@@ -250,6 +259,9 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         None => None,
     };
     let layer = IdempotencyLayer::new(options.idempotency, store.clone());
+    let published = options
+        .policy_path
+        .map(|path| Arc::new(Published::new(path, &layer)));
     tokio::spawn(sweep(
         store,
         layer.clock().clone(),
@@ -266,6 +278,7 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         options.h2c,
         tls.clone(),
         options.limits,
+        published,
         stop.clone(),
     ));
     tracing::info!(%addr, upstream = %options.upstream, "gateway listening");
@@ -312,6 +325,7 @@ async fn serve(
     h2c: bool,
     tls: Option<Arc<TlsTermination>>,
     limits: ConnectionLimits,
+    published: Option<Arc<Published>>,
     stop: CancellationToken,
 ) {
     warn_if_descriptors_short(limits.max_connections);
@@ -347,18 +361,24 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let terminated = tls.is_some();
+        let (layer, published) = (layer.clone(), published.clone());
         let hyper_service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
             if terminated {
                 request.extensions_mut().insert(TlsTerminated);
             }
+            let answered = published.as_ref().and_then(|p| p.answer(&request));
             let mut service = service.clone();
+            let layer = layer.clone();
             async move {
+                if let Some(response) = answered {
+                    return Ok(response);
+                }
                 match service.call(request).await {
                     Ok(response) => Ok::<_, Infallible>(response),
                     Err(e) => {
                         tracing::warn!(error = %e, "request failed before a response");
-                        Ok(idem_tower::problem_response(Problem::new(
+                        Ok(layer.problem_response(Problem::new(
                             ProblemType::UpstreamUnavailable,
                             format!("The upstream request failed: {e}"),
                         )))
@@ -421,6 +441,57 @@ async fn serve(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(in_progress = layer.executions_in_progress(), "grace period over; exiting with executions still running (their keys become outcome-unknown)");
+    }
+}
+
+/// The policy document, served by the gateway itself at its path: never
+/// forwarded upstream, whatever the method, and no key needed.
+struct Published {
+    path: String,
+    body: Bytes,
+}
+
+impl Published {
+    fn new(path: String, layer: &IdempotencyLayer) -> Published {
+        // A `serde_json::Value` always serialises.
+        let body = serde_json::to_vec_pretty(&layer.policy_document()).unwrap_or_default();
+        Published {
+            path,
+            body: Bytes::from(body),
+        }
+    }
+
+    /// The answer to a request for the document (`None` for any other
+    /// path): 200 with the JSON to GET and HEAD, 405 to other methods.
+    fn answer<B, RB>(&self, request: &Request<B>) -> Option<Response<ResponseBody<RB>>> {
+        if NormalisedPath::new(request.uri().path()).as_str() != self.path {
+            return None;
+        }
+        let readable = request.method() == Method::GET || request.method() == Method::HEAD;
+        let body = if readable {
+            self.body.clone()
+        } else {
+            Bytes::new()
+        };
+        let len = body.len();
+        let mut response = if readable {
+            let mut ok = Response::new(ResponseBody::full(body));
+            let headers = ok.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+            ok
+        } else {
+            let mut refused = Response::new(ResponseBody::full(body));
+            *refused.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            refused
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            refused
+        };
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        Some(response)
     }
 }
 

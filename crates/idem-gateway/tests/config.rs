@@ -30,6 +30,7 @@ request_body_timeout = "30s"        # a keyed request's whole body must arrive w
 replay_header_deny = ["x-request-id", "x-trace-*"]   # added to the default deny-list; `*` suffix = prefix
 release_statuses = [408, 425, 429, 502, 503, 504]    # replaces the default list; each 100..=599
 fingerprint_headers = ["x-api-version"]
+fingerprint_ignore = []             # JSON pointers (RFC 6901) left out of a JSON body's fingerprint
 fail_open = false
 retry_after = "1s"
 shutdown_grace = "30s"              # how long graceful shutdown waits for executions
@@ -47,6 +48,12 @@ upstream_http2 = "auto"             # HTTP/2 to the upstream when its TLS offers
 # tls_cert = "server.crt"                  # serve HTTPS (ALPN h2 and http/1.1) with this certificate chain...
 # tls_key = "server.key"                   # ...and key; SIGHUP reloads both without dropping connections
 
+publish_policy = true               # the policy document for API consumers, on the main listener...
+policy_path = "/.well-known/idempotency"   # ...at this path (never forwarded, no key needed)
+problem_profile = "rfc9457"         # or "stripe": Stripe's error shape and statuses
+problem_type_base = "https://idem.dev/problems/"   # problem `type` URIs are this + the slug
+# docs_url = "https://api.example.com/docs/idempotency"   # Link: <docs_url>; rel="describedby" on problems
+
 [scope]
 source = "header-hash"   # or "cookie-hash", "jwt", "trusted-header", "none"
 header = "Authorization" # or a list; required for trusted-header; default Authorization for header-hash
@@ -58,6 +65,11 @@ path_prefix = "/v1/charges"     # must start with '/'
 require_key = true              # default false
 in_flight = "reject"            # or { wait = "5s" }  (the bound must be > 0 and <= 10 min)
 upstream_dedupes = false
+# retention = "24h"             # these five fall back to the top-level values when left out
+# tombstone_retention = "7d"
+# release_statuses = [408, 425, 429, 502, 503, 504]
+# fingerprint_headers = ["x-api-version"]
+# fingerprint_ignore = ["/metadata/request_id"]
 "#;
 
 /// A config file in its own temporary directory.
@@ -180,6 +192,7 @@ fn full_example_parses_to_the_values_it_states() {
                 require_key: true,
                 in_flight: InFlightMode::Reject,
                 upstream_dedupes: false,
+                ..Policy::default()
             },
         }]
     );
@@ -197,6 +210,8 @@ fn assert_same_idempotency(a: &IdempotencyConfig, b: &IdempotencyConfig) {
     assert_eq!(a.replay_headers, b.replay_headers);
     assert_eq!(a.release_statuses, b.release_statuses);
     assert_eq!(a.fingerprint_headers, b.fingerprint_headers);
+    assert_eq!(a.fingerprint_ignore, b.fingerprint_ignore);
+    assert_eq!(a.problems, b.problems);
     assert_eq!(a.fail_open, b.fail_open);
     assert_eq!(a.retry_after, b.retry_after);
 }
@@ -767,4 +782,166 @@ fn the_listener_certificate_needs_its_key_and_both_must_load() {
     ca.server_cert(&["localhost"]).write(dir, "server");
     let s = config::check(&file.path).unwrap();
     assert_eq!(s.listen_tls.unwrap().cert, cert);
+}
+
+#[test]
+fn per_route_policy_falls_back_to_the_top_level_values() {
+    let s = check(
+        r#"
+retention = "2h"
+release_statuses = [503]
+fingerprint_headers = ["x-api-version"]
+fingerprint_ignore = ["/nonce"]
+
+[[routes]]
+path_prefix = "/v1/quotes"
+retention = "60s"
+tombstone_retention = "0s"
+release_statuses = [429, 503, 429]
+fingerprint_headers = ["X-Tenant-Region"]
+fingerprint_ignore = ["/metadata/request_id", "/items/0/client_ts"]
+
+[[routes]]
+path_prefix = "/"
+"#,
+    )
+    .unwrap();
+    let c = &s.idempotency;
+    let quotes = c.effective(&c.routes[0]);
+    assert_eq!(quotes.retention.retention, secs(60));
+    assert_eq!(quotes.retention.tombstone_retention, secs(0));
+    assert_eq!(quotes.retention.lease, c.retention.lease);
+    assert_eq!(quotes.release_statuses.as_slice(), [429, 503]);
+    assert_eq!(
+        quotes.fingerprint_headers,
+        [HeaderName::from_static("x-tenant-region")]
+    );
+    let ignored: Vec<&str> = quotes
+        .fingerprint_ignore
+        .pointers()
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    assert_eq!(ignored, ["/metadata/request_id", "/items/0/client_ts"]);
+    let rest = c.effective(&c.routes[1]);
+    assert_eq!(rest.retention.retention, secs(2 * 3600));
+    assert_eq!(rest.retention.tombstone_retention, secs(7 * 24 * 3600));
+    assert_eq!(rest.release_statuses.as_slice(), [503]);
+    assert_eq!(
+        rest.fingerprint_headers,
+        [HeaderName::from_static("x-api-version")]
+    );
+    assert_eq!(rest.fingerprint_ignore.pointers()[0].as_str(), "/nonce");
+    // The proxy must keep every header some route fingerprints.
+    assert_eq!(c.all_fingerprint_headers().len(), 2);
+}
+
+#[test]
+fn a_bad_json_pointer_is_refused_naming_its_route_and_index() {
+    let err = refused(
+        "[[routes]]\npath_prefix = \"/a\"\n[[routes]]\npath_prefix = \"/b\"\nfingerprint_ignore = [\"metadata/request_id\"]\n",
+        "routes[1].fingerprint_ignore[0]",
+        r#"routes[1].fingerprint_ignore[0]: "metadata/request_id" is not a JSON pointer: it must start with "/""#,
+    );
+    assert_eq!(err.line_column().map(|(line, _)| line), Some(5));
+    refused(
+        "fingerprint_ignore = [\"/ok\", \"/bad~2\"]",
+        "fingerprint_ignore[1]",
+        r#""~" must be followed by 0 or 1"#,
+    );
+    refused(
+        "fingerprint_ignore = [\"\"]",
+        "fingerprint_ignore[0]",
+        "names the whole body",
+    );
+    refused(
+        "fingerprint_ignore = [\"#/a\"]",
+        "fingerprint_ignore[0]",
+        "must start with",
+    );
+    refused(
+        "fingerprint_ignore = \"/a\"",
+        "fingerprint_ignore",
+        "an array of JSON pointer",
+    );
+}
+
+#[test]
+fn per_route_windows_and_statuses_are_checked_like_the_top_level_ones() {
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nretention = \"0s\"\n",
+        "routes[0].retention",
+        "must be greater than 0",
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\ntombstone_retention = \"100years\"\n",
+        "routes[0].tombstone_retention",
+        "must be at most",
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nrelease_statuses = [503, 700]\n",
+        "routes[0].release_statuses[1]",
+        "700 is not an HTTP status (100-599)",
+    );
+    refused(
+        "[[routes]]\npath_prefix = \"/\"\nfingerprint_headers = [\"bad header\"]\n",
+        "routes[0].fingerprint_headers[0]",
+        "is not a valid header name",
+    );
+}
+
+#[test]
+fn publishing_options_are_checked() {
+    let s = check("").unwrap();
+    assert_eq!(s.policy_path.as_deref(), Some("/.well-known/idempotency"));
+    assert_eq!(s.idempotency.problems, idem_core::ProblemFormat::default());
+    let s = check("publish_policy = false").unwrap();
+    assert_eq!(s.policy_path, None);
+    let s = check(
+        "policy_path = \"/idempotency.json\"\nproblem_profile = \"stripe\"\nproblem_type_base = \"https://api.example.com/errors/\"\ndocs_url = \"https://api.example.com/docs\"\n",
+    )
+    .unwrap();
+    assert_eq!(s.policy_path.as_deref(), Some("/idempotency.json"));
+    assert_eq!(
+        s.idempotency.problems.profile,
+        idem_core::ProblemProfile::Stripe
+    );
+    assert_eq!(
+        s.idempotency.problems.type_base,
+        "https://api.example.com/errors/"
+    );
+    assert_eq!(
+        s.idempotency.problems.docs_url.as_deref(),
+        Some("https://api.example.com/docs")
+    );
+    refused(
+        "publish_policy = false\npolicy_path = \"/p\"\n",
+        "policy_path",
+        "publish_policy = false",
+    );
+    refused(
+        "policy_path = \"p\"",
+        "policy_path",
+        "must be a path in normal form",
+    );
+    refused(
+        "policy_path = \"/a//b\"",
+        "policy_path",
+        "must be a path in normal form",
+    );
+    refused(
+        "docs_url = \"/docs\"",
+        "docs_url",
+        "is not an absolute http:// or https:// URL",
+    );
+    refused(
+        "problem_type_base = \"ftp://x/\"",
+        "problem_type_base",
+        "is not an absolute http:// or https:// URL",
+    );
+    refused(
+        "problem_profile = \"ietf\"",
+        "problem_profile",
+        r#"unknown value "ietf"; expected one of "rfc9457", "stripe""#,
+    );
 }

@@ -1,7 +1,7 @@
 use http::{HeaderName, Method};
 use idem_core::headers::ReplayHeaderFilter;
 use idem_core::path::NormalisedPath;
-use idem_core::{Policy, ReleaseStatuses, Retention, ScopeRule};
+use idem_core::{FingerprintIgnore, Policy, ProblemFormat, ReleaseStatuses, Retention, ScopeRule};
 use std::time::Duration;
 
 /// A set of methods under a path prefix, and the policy that applies there.
@@ -50,7 +50,9 @@ pub struct IdempotencyConfig {
     /// How a request's tenant scope is derived. Default: a hash of
     /// `Authorization`, and a keyed request without one is refused (401).
     pub scope: ScopeRule,
-    /// Retention, tombstone retention, lease.
+    /// Retention, tombstone retention, lease. A route's
+    /// [`Policy::retention`] and [`Policy::tombstone_retention`] override
+    /// the first two for that route; the lease is the layer's.
     pub retention: Retention,
     /// How long the inner service may run before its outcome is declared
     /// unknown. Default 60 s.
@@ -71,10 +73,20 @@ pub struct IdempotencyConfig {
     pub request_body_timeout: Duration,
     /// Response headers not stored for replay.
     pub replay_headers: ReplayHeaderFilter,
-    /// Statuses that release the claim instead of being stored.
+    /// Statuses that release the claim instead of being stored, on routes
+    /// that do not set their own ([`Policy::release_statuses`]).
     pub release_statuses: ReleaseStatuses,
-    /// Extra request headers that are part of the fingerprint.
+    /// Extra request headers that are part of the fingerprint, on routes
+    /// that do not set their own ([`Policy::fingerprint_headers`]).
     pub fingerprint_headers: Vec<HeaderName>,
+    /// JSON members left out of the fingerprint of JSON bodies, on routes
+    /// that do not set their own ([`Policy::fingerprint_ignore`]). Default
+    /// none.
+    pub fingerprint_ignore: FingerprintIgnore,
+    /// How problem responses are written: profile (RFC 9457 or Stripe's),
+    /// the base of `type` URIs, and a `Link` to the operator's docs.
+    /// Default: RFC 9457 under `https://idem.dev/problems/`, no `Link`.
+    pub problems: ProblemFormat,
     /// Forward unprotected (and count it) when the store fails, instead of
     /// 503. Default false: fail closed.
     pub fail_open: bool,
@@ -97,6 +109,8 @@ impl Default for IdempotencyConfig {
             replay_headers: ReplayHeaderFilter::default(),
             release_statuses: ReleaseStatuses::default(),
             fingerprint_headers: Vec::new(),
+            fingerprint_ignore: FingerprintIgnore::default(),
+            problems: ProblemFormat::default(),
             fail_open: false,
             retry_after: Duration::from_secs(1),
         }
@@ -121,6 +135,17 @@ impl IdempotencyConfig {
         method: &Method,
         path: &NormalisedPath<'p>,
     ) -> Result<Option<&Route>, AmbiguousPath> {
+        Ok(self
+            .route_position(method, path)?
+            .and_then(|i| self.routes.get(i)))
+    }
+
+    /// [`IdempotencyConfig::route_for_path`], as an index into `routes`.
+    pub(crate) fn route_position(
+        &self,
+        method: &Method,
+        path: &NormalisedPath<'_>,
+    ) -> Result<Option<usize>, AmbiguousPath> {
         let position = |p: &str| self.routes.iter().position(|r| r.matches(method, p));
         let strict = position(path.as_str());
         if let Some(lenient) = path.lenient() {
@@ -128,8 +153,72 @@ impl IdempotencyConfig {
                 return Err(AmbiguousPath);
             }
         }
-        Ok(strict.map(|i| &self.routes[i]))
+        Ok(strict)
     }
+
+    /// What applies on `route`: its own settings, and the layer's where it
+    /// sets none.
+    ///
+    /// ```
+    /// use idem_tower::{IdempotencyConfig, Route};
+    /// use std::time::Duration;
+    /// let mut short = Route::new("/quotes");
+    /// short.policy.retention = Some(Duration::from_secs(60));
+    /// let config = IdempotencyConfig { routes: vec![short, Route::new("/")], ..Default::default() };
+    /// assert_eq!(config.effective(&config.routes[0]).retention.retention, Duration::from_secs(60));
+    /// assert_eq!(config.effective(&config.routes[1]).retention, config.retention);
+    /// ```
+    pub fn effective(&self, route: &Route) -> EffectivePolicy {
+        let p = &route.policy;
+        EffectivePolicy {
+            policy: p.clone(),
+            retention: p.retention_over(&self.retention),
+            release_statuses: p
+                .release_statuses
+                .clone()
+                .unwrap_or_else(|| self.release_statuses.clone()),
+            fingerprint_headers: p
+                .fingerprint_headers
+                .clone()
+                .unwrap_or_else(|| self.fingerprint_headers.clone()),
+            fingerprint_ignore: p
+                .fingerprint_ignore
+                .clone()
+                .unwrap_or_else(|| self.fingerprint_ignore.clone()),
+        }
+    }
+
+    /// Every header some route's fingerprint reads (for a proxy that must
+    /// not let `Connection` remove them).
+    pub fn all_fingerprint_headers(&self) -> Vec<HeaderName> {
+        let mut all = self.fingerprint_headers.clone();
+        for route in &self.routes {
+            for h in route.policy.fingerprint_headers.iter().flatten() {
+                if !all.contains(h) {
+                    all.push(h.clone());
+                }
+            }
+        }
+        all
+    }
+}
+
+/// A route's policy with the layer's values filled in where the route sets
+/// none: what the layer applies to a request on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EffectivePolicy {
+    /// The route's own policy (key requirement, in-flight behaviour,
+    /// upstream dedupe, and its overrides as written).
+    pub policy: Policy,
+    /// Retention and tombstone retention of this route, the layer's lease.
+    pub retention: Retention,
+    /// Statuses that release the claim on this route.
+    pub release_statuses: ReleaseStatuses,
+    /// Extra request headers in this route's fingerprint.
+    pub fingerprint_headers: Vec<HeaderName>,
+    /// JSON members left out of this route's fingerprint.
+    pub fingerprint_ignore: FingerprintIgnore,
 }
 
 /// A path that frameworks read differently, in a way that changes which

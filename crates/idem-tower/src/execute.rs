@@ -41,6 +41,8 @@ enum Exchange<RB> {
 
 pub(crate) struct Owner {
     pub(crate) shared: Arc<Shared>,
+    /// What applies on the request's route.
+    pub(crate) policy: Arc<crate::EffectivePolicy>,
     pub(crate) id: RecordId,
     pub(crate) token: u64,
     pub(crate) echo: KeyEcho,
@@ -71,7 +73,7 @@ impl Owner {
         let request = Request::from_parts(parts, RequestBody::<B>::buffered(body));
         let config = &self.shared.config;
         let max_body = config.max_response_body;
-        let releases = config.release_statuses.clone();
+        let releases = self.policy.release_statuses.clone();
         let budget = self.shared.budget.clone();
         // A panic in the inner service is caught here, so the key is marked
         // outcome-unknown instead of staying in flight until its lease ends.
@@ -143,6 +145,7 @@ impl Owner {
                 metrics::count(Outcome::Released);
                 tracing::warn!(key = %self.id.key, error = %e, "upstream not reached; key released");
                 respond::problem(
+                    &self.shared.config.problems,
                     Problem::new(
                         ProblemType::UpstreamUnavailable,
                         format!("The request was not delivered ({e}). Nothing was executed; retry with the same key."),
@@ -207,6 +210,7 @@ impl Owner {
         metrics::count(Outcome::Unknown);
         tracing::warn!(key = %self.id.key, %detail, "outcome unknown");
         respond::problem(
+            &self.shared.config.problems,
             Problem::new(
                 ProblemType::UpstreamTimeout,
                 format!("{detail} The request may have been executed; the key is now outcome-unknown and will not be executed again."),
@@ -219,7 +223,7 @@ impl Owner {
     async fn complete(&self, response: StoredResponse) {
         let started = StdInstant::now();
         let now = self.shared.clock.now();
-        let completion = Completion::new(response, now, &self.shared.config.retention);
+        let completion = Completion::new(response, now, &self.policy.retention);
         let result = self
             .shared
             .store

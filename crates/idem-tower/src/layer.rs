@@ -1,7 +1,7 @@
 use crate::budget::BufferBudget;
 use crate::settle::Settlements;
 use crate::wait::Waiters;
-use crate::{Clock, Idempotency, IdempotencyConfig, SystemClock};
+use crate::{Clock, EffectivePolicy, Idempotency, IdempotencyConfig, ResponseBody, SystemClock};
 use idem_store::Store;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
@@ -18,6 +18,8 @@ pub struct IdempotencyLayer {
 
 pub(crate) struct Shared {
     pub(crate) config: IdempotencyConfig,
+    /// `config.routes[i]`'s effective policy, at index `i`.
+    pub(crate) routes: Vec<Arc<EffectivePolicy>>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) executions: TaskTracker,
@@ -41,6 +43,11 @@ impl IdempotencyLayer {
         IdempotencyLayer {
             shared: Arc::new(Shared {
                 budget: BufferBudget::new(config.max_buffered_bytes),
+                routes: config
+                    .routes
+                    .iter()
+                    .map(|r| Arc::new(config.effective(r)))
+                    .collect(),
                 config,
                 store,
                 clock,
@@ -54,6 +61,22 @@ impl IdempotencyLayer {
     /// The configuration in force.
     pub fn config(&self) -> &IdempotencyConfig {
         &self.shared.config
+    }
+
+    /// A problem response written as this layer writes its own (profile,
+    /// `type` base, `Link`), for errors the embedding server produces.
+    pub fn problem_response<B>(
+        &self,
+        problem: idem_core::Problem,
+    ) -> http::Response<ResponseBody<B>> {
+        crate::respond::problem(&self.shared.config.problems, problem, None)
+    }
+
+    /// The JSON document that tells API consumers this layer's idempotency
+    /// policy (what `GET /.well-known/idempotency` answers on the
+    /// gateway); its schema is in docs/contract.md, section 9.
+    pub fn policy_document(&self) -> serde_json::Value {
+        crate::publish::document(&self.shared.config)
     }
 
     /// The store in use.

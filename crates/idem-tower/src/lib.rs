@@ -30,6 +30,7 @@ mod execute;
 mod future;
 mod layer;
 mod metrics;
+mod publish;
 mod respond;
 mod service;
 mod settle;
@@ -37,18 +38,21 @@ mod wait;
 
 pub use body::{RequestBody, ResponseBody};
 pub use clock::{Clock, SystemClock};
-pub use config::{AmbiguousPath, IdempotencyConfig, Route};
+pub use config::{AmbiguousPath, EffectivePolicy, IdempotencyConfig, Route};
 pub use error::{BoxError, NotExecuted};
 pub use future::ResponseFuture;
 pub use layer::IdempotencyLayer;
 pub use service::Idempotency;
 
 pub use idem_core::{
-    Anonymous, InFlightMode, Policy, ReleaseStatuses, Retention, ScopeRule, ScopeSource,
+    Anonymous, FingerprintIgnore, InFlightMode, JsonPointer, Policy, ProblemFormat, ProblemProfile,
+    ReleaseStatuses, Retention, ScopeRule, ScopeSource,
 };
 
-/// An RFC 9457 problem response, as the layer itself answers, for errors
-/// the embedding server produces (e.g. a gateway's 502).
+/// An RFC 9457 problem response in the default format, for errors the
+/// embedding server produces (e.g. a gateway's 502). A server with its own
+/// [`IdempotencyConfig::problems`] uses
+/// [`IdempotencyLayer::problem_response`] instead.
 pub fn problem_response<B>(problem: idem_core::Problem) -> http::Response<ResponseBody<B>> {
-    respond::problem(problem, None)
+    respond::problem(&idem_core::ProblemFormat::default(), problem, None)
 }

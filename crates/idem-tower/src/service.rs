@@ -6,7 +6,7 @@ use crate::layer::Shared;
 use crate::metrics::{self, Outcome};
 use crate::respond::{self, KeyEcho};
 use crate::settle::Adoption;
-use crate::{BoxError, RequestBody, ResponseBody, ResponseFuture};
+use crate::{BoxError, EffectivePolicy, RequestBody, ResponseBody, ResponseFuture};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
@@ -16,7 +16,7 @@ use idem_core::decision::ExistingOutcome;
 use idem_core::path::NormalisedPath;
 use idem_core::scope::{CredentialError, Resolved};
 use idem_core::{
-    Fingerprint, FingerprintInput, IdempotencyKey, InFlightMode, Policy, ProblemType, RecordId,
+    Fingerprint, FingerprintInput, IdempotencyKey, InFlightMode, ProblemType, RecordId,
 };
 use idem_store::{Claim, ClaimOutcome};
 use std::sync::Arc;
@@ -58,8 +58,8 @@ where
         let shared = self.shared.clone();
         let config = &shared.config;
         let path = NormalisedPath::new(request.uri().path());
-        let route = match config.route_for_path(request.method(), &path) {
-            Ok(route) => route.map(|r| r.policy),
+        let route = match config.route_position(request.method(), &path) {
+            Ok(route) => route.and_then(|i| shared.routes.get(i).cloned()),
             Err(AmbiguousPath) => {
                 metrics::count(Outcome::Rejected);
                 let problem = idem_core::Problem::new(
@@ -70,7 +70,9 @@ where
                     ),
                 );
                 return ResponseFuture::new(std::future::ready(Ok(respond::problem(
-                    problem, None,
+                    &config.problems,
+                    problem,
+                    None,
                 ))));
             }
         };
@@ -80,7 +82,9 @@ where
             let normal = path.as_str().to_owned();
             if let Err(problem) = set_path(&mut request, &normal) {
                 return ResponseFuture::new(std::future::ready(Ok(respond::problem(
-                    problem, None,
+                    &config.problems,
+                    problem,
+                    None,
                 ))));
             }
         }
@@ -99,9 +103,13 @@ where
             (Err(e), _) => {
                 metrics::count(Outcome::Rejected);
                 let problem = idem_core::Problem::new(ProblemType::InvalidKey, e.to_string());
-                ResponseFuture::new(std::future::ready(Ok(respond::problem(problem, None))))
+                ResponseFuture::new(std::future::ready(Ok(respond::problem(
+                    &config.problems,
+                    problem,
+                    None,
+                ))))
             }
-            (Ok(None), _) if policy.require_key => {
+            (Ok(None), _) if policy.policy.require_key => {
                 metrics::count(Outcome::Rejected);
                 let problem = idem_core::Problem::new(
                     ProblemType::MissingKey,
@@ -112,7 +120,11 @@ where
                         config.key_header
                     ),
                 );
-                ResponseFuture::new(std::future::ready(Ok(respond::problem(problem, None))))
+                ResponseFuture::new(std::future::ready(Ok(respond::problem(
+                    &config.problems,
+                    problem,
+                    None,
+                ))))
             }
             (Ok(Some(key)), Some(raw)) => {
                 let echo = KeyEcho {
@@ -144,6 +156,7 @@ where
                         };
                         let problem = respond::kind(kind, e.to_string(), &key);
                         ResponseFuture::new(std::future::ready(Ok(respond::problem(
+                            &config.problems,
                             problem,
                             Some(&echo),
                         ))))
@@ -194,7 +207,7 @@ async fn keyed<S, B, RB>(
     inner: S,
     request: Request<B>,
     id: RecordId,
-    policy: Policy,
+    policy: Arc<EffectivePolicy>,
     echo: KeyEcho,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
 where
@@ -211,6 +224,7 @@ where
     let too_large = || {
         metrics::count(Outcome::Rejected);
         Ok(respond::problem(
+            &config.problems,
             respond::kind(
                 ProblemType::BodyTooLarge,
                 format!(
@@ -254,6 +268,7 @@ where
         Err(BodyReadError::TimedOut) => {
             metrics::count(Outcome::Rejected);
             return Ok(respond::problem(
+                &config.problems,
                 respond::kind(
                     ProblemType::BodyTimeout,
                     format!(
@@ -268,6 +283,7 @@ where
         Err(BodyReadError::Broken(e)) => {
             metrics::count(Outcome::Rejected);
             return Ok(respond::problem(
+                &config.problems,
                 respond::kind(
                     ProblemType::BodyUnreadable,
                     format!("The request body could not be read: {e}. Nothing was executed."),
@@ -279,7 +295,7 @@ where
     };
     held.shrink_to(body.len());
 
-    let fingerprint = match fingerprint_off_workers(config, &parts, &body, &mut held).await {
+    let fingerprint = match fingerprint_off_workers(&policy, &parts, &body, &mut held).await {
         Some(fingerprint) => fingerprint,
         None => return overloaded(),
     };
@@ -368,7 +384,7 @@ const FINGERPRINT_OFF_WORKERS: usize = 64 * 1024;
 /// JSON body, with the canonical form's memory counted against the budget.
 /// `None` when the budget cannot hold it.
 async fn fingerprint_off_workers(
-    config: &crate::IdempotencyConfig,
+    policy: &Arc<EffectivePolicy>,
     parts: &http::request::Parts,
     body: &Bytes,
     held: &mut Reservation,
@@ -378,29 +394,29 @@ async fn fingerprint_off_workers(
         .get(CONTENT_TYPE)
         .is_some_and(|v| idem_core::fingerprint::is_json_media_type(v.as_bytes()));
     if !json || body.len() < FINGERPRINT_OFF_WORKERS {
-        return Some(fingerprint(config, parts, body));
+        return Some(fingerprint(policy, parts, body));
     }
     // The canonical form takes at most about three times the body.
     let before = body.len();
     if !held.try_hold(before.saturating_mul(4)) {
         return None;
     }
-    let (names, method, uri, headers, bytes) = (
-        config.fingerprint_headers.clone(),
+    let (route, method, uri, headers, bytes) = (
+        policy.clone(),
         parts.method.clone(),
         parts.uri.clone(),
         parts.headers.clone(),
         body.clone(),
     );
     let computed = tokio::task::spawn_blocking(move || {
-        fingerprint_of(&names, &method, &uri, &headers, &bytes)
+        fingerprint_of(&route, &method, &uri, &headers, &bytes)
     })
     .await;
     held.shrink_to(before);
     match computed {
         Ok(fingerprint) => Some(fingerprint),
         // The blocking pool is shutting down: compute here rather than fail.
-        Err(_) => Some(fingerprint(config, parts, body)),
+        Err(_) => Some(fingerprint(policy, parts, body)),
     }
 }
 
@@ -414,7 +430,7 @@ async fn claim_and_answer<S, B, RB>(
     body: Bytes,
     id: RecordId,
     fingerprint: Fingerprint,
-    policy: Policy,
+    policy: Arc<EffectivePolicy>,
     echo: KeyEcho,
     held: Reservation,
 ) -> Result<Response<ResponseBody<RB>>, S::Error>
@@ -428,7 +444,7 @@ where
     RB::Error: Into<BoxError>,
 {
     let config = &shared.config;
-    let deadline = match policy.in_flight {
+    let deadline = match policy.policy.in_flight {
         InFlightMode::Wait(bound) => Some(crate::clock::deadline_after(bound)),
         InFlightMode::Reject => None,
     };
@@ -457,6 +473,7 @@ where
             Ok(ClaimOutcome::Claimed { token }) => {
                 let owner = Owner {
                     shared: shared.clone(),
+                    policy: policy.clone(),
                     id,
                     token,
                     echo,
@@ -469,6 +486,7 @@ where
                 metrics::count(Outcome::StoreError);
                 tracing::warn!(error = %e, key = %id.key, "store full; refusing a new key");
                 return Ok(respond::problem_with_retry(
+                    &config.problems,
                     respond::kind(
                         ProblemType::StoreFull,
                         "The idempotency store holds its maximum number of records, so this new key was refused and the request was not forwarded. Retry later with the same key.",
@@ -490,6 +508,7 @@ where
                 metrics::count(Outcome::StoreError);
                 tracing::error!(error = %e, key = %id.key, "store unavailable; refusing (fail closed)");
                 return Ok(respond::problem_with_retry(
+                    &config.problems,
                     respond::kind(
                         ProblemType::StoreUnavailable,
                         "The idempotency store cannot be reached, so the request was not forwarded. Retry with the same key: a claim the store may have taken is given back as soon as it answers.",
@@ -514,6 +533,7 @@ where
                 _ => {
                     metrics::count(Outcome::Conflict);
                     respond::problem_with_retry(
+                        &config.problems,
                         respond::kind(
                             ProblemType::RequestInProgress,
                             "A request with this key is still being executed. Retry later with the same key to get its response.",
@@ -531,7 +551,7 @@ where
                     // without the key: never replay ciphertext.
                     Some(stored) if idem_store::is_sealed(stored) => {
                         tracing::error!(key = %id.key, "stored response is encrypted and no key is configured; answering outcome-unknown");
-                        unreachable_unknown(&id.key, &echo)
+                        unreachable_unknown(config, &id.key, &echo)
                     }
                     Some(stored) => {
                         // The stored body is in memory until it is sent: a
@@ -551,12 +571,13 @@ where
                         replay.body_mut().hold(held);
                         return Ok(replay);
                     }
-                    None => unreachable_unknown(&id.key, &echo),
+                    None => unreachable_unknown(config, &id.key, &echo),
                 }
             }
             ExistingOutcome::Mismatch => {
                 metrics::count(Outcome::Mismatch);
                 respond::problem(
+                    &config.problems,
                     respond::kind(
                         ProblemType::KeyReused,
                         "This key was first used with a different request (method, path, query, content type or body). Use a new key for a new request.",
@@ -573,12 +594,13 @@ where
                     &id.key,
                 );
                 p.original_status = Some(status);
-                respond::problem(p, Some(&echo))
+                respond::problem(&config.problems, p, Some(&echo))
             }
-            ExistingOutcome::Unknown => unreachable_unknown(&id.key, &echo),
+            ExistingOutcome::Unknown => unreachable_unknown(config, &id.key, &echo),
             ExistingOutcome::Expired => {
                 metrics::count(Outcome::Expired);
                 respond::problem(
+                    &config.problems,
                     respond::kind(
                         ProblemType::KeyExpired,
                         "This key was used too long ago: its response is no longer kept. It was not executed again.",
@@ -599,15 +621,15 @@ async fn claim_settled(
     shared: &Arc<Shared>,
     id: &RecordId,
     fingerprint: Fingerprint,
-    policy: &Policy,
+    policy: &EffectivePolicy,
     attempt: &mut Option<u64>,
 ) -> Result<ClaimOutcome, idem_store::StoreError> {
     let claim = Claim::new(
         id.clone(),
         fingerprint,
         shared.clock.now(),
-        &shared.config.retention,
-        policy.upstream_dedupes,
+        &policy.retention,
+        policy.policy.upstream_dedupes,
     );
     let claim = match *attempt {
         Some(attempt) => claim.with_attempt(attempt),
@@ -619,7 +641,8 @@ async fn claim_settled(
     let unsettled = crate::settle::Unsettled {
         attempt: claim.attempt,
         fingerprint,
-        reclaim_unknown: policy.upstream_dedupes,
+        reclaim_unknown: policy.policy.upstream_dedupes,
+        retention: policy.retention,
     };
     let started = Instant::now();
     let outcome = shared.store.claim(claim).await;
@@ -650,6 +673,7 @@ fn overloaded<RB>(
     metrics::count(Outcome::Overloaded);
     tracing::warn!(key = %id.key, buffered = shared.budget.used(), "buffer budget spent; refusing a keyed request");
     respond::problem_with_retry(
+        &shared.config.problems,
         respond::kind(
             ProblemType::Overloaded,
             format!(
@@ -663,9 +687,14 @@ fn overloaded<RB>(
     )
 }
 
-fn unreachable_unknown<RB>(key: &IdempotencyKey, echo: &KeyEcho) -> Response<ResponseBody<RB>> {
+fn unreachable_unknown<RB>(
+    config: &crate::IdempotencyConfig,
+    key: &IdempotencyKey,
+    echo: &KeyEcho,
+) -> Response<ResponseBody<RB>> {
     metrics::count(Outcome::Unknown);
     respond::problem(
+        &config.problems,
         respond::kind(
             ProblemType::OutcomeUnknown,
             "An earlier request with this key was sent upstream but its outcome is unknown. It will not be executed again; reconcile before retrying with a new key.",
@@ -686,37 +715,31 @@ where
     Ok(response.map(ResponseBody::stream))
 }
 
-fn fingerprint(
-    config: &crate::IdempotencyConfig,
-    parts: &http::request::Parts,
-    body: &[u8],
-) -> Fingerprint {
-    fingerprint_of(
-        &config.fingerprint_headers,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        body,
-    )
+fn fingerprint(policy: &EffectivePolicy, parts: &http::request::Parts, body: &[u8]) -> Fingerprint {
+    fingerprint_of(policy, &parts.method, &parts.uri, &parts.headers, body)
 }
 
 fn fingerprint_of(
-    names: &[http::HeaderName],
+    policy: &EffectivePolicy,
     method: &http::Method,
     uri: &http::Uri,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Fingerprint {
-    let extra: Vec<(&str, Option<&[u8]>)> = names
+    let extra: Vec<(&str, Option<&[u8]>)> = policy
+        .fingerprint_headers
         .iter()
         .map(|name| (name.as_str(), headers.get(name).map(|v| v.as_bytes())))
         .collect();
-    Fingerprint::compute(&FingerprintInput {
-        method: method.as_str(),
-        path: uri.path(),
-        query: uri.query(),
-        content_type: headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
-        extra_headers: &extra,
-        body,
-    })
+    Fingerprint::compute_ignoring(
+        &FingerprintInput {
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query(),
+            content_type: headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+            extra_headers: &extra,
+            body,
+        },
+        &policy.fingerprint_ignore,
+    )
 }

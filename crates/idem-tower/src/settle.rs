@@ -30,6 +30,8 @@ pub(crate) struct Unsettled {
     pub(crate) attempt: u64,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) reclaim_unknown: bool,
+    /// The windows of the route the claim is on.
+    pub(crate) retention: idem_core::Retention,
 }
 
 /// The unconfirmed claims on one key (usually one), and the turn that the
@@ -106,7 +108,7 @@ fn repeat(shared: &Shared, id: &RecordId, unsettled: &Unsettled) -> Claim {
         id.clone(),
         unsettled.fingerprint,
         shared.clock.now(),
-        &shared.config.retention,
+        &unsettled.retention,
         unsettled.reclaim_unknown,
     )
     .with_attempt(unsettled.attempt)
@@ -155,7 +157,7 @@ pub(crate) fn in_background(shared: Arc<Shared>, id: RecordId, unsettled: Unsett
     // Detached, not an execution: shutdown does not wait for a store that
     // may stay down (the claim then reads outcome-unknown after its lease).
     tokio::spawn(async move {
-        let give_up = shared.clock.now().plus(shared.config.retention.retention);
+        let give_up = shared.clock.now().plus(unsettled.retention.retention);
         let mut pause = Duration::from_millis(100);
         loop {
             tokio::time::sleep(pause).await;

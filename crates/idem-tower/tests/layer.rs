@@ -32,18 +32,36 @@ struct App {
 }
 
 fn app(config: IdempotencyConfig) -> App {
+    app_on(config, Arc::new(MemoryStore::new()))
+}
+
+/// [`app`] keeping its records in `store`. `/charges` and `/refunds`
+/// answer at once (numbered by a shared count of executions), `/slow` when
+/// the test opens the gate.
+fn app_on(config: IdempotencyConfig, store: Arc<dyn Store>) -> App {
     let executions = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let clock = Arc::new(TestClock(AtomicI64::new(1_700_000_000_000)));
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let layer = IdempotencyLayer::with_clock(config, store, clock.clone());
-    let (e1, e2, g) = (executions.clone(), executions.clone(), gate.clone());
+    let (e1, e2, e3, g) = (
+        executions.clone(),
+        executions.clone(),
+        executions.clone(),
+        gate.clone(),
+    );
     let router = Router::new()
         .route(
             "/charges",
             post(move |body: String| async move {
                 let n = e1.fetch_add(1, Ordering::SeqCst) + 1;
                 (StatusCode::CREATED, format!("charge {n} for {body}"))
+            }),
+        )
+        .route(
+            "/refunds",
+            post(move |body: String| async move {
+                let n = e3.fetch_add(1, Ordering::SeqCst) + 1;
+                (StatusCode::CREATED, format!("refund {n} for {body}"))
             }),
         )
         .route(
@@ -321,4 +339,121 @@ async fn outcome_is_stored_once_the_store_returns_and_never_re_executed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(executions.load(Ordering::SeqCst), 1);
+}
+
+/// A real SQLite file in a directory that lives as long as the test.
+fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = idem_store::SqliteStore::open(&dir.path().join("idem.db"), Default::default())
+        .expect("open the SQLite store");
+    (Arc::new(store), dir)
+}
+
+#[tokio::test]
+async fn a_short_retention_route_expires_its_record_while_the_default_route_keeps_its_own() {
+    let mut quick = Route::new("/charges");
+    quick.policy.retention = Some(Duration::from_secs(60));
+    let config = IdempotencyConfig {
+        routes: vec![quick, Route::new("/")],
+        ..IdempotencyConfig::default()
+    };
+    let (store, _dir) = sqlite();
+    let app = app_on(config, store);
+    let (s1, _, charge) = send(&app.router, post_with_key("/charges", "k-charge", "x")).await;
+    let (s2, _, refund) = send(&app.router, post_with_key("/refunds", "k-refund", "x")).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+
+    // Just before the short window ends, both replay.
+    app.clock.0.fetch_add(59_999, Ordering::SeqCst);
+    let (_, h, body) = send(&app.router, post_with_key("/charges", "k-charge", "x")).await;
+    assert_eq!(h.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(body, charge);
+
+    // At 60 s the route's record is a tombstone; the default route's (24 h)
+    // still replays.
+    app.clock.0.fetch_add(1, Ordering::SeqCst);
+    let (status, headers, body) =
+        send(&app.router, post_with_key("/charges", "k-charge", "x")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("/key-expired"), "{body}");
+    assert!(headers.get("retry-after").is_none());
+    let (status, headers, body) =
+        send(&app.router, post_with_key("/refunds", "k-refund", "x")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::CREATED, refund.as_str())
+    );
+    assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(app.executions.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_route_without_a_tombstone_period_executes_a_key_again_once_its_retention_is_over() {
+    let mut quick = Route::new("/charges");
+    quick.policy.retention = Some(Duration::from_secs(60));
+    quick.policy.tombstone_retention = Some(Duration::ZERO);
+    let config = IdempotencyConfig {
+        routes: vec![quick, Route::new("/")],
+        ..IdempotencyConfig::default()
+    };
+    let (store, _dir) = sqlite();
+    let app = app_on(config, store);
+    let _ = send(&app.router, post_with_key("/charges", "k1", "x")).await;
+    let _ = send(&app.router, post_with_key("/refunds", "k2", "x")).await;
+    app.clock.0.fetch_add(60_000, Ordering::SeqCst);
+    // No tombstone on /charges: the key is free, the request runs again.
+    let (status, headers, body) = send(&app.router, post_with_key("/charges", "k1", "x")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::CREATED, "charge 3 for x")
+    );
+    assert!(headers.get("idempotent-replayed").is_none());
+    // The default route's tombstone period (7 d) is untouched: past its
+    // 24 h it answers key-expired.
+    app.clock.0.fetch_add(24 * 3_600_000, Ordering::SeqCst);
+    let (status, _, body) = send(&app.router, post_with_key("/refunds", "k2", "x")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("/key-expired"), "{body}");
+    assert_eq!(app.executions.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_route_releases_on_its_own_statuses() {
+    // /charges releases nothing (every outcome stored); the default route
+    // keeps the default list, where 503 releases.
+    let mut stores_all = Route::new("/flaky-stored");
+    stores_all.policy.release_statuses = Some(idem_tower::ReleaseStatuses::new([]));
+    let executions = Arc::new(AtomicUsize::new(0));
+    let (a, b) = (executions.clone(), executions.clone());
+    let layer = IdempotencyLayer::new(
+        IdempotencyConfig {
+            routes: vec![stores_all, Route::new("/")],
+            ..IdempotencyConfig::default()
+        },
+        Arc::new(MemoryStore::new()),
+    );
+    let router = Router::new()
+        .route(
+            "/flaky-stored",
+            post(move || async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                StatusCode::SERVICE_UNAVAILABLE
+            }),
+        )
+        .route(
+            "/flaky-released",
+            post(move || async move {
+                b.fetch_add(1, Ordering::SeqCst);
+                StatusCode::SERVICE_UNAVAILABLE
+            }),
+        )
+        .layer(layer);
+    for _ in 0..2 {
+        let (status, _, _) = send(&router, post_with_key("/flaky-stored", "k1", "")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, _, _) = send(&router, post_with_key("/flaky-released", "k2", "")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Stored once and replayed on the first route; executed twice on the other.
+    assert_eq!(executions.load(Ordering::SeqCst), 3);
 }

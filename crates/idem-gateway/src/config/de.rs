@@ -442,3 +442,43 @@ impl<'de> Visitor<'de> for InFlightVisitor {
             .map(|t| InFlightMode::Wait(t.wait))
     }
 }
+
+impl Scalar for idem_core::JsonPointer {
+    const EXPECTING: &'static str = r#"a JSON pointer such as "/metadata/request_id""#;
+
+    fn from_str(s: &str) -> Result<Self, Bad> {
+        idem_core::JsonPointer::parse(s).map_err(|e| Bad::Value(e.to_string()))
+    }
+}
+
+/// An absolute `http://` or `https://` URL (problem `type` bases, docs).
+pub(super) struct AbsoluteUrl(pub(super) String);
+
+impl Scalar for AbsoluteUrl {
+    const EXPECTING: &'static str =
+        r#"an absolute URL such as "https://api.example.com/docs/idempotency""#;
+
+    fn from_str(s: &str) -> Result<Self, Bad> {
+        Ok(AbsoluteUrl(absolute_url(s)?))
+    }
+}
+
+/// Checks an absolute `http(s)://host/...` URL, fit for a `Link` header
+/// and a problem `type`.
+pub(super) fn absolute_url(s: &str) -> Result<String, String> {
+    let uri: Uri = s.parse().map_err(|_| {
+        format!("{s:?} is not a URL (expected e.g. \"https://api.example.com/docs\")")
+    })?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(authority)) if !authority.as_str().contains('@') => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "{s:?} is not an absolute http:// or https:// URL with a host (and no credentials)"
+        )),
+    }
+}
+
+pub(super) fn opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    opt::<D, AbsoluteUrl>(d).map(|u| u.map(|u| u.0))
+}

@@ -7,7 +7,10 @@ use super::{
 };
 use idem_core::headers::ReplayHeaderFilter;
 use idem_core::scope::{JwtKeys, JwtVerifier, ScopeSecret};
-use idem_core::{Anonymous, InFlightMode, Policy, ReleaseStatuses, ScopeRule, ScopeSource};
+use idem_core::{
+    Anonymous, FingerprintIgnore, InFlightMode, Policy, ProblemFormat, ProblemProfile,
+    ReleaseStatuses, ScopeRule, ScopeSource,
+};
 use idem_tower::Route;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,7 +157,7 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
         c.key_header = h;
     }
     if let Some(d) = file.retention {
-        c.retention.retention = at_most("retention", positive("retention", d)?, MAX_RETENTION)?;
+        c.retention.retention = retention("retention", d)?;
     }
     if let Some(d) = file.tombstone_retention {
         c.retention.tombstone_retention = at_most("tombstone_retention", d, MAX_RETENTION)?;
@@ -225,21 +228,20 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
         c.replay_headers = ReplayHeaderFilter::with_extra(extra.iter().map(String::as_str));
     }
     if let Some(statuses) = file.release_statuses {
-        for (i, &status) in statuses.iter().enumerate() {
-            de::status(i64::from(status))
-                .map_err(|m| invalid(format!("release_statuses[{i}]"), m))?;
-        }
-        c.release_statuses = ReleaseStatuses::new(statuses);
+        c.release_statuses = release_statuses("release_statuses", statuses)?;
     }
     if let Some(headers) = file.fingerprint_headers {
-        let mut unique = Vec::with_capacity(headers.len());
-        for h in headers {
-            if !unique.contains(&h) {
-                unique.push(h);
-            }
-        }
-        c.fingerprint_headers = unique;
+        c.fingerprint_headers = unique_headers(headers);
     }
+    if let Some(pointers) = file.fingerprint_ignore {
+        c.fingerprint_ignore = FingerprintIgnore::new(pointers);
+    }
+    c.problems = problem_format(
+        file.problem_profile.unwrap_or_default(),
+        file.problem_type_base,
+        file.docs_url,
+    );
+    s.policy_path = policy_path(file.publish_policy, file.policy_path)?;
     if let Some(b) = file.fail_open {
         c.fail_open = b;
     }
@@ -253,6 +255,75 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
         c.routes = self::routes(routes)?;
     }
     Ok(s)
+}
+
+fn retention(field: &str, d: Duration) -> Result<Duration> {
+    at_most(field, positive(field, d)?, MAX_RETENTION)
+}
+
+fn release_statuses(field: &str, statuses: Vec<u16>) -> Result<ReleaseStatuses> {
+    for (i, &status) in statuses.iter().enumerate() {
+        de::status(i64::from(status)).map_err(|m| invalid(format!("{field}[{i}]"), m))?;
+    }
+    Ok(ReleaseStatuses::new(statuses))
+}
+
+fn unique_headers(headers: Vec<http::HeaderName>) -> Vec<http::HeaderName> {
+    let mut unique = Vec::with_capacity(headers.len());
+    for h in headers {
+        if !unique.contains(&h) {
+            unique.push(h);
+        }
+    }
+    unique
+}
+
+fn problem_format(
+    profile: super::ProblemProfileKind,
+    type_base: Option<String>,
+    docs_url: Option<String>,
+) -> ProblemFormat {
+    let profile = match profile {
+        super::ProblemProfileKind::Rfc9457 => ProblemProfile::Rfc9457,
+        super::ProblemProfileKind::Stripe => ProblemProfile::Stripe,
+    };
+    let mut format = ProblemFormat::default()
+        .with_profile(profile)
+        .with_docs_url(docs_url);
+    if let Some(base) = type_base {
+        format = format.with_type_base(base);
+    }
+    format
+}
+
+/// Where the policy document is served, or `None` when it is off.
+fn policy_path(publish: Option<bool>, path: Option<String>) -> Result<Option<String>> {
+    if publish == Some(false) {
+        if path.is_some() {
+            return Err(invalid(
+                "policy_path",
+                "set, but publish_policy = false turns the policy document off; remove one of them",
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(path) = path else {
+        return Ok(Some(idem_core::policy::POLICY_PATH.to_owned()));
+    };
+    let normal = idem_core::path::NormalisedPath::new(&path);
+    if !path.starts_with('/')
+        || path.contains(['?', '#'])
+        || !normal.is_unchanged()
+        || normal.lenient().is_some()
+    {
+        return Err(invalid(
+            "policy_path",
+            format!(
+                r#"{path:?} must be a path in normal form starting with "/", without query or fragment (e.g. "/.well-known/idempotency")"#
+            ),
+        ));
+    }
+    Ok(Some(path))
 }
 
 /// The bytes of environment variable `name`, for the field `field`.
@@ -554,10 +625,25 @@ fn route(i: usize, entry: RouteConfig) -> Result<Route> {
             ));
         }
     }
+    let field = |name: &str| format!("routes[{i}].{name}");
     route.policy = Policy {
         require_key: entry.require_key.unwrap_or(defaults.require_key),
         in_flight,
         upstream_dedupes: entry.upstream_dedupes.unwrap_or(defaults.upstream_dedupes),
+        retention: entry
+            .retention
+            .map(|d| retention(&field("retention"), d))
+            .transpose()?,
+        tombstone_retention: entry
+            .tombstone_retention
+            .map(|d| at_most(&field("tombstone_retention"), d, MAX_RETENTION))
+            .transpose()?,
+        release_statuses: entry
+            .release_statuses
+            .map(|s| release_statuses(&field("release_statuses"), s))
+            .transpose()?,
+        fingerprint_headers: entry.fingerprint_headers.map(unique_headers),
+        fingerprint_ignore: entry.fingerprint_ignore.map(FingerprintIgnore::new),
     };
     Ok(route)
 }

@@ -338,9 +338,22 @@ impl Gateway {
         store: TestStore,
         upstream_tls: idem_gateway::upstream_tls::UpstreamTls,
     ) -> Gateway {
-        let running = idem_gateway::start(GatewayOptions {
+        Gateway::start_customised(upstream, config, store, |options| {
+            options.upstream_tls = upstream_tls;
+        })
+        .await
+    }
+
+    /// [`Gateway::start`] with the options as `customise` leaves them
+    /// (e.g. another `policy_path`).
+    pub async fn start_customised(
+        upstream: Uri,
+        config: IdempotencyConfig,
+        store: TestStore,
+        customise: impl FnOnce(&mut GatewayOptions),
+    ) -> Gateway {
+        let mut options = GatewayOptions {
             admin: Some("127.0.0.1:0".parse().unwrap()),
-            upstream_tls,
             idempotency: config,
             shutdown_grace: Duration::from_secs(5),
             sweep_interval: Duration::from_millis(50),
@@ -350,9 +363,9 @@ impl Gateway {
                 upstream,
                 store.store.clone(),
             )
-        })
-        .await
-        .expect("gateway starts");
+        };
+        customise(&mut options);
+        let running = idem_gateway::start(options).await.expect("gateway starts");
         let addr = running.addr();
         Gateway {
             addr,
@@ -389,6 +402,25 @@ impl Drop for Gateway {
 pub async fn setup_on(engine: Engine, config: IdempotencyConfig) -> (Upstream, Gateway) {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(upstream.uri(), config, TestStore::new(engine)).await;
+    (upstream, gateway)
+}
+
+/// An upstream and a gateway in front of it on the memory store, run with
+/// the settings of the configuration file `toml` (parsed and checked as
+/// `idem gateway --config` does).
+pub async fn setup_from_toml(toml: &str) -> (Upstream, Gateway) {
+    let settings = idem_gateway::config::parse(toml)
+        .and_then(|file| file.into_settings())
+        .unwrap_or_else(|e| panic!("test configuration refused: {e}"));
+    let upstream = Upstream::start().await;
+    let policy_path = settings.policy_path.clone();
+    let gateway = Gateway::start_customised(
+        upstream.uri(),
+        settings.idempotency,
+        TestStore::new(Engine::Memory),
+        |options| options.policy_path = policy_path,
+    )
+    .await;
     (upstream, gateway)
 }
 
