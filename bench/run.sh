@@ -9,13 +9,22 @@
 #   sqlite-sealed  the same with [storage] encryption_key_env (responses encrypted)
 #   postgres     idem gateway --store postgres://…?schema=idem_bench_<nonce>
 #   redis        idem gateway --store redis://…/?prefix=idem_bench_<nonce>
+#   TLS termination (wrk speaks https to the proxy; plain upstream), each
+#   compared with passthrough-tls:
+#     passthrough-tls, memory-tls, sqlite-tls
+#   An https upstream (a second bench-upstream serving TLS), each compared
+#   with passthrough-https-upstream:
+#     passthrough-https-upstream, memory-https-upstream, sqlite-https-upstream
+#   The certificates are made by openssl for 127.0.0.1 in the run's tmpdir.
 # under two workloads (bench/unique.lua, bench/replay.lua) and writes a
 # markdown table between the bench markers of docs/benchmarks.md (or $OUT).
 #
 # Usage: bash bench/run.sh
 # Env:   DURATION=10s CONNECTIONS=32 THREADS=1 BUILD=1 WARMUP=2s
 #        REPLAY_KEYS=100 BASE_PORT=18080 OUT=docs/benchmarks.md
-#        TARGETS="upstream passthrough memory sqlite sqlite-sealed postgres redis"
+#        TARGETS="upstream passthrough memory sqlite sqlite-sealed postgres redis
+#                 passthrough-tls memory-tls sqlite-tls
+#                 passthrough-https-upstream memory-https-upstream sqlite-https-upstream"
 #        BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 #        BENCH_REDIS_URL=redis://127.0.0.1:6379/
 # The postgres and redis targets use the servers at those URLs, each run in
@@ -34,7 +43,8 @@ WARMUP="${WARMUP:-2s}"
 REPLAY_KEYS="${REPLAY_KEYS:-100}"
 BASE_PORT="${BASE_PORT:-18080}"
 OUT="${OUT:-docs/benchmarks.md}"
-TARGETS="${TARGETS:-upstream passthrough memory sqlite sqlite-sealed postgres redis}"
+TLS_TARGETS="passthrough-tls memory-tls sqlite-tls passthrough-https-upstream memory-https-upstream sqlite-https-upstream"
+TARGETS="${TARGETS:-upstream passthrough memory sqlite sqlite-sealed postgres redis $TLS_TARGETS}"
 BENCH_POSTGRES_URL="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 BENCH_REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/}"
 READY_TIMEOUT_S=30
@@ -198,6 +208,7 @@ ensure_tool() {
 }
 ensure_tool wrk
 ensure_tool curl
+ensure_tool openssl
 
 # ---------------------------------------------------------------- build
 IDEM_SKIP_REASON=""
@@ -228,7 +239,15 @@ declare -A PORT=(
   [postgres]=$((BASE_PORT + 4))
   [redis]=$((BASE_PORT + 5))
   [sqlite-sealed]=$((BASE_PORT + 6))
+  [passthrough-tls]=$((BASE_PORT + 7))
+  [memory-tls]=$((BASE_PORT + 8))
+  [sqlite-tls]=$((BASE_PORT + 9))
+  [passthrough-https-upstream]=$((BASE_PORT + 10))
+  [memory-https-upstream]=$((BASE_PORT + 11))
+  [sqlite-https-upstream]=$((BASE_PORT + 12))
 )
+TLS_UP_PORT=$((BASE_PORT + 13))
+TLS_UP_URL="https://127.0.0.1:$TLS_UP_PORT"
 declare -A LABEL=(
   [upstream]="upstream (direct, no proxy)"
   [passthrough]="bench-passthrough (bare hyper proxy)"
@@ -237,7 +256,47 @@ declare -A LABEL=(
   [postgres]="idem gateway, \`--store postgres\`"
   [redis]="idem gateway, \`--store redis\`"
   [sqlite-sealed]="idem gateway, \`--store sqlite\`, responses encrypted"
+  [passthrough-tls]="TLS termination: bench-passthrough"
+  [memory-tls]="TLS termination: idem gateway, \`--store memory\`"
+  [sqlite-tls]="TLS termination: idem gateway, \`--store sqlite\`"
+  [passthrough-https-upstream]="https upstream: bench-passthrough"
+  [memory-https-upstream]="https upstream: idem gateway, \`--store memory\`"
+  [sqlite-https-upstream]="https upstream: idem gateway, \`--store sqlite\`"
 )
+# The baseline of each row's "vs" column: the pass-through over the same
+# TLS (and the same upstream).
+declare -A BASE_OF=(
+  [passthrough-tls]=passthrough-tls [memory-tls]=passthrough-tls [sqlite-tls]=passthrough-tls
+  [passthrough-https-upstream]=passthrough-https-upstream
+  [memory-https-upstream]=passthrough-https-upstream
+  [sqlite-https-upstream]=passthrough-https-upstream
+)
+base_of() { echo "${BASE_OF[$1]:-passthrough}"; }
+# How wrk and the priming curl reach a target, and whose side effects count.
+scheme_of() { case "$1" in *-tls) echo https ;; *) echo http ;; esac; }
+upstream_of() { case "$1" in *-https-upstream) echo "$TLS_UP_URL" ;; *) echo "$UP_URL" ;; esac; }
+
+# Certificates for the TLS rows: one CA, one leaf for 127.0.0.1 used by the
+# TLS listeners and the https upstream alike.
+TLS_DIR="$WORK/tls"
+make_certs() {
+  mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=idem bench CA" -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile ext.cnf -out server.crt 2>/dev/null
+  )
+}
+make_certs || die "openssl could not make the benchmark certificates"
+TLS_CONFIG="$WORK/tls.toml"
+printf 'tls_cert = "%s"\ntls_key = "%s"\n' "$TLS_DIR/server.crt" "$TLS_DIR/server.key" >"$TLS_CONFIG"
+UP_TLS_CONFIG="$WORK/upstream-tls.toml"
+printf 'upstream_ca = "%s"\n' "$TLS_DIR/ca.crt" >"$UP_TLS_CONFIG"
 DB="$WORK/bench.db"
 SEALED_DB="$WORK/sealed.db"
 SEALED_CONFIG="$WORK/sealed.toml"
@@ -252,6 +311,12 @@ declare -A SHOWN=(
   [postgres]="target/release/idem gateway --listen 127.0.0.1:${PORT[postgres]} --upstream $UP_URL --store $(url_with "$BENCH_POSTGRES_URL" schema "idem_bench_\$NONCE")"
   [redis]="target/release/idem gateway --listen 127.0.0.1:${PORT[redis]} --upstream $UP_URL --store $(url_with "$BENCH_REDIS_URL" prefix "idem_bench_\$NONCE")"
   [sqlite-sealed]="IDEM_BENCH_KEY=\$(head -c 32 /dev/urandom | base64) target/release/idem gateway --listen 127.0.0.1:${PORT[sqlite-sealed]} --upstream $UP_URL --store sqlite:\$TMPDIR/sealed.db --config sealed.toml # [storage] encryption_key_env = \"IDEM_BENCH_KEY\""
+  [passthrough-tls]="target/release/bench-passthrough --listen 127.0.0.1:${PORT[passthrough-tls]} --upstream $UP_URL --tls-cert server.crt --tls-key server.key"
+  [memory-tls]="target/release/idem gateway --listen 127.0.0.1:${PORT[memory-tls]} --upstream $UP_URL --store memory --config tls.toml # tls_cert, tls_key"
+  [sqlite-tls]="target/release/idem gateway --listen 127.0.0.1:${PORT[sqlite-tls]} --upstream $UP_URL --store sqlite:\$TMPDIR/bench.db --config tls.toml # tls_cert, tls_key"
+  [passthrough-https-upstream]="target/release/bench-passthrough --listen 127.0.0.1:${PORT[passthrough-https-upstream]} --upstream $TLS_UP_URL --upstream-ca ca.crt"
+  [memory-https-upstream]="target/release/idem gateway --listen 127.0.0.1:${PORT[memory-https-upstream]} --upstream $TLS_UP_URL --store memory --config upstream-tls.toml # upstream_ca"
+  [sqlite-https-upstream]="target/release/idem gateway --listen 127.0.0.1:${PORT[sqlite-https-upstream]} --upstream $TLS_UP_URL --store sqlite:\$TMPDIR/bench.db --config upstream-tls.toml # upstream_ca"
 )
 
 # Sets CMD to the command line of a proxy target (not the upstream).
@@ -264,6 +329,12 @@ target_cmd() {
     postgres) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[postgres]}" --upstream "$UP_URL" --store "$PG_STORE") ;;
     redis) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[redis]}" --upstream "$UP_URL" --store "$REDIS_STORE") ;;
     sqlite-sealed) CMD=(env "IDEM_BENCH_KEY=$BENCH_KEY" "$BIN/idem" gateway --listen "127.0.0.1:${PORT[sqlite-sealed]}" --upstream "$UP_URL" --store "sqlite:$SEALED_DB" --config "$SEALED_CONFIG") ;;
+    passthrough-tls) CMD=("$BIN/bench-passthrough" --listen "127.0.0.1:${PORT[$1]}" --upstream "$UP_URL" --tls-cert "$TLS_DIR/server.crt" --tls-key "$TLS_DIR/server.key") ;;
+    memory-tls) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[$1]}" --upstream "$UP_URL" --store memory --config "$TLS_CONFIG") ;;
+    sqlite-tls) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[$1]}" --upstream "$UP_URL" --store "sqlite:$DB" --config "$TLS_CONFIG") ;;
+    passthrough-https-upstream) CMD=("$BIN/bench-passthrough" --listen "127.0.0.1:${PORT[$1]}" --upstream "$TLS_UP_URL" --upstream-ca "$TLS_DIR/ca.crt") ;;
+    memory-https-upstream) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[$1]}" --upstream "$TLS_UP_URL" --store memory --config "$UP_TLS_CONFIG") ;;
+    sqlite-https-upstream) CMD=("$BIN/idem" gateway --listen "127.0.0.1:${PORT[$1]}" --upstream "$TLS_UP_URL" --store "sqlite:$DB" --config "$UP_TLS_CONFIG") ;;
   esac
 }
 
@@ -272,9 +343,11 @@ declare -A RPS P50 P99 REQS ERRS ERRDETAIL HITS OTHER
 declare -A SKIP     # target -> reason the whole target was skipped
 declare -A SKIP_ROW # workload:target -> reason one measurement is missing
 
-# Upstream side-effect counter: POSTs seen so far (this call adds one).
+# Upstream side-effect counter of TARGET's upstream: POSTs seen so far
+# (this call adds one).
 upstream_count() {
-  curl -sS -X POST --max-time 5 "$UP_URL/__count" | sed -n 's/.*"id":\([0-9]*\).*/\1/p'
+  curl -sS --cacert "$TLS_DIR/ca.crt" -X POST --max-time 5 "$(upstream_of "$1")/__count" \
+    | sed -n 's/.*"id":\([0-9]*\).*/\1/p'
 }
 
 # run_wrk WORKLOAD TARGET NONCE DURATION: runs wrk, prints its output to
@@ -283,7 +356,7 @@ run_wrk() {
   local workload="$1" target="$2" nonce="$3" duration="$4"
   IDEM_BENCH_NONCE="$nonce" IDEM_BENCH_REPLAY_KEYS="$REPLAY_KEYS" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --timeout 5s \
-    -s "bench/$workload.lua" "http://127.0.0.1:${PORT[$target]}/" >"$WORK/wrk.out" 2>&1 \
+    -s "bench/$workload.lua" "$(scheme_of "$target")://127.0.0.1:${PORT[$target]}/" >"$WORK/wrk.out" 2>&1 \
     || { cat "$WORK/wrk.out" >&2; return 1; }
   sed 's/^/    /' "$WORK/wrk.out" >&2
   grep '^IDEM_BENCH ' "$WORK/wrk.out" | tail -n 1 >"$WORK/last"
@@ -326,10 +399,11 @@ children_ticks() {
 measure() {
   local workload="$1" target="$2" nonce="$3" before after
   local k="$workload:$target"
-  before="$(upstream_count)"
+  before="$(upstream_count "$target")"
   log "measuring $workload on $target for $DURATION"
   local pids=("$UP_PID") m0 p0 t0 m1 p1 t1 ours
   [[ -n "$PROXY_PID" ]] && pids+=("$PROXY_PID")
+  [[ -n "$TLS_UP_PID" ]] && pids+=("$TLS_UP_PID")
   pids+=("${STORE_PIDS[@]}")
   times >"$WORK/times0"
   m0="$(machine_ticks)"
@@ -349,7 +423,7 @@ measure() {
   if ((${OTHER[$k]%\%} >= 10)); then
     log "warning: other programs used ${OTHER[$k]} of the CPU during this run; its numbers are unreliable"
   fi
-  after="$(upstream_count)"
+  after="$(upstream_count "$target")"
   RPS[$k]="$(field rps)"
   P50[$k]="$(field p50_ms)"
   P99[$k]="$(field p99_ms)"
@@ -374,10 +448,10 @@ measure() {
 prime() {
   local target="$1" nonce="$2" i code ok=0
   for ((i = 0; i < REPLAY_KEYS; i++)); do
-    code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
+    code="$(curl -sS --cacert "$TLS_DIR/ca.crt" -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
       -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' -H "Idempotency-Key: r-$nonce-$i" \
       --data '{"amount":100,"currency":"eur"}' \
-      "http://127.0.0.1:${PORT[$target]}/charges" || true)"
+      "$(scheme_of "$target")://127.0.0.1:${PORT[$target]}/charges" || true)"
     [[ "$code" == 2* ]] && ok=$((ok + 1))
   done
   log "primed $ok/$REPLAY_KEYS replay keys on $target"
@@ -408,7 +482,7 @@ cpu_busy_pct() {
 # bench_target TARGET: start (unless upstream), warm up, measure both.
 bench_target() {
   local target="$1" pid=""
-  if [[ "$target" != upstream && "$target" != passthrough ]] && [[ -n "$IDEM_SKIP_REASON" ]]; then
+  if [[ "$target" != upstream && "$target" != passthrough* ]] && [[ -n "$IDEM_SKIP_REASON" ]]; then
     SKIP[$target]="skipped: $IDEM_SKIP_REASON"
     return 0
   fi
@@ -454,11 +528,19 @@ start upstream "$UP_PORT" "$BIN/bench-upstream" --listen "127.0.0.1:$UP_PORT" \
   || die "bench-upstream did not start"
 UP_PID="$START_PID"
 PROXY_PID=""
+TLS_UP_PID=""
+if [[ " $TARGETS " == *"-https-upstream "* ]]; then
+  log "starting bench-upstream over TLS on $TLS_UP_URL"
+  start upstream-tls "$TLS_UP_PORT" "$BIN/bench-upstream" --listen "127.0.0.1:$TLS_UP_PORT" \
+    --tls-cert "$TLS_DIR/server.crt" --tls-key "$TLS_DIR/server.key" \
+    || die "bench-upstream over TLS did not start"
+  TLS_UP_PID="$START_PID"
+fi
 
 BUSY_BEFORE="$(cpu_busy_pct)"
 log "CPU busy before measuring: $BUSY_BEFORE"
 
-ALL_TARGETS=(upstream passthrough memory sqlite sqlite-sealed postgres redis)
+ALL_TARGETS=(upstream passthrough memory sqlite sqlite-sealed postgres redis $TLS_TARGETS)
 for t in "${ALL_TARGETS[@]}"; do
   if [[ " $TARGETS " != *" $t "* ]]; then
     SKIP[$t]="skipped: not in TARGETS"
@@ -480,7 +562,6 @@ fmt_int() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 UNIQUE_FAILED=()
 table() {
   local workload="$1" t k base
-  base="${RPS[$workload:passthrough]:-}"
   echo "| target | requests/s | p50 (ms) | p99 (ms) | vs passthrough | errors | upstream hits | other CPU |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for t in "${ALL_TARGETS[@]}"; do
@@ -489,6 +570,7 @@ table() {
       echo "| ${LABEL[$t]} | ${SKIP[$t]:-${SKIP_ROW[$k]}} | | | | | | |"
       continue
     fi
+    base="${RPS[$workload:$(base_of "$t")]:-}"
     local errs="${ERRS[$k]}"
     if ((errs > 0)); then
       errs="${errs} (${ERRDETAIL[$k]})"
@@ -536,7 +618,8 @@ REPORT="$WORK/report.md"
   echo
   table replay
   echo
-  echo "- **vs passthrough**: requests/s divided by the passthrough's requests/s in the same workload and run."
+  echo "- **vs passthrough**: requests/s divided by the passthrough's requests/s in the same workload and run;"
+  echo "  a TLS row is divided by the pass-through over the same TLS (\`TLS termination: bench-passthrough\` or \`https upstream: bench-passthrough\`)."
   echo "- **errors**: responses with HTTP status >= 400 plus socket errors (connect/read/write/timeout), as counted by wrk."
   echo "  In \`unique\` every key is new, so any error is a failure."
   echo "- **upstream hits**: POSTs that reached bench-upstream during the measured run / requests wrk completed"
@@ -556,6 +639,7 @@ REPORT="$WORK/report.md"
   for t in "${ALL_TARGETS[@]}"; do
     echo "- ${LABEL[$t]}: \`${SHOWN[$t]}\`"
   done
+  echo "- TLS rows: \`server.crt\`/\`server.key\` (P-256, for IP 127.0.0.1) and \`ca.crt\` are made by openssl in \`\$TMPDIR/tls\`; the https upstream is \`bench-upstream --listen 127.0.0.1:$TLS_UP_PORT --tls-cert server.crt --tls-key server.key\`; wrk speaks \`https://\` to the TLS-termination rows (HTTP/1.1)."
   echo "- wrk: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --timeout 5s -s bench/{unique,replay}.lua http://127.0.0.1:PORT/\`"
   echo "<!-- bench:end -->"
 } >"$REPORT"

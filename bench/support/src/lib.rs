@@ -18,3 +18,20 @@ pub async fn bind_and_announce(addr: SocketAddr) -> anyhow::Result<TcpListener> 
     out.flush()?;
     Ok(listener)
 }
+
+/// A TLS acceptor serving the PEM certificate chain `cert` with its key
+/// `key`, offering HTTP/1.1 only (what wrk speaks), on the same rustls
+/// provider as the gateway, so TLS rows compare proxies, not TLS stacks.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let chain = idem_tls::read_certs("--tls-cert", cert)?;
+    let key = idem_tls::read_key("--tls-key", key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(idem_tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}

@@ -1,7 +1,8 @@
 //! `bench-passthrough`: a bare reverse proxy built from the same stack as the
 //! `idem` gateway (hyper 1 server via `hyper_util::server::conn::auto`, and a
 //! pooled keep-alive `hyper_util::client::legacy::Client` with
-//! `HttpConnector`), with no idempotency logic at all.
+//! `HttpConnector`, wrapped in hyper-rustls for https:// upstreams; rustls
+//! on the listener with `--tls-cert`), with no idempotency logic at all.
 //!
 //! Request and response bodies are streamed through without buffering, the
 //! URI is rewritten to the upstream, hop-by-hop headers are stripped in both
@@ -25,6 +26,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -40,9 +42,20 @@ struct Args {
     /// Address to listen on, e.g. 127.0.0.1:18081.
     #[arg(long)]
     listen: SocketAddr,
-    /// Upstream base URL, e.g. http://127.0.0.1:18080.
+    /// Upstream base URL, e.g. http://127.0.0.1:18080 or https://….
     #[arg(long)]
     upstream: Uri,
+    /// PEM file of the CA that signs an https:// upstream's certificate
+    /// (default: Mozilla's roots), as the gateway's `upstream_ca`.
+    #[arg(long)]
+    upstream_ca: Option<std::path::PathBuf>,
+    /// Terminate TLS with this PEM certificate chain (needs --tls-key), as
+    /// the gateway's `tls_cert`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Response body: either the streamed upstream body or a small local error.
@@ -62,9 +75,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Where and how to forward requests.
 struct Proxy {
-    /// Pooled keep-alive HTTP client.
-    client: Client<HttpConnector, Incoming>,
-    /// Upstream scheme (always `http`).
+    /// Pooled keep-alive HTTP client (TLS for an https:// upstream, with
+    /// the gateway's rustls provider).
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// Upstream scheme.
     scheme: Scheme,
     /// Upstream `host:port`.
     authority: Authority,
@@ -75,7 +89,11 @@ struct Proxy {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let proxy = Arc::new(Proxy::new(&args.upstream)?);
+    let proxy = Arc::new(Proxy::new(&args.upstream, args.upstream_ca.as_deref())?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(idem_bench::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = idem_bench::bind_and_announce(args.listen).await?;
 
     let mut server = auto::Builder::new(TokioExecutor::new());
@@ -93,12 +111,23 @@ async fn main() -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         let server = Arc::clone(&server);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
                 async move { Ok::<_, std::convert::Infallible>(proxy.forward(req, peer.ip()).await) }
             });
-            if let Err(err) = server.serve_connection(TokioIo::new(stream), service).await {
+            let served = match tls {
+                None => server.serve_connection(TokioIo::new(stream), service).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => server.serve_connection(TokioIo::new(stream), service).await,
+                    Err(err) => {
+                        eprintln!("TLS handshake failed: {err}");
+                        return;
+                    }
+                },
+            };
+            if let Err(err) = served {
                 eprintln!("connection error: {err}");
             }
         });
@@ -107,13 +136,13 @@ async fn main() -> anyhow::Result<()> {
 
 impl Proxy {
     /// Validates the upstream URL and builds the pooled client.
-    fn new(upstream: &Uri) -> anyhow::Result<Self> {
+    fn new(upstream: &Uri, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let scheme = upstream
             .scheme()
             .cloned()
             .context("--upstream needs a scheme")?;
-        if scheme != Scheme::HTTP {
-            bail!("--upstream must be an http:// URL, got {upstream}");
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            bail!("--upstream must be an http:// or https:// URL, got {upstream}");
         }
         let authority = upstream
             .authority()
@@ -124,9 +153,16 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        connector.enforce_http(false);
+        let roots = idem_tls::roots(ca.map(|ca| ("--upstream-ca", ca)))?;
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(idem_tls::client_config(roots, None)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(https);
 
         Ok(Self {
             client,

@@ -35,6 +35,12 @@ struct Args {
     /// Address to listen on, e.g. 127.0.0.1:18080.
     #[arg(long)]
     listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -42,6 +48,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = idem_bench::bind_and_announce(args.listen).await?;
     let side_effects = Arc::new(AtomicU64::new(0));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(idem_bench::tls_acceptor(cert, key)?),
+        _ => None,
+    };
 
     loop {
         let (stream, _peer) = match listener.accept().await {
@@ -53,13 +63,30 @@ async fn main() -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let side_effects = Arc::clone(&side_effects);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, Arc::clone(&side_effects)));
-            if let Err(err) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let served = match tls {
+                None => {
+                    http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(err) => {
+                        eprintln!("TLS handshake failed: {err}");
+                        return;
+                    }
+                },
+            };
+            if let Err(err) = served {
                 if !err.is_incomplete_message() {
                     eprintln!("connection error: {err}");
                 }
