@@ -15,6 +15,7 @@ pub mod decision;
 pub mod fingerprint;
 pub mod headers;
 pub mod key;
+pub mod operator;
 pub mod path;
 pub mod pointer;
 pub mod policy;

@@ -1,4 +1,7 @@
-//! The admin listener: `/health` and `/metrics` (Prometheus text).
+//! The admin listener: `/health` and `/metrics` (Prometheus text), and the
+//! keys API under `/v1/keys` ([`keys`]), which needs the admin token.
+
+pub mod keys;
 
 use bytes::Bytes;
 use http::{header::CONTENT_TYPE, Request, Response, StatusCode};
@@ -105,10 +108,11 @@ impl std::fmt::Debug for AdminToken {
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    keys: keys::KeysApi,
     token: Option<AdminToken>,
     stop: CancellationToken,
 ) {
+    let store = keys.store.clone();
     let handle = prometheus();
     if token.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
         tracing::warn!(
@@ -130,11 +134,18 @@ pub async fn serve(
             },
             () = stop.cancelled() => return,
         };
-        let (handle, health, token) = (handle.clone(), health.clone(), token.clone());
+        let (handle, health, token, keys) =
+            (handle.clone(), health.clone(), token.clone(), keys.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (handle, health, token) = (handle.clone(), health.clone(), token.clone());
-                async move { Ok::<_, Infallible>(route(req, engine, &health, token.as_ref(), &handle)) }
+                let (handle, health, token, keys) =
+                    (handle.clone(), health.clone(), token.clone(), keys.clone());
+                async move {
+                    if req.uri().path().starts_with("/v1/") {
+                        return Ok::<_, Infallible>(keys_route(req, token.as_ref(), &keys).await);
+                    }
+                    Ok::<_, Infallible>(route(req, engine, &health, token.as_ref(), &handle))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http1_only()
@@ -142,6 +153,61 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+/// The keys API: only with the admin token, and only when one is
+/// configured (acting on keys is never open, not even on loopback).
+async fn keys_route(
+    req: Request<Incoming>,
+    token: Option<&AdminToken>,
+    keys: &keys::KeysApi,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    let answer = match token {
+        None => keys::problem(
+            StatusCode::UNAUTHORIZED,
+            "admin-token-required",
+            "the keys API is off: set admin_token_env to turn it on",
+        ),
+        Some(t) if !t.admits(&req) => keys::problem(
+            StatusCode::UNAUTHORIZED,
+            "admin-token-required",
+            "send Authorization: Bearer <the admin token>",
+        ),
+        Some(_) => {
+            let (parts, body) = req.into_parts();
+            let limited = http_body_util::Limited::new(body, keys::MAX_RESOLVE_BODY);
+            match limited.collect().await {
+                Ok(body) => {
+                    keys.handle(
+                        &parts.method,
+                        parts.uri.path(),
+                        parts.uri.query().unwrap_or_default(),
+                        body.to_bytes(),
+                    )
+                    .await
+                }
+                Err(_) => keys::problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "bad-admin-request",
+                    "body: over 16 MiB or not read completely",
+                ),
+            }
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() = answer.status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static(answer.content_type),
+    );
+    if answer.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"idem admin\""),
+        );
+    }
+    response
 }
 
 fn route(
@@ -173,10 +239,27 @@ fn route(
             }
         },
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
+        // The console holds no data: it asks for the token and calls the
+        // keys API, which checks it.
+        "/" => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            CONSOLE_HTML.to_owned(),
+        ),
+        "/console.js" => (
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            CONSOLE_JS.to_owned(),
+        ),
+        "/console.css" => (
+            StatusCode::OK,
+            "text/css; charset=utf-8",
+            CONSOLE_CSS.to_owned(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /health or /metrics\n".to_owned(),
+            "not found: try /, /health, /metrics or /v1/keys\n".to_owned(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -184,5 +267,17 @@ fn route(
     response
         .headers_mut()
         .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    // Nothing but this origin's own files; no framing (clickjacking of the
+    // release buttons).
+    response.headers_mut().insert(
+        http::HeaderName::from_static("content-security-policy"),
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'none'",
+        ),
+    );
     response
 }
+
+const CONSOLE_HTML: &str = include_str!("admin/console.html");
+const CONSOLE_JS: &str = include_str!("admin/console.js");
+const CONSOLE_CSS: &str = include_str!("admin/console.css");

@@ -248,9 +248,15 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
                     addr: admin,
                     source,
                 })?;
+            let keys = crate::admin::keys::KeysApi {
+                store: store.clone(),
+                scope: options.idempotency.scope.clone(),
+                retention: options.idempotency.retention,
+                replay_headers: options.idempotency.replay_headers.clone(),
+            };
             tokio::spawn(crate::admin::serve(
                 admin_listener,
-                store.clone(),
+                keys,
                 options.admin_token.clone(),
                 stop.clone(),
             ));

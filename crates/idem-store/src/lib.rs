@@ -46,4 +46,7 @@ pub use sealed::{
     SEALED_HEADER,
 };
 pub use spec::{open, StoreSpec, StoreSpecError};
-pub use store::{Claim, ClaimOutcome, Completion, Store, StoreClock, SweepReport, Write};
+pub use store::{
+    Claim, ClaimOutcome, Completion, ListCursor, ListQuery, Store, StoreClock, SweepReport,
+    Unsettled, Write,
+};

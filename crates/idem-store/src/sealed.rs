@@ -2,13 +2,14 @@
 //! and seals every response before the engine sees it (the format is
 //! documented on [`SealedStore`]).
 
-use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use crate::{Claim, ClaimOutcome, Completion, ListQuery, Store, StoreError, SweepReport, Write};
 use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_NO_PAD};
 use base64::{DecodeError, Engine as _};
 use bytes::Bytes;
 use chacha20poly1305::aead::Generate;
 use chacha20poly1305::{AeadInOut, Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use idem_core::decision::ExistingOutcome;
+use idem_core::operator::{OperatorAction, OperatorRefusal};
 use idem_core::{Record, RecordId, RecordState, StoredResponse, Timestamp};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -1003,6 +1004,47 @@ impl Store for SealedStore {
 
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
         self.inner.sweep(now, limit).await
+    }
+
+    /// A resolution is stored sealed, exactly as a completion is: the
+    /// operator's response is what retries replay, so it is as secret as
+    /// the upstream's. The record written comes back opened.
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        mut action: OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+        if let OperatorAction::Resolve { response, .. } = &mut action {
+            let placeholder = StoredResponse {
+                status: response.status,
+                headers: Vec::new(),
+                body: None,
+            };
+            let plain = std::mem::replace(response, placeholder);
+            let body_len = plain.body.as_ref().map_or(0, Bytes::len);
+            let rid = id.clone();
+            *response = self
+                .with_keys("operate", body_len, move |keys| keys.seal(&rid, &plain))
+                .await?
+                .map_err(|e| StoreError::new(self.inner.engine(), "operate", e))?;
+        }
+        match self.inner.operate(id, token, action, now).await? {
+            Ok(record) => Ok(Ok(self.open_or_unknown("operate", id, record).await?.0)),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    /// Listed records wait for an outcome and carry no response; any that
+    /// does is opened like a `get`.
+    async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError> {
+        let mut opened = Vec::new();
+        for record in self.inner.list(query).await? {
+            let id = record.id.clone();
+            opened.push(self.open_or_unknown("list", &id, record).await?.0);
+        }
+        Ok(opened)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

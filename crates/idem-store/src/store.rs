@@ -1,4 +1,5 @@
 use crate::StoreError;
+use idem_core::operator::{OperatorAction, OperatorRefusal};
 use idem_core::{
     decision::ExistingOutcome, Fingerprint, Record, RecordId, Retention, StoredResponse, Timestamp,
 };
@@ -181,6 +182,65 @@ pub enum StoreClock {
     Caller,
 }
 
+/// Which waiting records [`Store::list`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsettled {
+    /// Records that read `outcome-unknown`: marked so, or in flight with a
+    /// lease that ran out (not yet past retention).
+    OutcomeUnknown,
+    /// Records in flight whose lease still holds.
+    InFlight,
+}
+
+impl Unsettled {
+    /// Whether `record`, read at `now`, is in this state.
+    pub fn holds(self, record: &Record, now: Timestamp) -> bool {
+        record.effective(now)
+            == match self {
+                Unsettled::OutcomeUnknown => idem_core::EffectiveState::OutcomeUnknown,
+                Unsettled::InFlight => idem_core::EffectiveState::InFlight,
+            }
+    }
+}
+
+/// Where a listing resumes: the last record of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    /// Its claim time.
+    pub claimed_at: Timestamp,
+    /// Its identity.
+    pub id: RecordId,
+}
+
+impl ListCursor {
+    /// The cursor after `record`.
+    pub fn after(record: &Record) -> Self {
+        ListCursor {
+            claimed_at: record.claimed_at,
+            id: record.id.clone(),
+        }
+    }
+
+    /// Whether `record` comes strictly after this cursor in listing order
+    /// (claim time, scope, key).
+    pub fn precedes(&self, record: &Record) -> bool {
+        (record.claimed_at, &record.id) > (self.claimed_at, &self.id)
+    }
+}
+
+/// A [`Store::list`] query.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Which records.
+    pub state: Unsettled,
+    /// Resume after this record (`None`: from the oldest).
+    pub after: Option<ListCursor>,
+    /// At most this many records.
+    pub limit: usize,
+    /// The caller's clock reading.
+    pub now: Timestamp,
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -239,6 +299,28 @@ pub trait Store: Send + Sync + 'static {
     /// tombstone, at most `limit` records per call. Engines on the store's
     /// clock ([`StoreClock::Server`]) ignore `now` and use their own.
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError>;
+
+    /// Applies an operator's action ([`idem_core::operator`]) to the record
+    /// under `id`, fenced by the `token` the operator read: the engine reads
+    /// the record, applies [`idem_core::operator::decide_operator`] and
+    /// writes its answer in one atomic step, and returns the record as
+    /// written (the response included). `now` is the caller's clock
+    /// reading; engines on the store's clock ([`StoreClock::Server`]) decide
+    /// at their own.
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, OperatorRefusal>, StoreError>;
+
+    /// The records that wait for an outcome, oldest claim first: those that
+    /// read as `query.state` at the store's clock (the caller's `now` on
+    /// engines that use it), ordered by (claim time, scope, key), strictly
+    /// after `query.after`, at most `query.limit`. Responses are not
+    /// loaded (records in these states have none).
+    async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError>;
 
     /// Checks that the engine answers (for `/health`).
     async fn ping(&self) -> Result<(), StoreError>;

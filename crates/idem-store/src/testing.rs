@@ -10,9 +10,10 @@
 //! time, plus the checks that skewed callers agree, against an engine on
 //! its own clock ([`StoreClock::Server`](crate::StoreClock)).
 
-use crate::{Claim, ClaimOutcome, Completion, Store, Write};
+use crate::{Claim, ClaimOutcome, Completion, ListCursor, ListQuery, Store, Unsettled, Write};
 use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
+use idem_core::operator::{OperatorAction, OperatorRefusal};
 use idem_core::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,7 @@ macro_rules! conformance_tests {
             live_claim_outlives_retention_and_is_never_swept,
             owner_lost_after_a_long_execution_leaves_unknown_not_a_free_key,
             the_callers_clock_decides,
+            operator_settles_a_claim_whose_lease_ran_out,
         );
         $crate::conformance_tests!(@clock_free $make);
     };
@@ -74,6 +76,13 @@ macro_rules! conformance_tests {
             the_same_attempt_after_completion_gets_the_replay,
             racing_attempts_have_one_winner_whose_retry_wins_again,
             any_clock_reading_is_an_answer_or_an_error_never_a_panic,
+            operator_release_frees_an_unknown_key_only,
+            operator_resolve_is_replayed_exactly,
+            operator_stale_token_is_refused_and_changes_nothing,
+            operator_purge_erases_the_response,
+            operator_on_an_absent_key_is_not_found,
+            list_pages_through_unsettled_records_in_claim_order,
+            operator_race_has_exactly_one_winner,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -898,4 +907,449 @@ pub async fn any_clock_reading_is_an_answer_or_an_error_never_a_panic(store: Arc
     // The store still works.
     let k = id("s", "after-the-clocks");
     must_claim(&*store, claim_at(&k, "a", T0)).await;
+}
+
+fn resolve(resp: StoredResponse) -> OperatorAction {
+    OperatorAction::Resolve {
+        response: resp,
+        retention: retention().retention,
+        tombstone_retention: retention().tombstone_retention,
+    }
+}
+
+fn purge(keep_tombstone: bool) -> OperatorAction {
+    OperatorAction::Purge { keep_tombstone }
+}
+
+async fn operate(
+    store: &dyn Store,
+    rid: &RecordId,
+    token: u64,
+    action: OperatorAction,
+    now: Timestamp,
+) -> Result<Record, OperatorRefusal> {
+    store
+        .operate(rid, token, action, now)
+        .await
+        .expect("operate")
+}
+
+/// A claim its owner marked `outcome-unknown`, at `now`: what an operator
+/// is asked to settle.
+async fn unknown_at(store: &dyn Store, rid: &RecordId, now: Timestamp) -> u64 {
+    let token = must_claim(store, claim_at(rid, "a", now)).await;
+    assert_eq!(
+        store.mark_unknown(rid, token, now).await.expect("mark"),
+        Write::Written
+    );
+    token
+}
+
+/// A claim completed with `resp` at `now`.
+async fn completed_at(
+    store: &dyn Store,
+    rid: &RecordId,
+    resp: StoredResponse,
+    now: Timestamp,
+) -> u64 {
+    let token = must_claim(store, claim_at(rid, "a", now)).await;
+    assert_eq!(complete(store, rid, token, resp, now).await, Write::Written);
+    token
+}
+
+fn is_wrong_state(refusal: &Result<Record, OperatorRefusal>) -> bool {
+    matches!(refusal, Err(OperatorRefusal::WrongState { .. }))
+}
+
+/// Operator: releasing a key marked `outcome-unknown` frees it (the next
+/// request executes, under a larger token); a live claim or a completed
+/// record is refused and left exactly as it was.
+pub async fn operator_release_frees_an_unknown_key_only(store: Arc<dyn Store>) {
+    let now = real_now();
+    let k = id("s", "op-unknown");
+    let token = unknown_at(&*store, &k, now).await;
+    let released = operate(&*store, &k, token, OperatorAction::Release, now)
+        .await
+        .expect("an unknown outcome is released");
+    assert!(released.token > token);
+    let next = must_claim(&*store, claim_at(&k, "a", now)).await;
+    assert!(
+        next > released.token,
+        "{token}, {} then {next}",
+        released.token
+    );
+    for (k, token) in [
+        (
+            id("s", "op-live"),
+            must_claim(&*store, claim_at(&id("s", "op-live"), "a", now)).await,
+        ),
+        (
+            id("s", "op-done"),
+            completed_at(&*store, &id("s", "op-done"), response(201, Some(b"x")), now).await,
+        ),
+    ] {
+        let before = store.get(&k).await.unwrap();
+        let refused = operate(&*store, &k, token, OperatorAction::Release, now).await;
+        assert!(is_wrong_state(&refused), "{k:?}: {refused:?}");
+        assert_eq!(store.get(&k).await.unwrap(), before, "{k:?} unchanged");
+    }
+    let (outcome, _) = existing(&*store, claim_at(&id("s", "op-done"), "a", now)).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+}
+
+/// Operator: a resolved outcome is what the next request with the same
+/// fingerprint replays, exactly; the owner's old token writes nothing.
+pub async fn operator_resolve_is_replayed_exactly(store: Arc<dyn Store>) {
+    let now = real_now();
+    let k = id("s", "op-resolve");
+    let token = unknown_at(&*store, &k, now).await;
+    let resp = response(201, Some(b"{\"resolved\":true}"));
+    let written = operate(&*store, &k, token, resolve(resp.clone()), now)
+        .await
+        .expect("an unknown outcome is resolved");
+    assert_eq!(written.response.as_ref(), Some(&resp));
+    assert_eq!(written.state, RecordState::Completed);
+    let (outcome, record) = existing(&*store, claim_at(&k, "a", now)).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response, Some(resp.clone()));
+    assert_eq!(
+        complete(&*store, &k, token, response(500, Some(b"late")), now).await,
+        Write::Fenced
+    );
+    let (outcome, _) = existing(&*store, claim_at(&k, "b", now)).await;
+    assert_eq!(outcome, ExistingOutcome::Mismatch);
+    // Resolving a live claim is refused.
+    let live = id("s", "op-resolve-live");
+    let token = must_claim(&*store, claim_at(&live, "a", now)).await;
+    let refused = operate(&*store, &live, token, resolve(resp), now).await;
+    assert!(is_wrong_state(&refused), "{refused:?}");
+}
+
+/// Operator: a token that is not the record's (stale, or made up) is
+/// refused with the current one and changes nothing; so is a second action
+/// taken on the reading a first one already used.
+pub async fn operator_stale_token_is_refused_and_changes_nothing(store: Arc<dyn Store>) {
+    let now = real_now();
+    let k = id("s", "op-stale");
+    let token = unknown_at(&*store, &k, now).await;
+    let before = store.get(&k).await.unwrap();
+    for wrong in [token.wrapping_sub(1), token.wrapping_add(1), 0, u64::MAX] {
+        for action in [
+            OperatorAction::Release,
+            resolve(response(201, Some(b"x"))),
+            purge(true),
+            purge(false),
+        ] {
+            assert_eq!(
+                operate(&*store, &k, wrong, action, now).await,
+                Err(OperatorRefusal::Changed { current: token })
+            );
+        }
+    }
+    assert_eq!(store.get(&k).await.unwrap(), before, "nothing changed");
+    let resolved = operate(&*store, &k, token, resolve(response(201, Some(b"x"))), now)
+        .await
+        .expect("resolved");
+    for action in [
+        OperatorAction::Release,
+        resolve(response(500, None)),
+        purge(false),
+    ] {
+        assert_eq!(
+            operate(&*store, &k, token, action, now).await,
+            Err(OperatorRefusal::Changed {
+                current: resolved.token
+            }),
+            "the same reading twice"
+        );
+    }
+    assert_eq!(store.get(&k).await.unwrap(), Some(resolved));
+    // Released, a second release on the same reading finds nothing.
+    let r = id("s", "op-stale-released");
+    let token = unknown_at(&*store, &r, now).await;
+    operate(&*store, &r, token, OperatorAction::Release, now)
+        .await
+        .expect("released");
+    assert!(operate(&*store, &r, token, OperatorAction::Release, now)
+        .await
+        .is_err());
+}
+
+/// Operator: purging with a tombstone erases the response, and the key
+/// stays spent (`key-expired`, `key-reused` for another request); without
+/// one the key is free. A live claim is never purged.
+pub async fn operator_purge_erases_the_response(store: Arc<dyn Store>) {
+    let now = real_now();
+    let k = id("s", "op-purge-kept");
+    let token = completed_at(&*store, &k, response(201, Some(b"secret")), now).await;
+    operate(&*store, &k, token, purge(true), now)
+        .await
+        .expect("a completed record is purged");
+    let stored = store.get(&k).await.unwrap().expect("the tombstone is kept");
+    if let Some(resp) = &stored.response {
+        assert!(resp.body.is_none() && resp.headers.is_empty(), "{resp:?}");
+    }
+    let (outcome, record) = existing(&*store, claim_at(&k, "a", now)).await;
+    assert_eq!(outcome, ExistingOutcome::Expired);
+    assert!(record
+        .response
+        .is_none_or(|r| r.body.is_none() && r.headers.is_empty()));
+    let (outcome, _) = existing(&*store, claim_at(&k, "b", now)).await;
+    assert_eq!(outcome, ExistingOutcome::Mismatch);
+
+    let g = id("s", "op-purge-gone");
+    let token = completed_at(&*store, &g, response(201, Some(b"secret")), now).await;
+    operate(&*store, &g, token, purge(false), now)
+        .await
+        .expect("purged");
+    let next = must_claim(&*store, claim_at(&g, "b", now)).await;
+    assert!(next > token);
+
+    let u = id("s", "op-purge-unknown");
+    let token = unknown_at(&*store, &u, now).await;
+    operate(&*store, &u, token, purge(true), now)
+        .await
+        .expect("an unknown outcome is purged");
+    assert_eq!(
+        existing(&*store, claim_at(&u, "a", now)).await.0,
+        ExistingOutcome::Expired
+    );
+
+    let live = id("s", "op-purge-live");
+    let token = must_claim(&*store, claim_at(&live, "a", now)).await;
+    let before = store.get(&live).await.unwrap();
+    for keep in [true, false] {
+        let refused = operate(&*store, &live, token, purge(keep), now).await;
+        assert!(is_wrong_state(&refused), "{refused:?}");
+    }
+    assert_eq!(store.get(&live).await.unwrap(), before);
+}
+
+/// Operator: no record, nothing to act on.
+pub async fn operator_on_an_absent_key_is_not_found(store: Arc<dyn Store>) {
+    let k = id("s", "op-never");
+    for action in [
+        OperatorAction::Release,
+        resolve(response(201, Some(b"x"))),
+        purge(true),
+        purge(false),
+    ] {
+        assert_eq!(
+            operate(&*store, &k, 1, action, real_now()).await,
+            Err(OperatorRefusal::NotFound)
+        );
+    }
+    assert!(
+        store.get(&k).await.unwrap().is_none(),
+        "nothing was written"
+    );
+}
+
+/// Listing: the records in the state asked for, in (claim time, scope,
+/// key) order, page after page with no duplicate and no gap; completed and
+/// released records are not listed.
+pub async fn list_pages_through_unsettled_records_in_claim_order(store: Arc<dyn Store>) {
+    let base = real_now();
+    let mut unknown = Vec::new();
+    let mut live = Vec::new();
+    for i in 0..11u64 {
+        // Pairs share a claim time (on the callers' clock): the identity
+        // breaks the tie. Scopes interleave so scope ordering matters.
+        let at = base.plus(Duration::from_millis(i / 2));
+        let k = id(["b", "a"][(i % 2) as usize], &format!("list-{i:02}"));
+        if i < 7 {
+            unknown_at(&*store, &k, at).await;
+            unknown.push(k);
+        } else {
+            must_claim(&*store, claim_at(&k, "a", at)).await;
+            live.push(k);
+        }
+    }
+    completed_at(
+        &*store,
+        &id("a", "list-done"),
+        response(201, Some(b"x")),
+        base,
+    )
+    .await;
+    let gone = id("a", "list-released");
+    let token = must_claim(&*store, claim_at(&gone, "a", base)).await;
+    assert_eq!(store.release(&gone, token).await.unwrap(), Write::Written);
+
+    for (state, expected) in [
+        (Unsettled::OutcomeUnknown, &unknown),
+        (Unsettled::InFlight, &live),
+    ] {
+        let mut seen: Vec<Record> = Vec::new();
+        let mut after = None;
+        for _ in 0..10 {
+            let page = store
+                .list(ListQuery {
+                    state,
+                    after: after.clone(),
+                    limit: 3,
+                    now: real_now(),
+                })
+                .await
+                .expect("list");
+            assert!(page.len() <= 3, "{state:?}: a page of {}", page.len());
+            let Some(last) = page.last() else { break };
+            after = Some(ListCursor::after(last));
+            seen.extend(page);
+        }
+        let keys: Vec<_> = seen.iter().map(|r| (r.claimed_at, r.id.clone())).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(keys, sorted, "{state:?}: oldest first, no duplicates");
+        let mut ids: Vec<_> = seen.iter().map(|r| r.id.clone()).collect();
+        ids.sort();
+        let mut want = expected.clone();
+        want.sort();
+        assert_eq!(ids, want, "{state:?}: every record, nothing else");
+        assert!(seen.iter().all(|r| state.holds(r, real_now())));
+    }
+    let all = store
+        .list(ListQuery {
+            state: Unsettled::OutcomeUnknown,
+            after: None,
+            limit: 100,
+            now: real_now(),
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 7, "one page holds them all");
+    let none = store
+        .list(ListQuery {
+            state: Unsettled::OutcomeUnknown,
+            after: Some(ListCursor::after(&all[6])),
+            limit: 100,
+            now: real_now(),
+        })
+        .await
+        .expect("list");
+    assert!(none.is_empty(), "nothing after the last: {none:?}");
+}
+
+/// Operator: many operators acting on one reading at once: exactly one is
+/// applied, every other is told the record changed.
+pub async fn operator_race_has_exactly_one_winner(store: Arc<dyn Store>) {
+    for (round, action) in [resolve(response(201, Some(b"x"))), OperatorAction::Release]
+        .into_iter()
+        .enumerate()
+    {
+        let k = id("s", &format!("op-race-{round}"));
+        let token = unknown_at(&*store, &k, real_now()).await;
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, k, barrier, action) =
+                    (store.clone(), k.clone(), barrier.clone(), action.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.operate(&k, token, action, real_now()).await.unwrap()
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut losers = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(record) => winners.push(record),
+                Err(refusal) => losers.push(refusal),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{}: exactly one applies", action.name());
+        let current = winners[0].token;
+        for refusal in losers {
+            // Every loser is told the record changed, and to what token.
+            assert_eq!(
+                refusal,
+                OperatorRefusal::Changed { current },
+                "{}",
+                action.name()
+            );
+        }
+    }
+}
+
+/// Operator, callers' clock: a claim whose lease ran out is listed as
+/// `outcome-unknown` (no longer in flight) and may be released or resolved;
+/// its owner coming back late is fenced and the resolution stands.
+pub async fn operator_settles_a_claim_whose_lease_ran_out(store: Arc<dyn Store>) {
+    let during = T0.plus(Duration::from_secs(5));
+    let after = T0.plus(Duration::from_secs(11));
+    let listed = |state, now| {
+        let store = store.clone();
+        async move {
+            store
+                .list(ListQuery {
+                    state,
+                    after: None,
+                    limit: 10,
+                    now,
+                })
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let k = id("s", "op-lease-released");
+    let r = id("s", "op-lease-resolved");
+    let released_token = must_claim(&*store, claim_at(&k, "a", T0)).await;
+    let token = must_claim(&*store, claim_at(&r, "a", T0)).await;
+    assert_eq!(
+        listed(Unsettled::InFlight, during).await,
+        vec![k.clone(), r.clone()]
+    );
+    assert!(listed(Unsettled::OutcomeUnknown, during).await.is_empty());
+    let refused = operate(&*store, &k, released_token, OperatorAction::Release, during).await;
+    assert!(is_wrong_state(&refused), "live: {refused:?}");
+    assert_eq!(
+        listed(Unsettled::OutcomeUnknown, after).await,
+        vec![k.clone(), r.clone()]
+    );
+    assert!(listed(Unsettled::InFlight, after).await.is_empty());
+
+    operate(&*store, &k, released_token, OperatorAction::Release, after)
+        .await
+        .expect("a lapsed lease is released");
+    let next = must_claim(&*store, claim_at(&k, "a", after)).await;
+    assert!(next > released_token);
+
+    let resp = response(202, Some(b"resolved"));
+    operate(&*store, &r, token, resolve(resp.clone()), after)
+        .await
+        .expect("a lapsed lease is resolved");
+    let late = T0.plus(Duration::from_secs(12));
+    assert_eq!(
+        complete(&*store, &r, token, response(500, Some(b"late")), late).await,
+        Write::Fenced
+    );
+    assert_eq!(
+        store
+            .renew(&r, token, late, late.plus(Duration::from_secs(10)))
+            .await
+            .unwrap(),
+        Write::Fenced
+    );
+    let (outcome, record) = existing(&*store, claim_at(&r, "a", late)).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response, Some(resp));
+    // Replayed for its retention from the decision, then key-expired.
+    let (outcome, _) = existing(
+        &*store,
+        claim_at(&r, "a", after.plus(Duration::from_secs(99))),
+    )
+    .await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    let (outcome, _) = existing(
+        &*store,
+        claim_at(&r, "a", after.plus(Duration::from_secs(100))),
+    )
+    .await;
+    assert_eq!(outcome, ExistingOutcome::Expired);
+    assert!(listed(Unsettled::OutcomeUnknown, late).await.is_empty());
 }

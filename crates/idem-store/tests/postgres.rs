@@ -230,7 +230,7 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
         .await
         .unwrap();
     assert_eq!(report.applied, vec![]);
-    assert_eq!(report.version, 3);
+    assert_eq!(report.version, 4);
 
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
@@ -252,7 +252,8 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
         vec![
             (1, "records".to_owned()),
             (2, "waiters".to_owned()),
-            (3, "attempts".to_owned())
+            (3, "attempts".to_owned()),
+            (4, "unsettled".to_owned())
         ]
     );
 
@@ -287,9 +288,14 @@ async fn migrate_on_a_fresh_schema_reports_what_it_applied() {
         .unwrap();
     assert_eq!(
         report.applied,
-        vec![(1, "records"), (2, "waiters"), (3, "attempts")]
+        vec![
+            (1, "records"),
+            (2, "waiters"),
+            (3, "attempts"),
+            (4, "unsettled")
+        ]
     );
-    assert_eq!(report.version, 3);
+    assert_eq!(report.version, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -733,7 +739,8 @@ async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
     let old = id("old");
     let token = must_claim(&store, claim(&old, T0)).await;
     drop(store);
-    // Back to version 2: no attempt column, no record of migration 3.
+    // Back to version 2: no attempt column, no listing index, no record
+    // of migrations 3 and 4.
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -741,7 +748,8 @@ async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
     client
         .batch_execute(&format!(
             "SET search_path = \"{}\"; ALTER TABLE idem_records DROP COLUMN attempt; \
-             DELETE FROM idem_schema_migrations WHERE version = 3",
+             DROP INDEX idem_records_unsettled_by_claimed_at; \
+             DELETE FROM idem_schema_migrations WHERE version >= 3",
             schema.0
         ))
         .await
@@ -749,7 +757,10 @@ async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
     let report = PostgresStore::migrate(&url(), options(&schema.0))
         .await
         .unwrap();
-    assert_eq!((report.applied, report.version), (vec![(3, "attempts")], 3));
+    assert_eq!(
+        (report.applied, report.version),
+        (vec![(3, "attempts"), (4, "unsettled")], 4)
+    );
     let store = PostgresStore::open(&url(), options(&schema.0))
         .await
         .unwrap();

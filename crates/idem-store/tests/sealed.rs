@@ -14,6 +14,7 @@ mod support;
 
 use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
+use idem_core::operator::OperatorAction;
 use idem_core::*;
 use idem_store::{
     is_sealed, Claim, Completion, KeyPosition, KeyRing, KeyRingError, MemoryStore, SealedStore,
@@ -259,6 +260,59 @@ async fn round_trip_is_exact_and_the_engine_sees_ciphertext(inner: Arc<dyn Store
     assert!(!contains(value.as_bytes(), COOKIE.as_bytes()));
 }
 
+/// An operator's resolution is sealed like a completion: the engine holds
+/// ciphertext only, the operator gets the plaintext back, and retries
+/// replay it exactly.
+async fn resolved_responses_are_sealed_and_replay_in_plaintext(inner: Arc<dyn Store>) {
+    let store = SealedStore::new(inner.clone(), KeyRing::new(KEY_A));
+    let rid = id("resolved");
+    let token = must_claim(&store, claim(&rid)).await;
+    assert_eq!(
+        store.mark_unknown(&rid, token, T0).await.expect("mark"),
+        Write::Written
+    );
+    let resolve = OperatorAction::Resolve {
+        response: secret_response(),
+        retention: retention().retention,
+        tombstone_retention: retention().tombstone_retention,
+    };
+    let written = store
+        .operate(&rid, token, resolve, T0)
+        .await
+        .expect("operate")
+        .expect("an unknown outcome is resolved");
+    assert_eq!(written.response, Some(secret_response()));
+
+    let stored = raw(&*inner, &rid).await;
+    assert!(is_sealed(&stored), "{stored:?}");
+    assert_eq!(stored.headers.len(), 1);
+    let body = stored.body.expect("a sealed body");
+    assert!(!contains(&body, CARD.as_bytes()));
+    assert!(!contains(&stored.headers[0].1, COOKIE.as_bytes()));
+
+    let (outcome, record) = existing(&store, claim(&rid)).await;
+    assert_eq!(outcome, ExistingOutcome::Replay);
+    assert_eq!(record.response, Some(secret_response()));
+    // A purge through the wrapper leaves nothing to open: key-expired.
+    let purged = store
+        .operate(
+            &rid,
+            written.token,
+            OperatorAction::Purge {
+                keep_tombstone: true,
+            },
+            T0,
+        )
+        .await
+        .expect("operate")
+        .expect("purged");
+    assert_eq!(purged.response, None);
+    assert_eq!(
+        existing(&store, claim(&rid)).await.0,
+        ExistingOutcome::Expired
+    );
+}
+
 /// Sealed under A: a ring (current B, older A) replays it and seals new
 /// records under B; a ring of B alone answers outcome-unknown.
 async fn rotation_opens_with_older_keys_only(inner: Arc<dyn Store>) {
@@ -476,6 +530,7 @@ macro_rules! wrapper_checks {
             not_replayable_stays_not_replayable,
             records_from_before_encryption_are_returned_as_stored,
             large_bodies_round_trip_and_tampering_is_caught,
+            resolved_responses_are_sealed_and_replay_in_plaintext,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

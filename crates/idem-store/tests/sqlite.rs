@@ -75,6 +75,21 @@ impl Store for TempStore {
     ) -> Result<SweepReport, idem_store::StoreError> {
         self.store.sweep(now, limit).await
     }
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: idem_core::operator::OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, idem_core::operator::OperatorRefusal>, idem_store::StoreError> {
+        self.store.operate(id, token, action, now).await
+    }
+    async fn list(
+        &self,
+        query: idem_store::ListQuery,
+    ) -> Result<Vec<Record>, idem_store::StoreError> {
+        self.store.list(query).await
+    }
     async fn ping(&self) -> Result<(), idem_store::StoreError> {
         self.store.ping().await
     }
@@ -637,7 +652,7 @@ async fn opens_in_wal_mode_with_full_sync() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 }
 
 /// The child half of [`acknowledged_outcomes_survive_kill_9`]: claims and
@@ -965,7 +980,7 @@ async fn a_version_1_file_is_upgraded_and_keeps_its_records() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2, "migrated on open");
+    assert_eq!(version, 3, "migrated on open");
     drop(raw);
     let flying = store.get(&id("flying")).await.unwrap().expect("kept");
     assert_eq!(

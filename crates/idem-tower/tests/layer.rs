@@ -288,6 +288,24 @@ impl Store for CompletionOutage {
     ) -> Result<idem_store::SweepReport, idem_store::StoreError> {
         self.inner.sweep(n, l).await
     }
+    async fn operate(
+        &self,
+        id: &idem_core::RecordId,
+        t: u64,
+        a: idem_core::operator::OperatorAction,
+        n: Timestamp,
+    ) -> Result<
+        Result<idem_core::Record, idem_core::operator::OperatorRefusal>,
+        idem_store::StoreError,
+    > {
+        self.inner.operate(id, t, a, n).await
+    }
+    async fn list(
+        &self,
+        q: idem_store::ListQuery,
+    ) -> Result<Vec<idem_core::Record>, idem_store::StoreError> {
+        self.inner.list(q).await
+    }
     async fn ping(&self) -> Result<(), idem_store::StoreError> {
         Ok(())
     }

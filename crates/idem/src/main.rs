@@ -9,6 +9,7 @@ mod audit;
 mod chaos;
 mod demo;
 mod gateway;
+mod keys;
 mod math;
 mod migrate;
 mod soak;
@@ -38,6 +39,10 @@ enum Command {
     /// Run a reverse proxy that enforces Stripe-style idempotency keys in
     /// front of an HTTP API.
     Gateway(gateway::GatewayArgs),
+    /// Operate on keys through a gateway's admin listener: get, list,
+    /// release (did not execute), resolve (did execute), purge. The admin
+    /// token comes from $IDEM_ADMIN_TOKEN (or --token-env NAME).
+    Keys(keys::KeysArgs),
     /// What a duplicate rate means at scale: expected duplicates per day and
     /// year, the chance of a duplicate-free day, the cost, and what N clean
     /// trials prove.
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => return finish(audit::run(*args)),
         Command::Demo(args) => return finish(demo::run(args)),
         Command::Gateway(args) => gateway::run(args),
+        Command::Keys(args) => return finish(keys::run(args)),
         Command::Math(args) => math::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Migrate(args) => migrate::run(args),

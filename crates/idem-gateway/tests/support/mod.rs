@@ -304,6 +304,18 @@ impl Store for FailingStore {
     ) -> Result<SweepReport, StoreError> {
         Err(injected("sweep"))
     }
+    async fn operate(
+        &self,
+        _id: &RecordId,
+        _token: u64,
+        _action: idem_core::operator::OperatorAction,
+        _now: idem_core::Timestamp,
+    ) -> Result<Result<Record, idem_core::operator::OperatorRefusal>, StoreError> {
+        Err(injected("operate"))
+    }
+    async fn list(&self, _query: idem_store::ListQuery) -> Result<Vec<Record>, StoreError> {
+        Err(injected("list"))
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         Err(injected("ping"))
     }

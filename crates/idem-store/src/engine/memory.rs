@@ -5,8 +5,9 @@
 //! and the layer hands the store a monotonic one.
 
 use super::*;
-use crate::{Store, StoreError, SweepReport};
+use crate::{ListQuery, Store, StoreError, SweepReport};
 use foldhash::quality::RandomState;
+use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
 use idem_core::RecordId;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -204,6 +205,38 @@ impl Store for MemoryStore {
             }
         }
         Ok(report)
+    }
+
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+        Ok(self.with_slot(id, |slot| {
+            let next = decide_operator(slot.as_ref(), token, &action, now)?;
+            *slot = Some(next.clone());
+            Ok(next)
+        }))
+    }
+
+    /// Scans every shard: fine for the admin API on one process's store.
+    async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError> {
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            found.extend(
+                map.values()
+                    .flatten()
+                    .filter(|r| query.state.holds(r, query.now))
+                    .filter(|r| query.after.as_ref().is_none_or(|c| c.precedes(r)))
+                    .cloned(),
+            );
+        }
+        found.sort_by(|a, b| (a.claimed_at, &a.id).cmp(&(b.claimed_at, &b.id)));
+        found.truncate(query.limit);
+        Ok(found)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -28,6 +28,13 @@
 //!   clock skews a lease or a retention and no extra round trip is made.
 //!   A sweep reads the server's clock once and ignores the caller's `now`.
 //!   Records come back with the server's times.
+//! - An operator's action ([`Store::operate`]) is one transaction: the row
+//!   is locked (`SELECT … FOR UPDATE`, reading the store's clock in the
+//!   same statement), [`decide_operator`] decides at that time, and the
+//!   whole record it returns is written back, announcing it to waiters as
+//!   an owner's final write does. The listing ([`Store::list`]) pages
+//!   through a partial index of in-flight and outcome-unknown rows in
+//!   (claim time, scope, key) order, keys compared bytewise.
 //! - The schema is created and upgraded by versioned migrations
 //!   (`idem_schema_migrations`) under an advisory lock, on open and by
 //!   `idem migrate`.
@@ -54,10 +61,13 @@ pub(super) mod wakeups;
 pub use schema::MigrationReport;
 
 use super::{apply_claim, offset, sweep_action, to_tombstone, SweepAction};
-use crate::{Claim, ClaimOutcome, Completion, Store, StoreClock, StoreError, SweepReport, Write};
+use crate::{
+    Claim, ClaimOutcome, Completion, ListQuery, Store, StoreClock, StoreError, SweepReport, Write,
+};
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
+use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
 use idem_core::{Record, RecordId, Scope, Timestamp};
 use rows::{read_record, Body, Corrupt, RowError, RowValues};
 use std::sync::Arc;
@@ -746,6 +756,103 @@ async fn sweep_on(
     Ok(report)
 }
 
+/// Applies an operator's action under the row lock, at the store's clock
+/// (`clock` is the `store_now!` parameter), and writes the decided record
+/// back whole (see the module documentation).
+async fn operate_on(
+    client: &mut Object,
+    id: &RecordId,
+    token: u64,
+    action: &OperatorAction,
+    clock: Option<i64>,
+    announcement: &str,
+) -> Result<Result<Record, OperatorRefusal>, RowError> {
+    let (scope, key) = (id.scope.as_str(), id.key.as_str());
+    let tx = client.transaction().await?;
+    let lock = tx.prepare_cached(rows::SELECT_FOR_UPDATE_AT).await?;
+    let Some(row) = tx.query_opt(&lock, &[&scope, &key, &clock]).await? else {
+        tx.rollback().await?;
+        return Ok(Err(OperatorRefusal::NotFound));
+    };
+    let record = read_record(&row, 0, id.clone(), Body::Load)?;
+    let now = Timestamp(row.try_get(rows::COLUMNS)?);
+    let next = match decide_operator(Some(&record), token, action, now) {
+        Ok(next) => next,
+        Err(refusal) => {
+            tx.rollback().await?;
+            return Ok(Err(refusal));
+        }
+    };
+    let write = tx.prepare_cached(rows::OPERATOR_WRITE).await?;
+    let values = RowValues::of(&next)?;
+    let mut params = values.params().to_vec();
+    params.push(&announcement);
+    let row = tx.query_one(&write, &params).await?;
+    if row.try_get::<_, i64>(0)? != 1 {
+        // The row is locked, so it cannot have gone: treat it as damage
+        // rather than claim a write that did not happen.
+        return Err(RowError::Corrupt(Corrupt(
+            "the locked record was not updated".into(),
+        )));
+    }
+    tx.commit().await?;
+    Ok(Ok(next))
+}
+
+/// Pages through the unsettled rows after the cursor and keeps those that
+/// hold `query.state` at the store's clock (`clock` is the `store_now!`
+/// parameter), until `query.limit` records or the end.
+async fn list_on(
+    client: &mut Object,
+    query: &ListQuery,
+    clock: Option<i64>,
+) -> Result<Vec<Record>, RowError> {
+    let mut found = Vec::new();
+    if query.limit == 0 {
+        return Ok(found);
+    }
+    let stmt = client.prepare_cached(rows::NOW).await?;
+    let now = Timestamp(client.query_one(&stmt, &[&clock]).await?.try_get(0)?);
+    let page = client.prepare_cached(rows::LIST_PAGE).await?;
+    let mut after: Option<(i64, String, String)> = query.after.as_ref().map(|c| {
+        (
+            c.claimed_at.as_millis(),
+            c.id.scope.as_str().to_owned(),
+            c.id.key.as_str().to_owned(),
+        )
+    });
+    // Pages a little larger than what is still wanted: rows of the other
+    // unsettled state are skipped in Rust.
+    let size = i64::try_from(query.limit.clamp(16, 1_000)).unwrap_or(1_000);
+    loop {
+        let (at, scope, key) = match &after {
+            Some((at, scope, key)) => (Some(*at), Some(scope.as_str()), Some(key.as_str())),
+            None => (None, None, None),
+        };
+        let rows = client.query(&page, &[&at, &scope, &key, &size]).await?;
+        let full = rows.len() as i64 == size;
+        for row in &rows {
+            let scope: String = row.try_get(0)?;
+            let key: String = row.try_get(1)?;
+            let id = RecordId {
+                scope: Scope::from_stored(scope.as_str()),
+                key: rows::key_from_stored(&key)?,
+            };
+            let record = read_record(row, 2, id, Body::Load)?;
+            after = Some((record.claimed_at.as_millis(), scope, key));
+            if query.state.holds(&record, now) {
+                found.push(record);
+                if found.len() >= query.limit {
+                    return Ok(found);
+                }
+            }
+        }
+        if !full {
+            return Ok(found);
+        }
+    }
+}
+
 /// (scope, key) pairs as two arrays, for `unnest`.
 #[derive(Default)]
 struct Keys {
@@ -851,6 +958,36 @@ impl Store for PostgresStore {
             self.options.operation_timeout * 10,
             move |client| Box::pin(sweep_on(client, clock, limit)),
         )
+        .await
+    }
+
+    /// With [`StoreClock::Server`] `now` is ignored: the action is decided
+    /// at the database server's clock, read under the row lock.
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+        let clock = self.clock_param(now);
+        let announcement = announcement(&self.namespace, id);
+        let id = id.clone();
+        self.run("operate", self.options.operation_timeout, move |client| {
+            Box::pin(
+                async move { operate_on(client, &id, token, &action, clock, &announcement).await },
+            )
+        })
+        .await
+    }
+
+    /// With [`StoreClock::Server`] `query.now` is ignored: states are read
+    /// at the database server's clock.
+    async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError> {
+        let clock = self.clock_param(query.now);
+        self.run("list", self.options.operation_timeout * 10, move |client| {
+            Box::pin(async move { list_on(client, &query, clock).await })
+        })
         .await
     }
 

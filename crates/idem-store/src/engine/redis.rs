@@ -35,6 +35,17 @@
 //!   key (`PUBLISH` on `<prefix>:chg`; on a cluster `SPUBLISH` on the shard
 //!   channel `<prefix>:{<shard>}:chg` of the record's slot). One subscriber
 //!   connection per store, opened by the first wait.
+//! - An operator's action ([`Store::operate`]) reads the record and the
+//!   store's clock in one script, lets [`decide_operator`] decide in Rust,
+//!   and writes the whole record it returns with a compare-and-set script
+//!   (written only if state, token and horizons are still as read; else
+//!   read and decide again), which moves the key's expiry and due index
+//!   and announces to waiters as the owner's final scripts do.
+//! - Listing ([`Store::list`]) has no index by claim time: it reads every
+//!   shard's due index (which holds every record) and the state of each
+//!   record in it, then sorts. It is O(records) (a limit to note: meant
+//!   for an operator's occasional look, not for a hot path), and works the
+//!   same on Redis Cluster (each shard is one slot).
 //! - The key prefix is [`RedisOptions::prefix`], or the URL's idem
 //!   parameter `prefix=NAME`.
 //! - `rediss://` connects over TLS, checking the server's certificate
@@ -56,11 +67,14 @@ use super::postgres::wakeups;
 mod wakeups;
 
 use super::offset;
-use crate::{Claim, ClaimOutcome, Completion, Store, StoreClock, StoreError, SweepReport, Write};
+use crate::{
+    Claim, ClaimOutcome, Completion, ListQuery, Store, StoreClock, StoreError, SweepReport, Write,
+};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use codec::{due_key, record_key, SHARDS};
+use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
 use idem_core::{decide_claim, ClaimDecision, Record, RecordId, Timestamp};
 use scripts::SCRIPTS;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,6 +84,12 @@ use wakeups::Wakeups;
 
 /// Most records one sweep script acts on.
 const SWEEP_CHUNK: usize = 100;
+
+/// How often an operator's action is decided again when the record changed
+/// between its read and its compare-and-set write. Each retry means a
+/// concurrent write to the same key (after which the action is most often
+/// refused as `Changed`), so a few suffice.
+const OPERATE_ATTEMPTS: usize = 8;
 
 /// Largest integer a Lua number (a double) holds exactly.
 const MAX_EXACT: i64 = (1 << 53) - 1;
@@ -492,7 +512,12 @@ impl RedisStore {
     /// The store's clock for a sweep: the server's `TIME`, or the caller's
     /// `now` with [`StoreClock::Caller`].
     async fn sweep_clock(&self, now: Timestamp) -> Result<i64, StoreError> {
-        let op = "sweep";
+        self.store_clock("sweep", now).await
+    }
+
+    /// The store's clock read once for operation `op`: the server's `TIME`,
+    /// or the caller's `now` with [`StoreClock::Caller`].
+    async fn store_clock(&self, op: &'static str, now: Timestamp) -> Result<i64, StoreError> {
         if self.options.clock == StoreClock::Caller {
             return exact(op, "time", now.as_millis());
         }
@@ -506,6 +531,96 @@ impl RedisStore {
             .and_then(|ms| ms.checked_add(micros / 1000))
             .ok_or_else(|| fail(op, format!("the server's clock reads {secs} s")))?;
         exact(op, "the server's time", ms)
+    }
+
+    /// Where the final writes announce a record: channel and command.
+    fn announce_args(&self, id: &RecordId) -> (String, &'static str) {
+        let prefix = &self.options.prefix;
+        match self.subscriber {
+            Subscriber::Single(_) => (codec::channel(prefix, None), "PUBLISH"),
+            Subscriber::Cluster { .. } => {
+                (codec::channel(prefix, Some(codec::shard(id))), "SPUBLISH")
+            }
+        }
+    }
+
+    /// One operator attempt: read, decide, compare-and-set. `None` when
+    /// the record changed between the read and the write.
+    async fn operate_once(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: &OperatorAction,
+        clock: &str,
+    ) -> Result<Option<Result<Record, OperatorRefusal>>, StoreError> {
+        let op = "operate";
+        let prefix = &self.options.prefix;
+        let key = record_key(prefix, id);
+        let mut read = SCRIPTS.operator_read.key(&key);
+        read.arg(clock);
+        let reply = self.invoke(op, read).await?;
+        let Value::Array(items) = reply else {
+            return Err(fail(op, format!("unexpected script reply {reply:?}")));
+        };
+        let mut items = items.into_iter();
+        let (hash, now) = match (items.next(), items.next()) {
+            (Some(hash), Some(Value::Int(now))) => (hash, now),
+            (a, b) => return Err(fail(op, format!("unexpected script reply [{a:?}, {b:?}]"))),
+        };
+        let stored = codec::record_from_hash(id.clone(), hash)
+            .map_err(|e| StoreError::new(ENGINE, op, e))?;
+        let next = match decide_operator(stored.as_ref(), token, action, Timestamp(now)) {
+            Ok(next) => next,
+            Err(refusal) => return Ok(Some(Err(refusal))),
+        };
+        // decide_operator refuses an absent record, so there is one.
+        let Some(old) = stored else {
+            return Err(fail(
+                op,
+                "decide_operator accepted an absent record (a bug)",
+            ));
+        };
+        exact(
+            op,
+            "fencing token",
+            i64::try_from(next.token).unwrap_or(i64::MAX),
+        )?;
+        let (status, headers, body) = match &next.response {
+            Some(r) => (
+                r.status.to_string(),
+                codec::encode_headers(&r.headers).map_err(|e| StoreError::new(ENGINE, op, e))?,
+                r.body.as_ref(),
+            ),
+            None => (String::new(), Vec::new(), None),
+        };
+        let (channel, publish) = self.announce_args(id);
+        let mut write = SCRIPTS.operator_write.key(&key);
+        write
+            .key(due_key(prefix, codec::shard(id)))
+            .arg(clock)
+            .arg(old.state.code())
+            .arg(old.token.to_string())
+            .arg(old.lease_until.as_millis())
+            .arg(old.expires_at.as_millis())
+            .arg(old.tombstone_until.as_millis())
+            .arg(next.state.code())
+            .arg(next.token.to_string())
+            .arg(next.lease_until.as_millis())
+            .arg(next.expires_at.as_millis())
+            .arg(next.tombstone_until.as_millis())
+            .arg(if next.response.is_some() { "1" } else { "0" })
+            .arg(status)
+            .arg(headers)
+            .arg(if body.is_some() { "1" } else { "0" })
+            .arg(body.map(|b| &b[..]).unwrap_or_default())
+            .arg(self.grace_ms())
+            .arg(channel)
+            .arg(publish);
+        match self.invoke(op, write).await? {
+            Value::Int(1) => Ok(Some(Ok(next))),
+            Value::Int(0) => Ok(None),
+            other => Err(fail(op, format!("unexpected script reply {other:?}"))),
+        }
     }
 
     fn grace_ms(&self) -> i64 {
@@ -919,6 +1034,96 @@ impl Store for RedisStore {
             }
         }
         Ok(report)
+    }
+
+    /// With [`StoreClock::Server`] `now` is ignored: the action is decided
+    /// at the server's `TIME`, read with the record.
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+        let op = "operate";
+        let clock = self.clock_arg(op, now)?;
+        for _ in 0..OPERATE_ATTEMPTS {
+            if let Some(outcome) = self.operate_once(id, token, &action, &clock).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(fail(
+            op,
+            format!("the record changed {OPERATE_ATTEMPTS} times in a row while deciding"),
+        ))
+    }
+
+    /// O(records): reads every shard's due index and the state of every
+    /// record in it (see the module documentation). With
+    /// [`StoreClock::Server`] `query.now` is ignored: states are read at
+    /// the server's `TIME`, read once at the start.
+    async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError> {
+        let op = "list";
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = Timestamp(self.store_clock(op, query.now).await?);
+        let prefix = &self.options.prefix;
+        let mut found: Vec<Record> = Vec::new();
+        for shard in 0..SHARDS {
+            let due = due_key(prefix, shard);
+            let members: Vec<Vec<u8>> = self
+                .call(op, move |mut conn| {
+                    Box::pin(async move {
+                        ::redis::cmd("ZRANGE")
+                            .arg(due)
+                            .arg(0)
+                            .arg(-1)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                })
+                .await?;
+            for chunk in members.chunks(SWEEP_CHUNK) {
+                let mut invocation = SCRIPTS.list.key(&chunk[0][..]);
+                for key in &chunk[1..] {
+                    invocation.key(&key[..]);
+                }
+                let reply = self.invoke(op, invocation).await?;
+                let Value::Array(hashes) = reply else {
+                    return Err(fail(op, format!("unexpected script reply {reply:?}")));
+                };
+                if hashes.len() != chunk.len() {
+                    return Err(fail(op, "the listing script skipped records"));
+                }
+                for (key, hash) in chunk.iter().zip(hashes) {
+                    if hash == Value::Nil {
+                        continue;
+                    }
+                    let id = codec::id_from_record_key(prefix, key)
+                        .map_err(|e| StoreError::new(ENGINE, op, e))?;
+                    let Some(record) = codec::record_from_hash(id, hash)
+                        .map_err(|e| StoreError::new(ENGINE, op, e))?
+                    else {
+                        continue; // expired in between
+                    };
+                    if query.state.holds(&record, now)
+                        && query.after.as_ref().is_none_or(|c| c.precedes(&record))
+                    {
+                        found.push(record);
+                    }
+                }
+            }
+            // Keep only what can still be on the page, so memory stays
+            // bounded by the limit rather than by the matching records.
+            if found.len() > query.limit * 2 {
+                found.sort_by(|a, b| (a.claimed_at, &a.id).cmp(&(b.claimed_at, &b.id)));
+                found.truncate(query.limit);
+            }
+        }
+        found.sort_by(|a, b| (a.claimed_at, &a.id).cmp(&(b.claimed_at, &b.id)));
+        found.truncate(query.limit);
+        Ok(found)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -28,8 +28,9 @@ mod rows;
 mod schema;
 mod writer;
 
-use crate::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
+use crate::{Claim, ClaimOutcome, Completion, ListQuery, Store, StoreError, SweepReport, Write};
 use idem_core::decision::ExistingOutcome;
+use idem_core::operator::{OperatorAction, OperatorRefusal};
 use idem_core::{Record, RecordId, Timestamp};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -321,6 +322,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// Decided and written in the writer's transaction, like an owner's
+    /// write: the read, the decision and the write are one atomic step,
+    /// also against other processes sharing the file.
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+        let id = id.clone();
+        self.call("operate", move |reply| Op::Operate {
+            id,
+            token,
+            action: Box::new(action),
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// On a reader, off the writer's thread: a listing never delays a
+    /// claim.
+    async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.list(&query))
+            .await
+            .unwrap_or_else(|e| Err(fail("list", format!("the read task failed: {e}"))))
+    }
+
     /// Goes through the writer: healthy means the writer is alive and can
     /// take the write lock, not only that the file can be read.
     async fn ping(&self) -> Result<(), StoreError> {
@@ -368,6 +399,15 @@ impl Readers {
             .take()
             .map_err(|e| fail("get", format!("cannot open a read connection: {e}")))?;
         let result = rows::load(&conn, id).map_err(|e| rows::row_error("get", e));
+        self.put(conn);
+        result
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Vec<Record>, StoreError> {
+        let conn = self
+            .take()
+            .map_err(|e| fail("list", format!("cannot open a read connection: {e}")))?;
+        let result = rows::list(&conn, query).map_err(|e| rows::row_error("list", e));
         self.put(conn);
         result
     }

@@ -192,6 +192,18 @@ impl<S: Store> Store for Cleaned<S> {
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
         self.inner().sweep(now, limit).await
     }
+    async fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: idem_core::operator::OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, idem_core::operator::OperatorRefusal>, StoreError> {
+        self.inner().operate(id, token, action, now).await
+    }
+    async fn list(&self, query: idem_store::ListQuery) -> Result<Vec<Record>, StoreError> {
+        self.inner().list(query).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner().ping().await
     }

@@ -105,6 +105,38 @@ pub(super) const OVERWRITE: &str = "UPDATE idem_records SET state = $3, token = 
      header_values = $14, body = $15, attempt = $16, waiters = (waiters AND token = $4) \
      WHERE scope = $1 AND key = $2";
 
+/// An operator's write ([`crate::Store::operate`]) of the record
+/// [`idem_core::operator::decide_operator`] returned, over the row locked
+/// by [`SELECT_FOR_UPDATE_AT`]: every column, as [`OVERWRITE`]. The action
+/// finishes the claim as far as waiters are concerned, so they are
+/// announced (`$17`) when the row was marked before the write (`old` reads
+/// the statement's snapshot, before the update). Returns (rows updated,
+/// notifications sent).
+pub(super) const OPERATOR_WRITE: &str =
+    "WITH old AS (SELECT waiters FROM idem_records WHERE scope = $1 AND key = $2), \
+     w AS (UPDATE idem_records SET state = $3, token = $4, \
+     fp_version = $5, fp_digest = $6, lease_until = $7, expires_at = $8, tombstone_until = $9, \
+     claimed_at = $10, has_response = $11, status = $12, header_names = $13, \
+     header_values = $14, body = $15, attempt = $16, waiters = (waiters AND token = $4) \
+     WHERE scope = $1 AND key = $2 RETURNING 1), \
+     n AS (SELECT pg_notify('idem_changed', $17) FROM old WHERE waiters) \
+     SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM n)";
+
+/// One page of records that may wait for an outcome (in flight or marked
+/// outcome-unknown: state 1 or 3), strictly after the cursor (`$1`..`$3`,
+/// all NULL for the first page), in the listing order (claim time, then
+/// scope and key bytewise), at most `$4`; the index of schema version 4
+/// serves it. Which of them hold the state asked for is decided in Rust
+/// (`Unsettled::holds`) at the store's clock.
+pub(super) const LIST_PAGE: &str = concat!(
+    "SELECT scope, key, ",
+    record_columns!(),
+    " FROM idem_records WHERE state IN (1, 3) AND ($1::bigint IS NULL OR \
+     (claimed_at, scope COLLATE \"C\", key COLLATE \"C\") > \
+     ($1::bigint, $2::text COLLATE \"C\", $3::text COLLATE \"C\")) \
+     ORDER BY claimed_at, scope COLLATE \"C\", key COLLATE \"C\" LIMIT $4"
+);
+
 /// The store's clock alone (`$1`: see [`store_now!`]), for a sweep.
 pub(super) const NOW: &str = concat!("SELECT ", store_now!("$1"));
 

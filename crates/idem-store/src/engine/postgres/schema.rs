@@ -33,10 +33,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "attempts",
         sql: V3_ATTEMPTS,
     },
+    Migration {
+        version: 4,
+        name: "unsettled",
+        sql: V4_UNSETTLED,
+    },
 ];
 
 /// The schema version this build writes.
-pub(super) const LATEST: i32 = 3;
+pub(super) const LATEST: i32 = 4;
 
 /// One table keyed by (scope, key), as the SQLite engine's. Headers are two
 /// parallel arrays (names, values), both NULL when there are none, and the
@@ -75,6 +80,15 @@ CREATE INDEX idem_records_released_by_lease_until
 /// final write then announces it with `pg_notify`. A new claim of the row
 /// clears it. (A constant default: PostgreSQL 11 and later add the column
 /// without rewriting the table.)
+/// The admin API's listing of records waiting for an outcome (in flight or
+/// marked outcome-unknown), in its order: claim time, then scope and key
+/// compared bytewise (`COLLATE "C"`, as `RecordId` orders them), so a page
+/// is an index range scan whatever the database's collation.
+const V4_UNSETTLED: &str = r#"
+CREATE INDEX idem_records_unsettled_by_claimed_at
+    ON idem_records (claimed_at, scope COLLATE "C", key COLLATE "C") WHERE state IN (1, 3);
+"#;
+
 const V2_WAITERS: &str = "
 ALTER TABLE idem_records ADD COLUMN waiters boolean NOT NULL DEFAULT false;
 ";

@@ -2,7 +2,9 @@
 
 use ::redis::Value;
 use bytes::Bytes;
-use idem_core::{Fingerprint, Record, RecordId, RecordState, StoredResponse, Timestamp};
+use idem_core::{
+    Fingerprint, IdempotencyKey, Record, RecordId, RecordState, Scope, StoredResponse, Timestamp,
+};
 use std::fmt;
 
 /// Shards of the key space. Each shard is one hash tag, so one Redis
@@ -51,6 +53,44 @@ pub(super) fn record_key(prefix: &str, id: &RecordId) -> String {
         scope.len(),
         id.key.as_str()
     )
+}
+
+/// The identity a record key ([`record_key`]) names. Keys are stored
+/// unquoted, and a key may itself start with `"`, so it is re-quoted as a
+/// structured-field string before going through the one parser (as the
+/// SQL engines do).
+pub(super) fn id_from_record_key(prefix: &str, key: &[u8]) -> Result<RecordId, Corrupt> {
+    let damaged = || Corrupt(format!("record key {:?}", String::from_utf8_lossy(key)));
+    let key = std::str::from_utf8(key).map_err(|_| damaged())?;
+    // `<prefix>:{NNN}:r:` is the prefix, 3 hex digits in braces, `:r:`.
+    let rest = key
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix(":{"))
+        .filter(|r| r.len() > 7 && r.is_char_boundary(3) && r.is_char_boundary(7))
+        .and_then(|r| r[3..].strip_prefix("}:r:"))
+        .ok_or_else(damaged)?;
+    let (len, rest) = rest.split_once(':').ok_or_else(damaged)?;
+    let len: usize = len.parse().map_err(|_| damaged())?;
+    if rest.len() <= len || !rest.is_char_boundary(len) {
+        return Err(damaged());
+    }
+    let (scope, rest) = rest.split_at(len);
+    let stored = rest.strip_prefix(':').ok_or_else(damaged)?;
+    let mut quoted = String::with_capacity(stored.len() + 2);
+    quoted.push('"');
+    for c in stored.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    let parsed = IdempotencyKey::parse(quoted.as_bytes())
+        .map_err(|e| Corrupt(format!("stored key {stored:?}: {e}")))?;
+    Ok(RecordId {
+        scope: Scope::from_stored(scope),
+        key: parsed,
+    })
 }
 
 /// `<prefix>:{<shard>}:due`: the shard's due index.

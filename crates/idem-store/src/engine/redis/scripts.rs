@@ -271,6 +271,78 @@ end
 return {tombstoned, deleted}
 ";
 
+/// KEYS: record. ARGV: clock ('' for the server's). An operator's read:
+/// returns `{HGETALL, now}`, `now` being the clock `decide_operator` then
+/// decides at (in Rust; [`OPERATOR_WRITE`] writes its answer).
+const OPERATOR_READ: &str = r"
+return {redis.call('HGETALL', KEYS[1]), clock(ARGV[1])}
+";
+
+/// KEYS: record, due index. ARGV: clock ('' for the server's); the `st`,
+/// `tok`, `lease`, `exp`, `tomb` read by [`OPERATOR_READ`]; the new `st`,
+/// `tok`, `lease`, `exp`, `tomb`, `hr`, status ('' for none), encoded
+/// headers ('' for none), has body ('1'/'0'), body; TTL grace (ms);
+/// announcement channel, publish command.
+///
+/// A compare-and-set: the decision was made in Rust on what was read, so
+/// it is written only if none of the fields that any other write changes
+/// moved since (an owner's writes and a claim change `st`, `tok` or the
+/// horizons; a sweep deletes the record or drops a payload that the
+/// operator's record replaces anyway). Returns 1 (written) or 0 (changed:
+/// read and decide again). Key expiry and the due index follow the new
+/// horizons as in the other scripts; waiters are announced, since the
+/// claim they wait on is settled now, and the mark goes with it.
+const OPERATOR_WRITE: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lease', 'exp', 'tomb')
+for i = 1, 5 do
+  if tonumber(f[i]) == nil or tonumber(f[i]) ~= tonumber(ARGV[i + 1]) then return 0 end
+end
+local now = clock(ARGV[1])
+local st, lease, exp, tomb = tonumber(ARGV[7]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+redis.call('HSET', KEYS[1], 'st', ARGV[7], 'tok', ARGV[8], 'lease', ARGV[9], 'exp', ARGV[10],
+  'tomb', ARGV[11], 'hr', ARGV[12])
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[13])
+else
+  redis.call('HDEL', KEYS[1], 'status')
+end
+local payload = false
+if ARGV[14] ~= '' then
+  redis.call('HSET', KEYS[1], 'hdr', ARGV[14])
+  payload = true
+else
+  redis.call('HDEL', KEYS[1], 'hdr')
+end
+if ARGV[15] == '1' then
+  redis.call('HSET', KEYS[1], 'body', ARGV[16])
+  payload = true
+else
+  redis.call('HDEL', KEYS[1], 'body')
+end
+local horizon = math.max(lease, tomb)
+redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[17])))
+redis.call('ZADD', KEYS[2], fmt(due(st, lease, exp, tomb, payload)), KEYS[1])
+announce(KEYS[1], ARGV[18], ARGV[19])
+redis.call('HDEL', KEYS[1], 'w')
+return 1
+";
+
+/// KEYS: records of one shard (from its due index). For the listing:
+/// each record's HGETALL if it is in flight or marked outcome-unknown
+/// (state 1 or 3), else `false`, in the order of KEYS.
+const LIST: &str = r"
+local out = {}
+for i = 1, #KEYS do
+  local st = redis.call('HGET', KEYS[i], 'st')
+  if st == '1' or st == '3' then
+    out[i] = redis.call('HGETALL', KEYS[i])
+  else
+    out[i] = false
+  end
+end
+return out
+";
+
 /// The scripts, each prefixed with the shared helpers.
 pub(super) struct Scripts {
     pub(super) claim: Script,
@@ -280,6 +352,9 @@ pub(super) struct Scripts {
     pub(super) release: Script,
     pub(super) sweep: Script,
     pub(super) mark_waited: Script,
+    pub(super) operator_read: Script,
+    pub(super) operator_write: Script,
+    pub(super) list: Script,
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
@@ -292,6 +367,9 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         release: with_helpers(RELEASE),
         sweep: with_helpers(SWEEP),
         mark_waited: Script::new(MARK_WAITED),
+        operator_read: with_helpers(OPERATOR_READ),
+        operator_write: with_helpers(OPERATOR_WRITE),
+        list: Script::new(LIST),
     }
 });
 

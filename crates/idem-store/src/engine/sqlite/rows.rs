@@ -3,7 +3,7 @@
 
 use super::codec::{self, Body, Corrupt, RowError};
 use crate::engine::{sweep_action, to_tombstone, SweepAction};
-use crate::{StoreError, SweepReport};
+use crate::{ListQuery, StoreError, SweepReport, Unsettled};
 use bytes::Bytes;
 use idem_core::{Record, RecordId, RecordState, Scope, Timestamp};
 use rusqlite::types::ValueRef;
@@ -85,6 +85,93 @@ pub(super) fn load(conn: &Connection, id: &RecordId) -> Result<Option<Record>, R
     })
     .optional()
     .map_err(RowError::from)
+}
+
+/// [`list`]'s queries, from the oldest and after a cursor: the rows
+/// waiting for an outcome that read as `query.state` at `?1`
+/// ([`Record::effective`]'s rules in SQL; [`list`] checks each row with
+/// them again). `state IN (1, 3)` is written as the partial index
+/// `idem_records_unsettled_by_claimed_at` says it, so SQLite uses it and
+/// reads the rows already in order; the unary `+` keeps it from choosing
+/// the sweep's index on `tombstone_until` instead (and sorting).
+macro_rules! list_sql {
+    ($condition:literal, $after:literal) => {
+        concat!(
+            "SELECT scope, key, ",
+            record_columns!(),
+            " FROM idem_records WHERE state IN (1, 3) AND ",
+            $condition,
+            $after,
+            " ORDER BY claimed_at, scope, key LIMIT ?2"
+        )
+    };
+}
+
+/// `[state][has cursor]`: the SQL of a listing. In flight: a lease that
+/// holds. Outcome unknown: marked so or a lease that ran out, inside
+/// retention.
+pub(super) const LIST_QUERIES: [[&str; 2]; 2] = [
+    [
+        list_sql!("state = 1 AND lease_until > ?1", ""),
+        list_sql!(
+            "state = 1 AND lease_until > ?1",
+            " AND (claimed_at, scope, key) > (?3, ?4, ?5)"
+        ),
+    ],
+    [
+        list_sql!(
+            "NOT (state = 1 AND lease_until > ?1) AND +expires_at > ?1 AND +tombstone_until > ?1",
+            ""
+        ),
+        list_sql!(
+            "NOT (state = 1 AND lease_until > ?1) AND +expires_at > ?1 AND +tombstone_until > ?1",
+            " AND (claimed_at, scope, key) > (?3, ?4, ?5)"
+        ),
+    ],
+];
+
+/// The records of a [`ListQuery`] page, in listing order.
+pub(super) fn list(conn: &Connection, query: &ListQuery) -> Result<Vec<Record>, RowError> {
+    let by_state = match query.state {
+        Unsettled::InFlight => 0,
+        Unsettled::OutcomeUnknown => 1,
+    };
+    let sql = LIST_QUERIES[by_state][usize::from(query.after.is_some())];
+    let mut stmt = conn.prepare_cached(sql)?;
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    let read = |row: &rusqlite::Row<'_>| {
+        let scope: String = row.get(0)?;
+        let key: String = row.get(1)?;
+        let id = RecordId {
+            scope: Scope::from_stored(scope),
+            key: codec::key_from_stored(&key).map_err(RowError::Corrupt)?,
+        };
+        Ok(codec::read_record(row, 2, id, Body::Load)?)
+    };
+    let now = query.now.as_millis();
+    let rows = match &query.after {
+        None => stmt.query_map(params![now, limit], read)?,
+        Some(after) => stmt.query_map(
+            params![
+                now,
+                limit,
+                after.claimed_at.as_millis(),
+                after.id.scope.as_str(),
+                after.id.key.as_str()
+            ],
+            read,
+        )?,
+    };
+    let mut found = Vec::new();
+    for record in rows {
+        let record = record?;
+        // The SQL says the same; the engine-independent rule has the last
+        // word.
+        if query.state.holds(&record, query.now) {
+            found.push(record);
+        }
+    }
+    Ok(found)
 }
 
 /// [`load_for_claim`]'s query.

@@ -11,12 +11,13 @@ use std::time::Duration;
 /// refused.
 ///
 /// 1. the records table and its indexes ([`SCHEMA_V1`]);
-/// 2. the claim's attempt nonce ([`MIGRATION_V2`]).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// 2. the claim's attempt nonce ([`MIGRATION_V2`]);
+/// 3. the index of the operators' listing ([`MIGRATION_V3`]).
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// `MIGRATIONS[v]` brings a file of version `v` to `v + 1`. Released
 /// entries are never edited: a change is a new entry.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, MIGRATION_V2];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, MIGRATION_V2, MIGRATION_V3];
 
 /// One table keyed by (scope, key). Headers are NULL when there are none
 /// and the body is NULL when it is not replayable, so "the response still
@@ -52,6 +53,15 @@ CREATE INDEX IF NOT EXISTS idem_records_released_by_lease_until
 /// Rows of version 1 read 0: unknown, never matched by a retried claim.
 const MIGRATION_V2: &str = "
 ALTER TABLE idem_records ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+";
+
+/// The records waiting for an outcome (in flight or outcome-unknown) in
+/// the order the operators' listing pages through them (`Store::list`):
+/// a page reads only its own rows, however many completed records the file
+/// holds. Partial, so completing a record takes it out of the index.
+const MIGRATION_V3: &str = "
+CREATE INDEX IF NOT EXISTS idem_records_unsettled_by_claimed_at
+    ON idem_records (claimed_at, scope, key) WHERE state IN (1, 3);
 ";
 
 /// The code of `RecordState::Released` as written in the SQL above and in
@@ -277,7 +287,13 @@ mod tests {
                 "USING INDEX idem_records_with_payload_by_expires_at",
             ),
         ];
-        for (sql, index) in expected {
+        // The operators' listing reads its rows in order from its index:
+        // no scan of the table, no sort.
+        let listing = super::super::rows::LIST_QUERIES
+            .iter()
+            .flatten()
+            .map(|sql| (*sql, "USING INDEX idem_records_unsettled_by_claimed_at"));
+        for (sql, index) in expected.into_iter().chain(listing) {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = stmt
                 .query_map(
@@ -289,6 +305,10 @@ mod tests {
                 .unwrap();
             assert!(
                 plan.iter().any(|step| step.contains(index)),
+                "{sql}\n{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.contains("TEMP B-TREE")),
                 "{sql}\n{plan:?}"
             );
         }

@@ -19,7 +19,8 @@ use super::rows::{load, load_for_claim, persist, row_error, sweep_candidates};
 use super::{fail, Stats};
 use crate::engine::{apply_claim, apply_complete, apply_release, apply_renew, apply_unknown};
 use crate::{Claim, ClaimOutcome, Completion, StoreError, SweepReport, Write};
-use idem_core::{RecordId, Timestamp};
+use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
+use idem_core::{Record, RecordId, Timestamp};
 use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -45,6 +46,14 @@ pub(super) enum Op {
         token: u64,
         action: OwnerAction,
         reply: Reply<Write>,
+    },
+    /// An operator's action, fenced by the token the operator read.
+    Operate {
+        id: RecordId,
+        token: u64,
+        action: Box<OperatorAction>,
+        now: Timestamp,
+        reply: Reply<Result<Record, OperatorRefusal>>,
     },
     Sweep(SweepJob),
     /// Proves the writer is alive and can take the write lock.
@@ -89,6 +98,7 @@ impl Op {
         match self {
             Op::Claim { .. } => "claim",
             Op::Owner { action, .. } => action.name(),
+            Op::Operate { .. } => "operate",
             Op::Sweep(_) => "sweep",
             Op::Ping { .. } => "ping",
             #[cfg(test)]
@@ -102,6 +112,7 @@ impl Op {
         match self {
             Op::Claim { reply, .. } => drop(reply.send(Err(err))),
             Op::Owner { reply, .. } => drop(reply.send(Err(err))),
+            Op::Operate { reply, .. } => drop(reply.send(Err(err))),
             Op::Sweep(job) => drop(job.reply.send(Err(err))),
             Op::Ping { reply } => drop(reply.send(Err(err))),
             #[cfg(test)]
@@ -137,6 +148,7 @@ impl<T> Pending<T> {
 enum Done {
     Claim(Pending<ClaimOutcome>),
     Write(Pending<Write>),
+    Operate(Pending<Result<Record, OperatorRefusal>>),
     Sweep(Pending<SweepReport>),
     Ping(Pending<()>),
 }
@@ -146,6 +158,7 @@ impl Done {
         match self {
             Done::Claim(p) => p.committed(),
             Done::Write(p) => p.committed(),
+            Done::Operate(p) => p.committed(),
             Done::Sweep(p) => p.committed(),
             Done::Ping(p) => p.committed(),
         }
@@ -155,6 +168,7 @@ impl Done {
         match self {
             Done::Claim(p) => p.aborted(why),
             Done::Write(p) => p.aborted(why),
+            Done::Operate(p) => p.aborted(why),
             Done::Sweep(p) => p.aborted(why),
             Done::Ping(p) => p.aborted(why),
         }
@@ -346,6 +360,17 @@ impl Writer {
                 result: self.owner(&id, token, &action),
                 reply,
             })),
+            Op::Operate {
+                id,
+                token,
+                action,
+                now,
+                reply,
+            } => Step::Answer(Done::Operate(Pending {
+                op: "operate",
+                result: self.operate(&id, token, &action, now),
+                reply,
+            })),
             Op::Sweep(job) => self.sweep_step(job),
             Op::Ping { reply } => Step::Answer(Done::Ping(Pending {
                 op: "ping",
@@ -406,6 +431,25 @@ impl Writer {
             persist(&self.conn, id, slot.as_ref()).map_err(|e| row_error(op, e))?;
         }
         Ok(write)
+    }
+
+    /// Reads the whole row (a purge or resolve writes it all back, body
+    /// included), lets [`decide_operator`] decide, and writes its answer. A
+    /// refusal writes nothing.
+    fn operate(
+        &self,
+        id: &RecordId,
+        token: u64,
+        action: &OperatorAction,
+        now: Timestamp,
+    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+        let op = "operate";
+        let slot = load(&self.conn, id).map_err(|e| row_error(op, e))?;
+        let decided = decide_operator(slot.as_ref(), token, action, now);
+        if let Ok(next) = &decided {
+            persist(&self.conn, id, Some(next)).map_err(|e| row_error(op, e))?;
+        }
+        Ok(decided)
     }
 
     fn sweep_step(&mut self, mut job: SweepJob) -> Step {
