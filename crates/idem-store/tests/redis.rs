@@ -232,7 +232,11 @@ async fn every_record_expires_by_itself() {
     // The tombstone horizon moved with the lease (T0+10 s to T0+3000 s):
     // 1100 s + 2990 s, plus 60 s grace.
     let expected = 4_150_000;
-    assert!((expected - 5_000..=expected).contains(&ttl), "{ttl}");
+    // One millisecond over is rounding, not a longer life: the renewal adds
+    // the lease's growth to the PTTL it reads, and Redis counts both in
+    // whole milliseconds of a clock that ticks between the two (seen once
+    // under load in CI: 4_150_001).
+    assert!((expected - 5_000..=expected + 1).contains(&ttl), "{ttl}");
 }
 
 fn server_addr() -> std::net::SocketAddr {
