@@ -194,7 +194,10 @@ impl KeysApi {
             Err(answer) => return answer,
         };
         match self.store.get(&id).await {
-            Ok(Some(record)) => ok(StatusCode::OK, view(&record, params.body.unwrap_or(false))),
+            Ok(Some(record)) => ok(
+                StatusCode::OK,
+                view(&record, None, params.body.unwrap_or(false)),
+            ),
             Ok(None) => problem(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -234,7 +237,10 @@ impl KeysApi {
                 ok(
                     StatusCode::OK,
                     json!({
-                        "keys": records.iter().map(|r| view(r, false)).collect::<Vec<_>>(),
+                        "keys": records
+                            .iter()
+                            .map(|r| view(r, Some(state), false))
+                            .collect::<Vec<_>>(),
                         "next_cursor": next,
                     }),
                 )
@@ -305,7 +311,7 @@ impl KeysApi {
             .operate(&id, token, action, SystemClock.now())
             .await;
         let (result, answer) = match outcome {
-            Ok(Ok(record)) => ("applied", ok(StatusCode::OK, view(&record, false))),
+            Ok(Ok(record)) => ("applied", ok(StatusCode::OK, view(&record, None, false))),
             Ok(Err(refusal)) => {
                 let answer = match refusal {
                     OperatorRefusal::NotFound => {
@@ -346,9 +352,16 @@ fn store_unavailable(e: &idem_store::StoreError) -> Answer {
     )
 }
 
-/// The record as the API shows it.
-pub(crate) fn view(record: &Record, with_body: bool) -> Value {
-    let now = SystemClock.now();
+/// The record as the API shows it. `listed` is the state the store chose
+/// it for (at the store's clock, which on PostgreSQL and Redis may differ
+/// from this gateway's); otherwise the state is read at this gateway's
+/// clock.
+pub(crate) fn view(record: &Record, listed: Option<Unsettled>, with_body: bool) -> Value {
+    let state = match listed {
+        Some(Unsettled::OutcomeUnknown) => idem_core::EffectiveState::OutcomeUnknown,
+        Some(Unsettled::InFlight) => idem_core::EffectiveState::InFlight,
+        None => record.effective(SystemClock.now()),
+    };
     let time = |t: idem_core::Timestamp| {
         let millis = u64::try_from(t.as_millis()).unwrap_or(0);
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
@@ -357,7 +370,7 @@ pub(crate) fn view(record: &Record, with_body: bool) -> Value {
     let mut v = json!({
         "scope": record.id.scope.as_str(),
         "key": record.id.key.as_str(),
-        "state": state_name(record.effective(now)),
+        "state": state_name(state),
         "token": record.token,
         "fingerprint": format!("v{}:{}", record.fingerprint.version, hex::encode(record.fingerprint.digest)),
         "claimed_at": time(record.claimed_at),
