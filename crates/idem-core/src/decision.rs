@@ -169,6 +169,7 @@ mod tests {
             }),
             claimed_at: Timestamp(0),
             attempt: 5,
+            holder: None,
         }
     }
 

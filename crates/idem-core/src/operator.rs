@@ -104,7 +104,7 @@ pub fn state_name(state: EffectiveState) -> &'static str {
 /// let record = Record {
 ///     id, fingerprint: fp, state: RecordState::OutcomeUnknown, token: 7,
 ///     lease_until: Timestamp(10), expires_at: Timestamp(1_000), tombstone_until: Timestamp(2_000),
-///     response: None, claimed_at: Timestamp(0), attempt: 1,
+///     response: None, claimed_at: Timestamp(0), attempt: 1, holder: None,
 /// };
 /// let released = decide_operator(Some(&record), 7, &OperatorAction::Release, Timestamp(20)).unwrap();
 /// assert_eq!(released.effective(Timestamp(20)), EffectiveState::Absent);
@@ -219,6 +219,7 @@ mod tests {
             }),
             claimed_at: Timestamp(0),
             attempt: 9,
+            holder: None,
         }
     }
 

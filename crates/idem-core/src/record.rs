@@ -2,6 +2,7 @@
 
 use crate::{Fingerprint, IdempotencyKey, Scope, Timestamp};
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// A record's identity: (scope, key).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +90,12 @@ pub struct Record {
     /// [`decide_claim`](crate::decide_claim)). 0 means unknown, e.g. a record
     /// written before attempts were stored; it never matches.
     pub attempt: u64,
+    /// The instance that made the current (or last) claim, as it names
+    /// itself (a gateway's `instance`, by default `hostname:pid`): who holds
+    /// the lease, for an operator asking where a stuck request went. `None`
+    /// for a claim that gave no name, or a record written before holders
+    /// were stored.
+    pub holder: Option<Arc<str>>,
 }
 
 /// What a record means at a given instant: the persisted state with the

@@ -149,6 +149,10 @@ pub struct FileConfig {
     /// `retry_after`: the `Retry-After` of a 409 `request-in-progress`.
     #[serde(default, deserialize_with = "de::opt")]
     pub retry_after: Option<Duration>,
+    /// `instance`: this gateway's name, stored with its claims as their
+    /// lease holder; default `hostname:pid`.
+    #[serde(default, deserialize_with = "de::opt_instance")]
+    pub instance: Option<String>,
     /// `shutdown_grace`: how long graceful shutdown waits for executions.
     #[serde(default, deserialize_with = "de::opt")]
     pub shutdown_grace: Option<Duration>,
@@ -490,4 +494,19 @@ pub fn check(path: &Path) -> Result<Settings, ConfigError> {
 /// ```
 pub fn parse_upstream(s: &str) -> Result<Uri, ConfigError> {
     de::upstream(s).map_err(|message| ConfigError::invalid("upstream", message))
+}
+
+/// Checks an instance name the way the `instance` option is checked: 1
+/// to 128 bytes of printable text, no whitespace at either end.
+///
+/// Fits clap's `value_parser` for `--instance`.
+///
+/// ```
+/// use idem_gateway::config::parse_instance;
+/// assert_eq!(parse_instance("gw-1").unwrap(), "gw-1");
+/// assert!(parse_instance("").is_err());
+/// assert!(parse_instance("gw\n1").is_err());
+/// ```
+pub fn parse_instance(s: &str) -> Result<String, ConfigError> {
+    de::instance(s).map_err(|message| ConfigError::invalid("instance", message))
 }

@@ -33,6 +33,7 @@ fingerprint_headers = ["x-api-version"]
 fingerprint_ignore = []             # JSON pointers (RFC 6901) left out of a JSON body's fingerprint
 fail_open = false
 retry_after = "1s"
+instance = "gw-1"                   # this gateway's name, stored with its claims (default hostname:pid)
 shutdown_grace = "30s"              # how long graceful shutdown waits for executions
 sweep_interval = "60s"              # how often expired records are swept
 sweep_batch = 1000
@@ -182,6 +183,7 @@ fn full_example_parses_to_the_values_it_states() {
     );
     assert!(!c.fail_open);
     assert_eq!(c.retry_after, secs(1));
+    assert_eq!(&*c.instance, "gw-1");
     assert_eq!(c.scope, ScopeRule::default());
     assert_eq!(
         c.routes,
@@ -214,6 +216,7 @@ fn assert_same_idempotency(a: &IdempotencyConfig, b: &IdempotencyConfig) {
     assert_eq!(a.problems, b.problems);
     assert_eq!(a.fail_open, b.fail_open);
     assert_eq!(a.retry_after, b.retry_after);
+    assert_eq!(a.instance, b.instance);
 }
 
 #[test]
@@ -710,6 +713,24 @@ fn durations_and_sizes_past_their_bounds_are_refused_naming_the_field() {
     ] {
         refused(text, field, "must be at most");
     }
+}
+
+#[test]
+fn instance_names_are_checked() {
+    refused("instance = \"\"\n", "instance", "must not be empty");
+    refused("instance = \"gw\\n1\"\n", "instance", "control character");
+    refused("instance = \" gw-1\"\n", "instance", "whitespace");
+    refused(
+        &format!("instance = \"{}\"\n", "g".repeat(129)),
+        "instance",
+        "at most 128",
+    );
+    refused("instance = 7\n", "instance", "instance name");
+    let unnamed = check("").unwrap().idempotency.instance;
+    assert!(
+        unnamed.ends_with(&format!(":{}", std::process::id())),
+        "{unnamed}: hostname:pid by default"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@ use idem_core::operator::{OperatorAction, OperatorRefusal};
 use idem_core::{
     decision::ExistingOutcome, Fingerprint, Record, RecordId, Retention, StoredResponse, Timestamp,
 };
+use std::sync::Arc;
 
 /// A claim attempt: everything the atomic claim step needs. Times are
 /// computed by the caller from its clock and [`Retention`]. The memory and
@@ -36,6 +37,9 @@ pub struct Claim {
     /// attempt of records written before attempts were stored, and never
     /// matches.
     pub attempt: u64,
+    /// The name of the instance making the claim, stored as the record's
+    /// [`holder`](Record::holder). `None` stores no name.
+    pub holder: Option<Arc<str>>,
 }
 
 impl Claim {
@@ -60,6 +64,7 @@ impl Claim {
             tombstone_until: expires_at.plus(retention.tombstone_retention),
             reclaim_unknown,
             attempt: rand::random_range(1..=u64::MAX),
+            holder: None,
         }
     }
 
@@ -87,6 +92,14 @@ impl Claim {
         self
     }
 
+    /// This claim made by the instance named `holder` (see
+    /// [`Record::holder`]).
+    #[must_use]
+    pub fn with_holder(mut self, holder: Option<Arc<str>>) -> Self {
+        self.holder = holder;
+        self
+    }
+
     /// The in-flight record this claim writes when it wins.
     pub fn to_record(&self, token: u64) -> Record {
         Record {
@@ -100,6 +113,7 @@ impl Claim {
             response: None,
             claimed_at: self.now,
             attempt: self.attempt,
+            holder: self.holder.clone(),
         }
     }
 }

@@ -83,6 +83,7 @@ macro_rules! conformance_tests {
             operator_on_an_absent_key_is_not_found,
             list_pages_through_unsettled_records_in_claim_order,
             operator_race_has_exactly_one_winner,
+            the_lease_holder_is_stored_with_each_claim,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -1352,4 +1353,56 @@ pub async fn operator_settles_a_claim_whose_lease_ran_out(store: Arc<dyn Store>)
     .await;
     assert_eq!(outcome, ExistingOutcome::Expired);
     assert!(listed(Unsettled::OutcomeUnknown, late).await.is_empty());
+}
+
+/// The lease holder: the name a claim gives is stored with the record it
+/// wins, read back by `get`, a duplicate's answer and the listing; a
+/// duplicate never replaces it, the owner's completion keeps it, and the
+/// next claim after a release stores its own. A claim without a name
+/// stores none.
+pub async fn the_lease_holder_is_stored_with_each_claim(store: Arc<dyn Store>) {
+    let now = real_now();
+    let named =
+        |rid: &RecordId, holder: &str| claim_at(rid, "a", now).with_holder(Some(Arc::from(holder)));
+    let holder = |r: &Record| r.holder.as_deref().map(str::to_owned);
+    let k = id("s", "held");
+    let claim = named(&k, "gw-a:4242");
+    let token = must_claim(&*store, claim.clone()).await;
+    let stored = store.get(&k).await.expect("get").expect("claimed");
+    assert_eq!(holder(&stored).as_deref(), Some("gw-a:4242"));
+    // The owner's own retry (its reply was lost) is still its claim.
+    assert_eq!(must_claim(&*store, claim).await, token);
+    let (_, seen) = existing(&*store, named(&k, "gw-b:1")).await;
+    assert_eq!(
+        holder(&seen).as_deref(),
+        Some("gw-a:4242"),
+        "a duplicate learns who holds the lease, and does not take it"
+    );
+    let listed = store
+        .list(ListQuery {
+            state: Unsettled::InFlight,
+            after: None,
+            limit: 100,
+            now: real_now(),
+        })
+        .await
+        .expect("list");
+    let row = listed.iter().find(|r| r.id == k).expect("listed in flight");
+    assert_eq!(holder(row).as_deref(), Some("gw-a:4242"));
+    assert_eq!(store.release(&k, token).await.unwrap(), Write::Written);
+    let token = must_claim(&*store, named(&k, "gw-ü-b:7")).await;
+    assert_eq!(
+        complete(&*store, &k, token, response(201, Some(b"ok")), now).await,
+        Write::Written
+    );
+    let done = store.get(&k).await.expect("get").expect("completed");
+    assert_eq!(
+        holder(&done).as_deref(),
+        Some("gw-ü-b:7"),
+        "the instance that executed it, kept with the outcome"
+    );
+    let anonymous = id("s", "anonymous");
+    must_claim(&*store, claim_at(&anonymous, "a", now)).await;
+    let stored = store.get(&anonymous).await.expect("get").expect("claimed");
+    assert_eq!(stored.holder, None);
 }

@@ -230,7 +230,7 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
         .await
         .unwrap();
     assert_eq!(report.applied, vec![]);
-    assert_eq!(report.version, 4);
+    assert_eq!(report.version, 5);
 
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
@@ -253,7 +253,8 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
             (1, "records".to_owned()),
             (2, "waiters".to_owned()),
             (3, "attempts".to_owned()),
-            (4, "unsettled".to_owned())
+            (4, "unsettled".to_owned()),
+            (5, "holders".to_owned())
         ]
     );
 
@@ -292,10 +293,11 @@ async fn migrate_on_a_fresh_schema_reports_what_it_applied() {
             (1, "records"),
             (2, "waiters"),
             (3, "attempts"),
-            (4, "unsettled")
+            (4, "unsettled"),
+            (5, "holders")
         ]
     );
-    assert_eq!(report.version, 4);
+    assert_eq!(report.version, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -726,7 +728,7 @@ async fn the_wake_up_listener_reconnects_after_an_outage() {
 
 /// A database at schema version 2 (before attempts were stored) is
 /// upgraded by `idem migrate` (and then by nothing more on open), keeps
-/// its records, and they read attempt 0.
+/// its records, and they read attempt 0 and no holder.
 #[tokio::test]
 async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
     if !server_up().await {
@@ -739,8 +741,8 @@ async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
     let old = id("old");
     let token = must_claim(&store, claim(&old, T0)).await;
     drop(store);
-    // Back to version 2: no attempt column, no listing index, no record
-    // of migrations 3 and 4.
+    // Back to version 2: no attempt or holder column, no listing index,
+    // no record of migrations 3 to 5.
     let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -748,6 +750,7 @@ async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
     client
         .batch_execute(&format!(
             "SET search_path = \"{}\"; ALTER TABLE idem_records DROP COLUMN attempt; \
+             ALTER TABLE idem_records DROP COLUMN holder; \
              DROP INDEX idem_records_unsettled_by_claimed_at; \
              DELETE FROM idem_schema_migrations WHERE version >= 3",
             schema.0
@@ -759,21 +762,23 @@ async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
         .unwrap();
     assert_eq!(
         (report.applied, report.version),
-        (vec![(3, "attempts"), (4, "unsettled")], 4)
+        (vec![(3, "attempts"), (4, "unsettled"), (5, "holders")], 5)
     );
     let store = PostgresStore::open(&url(), options(&schema.0))
         .await
         .unwrap();
     let record = store.get(&old).await.unwrap().expect("kept");
     assert_eq!(
-        (record.state, record.token, record.attempt),
-        (RecordState::InFlight, token, 0)
+        (record.state, record.token, record.attempt, record.holder),
+        (RecordState::InFlight, token, 0, None)
     );
     let (outcome, _) = support::existing(&store, claim(&old, T0).with_attempt(0)).await;
     assert!(matches!(outcome, ExistingOutcome::InProgress { .. }));
-    let fresh = claim(&id("new"), T0);
+    let fresh = claim(&id("new"), T0).with_holder(Some("gw-new:7".into()));
     let token = must_claim(&store, fresh.clone()).await;
     assert_eq!(must_claim(&store, fresh).await, token);
+    let new = store.get(&id("new")).await.unwrap().expect("claimed");
+    assert_eq!(new.holder.as_deref(), Some("gw-new:7"));
     drop(client);
     let _ = conn.await;
 }

@@ -370,8 +370,8 @@ async fn migrate_takes_the_same_tls_url() {
         ..options()
     };
     let first = PostgresStore::migrate(&url, options()).await.unwrap();
-    assert_eq!(first.applied.len(), 4, "{first:?}");
-    assert_eq!(first.version, 4);
+    assert_eq!(first.applied.len(), 5, "{first:?}");
+    assert_eq!(first.version, 5);
     let again = PostgresStore::migrate(&url, options()).await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
     let wrong = format!(

@@ -652,7 +652,7 @@ async fn opens_in_wal_mode_with_full_sync() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 /// The child half of [`acknowledged_outcomes_survive_kill_9`]: claims and
@@ -980,12 +980,13 @@ async fn a_version_1_file_is_upgraded_and_keeps_its_records() {
     let version: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3, "migrated on open");
+    assert_eq!(version, 4, "migrated on open");
     drop(raw);
     let flying = store.get(&id("flying")).await.unwrap().expect("kept");
     assert_eq!(
-        (flying.state, flying.token, flying.attempt),
-        (RecordState::InFlight, 7, 0)
+        (flying.state, flying.token, flying.attempt, flying.holder),
+        (RecordState::InFlight, 7, 0, None),
+        "an old row has no attempt and no holder"
     );
     let done = store.get(&id("done")).await.unwrap().expect("kept");
     assert_eq!(done.attempt, 0);
@@ -1006,14 +1007,15 @@ async fn a_version_1_file_is_upgraded_and_keeps_its_records() {
         ExistingOutcome::Replay
     );
     // New claims store their attempt, and recognise their retry.
-    let c = claim(&id("new"), T0);
+    let c = claim(&id("new"), T0).with_holder(Some("gw-new:7".into()));
     let token = must_claim(&store, c.clone()).await;
     assert_eq!(must_claim(&store, c.clone()).await, token);
     drop(store);
     // Reopening a migrated file changes nothing.
     let store = open(&path);
+    let new = store.get(&id("new")).await.unwrap().expect("kept");
     assert_eq!(
-        store.get(&id("new")).await.unwrap().map(|r| r.attempt),
-        Some(c.attempt)
+        (new.attempt, new.holder.as_deref()),
+        (c.attempt, Some("gw-new:7"))
     );
 }

@@ -2,6 +2,7 @@ use http::{HeaderName, Method};
 use idem_core::headers::ReplayHeaderFilter;
 use idem_core::path::NormalisedPath;
 use idem_core::{FingerprintIgnore, Policy, ProblemFormat, ReleaseStatuses, Retention, ScopeRule};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A set of methods under a path prefix, and the policy that applies there.
@@ -92,6 +93,28 @@ pub struct IdempotencyConfig {
     pub fail_open: bool,
     /// The `Retry-After` sent with 409 `request-in-progress`. Default 1 s.
     pub retry_after: Duration,
+    /// This instance's name, stored with every claim it makes as the
+    /// record's lease holder ([`idem_core::Record::holder`]), so an
+    /// operator looking at a stuck key learns which instance had it.
+    /// Default [`default_instance_name`].
+    pub instance: Arc<str>,
+}
+
+/// The name an instance gives its claims unless configured: `hostname:pid`
+/// (the host name as the system reports it, `localhost` if it has none
+/// that is UTF-8).
+///
+/// ```
+/// let name = idem_tower::default_instance_name();
+/// assert!(name.ends_with(&format!(":{}", std::process::id())));
+/// ```
+pub fn default_instance_name() -> String {
+    let host = gethostname::gethostname();
+    let host = host
+        .to_str()
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost");
+    format!("{host}:{}", std::process::id())
 }
 
 impl Default for IdempotencyConfig {
@@ -113,6 +136,7 @@ impl Default for IdempotencyConfig {
             problems: ProblemFormat::default(),
             fail_open: false,
             retry_after: Duration::from_secs(1),
+            instance: default_instance_name().into(),
         }
     }
 }

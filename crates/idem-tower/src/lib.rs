@@ -38,7 +38,7 @@ mod wait;
 
 pub use body::{RequestBody, ResponseBody};
 pub use clock::{Clock, SystemClock};
-pub use config::{AmbiguousPath, EffectivePolicy, IdempotencyConfig, Route};
+pub use config::{default_instance_name, AmbiguousPath, EffectivePolicy, IdempotencyConfig, Route};
 pub use error::{BoxError, NotExecuted};
 pub use future::ResponseFuture;
 pub use layer::IdempotencyLayer;

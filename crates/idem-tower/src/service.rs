@@ -630,7 +630,8 @@ async fn claim_settled(
         shared.clock.now(),
         &policy.retention,
         policy.policy.upstream_dedupes,
-    );
+    )
+    .with_holder(Some(shared.config.instance.clone()));
     let claim = match *attempt {
         Some(attempt) => claim.with_attempt(attempt),
         None => {

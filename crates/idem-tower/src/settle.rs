@@ -112,6 +112,7 @@ fn repeat(shared: &Shared, id: &RecordId, unsettled: &Unsettled) -> Claim {
         unsettled.reclaim_unknown,
     )
     .with_attempt(unsettled.attempt)
+    .with_holder(Some(shared.config.instance.clone()))
 }
 
 /// How long a request waits for its unconfirmed claim to be settled

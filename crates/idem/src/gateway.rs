@@ -28,6 +28,11 @@ pub struct GatewayArgs {
     /// Serve /health and /metrics on this address (off unless given).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// This gateway's name, stored with each claim as its lease holder
+    /// (shown by `idem keys get`); default `instance` in --config, else
+    /// hostname:pid.
+    #[arg(long, value_name = "NAME", env = "IDEM_INSTANCE", value_parser = config::parse_instance)]
+    instance: Option<String>,
     /// Validate FILE and exit without starting.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
@@ -39,10 +44,13 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         println!("{}: ok", path.display());
         return Ok(());
     }
-    let settings = match &args.config {
+    let mut settings = match &args.config {
         Some(path) => config::check(path)?,
         None => config::Settings::default(),
     };
+    if let Some(name) = args.instance {
+        settings.idempotency.instance = name.into();
+    }
     let listen = args
         .listen
         .or(settings.listen)

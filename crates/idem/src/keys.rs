@@ -340,12 +340,13 @@ fn print_human(command: &KeysCommand, answer: &Value) {
             }
             for k in &keys {
                 println!(
-                    "{}  {:<15}  token {:<16}  {}  scope {}",
+                    "{}  {:<15}  token {:<16}  {}  scope {}  holder {}",
                     k["claimed_at"].as_str().unwrap_or("?"),
                     k["state"].as_str().unwrap_or("?"),
                     k["token"],
                     k["key"].as_str().unwrap_or("?"),
                     k["scope"].as_str().unwrap_or("?"),
+                    k["holder"].as_str().unwrap_or("-"),
                 );
             }
             if let Some(next) = answer["next_cursor"].as_str() {
@@ -364,14 +365,17 @@ fn print_human(command: &KeysCommand, answer: &Value) {
                 "fingerprint",
                 "claimed_at",
                 "lease_until",
+                "holder",
                 "expires_at",
                 "tombstone_until",
             ] {
                 let v = &answer[field];
-                println!(
-                    "{field:<16} {}",
-                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                );
+                let shown = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "-".to_owned(),
+                    other => other.to_string(),
+                };
+                println!("{field:<16} {shown}");
             }
             if let Some(r) = answer.get("response") {
                 println!("{:<16} {}", "status", r["status"]);

@@ -51,13 +51,11 @@ path_prefix = "/"
     path
 }
 
-fn start(upstream: SocketAddr, store: &str, config: &Path) -> Gateway {
-    let mut idem = Idem::gateway_with_env(
-        upstream,
-        store,
-        config,
-        &[("IDEM_TEST_ADMIN_TOKEN", ADMIN_TOKEN)],
-    );
+/// A gateway named `instance` (`IDEM_INSTANCE`), or by its default name.
+fn start(upstream: SocketAddr, store: &str, config: &Path, instance: Option<&str>) -> Gateway {
+    let mut env = vec![("IDEM_TEST_ADMIN_TOKEN", ADMIN_TOKEN)];
+    env.extend(instance.map(|name| ("IDEM_INSTANCE", name)));
+    let mut idem = Idem::gateway_with_env(upstream, store, config, &env);
     let mut line = String::new();
     idem.stdout.read_line(&mut line).unwrap();
     let admin = line
@@ -71,12 +69,16 @@ fn start(upstream: SocketAddr, store: &str, config: &Path) -> Gateway {
 
 fn three(upstream: SocketAddr, store: &str, config: &Path) -> Vec<Gateway> {
     std::thread::scope(|s| {
-        let starting: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| start(upstream, store, config)))
+        let starting: Vec<_> = NAMES
+            .iter()
+            .map(|&name| s.spawn(move || start(upstream, store, config, Some(name))))
             .collect();
         starting.into_iter().map(|t| t.join().unwrap()).collect()
     })
 }
+
+/// The names of the three gateways of [`three`].
+const NAMES: [&str; 3] = ["gw-a", "gw-b", "gw-c"];
 
 /// One admin API call: status and JSON body.
 async fn admin(
@@ -170,6 +172,10 @@ async fn operators_decide_stuck_keys(store: &str) {
     assert_eq!(retry.problem().as_deref(), Some("outcome-unknown"));
     let rec = record(&client, &gws[2], &key).await;
     let token = rec["token"].as_u64().unwrap();
+    assert_eq!(
+        rec["holder"], NAMES[0],
+        "the lease holder is the gateway that claimed it, read through another: {rec}"
+    );
 
     // No token, a wrong token: 401 and nothing changes.
     let release = format!("/v1/keys/{key}/release?{}", query(&rec, token));
@@ -349,7 +355,7 @@ async fn the_keys_cli_lists_shows_and_releases() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite:{}", dir.path().join("idem.db").display());
-    let gw = start(upstream.addr, &store, &config(dir.path()));
+    let gw = start(upstream.addr, &store, &config(dir.path()), None);
     let client = http_client();
     strand(&client, &gw, "slow-cli").await;
     let admin_url = format!("http://{}", gw.admin);
@@ -408,6 +414,16 @@ async fn the_keys_cli_lists_shows_and_releases() {
     let (code, stdout, _) = keys(&["get", "slow-cli", "--scope", &scope], ADMIN_TOKEN);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("completed"), "{stdout}");
+    // Unnamed, a gateway's claims carry hostname:pid.
+    let holder = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("holder"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("a holder line: {stdout}"));
+    assert!(
+        holder.ends_with(&format!(":{}", gw.idem.child.id())),
+        "{holder:?} is hostname:pid of the gateway"
+    );
 }
 
 /// The web console in a real headless Chromium: the operator enters the
@@ -419,7 +435,12 @@ async fn the_console_shows_a_stuck_key_and_releases_it() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite:{}", dir.path().join("idem.db").display());
-    let gw = start(upstream.addr, &store, &config(dir.path()));
+    let gw = start(
+        upstream.addr,
+        &store,
+        &config(dir.path()),
+        Some("console-gw"),
+    );
     let client = http_client();
     strand(&client, &gw, "slow-console").await;
 
@@ -444,6 +465,16 @@ async fn the_console_shows_a_stuck_key_and_releases_it() {
         .for_element(Locator::Css("#unknown tr[data-key='slow-console']"))
         .await
         .expect("the stranded key is listed");
+    assert_eq!(
+        row.find(Locator::Css("td.holder"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "console-gw",
+        "the console shows who held the lease"
+    );
     row.find(Locator::Css("button.release"))
         .await
         .unwrap()

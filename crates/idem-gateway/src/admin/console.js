@@ -94,6 +94,7 @@ async function refresh() {
       cell(row, k.claimed_at);
       cell(row, k.key, "key");
       cell(row, k.scope, "key");
+      cell(row, k.holder || "-", "holder");
       cell(row, String(k.token));
       const actions = row.insertCell();
       const r = document.createElement("button");
@@ -112,6 +113,7 @@ async function refresh() {
       cell(row, k.claimed_at);
       cell(row, k.key, "key");
       cell(row, k.scope, "key");
+      cell(row, k.holder || "-", "holder");
       cell(row, k.lease_until);
     });
     if (!$("status").textContent.startsWith("re")) say("");

@@ -375,6 +375,7 @@ pub(crate) fn view(record: &Record, listed: Option<Unsettled>, with_body: bool) 
         "fingerprint": format!("v{}:{}", record.fingerprint.version, hex::encode(record.fingerprint.digest)),
         "claimed_at": time(record.claimed_at),
         "lease_until": time(record.lease_until),
+        "holder": record.holder.as_deref(),
         "expires_at": time(record.expires_at),
         "tombstone_until": time(record.tombstone_until),
         "attempt": record.attempt,

@@ -355,6 +355,41 @@ impl Scalar for Text {
     }
 }
 
+/// Longest instance name, in bytes: it is stored with every claim.
+pub(super) const MAX_INSTANCE_NAME: usize = 128;
+
+/// An instance name (`instance`, `--instance`): 1 to
+/// [`MAX_INSTANCE_NAME`] bytes of printable text, no spaces at either end.
+pub(super) fn instance(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_INSTANCE_NAME {
+        return Err(format!("is {} bytes; at most {MAX_INSTANCE_NAME}", s.len()));
+    }
+    if s.trim() != s {
+        return Err(format!("{s:?} starts or ends with whitespace"));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!("{s:?} holds the control character {c:?}"));
+    }
+    Ok(s.to_owned())
+}
+
+struct InstanceName(String);
+
+impl Scalar for InstanceName {
+    const EXPECTING: &'static str = r#"an instance name such as "gw-1""#;
+
+    fn from_str(s: &str) -> Result<Self, Bad> {
+        instance(s).map(InstanceName).map_err(Bad::Value)
+    }
+}
+
+pub(super) fn opt_instance<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    opt::<D, InstanceName>(d).map(|t| t.map(|t| t.0))
+}
+
 pub(super) fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     opt::<D, Text>(d).map(|t| t.map(|t| t.0))
 }

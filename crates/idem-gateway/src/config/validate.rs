@@ -248,6 +248,9 @@ pub(super) fn settings(file: FileConfig) -> Result<Settings> {
     if let Some(d) = file.retry_after {
         c.retry_after = at_most("retry_after", positive("retry_after", d)?, MAX_RETRY_AFTER)?;
     }
+    if let Some(name) = file.instance {
+        c.instance = name.into();
+    }
     if let Some(scope) = file.scope {
         c.scope = scope_rule(scope, file.file.as_deref())?;
     }

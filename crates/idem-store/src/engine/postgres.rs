@@ -615,6 +615,7 @@ async fn claim_on(
         offset(claim.now, claim.tombstone_until),
     );
     let attempt = rows::attempt_to_sql(claim.attempt);
+    let holder = claim.holder.as_deref();
     let insert = client.prepare_cached(rows::INSERT_IF_ABSENT).await?;
     let select = client.prepare_cached(rows::SELECT_AT).await?;
     for _ in 0..CLAIM_ATTEMPTS {
@@ -622,7 +623,8 @@ async fn claim_on(
             .query_opt(
                 &insert,
                 &[
-                    &scope, &key, &version, &digest, &lease, &expires, &tombstone, &attempt, &clock,
+                    &scope, &key, &version, &digest, &lease, &expires, &tombstone, &attempt,
+                    &clock, &holder,
                 ],
             )
             .await?;

@@ -859,7 +859,8 @@ impl Store for RedisStore {
             .arg(offset(claim.now, claim.lease_until))
             .arg(offset(claim.now, claim.expires_at))
             .arg(offset(claim.now, claim.tombstone_until))
-            .arg(self.grace_ms());
+            .arg(self.grace_ms())
+            .arg(claim.holder.as_deref().unwrap_or(""));
         let reply = self.invoke(op, invocation).await?;
         let Value::Array(items) = reply else {
             return Err(fail(op, format!("unexpected script reply {reply:?}")));

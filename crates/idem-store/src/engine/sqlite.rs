@@ -165,8 +165,11 @@ impl SqliteStore {
         make: impl FnOnce(Reply<T>) -> Op,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let sent = self.ops.as_ref().map(|ops| ops.send(make(reply)));
-        if !matches!(sent, Some(Ok(()))) {
+        let sent = self
+            .ops
+            .as_ref()
+            .is_some_and(|ops| ops.send(make(reply)).is_ok());
+        if !sent {
             return Err(fail(op, "the writer thread has stopped"));
         }
         answer.await.unwrap_or_else(|_| {

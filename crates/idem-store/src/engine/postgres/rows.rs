@@ -6,6 +6,7 @@ use idem_core::{
     Fingerprint, IdempotencyKey, Record, RecordId, RecordState, StoredResponse, Timestamp,
 };
 use std::fmt;
+use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -14,13 +15,13 @@ macro_rules! record_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
          tombstone_until, claimed_at, has_response, status, header_names, header_values, body, \
-         attempt"
+         attempt, holder"
     };
 }
 
 /// How many columns [`record_columns!`] names: in [`SELECT_AT`] and
 /// [`SELECT_FOR_UPDATE_AT`] the store's clock is the column after them.
-pub(super) const COLUMNS: usize = 14;
+pub(super) const COLUMNS: usize = 15;
 
 /// The store's clock, in milliseconds since the epoch, as one SQL
 /// expression: the server's `clock_timestamp()`, unless parameter `$p` is
@@ -49,7 +50,7 @@ macro_rules! sweep_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
          tombstone_until, claimed_at, has_response, status, header_names, header_values, \
-         body IS NOT NULL, attempt"
+         body IS NOT NULL, attempt, holder"
     };
 }
 
@@ -88,10 +89,10 @@ pub(super) const SELECT_FOR_UPDATE_AT: &str = concat!(
 /// `first_token` in SQL, returned.
 pub(super) const INSERT_IF_ABSENT: &str = concat!(
     "INSERT INTO idem_records (scope, key, state, token, fp_version, fp_digest, lease_until, \
-     expires_at, tombstone_until, claimed_at, has_response, attempt) \
+     expires_at, tombstone_until, claimed_at, has_response, attempt, holder) \
      SELECT $1::text, $2::text, 1, GREATEST(LEAST(GREATEST(c.n, 0), 9223372036854775) * 1000, 1), \
      $3::integer, $4::bytea, c.n + $5::bigint, c.n + $6::bigint, c.n + $7::bigint, c.n, false, \
-     $8::bigint FROM ",
+     $8::bigint, $10::text FROM ",
     store_clock!("$9"),
     " ON CONFLICT (scope, key) DO NOTHING RETURNING token"
 );
@@ -102,14 +103,14 @@ pub(super) const INSERT_IF_ABSENT: &str = concat!(
 pub(super) const OVERWRITE: &str = "UPDATE idem_records SET state = $3, token = $4, \
      fp_version = $5, fp_digest = $6, lease_until = $7, expires_at = $8, tombstone_until = $9, \
      claimed_at = $10, has_response = $11, status = $12, header_names = $13, \
-     header_values = $14, body = $15, attempt = $16, waiters = (waiters AND token = $4) \
+     header_values = $14, body = $15, attempt = $16, holder = $17, waiters = (waiters AND token = $4) \
      WHERE scope = $1 AND key = $2";
 
 /// An operator's write ([`crate::Store::operate`]) of the record
 /// [`idem_core::operator::decide_operator`] returned, over the row locked
 /// by [`SELECT_FOR_UPDATE_AT`]: every column, as [`OVERWRITE`]. The action
 /// finishes the claim as far as waiters are concerned, so they are
-/// announced (`$17`) when the row was marked before the write (`old` reads
+/// announced (`$18`) when the row was marked before the write (`old` reads
 /// the statement's snapshot, before the update). Returns (rows updated,
 /// notifications sent).
 pub(super) const OPERATOR_WRITE: &str =
@@ -117,9 +118,9 @@ pub(super) const OPERATOR_WRITE: &str =
      w AS (UPDATE idem_records SET state = $3, token = $4, \
      fp_version = $5, fp_digest = $6, lease_until = $7, expires_at = $8, tombstone_until = $9, \
      claimed_at = $10, has_response = $11, status = $12, header_names = $13, \
-     header_values = $14, body = $15, attempt = $16, waiters = (waiters AND token = $4) \
+     header_values = $14, body = $15, attempt = $16, holder = $17, waiters = (waiters AND token = $4) \
      WHERE scope = $1 AND key = $2 RETURNING 1), \
-     n AS (SELECT pg_notify('idem_changed', $17) FROM old WHERE waiters) \
+     n AS (SELECT pg_notify('idem_changed', $18) FROM old WHERE waiters) \
      SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM n)";
 
 /// One page of records that may wait for an outcome (in flight or marked
@@ -355,6 +356,7 @@ pub(super) fn read_record(
         claimed_at: Timestamp(row.try_get(c(7))?),
         response,
         attempt: attempt_from_sql(row.try_get(c(13))?),
+        holder: row.try_get::<_, Option<&str>>(c(14))?.map(Arc::from),
     })
 }
 
@@ -382,7 +384,7 @@ fn decode_headers(
 }
 
 /// The values of a whole row, in the order of [`OVERWRITE`]
-/// (`$1`..`$16`).
+/// (`$1`..`$17`).
 pub(super) struct RowValues<'a> {
     scope: &'a str,
     key: &'a str,
@@ -400,6 +402,7 @@ pub(super) struct RowValues<'a> {
     header_values: Option<Vec<&'a [u8]>>,
     body: Option<&'a [u8]>,
     attempt: i64,
+    holder: Option<&'a str>,
 }
 
 impl<'a> RowValues<'a> {
@@ -425,10 +428,11 @@ impl<'a> RowValues<'a> {
             header_values,
             body: response.and_then(|resp| resp.body.as_deref()),
             attempt: attempt_to_sql(r.attempt),
+            holder: r.holder.as_deref(),
         })
     }
 
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 16] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 17] {
         [
             &self.scope,
             &self.key,
@@ -446,6 +450,7 @@ impl<'a> RowValues<'a> {
             &self.header_values,
             &self.body,
             &self.attempt,
+            &self.holder,
         ]
     }
 }

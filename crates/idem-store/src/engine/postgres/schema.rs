@@ -38,10 +38,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "unsettled",
         sql: V4_UNSETTLED,
     },
+    Migration {
+        version: 5,
+        name: "holders",
+        sql: V5_HOLDERS,
+    },
 ];
 
 /// The schema version this build writes.
-pub(super) const LATEST: i32 = 4;
+pub(super) const LATEST: i32 = 5;
 
 /// One table keyed by (scope, key), as the SQLite engine's. Headers are two
 /// parallel arrays (names, values), both NULL when there are none, and the
@@ -76,10 +81,6 @@ CREATE INDEX idem_records_released_by_lease_until
     ON idem_records (lease_until) WHERE state = 4;
 ";
 
-/// Whether a request waits on the claim (`in_flight = wait`): the owner's
-/// final write then announces it with `pg_notify`. A new claim of the row
-/// clears it. (A constant default: PostgreSQL 11 and later add the column
-/// without rewriting the table.)
 /// The admin API's listing of records waiting for an outcome (in flight or
 /// marked outcome-unknown), in its order: claim time, then scope and key
 /// compared bytewise (`COLLATE "C"`, as `RecordId` orders them), so a page
@@ -89,6 +90,10 @@ CREATE INDEX idem_records_unsettled_by_claimed_at
     ON idem_records (claimed_at, scope COLLATE "C", key COLLATE "C") WHERE state IN (1, 3);
 "#;
 
+/// Whether a request waits on the claim (`in_flight = wait`): the owner's
+/// final write then announces it with `pg_notify`. A new claim of the row
+/// clears it. (A constant default: PostgreSQL 11 and later add the column
+/// without rewriting the table.)
 const V2_WAITERS: &str = "
 ALTER TABLE idem_records ADD COLUMN waiters boolean NOT NULL DEFAULT false;
 ";
@@ -100,6 +105,13 @@ ALTER TABLE idem_records ADD COLUMN waiters boolean NOT NULL DEFAULT false;
 /// rewrite.)
 const V3_ATTEMPTS: &str = "
 ALTER TABLE idem_records ADD COLUMN IF NOT EXISTS attempt bigint NOT NULL DEFAULT 0;
+";
+
+/// The name of the instance that made the row's claim (`Record::holder`),
+/// for operators. Rows from before read NULL: unknown. (Nullable without
+/// a default: added without a rewrite.)
+const V5_HOLDERS: &str = "
+ALTER TABLE idem_records ADD COLUMN IF NOT EXISTS holder text;
 ";
 
 /// The key of the advisory lock migrations hold: "idem" in ASCII, shifted.

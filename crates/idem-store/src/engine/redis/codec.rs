@@ -6,6 +6,7 @@ use idem_core::{
     Fingerprint, IdempotencyKey, Record, RecordId, RecordState, Scope, StoredResponse, Timestamp,
 };
 use std::fmt;
+use std::sync::Arc;
 
 /// Shards of the key space. Each shard is one hash tag, so one Redis
 /// Cluster slot: the records of a shard and its due index live together,
@@ -186,6 +187,7 @@ struct Fields {
     hdr: Option<Vec<u8>>,
     body: Option<Vec<u8>>,
     att: Option<Vec<u8>>,
+    hold: Option<Vec<u8>>,
 }
 
 fn bytes_of(v: Value) -> Result<Vec<u8>, Corrupt> {
@@ -233,6 +235,7 @@ pub(super) fn record_from_hash(id: RecordId, reply: Value) -> Result<Option<Reco
             b"hdr" => f.hdr = value,
             b"body" => f.body = value,
             b"att" => f.att = value,
+            b"hold" => f.hold = value,
             _ => {} // fields of a later build are ignored
         }
     }
@@ -289,6 +292,12 @@ fn record_from_fields(id: RecordId, f: Fields) -> Result<Record, Corrupt> {
             Some(v) => number("att", Some(v))?,
             None => 0,
         },
+        // Only shown to operators: a name that is not UTF-8 is shown
+        // approximately rather than make the record unreadable.
+        holder: f
+            .hold
+            .filter(|h| !h.is_empty())
+            .map(|h| Arc::from(String::from_utf8_lossy(&h))),
     })
 }
 

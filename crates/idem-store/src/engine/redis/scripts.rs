@@ -17,6 +17,7 @@
 //! | `hdr`, `body` | encoded headers, body; absent when there are none |
 //! | `w` | present once a gateway waits on the claim (`in_flight = wait`) |
 //! | `att` | the claim's attempt nonce (absent in records from before: 0) |
+//! | `hold` | the lease holder: the claiming instance's name (absent when it gave none) |
 //!
 //! Time is the server's: each script that decides or writes a time reads
 //! `TIME` itself (`clock`, below), and the caller sends its horizons as
@@ -80,7 +81,7 @@ end
 /// ARGV: clock ('' for the server's, else the caller's reading), fp
 /// version, fp digest, reclaim_unknown ('1'/'0'), attempt, and the
 /// distances of lease_until, expires_at, tombstone_until from the caller's
-/// reading, TTL grace (ms).
+/// reading, TTL grace (ms), holder ('' for none).
 /// Returns `{1, token, now}` when claimed, `{0, HGETALL, now}` when not,
 /// `now` being the clock the decision was made at.
 const CLAIM: &str = r"
@@ -138,6 +139,7 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'st', '1', 'tok', tok, 'fpv', ARGV[2], 'fpd', ARGV[3],
   'lease', fmt(lease), 'exp', fmt(exp), 'tomb', fmt(tomb), 'at', fmt(now), 'hr', '0',
   'att', ARGV[5])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'hold', ARGV[10]) end
 local horizon = math.max(lease, tomb)
 redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + grace))
 redis.call('ZADD', KEYS[2], fmt(due(1, lease, 0, tomb, false)), KEYS[1])

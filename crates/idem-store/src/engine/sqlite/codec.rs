@@ -14,7 +14,7 @@ use std::fmt;
 macro_rules! record_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
-         tombstone_until, claimed_at, has_response, status, headers, body, attempt"
+         tombstone_until, claimed_at, has_response, status, headers, body, attempt, holder"
     };
 }
 
@@ -23,7 +23,7 @@ macro_rules! record_columns {
 macro_rules! sweep_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
-         tombstone_until, claimed_at, has_response, status, headers, body IS NOT NULL, attempt"
+         tombstone_until, claimed_at, has_response, status, headers, body IS NOT NULL, attempt, holder"
     };
 }
 
@@ -37,7 +37,7 @@ macro_rules! claim_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
          tombstone_until, claimed_at, has_response, status, \
-         CASE WHEN body IS NULL THEN headers END, body IS NOT NULL, attempt"
+         CASE WHEN body IS NULL THEN headers END, body IS NOT NULL, attempt, holder"
     };
 }
 
@@ -224,6 +224,7 @@ pub(super) fn read_record(
         claimed_at: Timestamp(row.get(c(7))?),
         response,
         attempt: attempt_from_sql(row.get(c(12))?),
+        holder: row.get::<_, Option<String>>(c(13))?.map(Into::into),
     })
 }
 

@@ -267,14 +267,15 @@ pub(super) fn persist(
         // and re-insert it (and every index entry) on each completion.
         "INSERT INTO idem_records (scope, key, state, token, fp_version, fp_digest, \
          lease_until, expires_at, tombstone_until, claimed_at, has_response, status, headers, body, \
-         attempt) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         attempt, holder) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
          ON CONFLICT (scope, key) DO UPDATE SET state = excluded.state, token = excluded.token, \
          fp_version = excluded.fp_version, fp_digest = excluded.fp_digest, \
          lease_until = excluded.lease_until, expires_at = excluded.expires_at, \
          tombstone_until = excluded.tombstone_until, claimed_at = excluded.claimed_at, \
          has_response = excluded.has_response, status = excluded.status, \
-         headers = excluded.headers, body = excluded.body, attempt = excluded.attempt",
+         headers = excluded.headers, body = excluded.body, attempt = excluded.attempt, \
+         holder = excluded.holder",
     )?;
     stmt.execute(params![
         id.scope.as_str(),
@@ -292,6 +293,7 @@ pub(super) fn persist(
         headers,
         response.and_then(|resp| resp.body.as_deref()),
         codec::attempt_to_sql(r.attempt),
+        r.holder.as_deref(),
     ])?;
     Ok(())
 }

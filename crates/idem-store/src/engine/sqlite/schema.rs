@@ -12,12 +12,14 @@ use std::time::Duration;
 ///
 /// 1. the records table and its indexes ([`SCHEMA_V1`]);
 /// 2. the claim's attempt nonce ([`MIGRATION_V2`]);
-/// 3. the index of the operators' listing ([`MIGRATION_V3`]).
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// 3. the index of the operators' listing ([`MIGRATION_V3`]);
+/// 4. the lease holder ([`MIGRATION_V4`]).
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// `MIGRATIONS[v]` brings a file of version `v` to `v + 1`. Released
 /// entries are never edited: a change is a new entry.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, MIGRATION_V2, MIGRATION_V3];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] =
+    [SCHEMA_V1, MIGRATION_V2, MIGRATION_V3, MIGRATION_V4];
 
 /// One table keyed by (scope, key). Headers are NULL when there are none
 /// and the body is NULL when it is not replayable, so "the response still
@@ -62,6 +64,12 @@ ALTER TABLE idem_records ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
 const MIGRATION_V3: &str = "
 CREATE INDEX IF NOT EXISTS idem_records_unsettled_by_claimed_at
     ON idem_records (claimed_at, scope, key) WHERE state IN (1, 3);
+";
+
+/// The name of the instance that made the row's claim (`Record::holder`).
+/// Rows written before read NULL: unknown.
+const MIGRATION_V4: &str = "
+ALTER TABLE idem_records ADD COLUMN holder TEXT;
 ";
 
 /// The code of `RecordState::Released` as written in the SQL above and in
