@@ -143,7 +143,8 @@ fn full_example_parses_to_the_values_it_states() {
     assert_eq!(
         s.store,
         StoreSpec::Sqlite {
-            path: "idem.db".into()
+            path: "idem.db".into(),
+            synchronous: idem_store::SqliteSynchronous::Full,
         }
     );
     assert_eq!(s.admin, Some(addr("127.0.0.1:9090")));
@@ -228,7 +229,8 @@ fn empty_file_gives_the_contracts_defaults() {
     assert_eq!(
         s.store,
         StoreSpec::Sqlite {
-            path: "idem.db".into()
+            path: "idem.db".into(),
+            synchronous: idem_store::SqliteSynchronous::Full,
         }
     );
     assert_eq!(s.store.to_string(), config::DEFAULT_STORE);

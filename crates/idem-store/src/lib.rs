@@ -45,7 +45,7 @@ pub use sealed::{
     is_sealed, KeyPosition, KeyRing, KeyRingError, OpenError, SealError, SealedPart, SealedStore,
     SEALED_HEADER,
 };
-pub use spec::{open, StoreSpec, StoreSpecError};
+pub use spec::{open, SqliteSynchronous, StoreSpec, StoreSpecError};
 pub use store::{
     Claim, ClaimOutcome, Completion, ListCursor, ListQuery, Store, StoreClock, SweepReport,
     Unsettled, Write,

@@ -9,10 +9,14 @@ use std::sync::Arc;
 pub enum StoreSpec {
     /// `memory`: in-process, nothing survives a restart.
     Memory,
-    /// `sqlite:PATH`: the embedded durable default.
+    /// `sqlite:PATH`: the embedded durable default
+    /// (`sqlite:PATH?synchronous=normal` for the weaker sync, see
+    /// [`SqliteSynchronous`]).
     Sqlite {
         /// The database file.
         path: PathBuf,
+        /// When commits reach the disk.
+        synchronous: SqliteSynchronous,
     },
     /// `postgres://…` or `postgresql://…`: PostgreSQL, shared by many
     /// gateways.
@@ -36,6 +40,23 @@ pub enum StoreSpec {
     },
 }
 
+/// When the SQLite engine's commits reach the disk (SQLite's
+/// `PRAGMA synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteSynchronous {
+    /// `FULL`, the default: the WAL is synced at every commit, so an
+    /// acknowledged claim or outcome survives power loss, as the contract
+    /// requires.
+    #[default]
+    Full,
+    /// `NORMAL`: the WAL is synced only at checkpoints. A crash of the
+    /// process loses nothing, but power loss or an OS crash can lose the
+    /// last acknowledged commits, and with them claims: a retry after that
+    /// may execute again. Weaker than the contract; for measuring what
+    /// `FULL` costs, or for data that may be lost.
+    Normal,
+}
+
 /// A `--store` value that names no engine, or a bad one.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreSpecError {
@@ -49,6 +70,11 @@ pub enum StoreSpecError {
     /// `sqlite:` without a path.
     #[error("store `sqlite:` needs a file path, e.g. sqlite:idem.db")]
     MissingPath,
+    /// A `sqlite:PATH?…` parameter that is not `synchronous=full|normal`.
+    #[error(
+        "store `{0}`: unknown parameter `{1}` (the one parameter is synchronous=full or synchronous=normal)"
+    )]
+    SqliteParameter(String, String),
     /// A URL store without a host.
     #[error(
         "store `{0}` names no server: expected e.g. postgres://idem@db:5432/idem, \
@@ -89,10 +115,30 @@ impl std::str::FromStr for StoreSpec {
         }
         if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
+            let (path, params) = match path.split_once('?') {
+                Some((path, params)) => (path, Some(params)),
+                None => (path, None),
+            };
             if path.is_empty() {
                 return Err(StoreSpecError::MissingPath);
             }
-            return Ok(StoreSpec::Sqlite { path: path.into() });
+            let mut synchronous = SqliteSynchronous::Full;
+            for param in params.into_iter().flat_map(|p| p.split('&')) {
+                synchronous = match param.to_ascii_lowercase().as_str() {
+                    "synchronous=full" => SqliteSynchronous::Full,
+                    "synchronous=normal" => SqliteSynchronous::Normal,
+                    _ => {
+                        return Err(StoreSpecError::SqliteParameter(
+                            s.to_owned(),
+                            param.to_owned(),
+                        ))
+                    }
+                };
+            }
+            return Ok(StoreSpec::Sqlite {
+                path: path.into(),
+                synchronous,
+            });
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             if authority(s).is_none_or(|a| a.rsplit('@').next().unwrap_or("").is_empty()) {
@@ -136,7 +182,13 @@ impl std::fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreSpec::Memory => f.write_str("memory"),
-            StoreSpec::Sqlite { path } => write!(f, "sqlite:{}", path.display()),
+            StoreSpec::Sqlite { path, synchronous } => {
+                write!(f, "sqlite:{}", path.display())?;
+                match synchronous {
+                    SqliteSynchronous::Full => Ok(()),
+                    SqliteSynchronous::Normal => f.write_str("?synchronous=normal"),
+                }
+            }
             // Passwords are never shown (this is what logs and errors print).
             StoreSpec::Postgres { url } | StoreSpec::Redis { url } => f.write_str(&redact(url)),
             StoreSpec::RedisCluster { nodes } => {
@@ -243,8 +295,12 @@ pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreSpecError> {
     match spec {
         StoreSpec::Memory => Ok(Arc::new(crate::MemoryStore::new())),
         #[cfg(feature = "sqlite")]
-        StoreSpec::Sqlite { path } => {
-            crate::SqliteStore::open(path, crate::SqliteOptions::default())
+        StoreSpec::Sqlite { path, synchronous } => {
+            let options = crate::SqliteOptions {
+                synchronous: *synchronous,
+                ..crate::SqliteOptions::default()
+            };
+            crate::SqliteStore::open(path, options)
                 .map(|s| Arc::new(s) as Arc<dyn Store>)
                 .map_err(|source| StoreSpecError::Open {
                     spec: spec.to_string(),
@@ -318,6 +374,40 @@ mod tests {
         let redis = parse("redis://:pw@cache:6379/2");
         assert_eq!(redis.to_string(), "redis://:***@cache:6379/2");
         assert!(matches!(redis, StoreSpec::Redis { .. }));
+    }
+
+    #[test]
+    fn sqlite_takes_one_parameter_the_sync_and_names_any_other() {
+        let full = parse("sqlite:/var/lib/idem.db");
+        assert_eq!(
+            full,
+            StoreSpec::Sqlite {
+                path: "/var/lib/idem.db".into(),
+                synchronous: SqliteSynchronous::Full
+            }
+        );
+        assert_eq!(parse("sqlite:/var/lib/idem.db?synchronous=FULL"), full);
+        let normal = parse("sqlite:idem.db?synchronous=normal");
+        assert_eq!(
+            normal,
+            StoreSpec::Sqlite {
+                path: "idem.db".into(),
+                synchronous: SqliteSynchronous::Normal
+            }
+        );
+        assert_eq!(normal.to_string(), "sqlite:idem.db?synchronous=normal");
+        assert_eq!(parse(&normal.to_string()), normal);
+        for bad in ["sqlite:idem.db?synchronous=off", "sqlite:idem.db?mode=ro"] {
+            let err = bad.parse::<StoreSpec>().unwrap_err().to_string();
+            assert!(
+                err.contains("unknown parameter") && err.contains(bad.split('?').nth(1).unwrap()),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            "sqlite:?synchronous=normal".parse::<StoreSpec>(),
+            Err(StoreSpecError::MissingPath)
+        ));
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn options(schema: &str) -> PostgresOptions {
         migration_timeout: Duration::from_secs(20),
         schema: Some(schema.to_owned()),
         clock: StoreClock::Server,
+        group_commit: true,
     }
 }
 
@@ -66,6 +67,11 @@ impl Drop for Schema {
 /// A store in a fresh schema on `clock`, or `None` when there is no
 /// server.
 async fn fresh(clock: StoreClock) -> Option<Arc<dyn Store>> {
+    fresh_with(clock, true).await
+}
+
+/// [`fresh`], with group commit on or off.
+async fn fresh_with(clock: StoreClock, group_commit: bool) -> Option<Arc<dyn Store>> {
     if !server_up().await {
         return None;
     }
@@ -74,6 +80,7 @@ async fn fresh(clock: StoreClock) -> Option<Arc<dyn Store>> {
         &url(),
         PostgresOptions {
             clock,
+            group_commit,
             ..options(&schema)
         },
     )
@@ -87,6 +94,17 @@ idem_store::conformance_tests!(match fresh(StoreClock::Caller).await {
     Some(store) => std::future::ready(store),
     None => return,
 });
+
+/// Each claim and completion its own statement (group commit off): the
+/// path a batch hands requests back to, on its own.
+mod one_statement_each {
+    use super::*;
+
+    idem_store::conformance_tests!(match fresh_with(StoreClock::Caller, false).await {
+        Some(store) => std::future::ready(store),
+        None => return,
+    });
+}
 
 /// The database server's clock (the default): what holds without moving
 /// time, and skewed callers agreeing.
@@ -781,4 +799,93 @@ async fn a_version_2_database_is_upgraded_and_keeps_its_records() {
     assert_eq!(new.holder.as_deref(), Some("gw-new:7"));
     drop(client);
     let _ = conn.await;
+}
+
+/// Group commit under load: 400 claims from concurrent tasks (every key
+/// claimed by four of them, on two stores sharing the schema, so batches
+/// carry duplicates and race each other), then the winners complete with
+/// headers and bodies of their own. Batches carried more than one request
+/// each; every key has exactly one winner; every completion is written and
+/// replays its own response byte for byte; a loser sees the winner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_claims_and_completions_answer_each_request_right() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let open = || async {
+        Arc::new(
+            PostgresStore::open(&url(), options(&schema.0))
+                .await
+                .unwrap(),
+        )
+    };
+    let stores = [open().await, open().await];
+    let keys: Vec<RecordId> = (0..100).map(|i| id(&format!("batched-{i}"))).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..4 {
+        for (i, k) in keys.iter().enumerate() {
+            let store = stores[(i + round) % 2].clone();
+            let k = k.clone();
+            tasks.spawn(async move {
+                let outcome = store.claim(claim(&k, T0)).await.unwrap();
+                (k, outcome)
+            });
+        }
+    }
+    let mut winners = std::collections::HashMap::new();
+    let mut losers = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (k, outcome) = joined.unwrap();
+        match outcome {
+            ClaimOutcome::Claimed { token } => {
+                assert!(winners.insert(k.clone(), token).is_none(), "{k:?} claimed twice");
+            }
+            ClaimOutcome::Existing { outcome, .. } => {
+                assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}");
+                losers += 1;
+            }
+        }
+    }
+    assert_eq!((winners.len(), losers), (100, 300));
+    let mut completions = tokio::task::JoinSet::new();
+    for (i, (k, token)) in winners.iter().enumerate() {
+        let store = stores[i % 2].clone();
+        let (k, token) = (k.clone(), *token);
+        completions.spawn(async move {
+            let response = StoredResponse {
+                status: 200 + (i % 50) as u16,
+                headers: (0..i % 3)
+                    .map(|h| (format!("x-h{h}"), Bytes::from(format!("{}-{h}", k.key.as_str()))))
+                    .collect(),
+                body: (i % 4 != 0).then(|| Bytes::from(format!("body of {}", k.key.as_str()))),
+            };
+            let written = store
+                .complete(&k, token, Completion::new(response.clone(), T0, &retention()))
+                .await
+                .unwrap();
+            (k, written, response)
+        });
+    }
+    while let Some(joined) = completions.join_next().await {
+        let (k, written, response) = joined.unwrap();
+        assert_eq!(written, Write::Written, "{k:?}");
+        let (outcome, record) = support::existing(&*stores[1], claim(&k, T0)).await;
+        let expected = if response.body.is_some() {
+            ExistingOutcome::Replay
+        } else {
+            ExistingOutcome::NotReplayable {
+                status: response.status,
+            }
+        };
+        assert_eq!(outcome, expected, "{k:?}");
+        assert_eq!(record.response.as_ref(), Some(&response), "{k:?}");
+    }
+    for store in &stores {
+        let (statements, requests) = store.batch_stats().expect("group commit is on");
+        assert!(
+            requests > statements,
+            "some batch carried more than one request: {statements} statements for {requests}"
+        );
+    }
 }

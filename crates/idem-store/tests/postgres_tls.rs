@@ -39,6 +39,7 @@ fn options() -> PostgresOptions {
         migration_timeout: Duration::from_secs(20),
         schema: Some(unique_name("idem_tls")),
         clock: StoreClock::Caller,
+        group_commit: true,
     }
 }
 

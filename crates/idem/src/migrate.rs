@@ -42,7 +42,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
                     println!("{spec}: schema is now at version {}", report.version);
                 }
             }
-            StoreSpec::Sqlite { path } => {
+            StoreSpec::Sqlite { path, .. } => {
                 // Opening creates or upgrades the schema, in one transaction.
                 idem_store::SqliteStore::open(path, idem_store::SqliteOptions::default())
                     .with_context(|| format!("cannot migrate {spec}"))?;

@@ -53,6 +53,7 @@
 //!   [`StoreError`] within [`PostgresOptions::operation_timeout`], never a
 //!   hang; the pool reconnects by itself when the database returns.
 
+mod batch;
 mod rows;
 mod schema;
 mod tls;
@@ -121,6 +122,13 @@ pub struct PostgresOptions {
     /// Whose clock leases and retention are decided on. Default
     /// [`StoreClock::Server`]: the database server's.
     pub clock: StoreClock,
+    /// Group commit: the claims of concurrent requests are sent as one
+    /// statement (and one transaction) per batch, and so are their
+    /// completions. A batch leaves as soon as a connection for it is free,
+    /// so nothing waits on a timer; under load, what queued meanwhile goes
+    /// together. Default true. Off, each claim and completion is its own
+    /// statement.
+    pub group_commit: bool,
 }
 
 impl Default for PostgresOptions {
@@ -133,6 +141,7 @@ impl Default for PostgresOptions {
             migration_timeout: Duration::from_secs(60),
             schema: None,
             clock: StoreClock::Server,
+            group_commit: true,
         }
     }
 }
@@ -147,12 +156,14 @@ impl Default for PostgresOptions {
 /// # Ok(()) }
 /// ```
 pub struct PostgresStore {
-    pool: Pool,
+    connections: Connections,
     options: PostgresOptions,
     /// The configuration of the pool's connections, for the LISTEN one.
     config: tokio_postgres::Config,
     /// How every connection is opened (TLS as the URL says).
     connector: tls::Connector,
+    /// Group commit of claims and completions, when on.
+    batches: Option<batch::Batches>,
     /// The schema in announcements ("" for the search_path's).
     namespace: String,
     /// Waiters on records in flight, and the LISTEN task.
@@ -243,11 +254,20 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| fail("open", format!("cannot build the connection pool: {e}")))?;
-        Ok(PostgresStore {
+        let connections = Connections {
             pool,
+            connector: connector.clone(),
+            operation_timeout: options.operation_timeout,
+        };
+        let batches = options
+            .group_commit
+            .then(|| batch::Batches::start(connections.clone()));
+        Ok(PostgresStore {
+            connections,
             options,
             config,
             connector,
+            batches,
             namespace,
             wakeups: Wakeups::new(),
         })
@@ -302,6 +322,14 @@ impl PostgresStore {
         }
     }
 
+    /// Group commit so far: (statements sent, claims and completions they
+    /// carried); `None` with [`PostgresOptions::group_commit`] off. For
+    /// tests and benchmarks.
+    #[doc(hidden)]
+    pub fn batch_stats(&self) -> Option<(u64, u64)> {
+        self.batches.as_ref().map(batch::Batches::stats)
+    }
+
     /// Warns when the server acknowledges commits before they are durable.
     async fn check_durability(&self) {
         let setting = self
@@ -323,49 +351,17 @@ impl PostgresStore {
 
     /// A pooled connection, or an error once `deadline` passes.
     async fn client(&self, op: &'static str, deadline: Instant) -> Result<Object, StoreError> {
-        match tokio::time::timeout_at(deadline, self.pool.get()).await {
-            Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => {
-                let tls = match &e {
-                    PoolError::Backend(e) => self.connector.explain(e),
-                    _ => None,
-                };
-                let e = chain(&e);
-                Err(fail(
-                    op,
-                    match tls {
-                        Some(tls) => format!("cannot get a connection: {e}: {tls}"),
-                        None => format!("cannot get a connection: {e}"),
-                    },
-                ))
-            }
-            Err(_) => Err(fail(
-                op,
-                format!("no connection within {:?}", self.options.operation_timeout),
-            )),
-        }
+        self.connections.client(op, deadline).await
     }
 
-    /// Runs one operation with a pooled connection under the operation's
-    /// deadline. A connection whose operation ran out of time may be stuck
-    /// on a dead peer: it is discarded, not returned to the pool.
+    /// See [`Connections::run`].
     async fn run<T>(
         &self,
         op: &'static str,
         bound: Duration,
         f: impl for<'c> FnOnce(&'c mut Object) -> BoxFuture<'c, Result<T, RowError>>,
     ) -> Result<T, StoreError> {
-        let deadline = Instant::now() + bound;
-        let mut client = self.client(op, deadline).await?;
-        let result = tokio::time::timeout_at(deadline, f(&mut client)).await;
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(row_error(op, e)),
-            Err(_) => {
-                drop(Object::take(client));
-                Err(fail(op, format!("no answer within {bound:?}")))
-            }
-        }
+        self.connections.run(op, bound, f).await
     }
 
     async fn owner_write(
@@ -472,6 +468,65 @@ impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.wakeups.stop();
     }
+}
+
+/// The pool and how its connections are opened: what every operation
+/// runs on, the store's own and its batches'.
+#[derive(Clone)]
+pub(super) struct Connections {
+    pool: Pool,
+    connector: tls::Connector,
+    operation_timeout: Duration,
+}
+
+impl Connections {
+    /// A pooled connection, or an error once `deadline` passes.
+    async fn client(&self, op: &'static str, deadline: Instant) -> Result<Object, StoreError> {
+        match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => {
+                let tls = match &e {
+                    PoolError::Backend(e) => self.connector.explain(e),
+                    _ => None,
+                };
+                let e = chain(&e);
+                Err(fail(
+                    op,
+                    match tls {
+                        Some(tls) => format!("cannot get a connection: {e}: {tls}"),
+                        None => format!("cannot get a connection: {e}"),
+                    },
+                ))
+            }
+            Err(_) => Err(fail(
+                op,
+                format!("no connection within {:?}", self.operation_timeout),
+            )),
+        }
+    }
+
+    /// Runs one operation with a pooled connection under the operation's
+    /// deadline. A connection whose operation ran out of time may be stuck
+    /// on a dead peer: it is discarded, not returned to the pool.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        bound: Duration,
+        f: impl for<'c> FnOnce(&'c mut Object) -> BoxFuture<'c, Result<T, RowError>>,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + bound;
+        let mut client = self.client(op, deadline).await?;
+        let result = tokio::time::timeout_at(deadline, f(&mut client)).await;
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(row_error(op, e)),
+            Err(_) => {
+                drop(Object::take(client));
+                Err(fail(op, format!("no answer within {bound:?}")))
+            }
+        }
+    }
+
 }
 
 /// What the owner's final write notifies for `id`: 16 hex digits of a
@@ -877,6 +932,13 @@ impl Keys {
 impl Store for PostgresStore {
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
         let clock = self.clock_param(claim.now);
+        let claim = match &self.batches {
+            Some(batches) => match batches.claim(claim, clock).await? {
+                Ok(outcome) => return Ok(outcome),
+                Err(alone) => alone,
+            },
+            None => claim,
+        };
         self.run("claim", self.options.operation_timeout, |client| {
             Box::pin(async move { claim_on(client, &claim, clock).await })
         })
@@ -905,6 +967,20 @@ impl Store for PostgresStore {
         completion: Completion,
     ) -> Result<Write, StoreError> {
         let clock = self.clock_param(completion.now);
+        let completion = match &self.batches {
+            Some(batches) => {
+                let token = rows::token_to_sql(token).map_err(|e| StoreError::new(ENGINE, "complete", e))?;
+                let announcement = announcement(&self.namespace, id);
+                match batches
+                    .complete(id.clone(), token, completion, clock, announcement)
+                    .await?
+                {
+                    Ok(write) => return Ok(write),
+                    Err(alone) => alone,
+                }
+            }
+            None => completion,
+        };
         self.owner_write(
             "complete",
             rows::COMPLETE,

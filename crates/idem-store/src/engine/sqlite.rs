@@ -63,6 +63,9 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Read-only connections kept open for `get`. Default 4.
     pub max_idle_readers: usize,
+    /// When commits reach the disk. Default [`SqliteSynchronous::Full`],
+    /// which the contract needs; `Normal` is weaker (see there).
+    pub synchronous: crate::SqliteSynchronous,
 }
 
 impl Default for SqliteOptions {
@@ -72,6 +75,7 @@ impl Default for SqliteOptions {
             group_commit_window: Duration::ZERO,
             busy_timeout: Duration::from_secs(5),
             max_idle_readers: 4,
+            synchronous: crate::SqliteSynchronous::Full,
         }
     }
 }

@@ -138,6 +138,57 @@ pub(super) const LIST_PAGE: &str = concat!(
      ORDER BY claimed_at, scope COLLATE \"C\", key COLLATE \"C\" LIMIT $4"
 );
 
+/// A batch of claims ([`super::batch`]) in one statement: each row of the
+/// arrays `$1`..`$10` (scope, key, fingerprint version and digest, the
+/// distances of lease, retention and tombstone from the caller's reading,
+/// attempt, holder, clock parameter; one row per record, sorted) is
+/// inserted as [`INSERT_IF_ABSENT`] inserts one, in the order sent (so two
+/// batches never wait on each other's rows in opposite orders). Returns,
+/// per row in order: its position (from 1), the token when it was
+/// inserted, else the stored record ([`record_columns!`], all NULL when
+/// the statement's snapshot has none: it was inserted concurrently) and
+/// the store's clock that row was decided at.
+pub(super) const CLAIM_MANY: &str = concat!(
+    "WITH b AS MATERIALIZED (SELECT u.*, ",
+    store_now!("u.bclk"),
+    " AS n FROM unnest($1::text[], $2::text[], $3::integer[], $4::bytea[], $5::bigint[], \
+     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[]) WITH ORDINALITY \
+     AS u(bs, bk, bfpv, bfpd, blease, bexp, btomb, batt, bholder, bclk, bi)), \
+     ins AS (INSERT INTO idem_records (scope, key, state, token, fp_version, fp_digest, \
+     lease_until, expires_at, tombstone_until, claimed_at, has_response, attempt, holder) \
+     SELECT bs, bk, 1, GREATEST(LEAST(GREATEST(n, 0), 9223372036854775) * 1000, 1), bfpv, bfpd, \
+     n + blease, n + bexp, n + btomb, n, false, batt, bholder FROM b ORDER BY bi \
+     ON CONFLICT (scope, key) DO NOTHING RETURNING scope AS s, key AS k, token AS t) \
+     SELECT b.bi, ins.t, r.*, b.n FROM b LEFT JOIN ins ON ins.s = b.bs AND ins.k = b.bk \
+     LEFT JOIN LATERAL (SELECT ",
+    record_columns!(),
+    " FROM idem_records WHERE scope = b.bs AND key = b.bk) r ON ins.t IS NULL ORDER BY b.bi"
+);
+
+/// A batch of completions ([`super::batch`]) in one statement: each row of
+/// `$1`..`$11` (scope, key, token, status, where its headers start in
+/// `$12`/`$13` and how many, body, the distances of retention and
+/// tombstone from the caller's reading, announcement, clock parameter; one
+/// row per record) is written as [`COMPLETE`] writes one, and announced
+/// the same way. Returns the position (from 1) of each row written.
+pub(super) const COMPLETE_MANY: &str = concat!(
+    "WITH b AS MATERIALIZED (SELECT u.*, ",
+    store_now!("u.bclk"),
+    " AS n FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[], $5::integer[], \
+     $6::integer[], $7::bytea[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[]) \
+     WITH ORDINALITY AS u(bs, bk, btok, bstatus, bhfrom, bhlen, bbody, bexp, btomb, bann, bclk, bi)), \
+     w AS (UPDATE idem_records AS r SET state = 2, has_response = true, status = b.bstatus, \
+     header_names = CASE WHEN b.bhlen = 0 THEN NULL \
+     ELSE ($12::bytea[])[b.bhfrom + 1 : b.bhfrom + b.bhlen] END, \
+     header_values = CASE WHEN b.bhlen = 0 THEN NULL \
+     ELSE ($13::bytea[])[b.bhfrom + 1 : b.bhfrom + b.bhlen] END, \
+     body = b.bbody, expires_at = b.n + b.bexp, tombstone_until = b.n + b.btomb FROM b \
+     WHERE r.scope = b.bs AND r.key = b.bk AND r.token = b.btok AND r.state = 1 \
+     RETURNING b.bi AS i, r.waiters AS waiters, b.bann AS ann), \
+     n AS (SELECT pg_notify('idem_changed', ann) FROM w WHERE waiters) \
+     SELECT w.i, (SELECT count(*) FROM n) FROM w"
+);
+
 /// The store's clock alone (`$1`: see [`store_now!`]), for a sweep.
 pub(super) const NOW: &str = concat!("SELECT ", store_now!("$1"));
 

@@ -166,8 +166,18 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
     }
     // FULL: the WAL is synced at every commit, so an acknowledged outcome
     // survives power loss, not only a crash of the process.
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| ctx("setting synchronous=FULL", e))?;
+    let synchronous = match options.synchronous {
+        crate::SqliteSynchronous::Full => "FULL",
+        crate::SqliteSynchronous::Normal => {
+            tracing::warn!(
+                path = %shown,
+                "the SQLite store runs with synchronous=normal: power loss or an OS crash can lose acknowledged claims, and a retry may then execute again"
+            );
+            "NORMAL"
+        }
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(|e| ctx(&format!("setting synchronous={synchronous}"), e))?;
     // Truncate the WAL file back to this size after checkpoints.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(|e| ctx("setting journal_size_limit", e))?;
@@ -264,6 +274,17 @@ mod tests {
         assert_eq!(get("synchronous"), "2", "FULL");
         assert_eq!(get("busy_timeout"), "5000");
         assert_eq!(get("user_version"), SCHEMA_VERSION.to_string());
+        drop(conn);
+        // Asked for, the weaker sync: only at checkpoints.
+        let options = SqliteOptions {
+            synchronous: crate::SqliteSynchronous::Normal,
+            ..SqliteOptions::default()
+        };
+        let conn = open_writer(&dir.path().join("normal.db"), &options).unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL");
     }
 
     /// A sweep must never scan the table: each query walks its own index.

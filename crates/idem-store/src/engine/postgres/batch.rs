@@ -1,0 +1,440 @@
+//! Group commit: the claims of concurrent requests go to the database as
+//! one statement per batch ([`rows::CLAIM_MANY`]), and so do their
+//! completions ([`rows::COMPLETE_MANY`]). Each statement is its own
+//! transaction, so a batch costs one round trip, one commit and one WAL
+//! flush however many requests it carries, where one statement per request
+//! spent most of the database's CPU on per-statement overhead and the
+//! context switches of many backends.
+//!
+//! A gathering task per kind takes what is queued (up to [`MAX_BATCH`])
+//! as soon as one of [`BATCHES_IN_FLIGHT`] slots is free: under light load
+//! a batch is one request and leaves at once (no timer), under heavy load
+//! requests queue while the slots are busy and leave together.
+//!
+//! What a batch cannot answer it hands back to the caller, which decides
+//! alone, as without batching: a second claim of a record already in the
+//! batch (it must see the first one's row), a key the rule may claim again
+//! (that needs the row lock), a row the statement's snapshot did not see,
+//! a row that does not decode. A failed batch fails each of its requests,
+//! exactly as a failed single statement would: the claim or completion may
+//! have committed, and the caller settles it as it settles any lost reply.
+
+use super::rows::{self, read_record, Body, RowError};
+use super::{at_store_time, fail, BoxFuture, Connections, ENGINE};
+use crate::engine::apply_claim;
+use crate::{Claim, ClaimOutcome, Completion, StoreError, Write};
+use deadpool_postgres::Object;
+use idem_core::RecordId;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Most requests in one statement.
+pub(super) const MAX_BATCH: usize = 64;
+
+/// Batches of one kind running at once (each on its own connection).
+pub(super) const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Requests queued for a batch; past it a request runs alone.
+const QUEUE: usize = 4096;
+
+/// The two gathering tasks' queues. Dropping this stops them once their
+/// queues are empty.
+pub(super) struct Batches {
+    claims: mpsc::Sender<ClaimJob>,
+    completions: mpsc::Sender<CompletionJob>,
+    stats: Arc<BatchStats>,
+}
+
+/// Counts of what the batches carried, for tests and benchmarks.
+#[derive(Default)]
+pub(super) struct BatchStats {
+    /// Statements sent.
+    pub(super) statements: AtomicU64,
+    /// Requests they carried.
+    pub(super) requests: AtomicU64,
+}
+
+/// What a batch answers for one request: the answer, or the request back
+/// for the caller to decide alone.
+type Answer<T, R> = Result<Result<T, R>, StoreError>;
+
+struct ClaimJob {
+    claim: Claim,
+    clock: Option<i64>,
+    reply: oneshot::Sender<Answer<ClaimOutcome, Claim>>,
+}
+
+struct CompletionJob {
+    id: RecordId,
+    token: i64,
+    completion: Completion,
+    clock: Option<i64>,
+    announcement: String,
+    reply: oneshot::Sender<Answer<Write, Completion>>,
+}
+
+/// A completion as [`rows::COMPLETE_MANY`] takes it.
+struct Completing {
+    id: RecordId,
+    token: i64,
+    completion: Completion,
+    clock: Option<i64>,
+    announcement: String,
+}
+
+impl Batches {
+    /// Starts the gathering tasks (on the current Tokio runtime).
+    pub(super) fn start(connections: Connections) -> Self {
+        let stats = Arc::new(BatchStats::default());
+        let (claims, queued) = mpsc::channel(QUEUE);
+        tokio::spawn(gather(queued, connections.clone(), stats.clone(), run_claims));
+        let (completions, queued) = mpsc::channel(QUEUE);
+        tokio::spawn(gather(queued, connections, stats.clone(), run_completions));
+        Batches {
+            claims,
+            completions,
+            stats,
+        }
+    }
+
+    /// (statements sent, requests they carried) so far.
+    pub(super) fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.statements.load(Ordering::Relaxed),
+            self.stats.requests.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The claim decided in a batch, or handed back (`Ok(Err(claim))`) to
+    /// be decided alone.
+    pub(super) async fn claim(&self, claim: Claim, clock: Option<i64>) -> Answer<ClaimOutcome, Claim> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(e) = self.claims.try_send(ClaimJob {
+            claim,
+            clock,
+            reply,
+        }) {
+            return Ok(Err(e.into_inner().claim));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(fail("claim", "the claim's batch was lost")))
+    }
+
+    /// The completion written (or fenced) in a batch, or handed back
+    /// (`Ok(Err(completion))`) to be written alone.
+    pub(super) async fn complete(
+        &self,
+        id: RecordId,
+        token: i64,
+        completion: Completion,
+        clock: Option<i64>,
+        announcement: String,
+    ) -> Answer<Write, Completion> {
+        let (reply, answer) = oneshot::channel();
+        let job = CompletionJob {
+            id,
+            token,
+            completion,
+            clock,
+            announcement,
+            reply,
+        };
+        if let Err(e) = self.completions.try_send(job) {
+            return Ok(Err(e.into_inner().completion));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(fail("complete", "the completion's batch was lost")))
+    }
+}
+
+/// Takes queued jobs in batches, each run by `run` once a slot is free.
+async fn gather<J, F, Fut>(
+    mut queued: mpsc::Receiver<J>,
+    connections: Connections,
+    stats: Arc<BatchStats>,
+    run: F,
+) where
+    J: Send + 'static,
+    F: Fn(Connections, Vec<J>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queued.recv().await {
+        // Waiting for a slot is what lets a batch fill under load.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        stats.statements.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        metrics::histogram!("idem_store_batch_size", "engine" => ENGINE)
+            .record(batch.len() as f64);
+        let running = run(connections.clone(), batch);
+        tokio::spawn(async move {
+            running.await;
+            drop(slot);
+        });
+    }
+}
+
+/// Splits `jobs` into one job per record (sorted by record, the order the
+/// statement writes them in) and the later jobs of a record already in.
+fn one_per_record<J>(mut jobs: Vec<J>, id: impl Fn(&J) -> &RecordId) -> (Vec<J>, Vec<J>) {
+    jobs.sort_by(|a, b| id(a).cmp(id(b)));
+    let mut batch: Vec<J> = Vec::with_capacity(jobs.len());
+    let mut again = Vec::new();
+    for job in jobs {
+        match batch.last() {
+            Some(last) if id(last) == id(&job) => again.push(job),
+            _ => batch.push(job),
+        }
+    }
+    (batch, again)
+}
+
+/// The message of a failed batch, for each of its requests.
+fn batch_failed(op: &'static str, e: &StoreError) -> StoreError {
+    let why = std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
+    fail(op, why)
+}
+
+fn run_claims(connections: Connections, jobs: Vec<ClaimJob>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let (batch, again) = one_per_record(jobs, |j| &j.claim.id);
+        let (replies, claims): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|j| (j.reply, (j.claim, j.clock)))
+            .unzip();
+        let result = connections
+            .run("claim", connections.operation_timeout, move |client| {
+                Box::pin(async move {
+                    let decided = claim_many(client, &claims).await?;
+                    Ok((decided, claims))
+                })
+            })
+            .await;
+        match result {
+            Ok((decided, claims)) => {
+                for ((reply, outcome), (claim, _)) in replies.into_iter().zip(decided).zip(claims) {
+                    let _ = reply.send(Ok(outcome.ok_or(claim)));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(batch_failed("claim", &e)));
+                }
+            }
+        }
+        // After the batch answered, so they see its rows.
+        for job in again {
+            let _ = job.reply.send(Ok(Err(job.claim)));
+        }
+    })
+}
+
+/// One [`rows::CLAIM_MANY`]: per claim, its outcome, or `None` to decide
+/// it alone.
+async fn claim_many(
+    client: &mut Object,
+    claims: &[(Claim, Option<i64>)],
+) -> Result<Vec<Option<ClaimOutcome>>, RowError> {
+    let stmt = client.prepare_cached(rows::CLAIM_MANY).await?;
+    let scopes: Vec<&str> = claims.iter().map(|(c, _)| c.id.scope.as_str()).collect();
+    let keys: Vec<&str> = claims.iter().map(|(c, _)| c.id.key.as_str()).collect();
+    let versions: Vec<i32> = claims
+        .iter()
+        .map(|(c, _)| i32::from(c.fingerprint.version))
+        .collect();
+    let digests: Vec<&[u8]> = claims
+        .iter()
+        .map(|(c, _)| &c.fingerprint.digest[..])
+        .collect();
+    let from_now = |at: fn(&Claim) -> idem_core::Timestamp| -> Vec<i64> {
+        claims
+            .iter()
+            .map(|(c, _)| super::offset(c.now, at(c)))
+            .collect()
+    };
+    let leases = from_now(|c| c.lease_until);
+    let expiries = from_now(|c| c.expires_at);
+    let tombstones = from_now(|c| c.tombstone_until);
+    let attempts: Vec<i64> = claims
+        .iter()
+        .map(|(c, _)| rows::attempt_to_sql(c.attempt))
+        .collect();
+    let holders: Vec<Option<&str>> = claims.iter().map(|(c, _)| c.holder.as_deref()).collect();
+    let clocks: Vec<Option<i64>> = claims.iter().map(|(_, clock)| *clock).collect();
+    let found = client
+        .query(
+            &stmt,
+            &[
+                &scopes,
+                &keys,
+                &versions,
+                &digests,
+                &leases,
+                &expiries,
+                &tombstones,
+                &attempts,
+                &holders,
+                &clocks,
+            ],
+        )
+        .await?;
+    let mut decided = vec![None; claims.len()];
+    for row in &found {
+        let position: i64 = row.try_get(0)?;
+        let Some((slot, (claim, _))) = usize::try_from(position - 1)
+            .ok()
+            .and_then(|i| Some((decided.get_mut(i)?, claims.get(i)?)))
+        else {
+            continue;
+        };
+        if let Some(token) = row.try_get::<_, Option<i64>>(1)? {
+            if let Ok(token) = u64::try_from(token) {
+                *slot = Some(ClaimOutcome::Claimed { token });
+            }
+            continue;
+        }
+        // Not inserted, and not seen either: inserted concurrently.
+        if row.try_get::<_, Option<i16>>(2)?.is_none() {
+            continue;
+        }
+        let Ok(record) = read_record(row, 2, claim.id.clone(), Body::Load) else {
+            continue; // decided alone, which reports the damage
+        };
+        let now: i64 = row.try_get(2 + rows::COLUMNS)?;
+        let mut record = Some(record);
+        if let existing @ ClaimOutcome::Existing { .. } =
+            apply_claim(&mut record, &at_store_time(claim, now))
+        {
+            *slot = Some(existing);
+        }
+    }
+    Ok(decided)
+}
+
+fn run_completions(connections: Connections, jobs: Vec<CompletionJob>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let (batch, again) = one_per_record(jobs, |j| &j.id);
+        let (replies, batch): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|j| {
+                let CompletionJob { reply, id, token, completion, clock, announcement } = j;
+                (reply, Completing { id, token, completion, clock, announcement })
+            })
+            .unzip();
+        let result = connections
+            .run("complete", connections.operation_timeout, move |client| {
+                Box::pin(async move { complete_many(client, &batch).await })
+            })
+            .await;
+        match result {
+            Ok(written) => {
+                for (reply, written) in replies.into_iter().zip(written) {
+                    let write = if written {
+                        Write::Written
+                    } else {
+                        Write::Fenced
+                    };
+                    let _ = reply.send(Ok(Ok(write)));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(batch_failed("complete", &e)));
+                }
+            }
+        }
+        for job in again {
+            let _ = job.reply.send(Ok(Err(job.completion)));
+        }
+    })
+}
+
+/// One [`rows::COMPLETE_MANY`]: per completion, whether it was written.
+async fn complete_many(client: &mut Object, jobs: &[Completing]) -> Result<Vec<bool>, RowError> {
+    let stmt = client.prepare_cached(rows::COMPLETE_MANY).await?;
+    let scopes: Vec<&str> = jobs.iter().map(|j| j.id.scope.as_str()).collect();
+    let keys: Vec<&str> = jobs.iter().map(|j| j.id.key.as_str()).collect();
+    let tokens: Vec<i64> = jobs.iter().map(|j| j.token).collect();
+    let statuses: Vec<i32> = jobs
+        .iter()
+        .map(|j| i32::from(j.completion.response.status))
+        .collect();
+    let (mut names, mut values) = (Vec::new(), Vec::new());
+    let (mut header_from, mut header_count) = (Vec::new(), Vec::new());
+    for job in jobs {
+        let headers = &job.completion.response.headers;
+        header_from.push(i32::try_from(names.len()).map_err(|_| too_many_headers())?);
+        header_count.push(i32::try_from(headers.len()).map_err(|_| too_many_headers())?);
+        for (name, value) in headers {
+            names.push(name.as_bytes());
+            values.push(&value[..]);
+        }
+    }
+    let bodies: Vec<Option<&[u8]>> = jobs
+        .iter()
+        .map(|j| j.completion.response.body.as_deref())
+        .collect();
+    let expiries: Vec<i64> = jobs
+        .iter()
+        .map(|j| super::offset(j.completion.now, j.completion.expires_at))
+        .collect();
+    let tombstones: Vec<i64> = jobs
+        .iter()
+        .map(|j| super::offset(j.completion.now, j.completion.tombstone_until))
+        .collect();
+    let announcements: Vec<&str> = jobs.iter().map(|j| j.announcement.as_str()).collect();
+    let clocks: Vec<Option<i64>> = jobs.iter().map(|j| j.clock).collect();
+    let found = client
+        .query(
+            &stmt,
+            &[
+                &scopes,
+                &keys,
+                &tokens,
+                &statuses,
+                &header_from,
+                &header_count,
+                &bodies,
+                &expiries,
+                &tombstones,
+                &announcements,
+                &clocks,
+                &names,
+                &values,
+            ],
+        )
+        .await?;
+    let mut written = vec![false; jobs.len()];
+    for row in &found {
+        let position: i64 = row.try_get(0)?;
+        if let Some(w) = usize::try_from(position - 1)
+            .ok()
+            .and_then(|i| written.get_mut(i))
+        {
+            *w = true;
+        }
+    }
+    Ok(written)
+}
+
+fn too_many_headers() -> RowError {
+    RowError::Corrupt(rows::Corrupt(
+        "a batch holds more headers than PostgreSQL arrays index".into(),
+    ))
+}
