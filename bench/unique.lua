@@ -4,6 +4,10 @@
 -- else os.time()) separates runs, the thread id (assigned in setup) separates
 -- wrk threads, and the counter separates requests within a thread.
 --
+-- Env BODY_SIZE (bytes, at least 40) replaces the body with
+-- {"amount":100,"currency":"eur","pad":"xx…x"} padded to exactly that size,
+-- built once per thread in init(); unset or empty keeps the body below.
+--
 -- done() prints one machine-readable line starting with "IDEM_BENCH " that
 -- bench/run.sh parses.
 
@@ -25,6 +29,15 @@ end
 function init(args)
   local nonce = os.getenv("IDEM_BENCH_NONCE") or tostring(os.time())
   prefix = "u-" .. nonce .. "-" .. tostring(tid or 0) .. "-"
+  local size = os.getenv("BODY_SIZE")
+  if size ~= nil and size ~= "" then
+    local n = tonumber(size)
+    local head, tail = '{"amount":100,"currency":"eur","pad":"', '"}'
+    if n == nil or n ~= math.floor(n) or n < #head + #tail then
+      error("BODY_SIZE must be a whole number of bytes >= " .. (#head + #tail) .. ", got " .. size)
+    end
+    body = head .. string.rep("x", n - #head - #tail) .. tail
+  end
 end
 
 function request()

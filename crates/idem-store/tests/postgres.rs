@@ -839,10 +839,16 @@ async fn batched_claims_and_completions_answer_each_request_right() {
         let (k, outcome) = joined.unwrap();
         match outcome {
             ClaimOutcome::Claimed { token } => {
-                assert!(winners.insert(k.clone(), token).is_none(), "{k:?} claimed twice");
+                assert!(
+                    winners.insert(k.clone(), token).is_none(),
+                    "{k:?} claimed twice"
+                );
             }
             ClaimOutcome::Existing { outcome, .. } => {
-                assert!(matches!(outcome, ExistingOutcome::InProgress { .. }), "{outcome:?}");
+                assert!(
+                    matches!(outcome, ExistingOutcome::InProgress { .. }),
+                    "{outcome:?}"
+                );
                 losers += 1;
             }
         }
@@ -856,12 +862,21 @@ async fn batched_claims_and_completions_answer_each_request_right() {
             let response = StoredResponse {
                 status: 200 + (i % 50) as u16,
                 headers: (0..i % 3)
-                    .map(|h| (format!("x-h{h}"), Bytes::from(format!("{}-{h}", k.key.as_str()))))
+                    .map(|h| {
+                        (
+                            format!("x-h{h}"),
+                            Bytes::from(format!("{}-{h}", k.key.as_str())),
+                        )
+                    })
                     .collect(),
                 body: (i % 4 != 0).then(|| Bytes::from(format!("body of {}", k.key.as_str()))),
             };
             let written = store
-                .complete(&k, token, Completion::new(response.clone(), T0, &retention()))
+                .complete(
+                    &k,
+                    token,
+                    Completion::new(response.clone(), T0, &retention()),
+                )
                 .await
                 .unwrap();
             (k, written, response)

@@ -126,8 +126,9 @@ pub struct PostgresOptions {
     /// statement (and one transaction) per batch, and so are their
     /// completions. A batch leaves as soon as a connection for it is free,
     /// so nothing waits on a timer; under load, what queued meanwhile goes
-    /// together. Default true. Off, each claim and completion is its own
-    /// statement.
+    /// together. Default true, or the URL's `group_commit=on|off` (an idem
+    /// parameter, removed before the URL reaches the driver). Off, each
+    /// claim and completion is its own statement.
     pub group_commit: bool,
 }
 
@@ -204,6 +205,18 @@ impl PostgresStore {
         let (url, schema) = split_schema_param(url);
         if options.schema.is_none() {
             options.schema = schema;
+        }
+        let (url, group_commit) = super::take_query_param(&url, "group_commit");
+        match group_commit.as_deref() {
+            None => {}
+            Some("on" | "true") => options.group_commit = true,
+            Some("off" | "false") => options.group_commit = false,
+            Some(other) => {
+                return Err(fail(
+                    "open",
+                    format!("group_commit={other}: expected on or off"),
+                ))
+            }
         }
         let (url, ssl_mode, rootcert) = tls::take_params(&url).map_err(|e| fail("open", e))?;
         let connector = tls::Connector::new(ssl_mode, rootcert).map_err(|e| fail("open", e))?;
@@ -526,7 +539,6 @@ impl Connections {
             }
         }
     }
-
 }
 
 /// What the owner's final write notifies for `id`: 16 hex digits of a
@@ -969,7 +981,8 @@ impl Store for PostgresStore {
         let clock = self.clock_param(completion.now);
         let completion = match &self.batches {
             Some(batches) => {
-                let token = rows::token_to_sql(token).map_err(|e| StoreError::new(ENGINE, "complete", e))?;
+                let token = rows::token_to_sql(token)
+                    .map_err(|e| StoreError::new(ENGINE, "complete", e))?;
                 let announcement = announcement(&self.namespace, id);
                 match batches
                     .complete(id.clone(), token, completion, clock, announcement)
@@ -1159,5 +1172,24 @@ mod tests {
             split_schema_param("postgres://u@h/db"),
             ("postgres://u@h/db".to_owned(), None)
         );
+    }
+
+    #[tokio::test]
+    async fn group_commit_is_on_unless_the_url_turns_it_off() {
+        let url = "postgres://u@127.0.0.1:1/db?sslmode=disable";
+        let on = PostgresStore::connect(url, PostgresOptions::default()).unwrap();
+        assert!(on.batch_stats().is_some());
+        let off = PostgresStore::connect(
+            &format!("{url}&group_commit=off"),
+            PostgresOptions::default(),
+        )
+        .unwrap();
+        assert!(off.batch_stats().is_none());
+        let bad = PostgresStore::connect(
+            &format!("{url}&group_commit=maybe"),
+            PostgresOptions::default(),
+        );
+        let err = bad.err().expect("refused").to_string();
+        assert!(err.contains("group_commit=maybe"), "{err}");
     }
 }

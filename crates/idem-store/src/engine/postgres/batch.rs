@@ -89,7 +89,12 @@ impl Batches {
     pub(super) fn start(connections: Connections) -> Self {
         let stats = Arc::new(BatchStats::default());
         let (claims, queued) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(queued, connections.clone(), stats.clone(), run_claims));
+        tokio::spawn(gather(
+            queued,
+            connections.clone(),
+            stats.clone(),
+            run_claims,
+        ));
         let (completions, queued) = mpsc::channel(QUEUE);
         tokio::spawn(gather(queued, connections, stats.clone(), run_completions));
         Batches {
@@ -109,7 +114,11 @@ impl Batches {
 
     /// The claim decided in a batch, or handed back (`Ok(Err(claim))`) to
     /// be decided alone.
-    pub(super) async fn claim(&self, claim: Claim, clock: Option<i64>) -> Answer<ClaimOutcome, Claim> {
+    pub(super) async fn claim(
+        &self,
+        claim: Claim,
+        clock: Option<i64>,
+    ) -> Answer<ClaimOutcome, Claim> {
         let (reply, answer) = oneshot::channel();
         if let Err(e) = self.claims.try_send(ClaimJob {
             claim,
@@ -180,8 +189,7 @@ async fn gather<J, F, Fut>(
         stats
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        metrics::histogram!("idem_store_batch_size", "engine" => ENGINE)
-            .record(batch.len() as f64);
+        metrics::histogram!("idem_store_batch_size", "engine" => ENGINE).record(batch.len() as f64);
         let running = run(connections.clone(), batch);
         tokio::spawn(async move {
             running.await;
@@ -333,8 +341,24 @@ fn run_completions(connections: Connections, jobs: Vec<CompletionJob>) -> BoxFut
         let (replies, batch): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|j| {
-                let CompletionJob { reply, id, token, completion, clock, announcement } = j;
-                (reply, Completing { id, token, completion, clock, announcement })
+                let CompletionJob {
+                    reply,
+                    id,
+                    token,
+                    completion,
+                    clock,
+                    announcement,
+                } = j;
+                (
+                    reply,
+                    Completing {
+                        id,
+                        token,
+                        completion,
+                        clock,
+                        announcement,
+                    },
+                )
             })
             .unzip();
         let result = connections
