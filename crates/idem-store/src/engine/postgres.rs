@@ -124,7 +124,7 @@ pub struct PostgresOptions {
     pub clock: StoreClock,
     /// Group commit: the claims of concurrent requests are sent as one
     /// statement (and one transaction) per batch, and so are their
-    /// completions. A batch leaves as soon as a connection for it is free,
+    /// completions. A batch leaves as soon as the previous one has answered,
     /// so nothing waits on a timer; under load, what queued meanwhile goes
     /// together. Default true, or the URL's `group_commit=on|off` (an idem
     /// parameter, removed before the URL reaches the driver). Off, each
@@ -236,9 +236,13 @@ impl PostgresStore {
         }
         let statement_ms = options.statement_timeout.as_millis().max(1);
         let mut server_options = config.get_options().unwrap_or_default().to_owned();
+        // A generic plan for every prepared statement: each is an index
+        // lookup whatever its parameters, and a batch's statement would
+        // otherwise be planned again on every execution (about 1 ms, as
+        // long as the statement itself).
         server_options.push_str(&format!(
             " -c statement_timeout={statement_ms} -c lock_timeout={statement_ms} \
-             -c idle_in_transaction_session_timeout={}",
+             -c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_generic_plan",
             statement_ms * 5
         ));
         if let Some(schema) = &options.schema {

@@ -7,7 +7,7 @@
 //! context switches of many backends.
 //!
 //! A gathering task per kind takes what is queued (up to [`MAX_BATCH`])
-//! as soon as one of [`BATCHES_IN_FLIGHT`] slots is free: under light load
+//! as soon as the kind's previous batch has answered ([`BATCHES_IN_FLIGHT`]): under light load
 //! a batch is one request and leaves at once (no timer), under heavy load
 //! requests queue while the slots are busy and leave together.
 //!
@@ -33,8 +33,12 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 /// Most requests in one statement.
 pub(super) const MAX_BATCH: usize = 64;
 
-/// Batches of one kind running at once (each on its own connection).
-pub(super) const BATCHES_IN_FLIGHT: usize = 4;
+/// Batches of one kind running at once (each on its own connection). One:
+/// measured on two cores, four batches at once carried about two requests
+/// each and lost to one statement per request, while one at a time fills
+/// batches of about fifteen at 32 connections and gains up to 1.5× at 128
+/// and more (docs/benchmarks.md).
+pub(super) const BATCHES_IN_FLIGHT: usize = 1;
 
 /// Requests queued for a batch; past it a request runs alone.
 const QUEUE: usize = 4096;
