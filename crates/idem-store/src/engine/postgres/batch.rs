@@ -49,6 +49,10 @@ pub(super) struct Batches {
     claims: mpsc::Sender<ClaimJob>,
     completions: mpsc::Sender<CompletionJob>,
     stats: Arc<BatchStats>,
+    /// A request's bound, queueing included: past it the caller is
+    /// answered with an error (as for a lost reply) and its batch, if it
+    /// has not left yet, leaves it out.
+    bound: std::time::Duration,
 }
 
 /// Counts of what the batches carried, for tests and benchmarks.
@@ -92,6 +96,7 @@ impl Batches {
     /// Starts the gathering tasks (on the current Tokio runtime).
     pub(super) fn start(connections: Connections) -> Self {
         let stats = Arc::new(BatchStats::default());
+        let bound = connections.operation_timeout;
         let (claims, queued) = mpsc::channel(QUEUE);
         tokio::spawn(gather(
             queued,
@@ -105,6 +110,7 @@ impl Batches {
             claims,
             completions,
             stats,
+            bound,
         }
     }
 
@@ -131,9 +137,7 @@ impl Batches {
         }) {
             return Ok(Err(e.into_inner().claim));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(fail("claim", "the claim's batch was lost")))
+        within(self.bound, "claim", answer).await
     }
 
     /// The completion written (or fenced) in a batch, or handed back
@@ -158,9 +162,21 @@ impl Batches {
         if let Err(e) = self.completions.try_send(job) {
             return Ok(Err(e.into_inner().completion));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(fail("complete", "the completion's batch was lost")))
+        within(self.bound, "complete", answer).await
+    }
+}
+
+/// A batch's answer, or an error once `bound` has passed (the request may
+/// still be carried by a batch already sent: like a lost reply).
+async fn within<T, R>(
+    bound: std::time::Duration,
+    op: &'static str,
+    answer: oneshot::Receiver<Answer<T, R>>,
+) -> Answer<T, R> {
+    match tokio::time::timeout(bound, answer).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(fail(op, "the request's batch was lost")),
+        Err(_) => Err(fail(op, format!("no answer within {bound:?}"))),
     }
 }
 
@@ -225,7 +241,11 @@ fn batch_failed(op: &'static str, e: &StoreError) -> StoreError {
 
 fn run_claims(connections: Connections, jobs: Vec<ClaimJob>) -> BoxFuture<'static, ()> {
     Box::pin(async move {
+        let jobs = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
         let (batch, again) = one_per_record(jobs, |j| &j.claim.id);
+        if batch.is_empty() {
+            return; // every caller gave up (and `again` is empty too)
+        }
         let (replies, claims): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|j| (j.reply, (j.claim, j.clock)))
@@ -341,7 +361,11 @@ async fn claim_many(
 
 fn run_completions(connections: Connections, jobs: Vec<CompletionJob>) -> BoxFuture<'static, ()> {
     Box::pin(async move {
+        let jobs = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
         let (batch, again) = one_per_record(jobs, |j| &j.id);
+        if batch.is_empty() {
+            return;
+        }
         let (replies, batch): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|j| {
