@@ -126,9 +126,12 @@ pub struct PostgresOptions {
     /// statement (and one transaction) per batch, and so are their
     /// completions. A batch leaves as soon as the previous one has answered,
     /// so nothing waits on a timer; under load, what queued meanwhile goes
-    /// together. Default true, or the URL's `group_commit=on|off` (an idem
-    /// parameter, removed before the URL reaches the driver). Off, each
-    /// claim and completion is its own statement.
+    /// together. Default false, or the URL's `group_commit=on|off` (an
+    /// idem parameter, removed before the URL reaches the driver). Off,
+    /// each claim and completion is its own statement. Off by default
+    /// because, measured, it gains at high concurrency at first but falls
+    /// below one statement per request over a sustained run (the batch
+    /// statements' plans degrade as the table grows: docs/benchmarks.md).
     pub group_commit: bool,
 }
 
@@ -142,7 +145,7 @@ impl Default for PostgresOptions {
             migration_timeout: Duration::from_secs(60),
             schema: None,
             clock: StoreClock::Server,
-            group_commit: true,
+            group_commit: false,
         }
     }
 }
@@ -236,13 +239,14 @@ impl PostgresStore {
         }
         let statement_ms = options.statement_timeout.as_millis().max(1);
         let mut server_options = config.get_options().unwrap_or_default().to_owned();
-        // A generic plan for every prepared statement: each is an index
-        // lookup whatever its parameters, and a batch's statement would
-        // otherwise be planned again on every execution (about 1 ms, as
-        // long as the statement itself).
+        // Plans are left to PostgreSQL (`plan_cache_mode = auto`): forcing
+        // generic plans saved the batch statements' planning, but a plan
+        // made on a connection's first statement against a still-empty
+        // table stays that connection's plan, and throughput then fell by
+        // half as the table grew (docs/benchmarks.md).
         server_options.push_str(&format!(
             " -c statement_timeout={statement_ms} -c lock_timeout={statement_ms} \
-             -c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_generic_plan",
+             -c idle_in_transaction_session_timeout={}",
             statement_ms * 5
         ));
         if let Some(schema) = &options.schema {
@@ -1179,13 +1183,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn group_commit_is_on_unless_the_url_turns_it_off() {
+    async fn group_commit_is_off_unless_the_url_turns_it_on() {
         let url = "postgres://u@127.0.0.1:1/db?sslmode=disable";
-        let on = PostgresStore::connect(url, PostgresOptions::default()).unwrap();
+        let off = PostgresStore::connect(url, PostgresOptions::default()).unwrap();
+        assert!(off.batch_stats().is_none());
+        let on = PostgresStore::connect(
+            &format!("{url}&group_commit=on"),
+            PostgresOptions::default(),
+        )
+        .unwrap();
         assert!(on.batch_stats().is_some());
         let off = PostgresStore::connect(
             &format!("{url}&group_commit=off"),
-            PostgresOptions::default(),
+            PostgresOptions {
+                group_commit: true,
+                ..PostgresOptions::default()
+            },
         )
         .unwrap();
         assert!(off.batch_stats().is_none());

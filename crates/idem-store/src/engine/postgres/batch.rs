@@ -18,6 +18,11 @@
 //! a row that does not decode. A failed batch fails each of its requests,
 //! exactly as a failed single statement would: the claim or completion may
 //! have committed, and the caller settles it as it settles any lost reply.
+//!
+//! Off by default ([`super::PostgresOptions::group_commit`]): over a
+//! sustained run the batch statements' cached plans, made while the table
+//! was small, turn them slower than one statement per request. Known
+//! limit, measured in docs/benchmarks.md.
 
 use super::rows::{self, read_record, Body, RowError};
 use super::{at_store_time, fail, BoxFuture, Connections, ENGINE};
