@@ -164,8 +164,6 @@ pub struct PostgresStore {
     options: PostgresOptions,
     /// The configuration of the pool's connections, for the LISTEN one.
     config: tokio_postgres::Config,
-    /// How every connection is opened (TLS as the URL says).
-    connector: tls::Connector,
     /// Group commit of claims and completions, when on.
     batches: Option<batch::Batches>,
     /// The schema in announcements ("" for the search_path's).
@@ -277,7 +275,7 @@ impl PostgresStore {
             .map_err(|e| fail("open", format!("cannot build the connection pool: {e}")))?;
         let connections = Connections {
             pool,
-            connector: connector.clone(),
+            connector,
             operation_timeout: options.operation_timeout,
         };
         let batches = options
@@ -287,7 +285,6 @@ impl PostgresStore {
             connections,
             options,
             config,
-            connector,
             batches,
             namespace,
             wakeups: Wakeups::new(),
@@ -297,7 +294,7 @@ impl PostgresStore {
     async fn migrate_schema(&self) -> Result<MigrationReport, StoreError> {
         let op = "migrate";
         let deadline = Instant::now() + self.options.migration_timeout;
-        let mut client = self.client(op, deadline).await?;
+        let mut client = self.connections.client(op, deadline).await?;
         let schema = self.options.schema.as_deref();
         let result = tokio::time::timeout_at(deadline, schema::migrate(&mut client, schema)).await;
         match result {
@@ -354,6 +351,7 @@ impl PostgresStore {
     /// Warns when the server acknowledges commits before they are durable.
     async fn check_durability(&self) {
         let setting = self
+            .connections
             .run("open", self.options.operation_timeout, |client| {
                 Box::pin(async move {
                     let row = client.query_one("SHOW synchronous_commit", &[]).await?;
@@ -370,21 +368,6 @@ impl PostgresStore {
         }
     }
 
-    /// A pooled connection, or an error once `deadline` passes.
-    async fn client(&self, op: &'static str, deadline: Instant) -> Result<Object, StoreError> {
-        self.connections.client(op, deadline).await
-    }
-
-    /// See [`Connections::run`].
-    async fn run<T>(
-        &self,
-        op: &'static str,
-        bound: Duration,
-        f: impl for<'c> FnOnce(&'c mut Object) -> BoxFuture<'c, Result<T, RowError>>,
-    ) -> Result<T, StoreError> {
-        self.connections.run(op, bound, f).await
-    }
-
     async fn owner_write(
         &self,
         op: &'static str,
@@ -396,62 +379,63 @@ impl PostgresStore {
         let token = rows::token_to_sql(token).map_err(|e| StoreError::new(ENGINE, op, e))?;
         let (scope, key) = (id.scope.as_str().to_owned(), id.key.as_str().to_owned());
         let announcement = announcement(&self.namespace, id);
-        self.run(op, self.options.operation_timeout, move |client| {
-            Box::pin(async move {
-                let stmt = client.prepare_cached(sql).await?;
-                // Renewals return rows updated; the other writes (which
-                // announce) one row: (rows updated, notifications sent).
-                let updated = match &extra {
-                    Extra::Lease { lease, clock } => {
-                        client
-                            .execute(&stmt, &[&scope, &key, &token, lease, clock])
-                            .await?
-                    }
-                    Extra::Announce => {
-                        let row = client
-                            .query_one(&stmt, &[&scope, &key, &token, &announcement])
-                            .await?;
-                        u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
-                    }
-                    Extra::Completion(c, clock) => {
-                        let (names, values) = rows::header_arrays(&c.response.headers);
-                        let status = i32::from(c.response.status);
-                        let body = c.response.body.as_deref();
-                        // Distances from the caller's reading, added to
-                        // the store's clock.
-                        let (expires_at, tombstone_until) = (
-                            offset(c.now, c.expires_at),
-                            offset(c.now, c.tombstone_until),
-                        );
-                        let row = client
-                            .query_one(
-                                &stmt,
-                                &[
-                                    &scope,
-                                    &key,
-                                    &token,
-                                    &status,
-                                    &names,
-                                    &values,
-                                    &body,
-                                    &expires_at,
-                                    &tombstone_until,
-                                    &announcement,
-                                    clock,
-                                ],
-                            )
-                            .await?;
-                        u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
-                    }
-                };
-                Ok(if updated == 1 {
-                    Write::Written
-                } else {
-                    Write::Fenced
+        self.connections
+            .run(op, self.options.operation_timeout, move |client| {
+                Box::pin(async move {
+                    let stmt = client.prepare_cached(sql).await?;
+                    // Renewals return rows updated; the other writes (which
+                    // announce) one row: (rows updated, notifications sent).
+                    let updated = match &extra {
+                        Extra::Lease { lease, clock } => {
+                            client
+                                .execute(&stmt, &[&scope, &key, &token, lease, clock])
+                                .await?
+                        }
+                        Extra::Announce => {
+                            let row = client
+                                .query_one(&stmt, &[&scope, &key, &token, &announcement])
+                                .await?;
+                            u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
+                        }
+                        Extra::Completion(c, clock) => {
+                            let (names, values) = rows::header_arrays(&c.response.headers);
+                            let status = i32::from(c.response.status);
+                            let body = c.response.body.as_deref();
+                            // Distances from the caller's reading, added to
+                            // the store's clock.
+                            let (expires_at, tombstone_until) = (
+                                offset(c.now, c.expires_at),
+                                offset(c.now, c.tombstone_until),
+                            );
+                            let row = client
+                                .query_one(
+                                    &stmt,
+                                    &[
+                                        &scope,
+                                        &key,
+                                        &token,
+                                        &status,
+                                        &names,
+                                        &values,
+                                        &body,
+                                        &expires_at,
+                                        &tombstone_until,
+                                        &announcement,
+                                        clock,
+                                    ],
+                                )
+                                .await?;
+                            u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
+                        }
+                    };
+                    Ok(if updated == 1 {
+                        Write::Written
+                    } else {
+                        Write::Fenced
+                    })
                 })
             })
-        })
-        .await
+            .await
     }
 
     /// The `store_now!` parameter of a statement: NULL (the server's
@@ -468,6 +452,7 @@ impl PostgresStore {
     async fn mark_waited(&self, id: &RecordId) -> Result<bool, ()> {
         let (scope, key) = (id.scope.as_str().to_owned(), id.key.as_str().to_owned());
         let marked = self
+            .connections
             .run("changed", self.options.operation_timeout, move |client| {
                 Box::pin(async move {
                     let stmt = client.prepare_cached(rows::MARK_WAITED).await?;
@@ -959,10 +944,11 @@ impl Store for PostgresStore {
             },
             None => claim,
         };
-        self.run("claim", self.options.operation_timeout, |client| {
-            Box::pin(async move { claim_on(client, &claim, clock).await })
-        })
-        .await
+        self.connections
+            .run("claim", self.options.operation_timeout, |client| {
+                Box::pin(async move { claim_on(client, &claim, clock).await })
+            })
+            .await
     }
 
     async fn renew(
@@ -1035,29 +1021,31 @@ impl Store for PostgresStore {
 
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let id = id.clone();
-        self.run("get", self.options.operation_timeout, move |client| {
-            Box::pin(async move {
-                let stmt = client.prepare_cached(rows::SELECT).await?;
-                let row = client
-                    .query_opt(&stmt, &[&id.scope.as_str(), &id.key.as_str()])
-                    .await?;
-                row.map(|row| read_record(&row, 0, id, Body::Load))
-                    .transpose()
+        self.connections
+            .run("get", self.options.operation_timeout, move |client| {
+                Box::pin(async move {
+                    let stmt = client.prepare_cached(rows::SELECT).await?;
+                    let row = client
+                        .query_opt(&stmt, &[&id.scope.as_str(), &id.key.as_str()])
+                        .await?;
+                    row.map(|row| read_record(&row, 0, id, Body::Load))
+                        .transpose()
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// With [`StoreClock::Server`] `now` is ignored: the sweep runs at the
     /// database server's clock.
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
         let clock = self.clock_param(now);
-        self.run(
-            "sweep",
-            self.options.operation_timeout * 10,
-            move |client| Box::pin(sweep_on(client, clock, limit)),
-        )
-        .await
+        self.connections
+            .run(
+                "sweep",
+                self.options.operation_timeout * 10,
+                move |client| Box::pin(sweep_on(client, clock, limit)),
+            )
+            .await
     }
 
     /// With [`StoreClock::Server`] `now` is ignored: the action is decided
@@ -1072,32 +1060,35 @@ impl Store for PostgresStore {
         let clock = self.clock_param(now);
         let announcement = announcement(&self.namespace, id);
         let id = id.clone();
-        self.run("operate", self.options.operation_timeout, move |client| {
-            Box::pin(
-                async move { operate_on(client, &id, token, &action, clock, &announcement).await },
-            )
-        })
-        .await
+        self.connections
+            .run("operate", self.options.operation_timeout, move |client| {
+                Box::pin(async move {
+                    operate_on(client, &id, token, &action, clock, &announcement).await
+                })
+            })
+            .await
     }
 
     /// With [`StoreClock::Server`] `query.now` is ignored: states are read
     /// at the database server's clock.
     async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError> {
         let clock = self.clock_param(query.now);
-        self.run("list", self.options.operation_timeout * 10, move |client| {
-            Box::pin(async move { list_on(client, &query, clock).await })
-        })
-        .await
+        self.connections
+            .run("list", self.options.operation_timeout * 10, move |client| {
+                Box::pin(async move { list_on(client, &query, clock).await })
+            })
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", self.options.operation_timeout, |client| {
-            Box::pin(async move {
-                client.simple_query("SELECT 1").await?;
-                Ok(())
+        self.connections
+            .run("ping", self.options.operation_timeout, |client| {
+                Box::pin(async move {
+                    client.simple_query("SELECT 1").await?;
+                    Ok(())
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// Waits for the owner's announcement (LISTEN/NOTIFY, see
@@ -1107,7 +1098,12 @@ impl Store for PostgresStore {
         let wait = async {
             self.wakeups.start(|wakeups| {
                 let (config, bound) = (self.config.clone(), self.options.operation_timeout);
-                tokio::spawn(listen(wakeups, config, self.connector.clone(), bound))
+                tokio::spawn(listen(
+                    wakeups,
+                    config,
+                    self.connections.connector.clone(),
+                    bound,
+                ))
             });
             let hash = announcement_hash(&self.namespace, id);
             self.wakeups.wait(hash, || self.mark_waited(id)).await;

@@ -333,10 +333,8 @@ async fn claim_many(
         .await?;
     let mut decided = vec![None; claims.len()];
     for row in &found {
-        let position: i64 = row.try_get(0)?;
-        let Some((slot, (claim, _))) = usize::try_from(position - 1)
-            .ok()
-            .and_then(|i| Some((decided.get_mut(i)?, claims.get(i)?)))
+        let Some((slot, (claim, _))) =
+            index_of(row)?.and_then(|i| Some((decided.get_mut(i)?, claims.get(i)?)))
         else {
             continue;
         };
@@ -479,15 +477,18 @@ async fn complete_many(client: &mut Object, jobs: &[Completing]) -> Result<Vec<b
         .await?;
     let mut written = vec![false; jobs.len()];
     for row in &found {
-        let position: i64 = row.try_get(0)?;
-        if let Some(w) = usize::try_from(position - 1)
-            .ok()
-            .and_then(|i| written.get_mut(i))
-        {
+        if let Some(w) = index_of(row)?.and_then(|i| written.get_mut(i)) {
             *w = true;
         }
     }
     Ok(written)
+}
+
+/// The request a returned row is about: its position in the arrays sent
+/// (column 0, counted from 1) as an index.
+fn index_of(row: &tokio_postgres::Row) -> Result<Option<usize>, RowError> {
+    let position: i64 = row.try_get(0)?;
+    Ok(usize::try_from(position - 1).ok())
 }
 
 fn too_many_headers() -> RowError {
