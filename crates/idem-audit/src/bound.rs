@@ -104,8 +104,8 @@ pub(crate) fn outlook(bound: &Bound, volume: Volume, ambiguous: Rate) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::ScenarioId;
     use crate::outcome::{Evidence, Severity};
-    use crate::scenario::ScenarioId;
 
     fn result(trials: u64, failed: u64, verdict: Verdict) -> ScenarioResult {
         ScenarioResult {

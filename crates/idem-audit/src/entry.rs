@@ -3,8 +3,10 @@
 //! [`AuditOptions`] from flags, a `--config` or an `--openapi` file and
 //! runs them through [`Audit::from_options`]).
 
-use crate::plan::{AuditOptions, Endpoint, FieldPath, InvalidEndpoint};
-use crate::{AuditError, AuditReport, NoProgress, Progress, ScenarioId, Severity};
+use crate::endpoint::{AuditOptions, Endpoint, InvalidEndpoint};
+use crate::field::FieldPath;
+use crate::outcome::{AuditReport, ScenarioId, Severity};
+use crate::{AuditError, NoProgress, Progress};
 use std::convert::Infallible;
 use std::time::Duration;
 use url::Url;

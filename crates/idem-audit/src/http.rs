@@ -39,7 +39,7 @@ impl Request {
     /// The request's bytes: request line, `Host`, the headers,
     /// `Content-Length`, `User-Agent` (unless a header sets it),
     /// `Connection: close`, and the body.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut target = self.url.path().to_owned();
         if let Some(q) = self.url.query() {
             target.push('?');
@@ -72,13 +72,13 @@ impl Request {
 
     /// Whether the request carries `Content-Length` (any body, and every
     /// POST, PUT and PATCH, even empty).
-    pub fn needs_length(&self) -> bool {
+    pub(crate) fn needs_length(&self) -> bool {
         !self.body.is_empty() || matches!(self.method, Method::POST | Method::PUT | Method::PATCH)
     }
 
     /// Whether the auditor adds its own `User-Agent`: some firewalls refuse
     /// requests without one, so it says who it is unless a header does.
-    pub fn adds_user_agent(&self) -> bool {
+    pub(crate) fn adds_user_agent(&self) -> bool {
         !self
             .headers
             .iter()
@@ -107,7 +107,7 @@ pub(crate) struct Response {
 
 impl Response {
     /// The first header with this (case-insensitive) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -115,19 +115,19 @@ impl Response {
     }
 
     /// Whether the status is 2xx.
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
 
     /// The body as JSON, if it is JSON.
-    pub fn json(&self) -> Option<serde_json::Value> {
+    pub(crate) fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
 
     /// The RFC 9457 problem type's last path segment (`request-in-progress`
     /// for `https://idem.dev/problems/request-in-progress`), if the body is
     /// a problem document.
-    pub fn problem_slug(&self) -> Option<String> {
+    pub(crate) fn problem_slug(&self) -> Option<String> {
         let json = self.json()?;
         let ty = json.get("type")?.as_str()?;
         Some(ty.rsplit('/').next().unwrap_or(ty).to_owned())
@@ -233,7 +233,7 @@ pub(crate) struct Client {
 impl Client {
     /// Opens a connection to the URL's host and port, with a TLS
     /// handshake for `https://`.
-    pub async fn connect(&self, url: &Url) -> Result<Conn, HttpError> {
+    pub(crate) async fn connect(&self, url: &Url) -> Result<Conn, HttpError> {
         let tcp = self.connect_tcp(url).await?;
         if url.scheme() != "https" {
             return Ok(Conn::Plain(tcp));
@@ -277,7 +277,7 @@ impl Client {
 
     /// Sends a request and reads its answer. The duration runs from the
     /// last byte sent to the last byte read.
-    pub async fn send(&self, request: &Request) -> (Result<Response, HttpError>, Duration) {
+    pub(crate) async fn send(&self, request: &Request) -> (Result<Response, HttpError>, Duration) {
         self.exchange(request, |mut stream, method, sent| async move {
             let answer = self.read(&mut stream, &method).await;
             (answer, sent.elapsed())
@@ -288,7 +288,7 @@ impl Client {
     /// The lost-response fault point: sends, reads the whole answer (so the
     /// server finished and delivered it), then resets the connection. The
     /// caller treats the answer as never seen by the client.
-    pub async fn send_and_discard(
+    pub(crate) async fn send_and_discard(
         &self,
         request: &Request,
     ) -> (Result<Response, HttpError>, Duration) {
@@ -303,7 +303,7 @@ impl Client {
 
     /// The abandoned-request fault point: sends, waits up to `after` for
     /// an answer, and hangs up if none came. `Ok(None)` is a hang-up.
-    pub async fn send_and_abandon(
+    pub(crate) async fn send_and_abandon(
         &self,
         request: &Request,
         after: Duration,
@@ -353,7 +353,7 @@ impl Client {
     /// then the last bytes are written in one tight loop. Answers come
     /// back in request order, with the time the release loop took (the
     /// spread between the first and the last request's completion).
-    pub async fn burst(
+    pub(crate) async fn burst(
         &self,
         requests: &[Request],
     ) -> (Vec<(Result<Response, HttpError>, Duration)>, Duration) {

@@ -35,26 +35,28 @@
 
 mod bound;
 pub mod config;
+mod endpoint;
 mod entry;
+mod field;
 mod http;
 pub mod openapi;
 mod oracle;
 pub mod outcome;
-mod plan;
 pub mod report;
-pub mod scenario;
+mod scenario;
 mod tls;
 
 pub use config::{ConfigError, FileConfig};
+pub use endpoint::{AuditOptions, Endpoint, InvalidEndpoint};
 pub use entry::{Audit, Target};
+pub use field::{CountError, CountField, CountFieldError, FieldPath, FieldPathError};
 pub use openapi::{OpenApiError, OpenApiSettings};
 pub use oracle::OracleError;
 pub use outcome::{
-    Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioResult,
-    Seen, SentRequest, Severity, UnknownSeverity, Verdict, VolumeOutlook,
+    Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioId,
+    ScenarioResult, Seen, SentRequest, Severity, UnknownScenario, UnknownSeverity, Verdict,
+    VolumeOutlook,
 };
-pub use plan::{AuditOptions, CountField, Endpoint, FieldPath, FieldPathError, InvalidEndpoint};
-pub use scenario::ScenarioId;
 pub use tls::TlsSettings;
 
 use oracle::Tenant;

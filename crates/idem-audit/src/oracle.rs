@@ -4,8 +4,8 @@
 //! a count. The id-field and body oracles work on answers and live with the
 //! scenarios (`Tally`).
 
+use crate::endpoint::Endpoint;
 use crate::http::{Client, Request};
-use crate::plan::Endpoint;
 use bytes::Bytes;
 use http::Method;
 use std::time::Duration;
@@ -75,7 +75,7 @@ impl Counts {
     /// The effects between two readings: the largest change any oracle
     /// saw (a duplicate seen by either is a duplicate). `Err` names a count
     /// that went down, which something else must have changed.
-    pub fn since(&self, before: &Counts) -> Result<u64, String> {
+    pub(crate) fn since(&self, before: &Counts) -> Result<u64, String> {
         let mut effects = 0;
         for (b, a) in before.0.iter().zip(&self.0) {
             if a < b {
@@ -111,12 +111,12 @@ pub(crate) struct Oracles<'a> {
 }
 
 impl<'a> Oracles<'a> {
-    pub fn new(endpoint: &'a Endpoint, client: Client) -> Self {
+    pub(crate) fn new(endpoint: &'a Endpoint, client: Client) -> Self {
         Oracles { endpoint, client }
     }
 
     /// The name reports give the counting oracle.
-    pub fn counting_name(&self) -> &'static str {
+    pub(crate) fn counting_name(&self) -> &'static str {
         match (&self.endpoint.count_url, &self.endpoint.check_cmd) {
             (Some(_), Some(_)) => "count-url+check-cmd",
             (Some(_), None) => "count-url",
@@ -127,7 +127,7 @@ impl<'a> Oracles<'a> {
 
     /// The counts for a tenant: `None` without a counting oracle, else one
     /// per oracle (`--count-url`, then `--check-cmd`).
-    pub async fn count(&self, tenant: Tenant) -> Result<Option<Counts>, OracleError> {
+    pub(crate) async fn count(&self, tenant: Tenant) -> Result<Option<Counts>, OracleError> {
         let mut counts = Vec::new();
         if let Some(url) = &self.endpoint.count_url {
             counts.push(self.read_url(url, tenant).await?);

@@ -2,11 +2,8 @@
 //! user's own CA certificates (`--cacert`), or no verification at all
 //! (`--insecure`, for a staging host with a self-signed certificate).
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -31,31 +28,23 @@ pub(crate) struct Tls {
 
 impl Tls {
     /// Builds the configuration; errors name the flag.
-    pub fn new(settings: &TlsSettings) -> Result<Tls, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+    pub(crate) fn new(settings: &TlsSettings) -> Result<Tls, String> {
+        let provider = idem_tls::provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
         let mut config = if settings.insecure {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(idem_tls::danger::AnyCertificate::new(
+                    provider,
+                )))
                 .with_no_client_auth()
         } else {
-            let mut roots = RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
+            // Each --cacert adds to Mozilla's roots.
+            let mut roots = idem_tls::roots(None).map_err(|e| e.to_string())?;
             for path in &settings.ca_certs {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .and_then(|certs| certs.collect())
-                    .map_err(|e| format!("--cacert {}: {e}", path.display()))?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "--cacert {}: no PEM certificate in it",
-                        path.display()
-                    ));
-                }
-                for cert in certs {
+                for cert in idem_tls::read_certs("--cacert", path).map_err(|e| e.to_string())? {
                     roots
                         .add(cert)
                         .map_err(|e| format!("--cacert {}: {e}", path.display()))?;
@@ -71,7 +60,7 @@ impl Tls {
     }
 
     /// The handshake with `host` over `tcp`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         host: &str,
         tcp: TcpStream,
@@ -88,55 +77,5 @@ impl Tls {
             }
             reason
         })
-    }
-}
-
-/// `--insecure`: any certificate, but real signature checks, so the
-/// connection is still encrypted to whoever answered.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

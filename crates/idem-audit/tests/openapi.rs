@@ -54,10 +54,8 @@ async fn serve() -> (String, Arc<AtomicU64>) {
         )
     };
     let store = Arc::new(idem_store::MemoryStore::new());
-    let config = IdempotencyConfig {
-        routes: vec![Route::new("/payments")],
-        ..IdempotencyConfig::default()
-    };
+    let mut config = IdempotencyConfig::default();
+    config.routes = vec![Route::new("/payments")];
     let payments = Router::new()
         .route(
             "/payments",

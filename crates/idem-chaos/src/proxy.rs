@@ -4,7 +4,7 @@ use crate::fault::{Decider, Fault, Faults, Methods, ParseError};
 use crate::io::AbortHandle;
 use crate::log::{Entry, FaultLog};
 use bytes::Bytes;
-use http::header::{HeaderName, CONNECTION, HOST};
+use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use idem_core::headers::strip_hop_by_hop;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -84,6 +85,17 @@ pub(crate) struct Chaos {
     log: Option<FaultLog>,
 }
 
+impl std::fmt::Debug for Chaos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chaos")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("base_path", &self.base_path)
+            .field("delay", &self.delay)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What is forwarded: the request head with the upstream's URI.
 struct Head {
     method: Method,
@@ -99,34 +111,6 @@ impl Head {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = self.headers.clone();
         request
-    }
-}
-
-/// Removes hop-by-hop headers, including those the `Connection` header
-/// names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
     }
 }
 
@@ -227,7 +211,7 @@ impl Chaos {
             .authority(self.authority.clone())
             .path_and_query(pq)
             .build()?;
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, &[]);
         // The client sets Host from the upstream URI.
         headers.remove(HOST);
         Ok(Head {
@@ -240,7 +224,7 @@ impl Chaos {
     async fn forward(&self, head: &Head, body: Body) -> Result<Response<Incoming>, String> {
         match self.client.request(head.request(body)).await {
             Ok(mut response) => {
-                strip_hop_by_hop(response.headers_mut());
+                strip_hop_by_hop(response.headers_mut(), &[]);
                 Ok(response)
             }
             Err(e) => {

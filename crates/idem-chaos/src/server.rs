@@ -129,6 +129,7 @@ impl fmt::Display for Summary {
 }
 
 /// A proxy that is running; [`RunningChaos::shutdown`] stops it.
+#[derive(Debug)]
 pub struct RunningChaos {
     addr: SocketAddr,
     seed: u64,
@@ -229,21 +230,7 @@ pub async fn start(options: ChaosOptions) -> Result<RunningChaos, ChaosError> {
 
 async fn serve(listener: TcpListener, chaos: Arc<Chaos>, stop: CancellationToken) {
     let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: back off a little.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, _)) = idem_serve::accept(&listener, &stop).await {
         let abort = AbortHandle::default();
         let io = TokioIo::new(ClientStream::new(stream, abort.clone()));
         let chaos = chaos.clone();
@@ -263,10 +250,7 @@ async fn serve(listener: TcpListener, chaos: Arc<Chaos>, stop: CancellationToken
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !idem_serve::drain(graceful, SHUTDOWN_GRACE).await {
         tracing::warn!("requests still in flight after the grace period; leaving them");
     }
 }

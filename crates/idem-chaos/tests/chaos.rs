@@ -372,7 +372,10 @@ async fn a_probability_lands_in_its_binomial_range() {
     let duplicates = effects - N;
     let mean = N as f64 * P;
     let sd = (N as f64 * P * (1.0 - P)).sqrt();
-    let (low, high) = ((mean - 6.0 * sd).floor(), (mean + 6.0 * sd).ceil());
+    let (low, high) = (
+        (-6.0f64).mul_add(sd, mean).floor(),
+        6.0f64.mul_add(sd, mean).ceil(),
+    );
     assert!(
         (low..=high).contains(&(duplicates as f64)),
         "{duplicates} duplicates of {N} at p = {P}: outside [{low}, {high}] (seed {})",
@@ -497,8 +500,7 @@ async fn probabilities_above_one_in_all_are_refused() {
         log: None,
     })
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(
         err.to_string().contains("--reset 0.7 + --duplicate 0.7"),
         "{err}"

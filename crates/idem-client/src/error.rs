@@ -178,7 +178,7 @@ impl From<reqwest_middleware::Error> for Error {
                 Ok(ours) => ours,
                 Err(inner) => Error::Other(reqwest_middleware::Error::Middleware(inner)),
             },
-            other => Error::Other(other),
+            other @ reqwest_middleware::Error::Reqwest(_) => Error::Other(other),
         }
     }
 }

@@ -526,10 +526,8 @@ async fn key_reused_is_not_retried() {
 #[tokio::test]
 async fn outcome_unknown_is_its_own_error() {
     let upstream = Upstream::start().await;
-    let config = IdempotencyConfig {
-        upstream_timeout: Duration::from_millis(200),
-        ..IdempotencyConfig::default()
-    };
+    let mut config = IdempotencyConfig::default();
+    config.upstream_timeout = Duration::from_millis(200);
     let gateway = gateway(&upstream, config).await;
     let url = format!("http://{}/hang", gateway.addr);
 
@@ -665,10 +663,8 @@ async fn a_terminal_conflict_ends_the_operation_at_once() {
     let upstream = Upstream::start().await;
     // `{"id":N}` is over this limit: streamed to the first caller, stored
     // without a body, so a retry gets 409 response-not-replayable.
-    let config = IdempotencyConfig {
-        max_response_body: 4,
-        ..IdempotencyConfig::default()
-    };
+    let mut config = IdempotencyConfig::default();
+    config.max_response_body = 4;
     let gateway = gateway(&upstream, config).await;
     let (client, mut rx) = recording_client(policy().max_attempts(5));
     let url = format!("http://{}/charges", gateway.addr);

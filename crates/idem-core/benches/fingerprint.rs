@@ -77,7 +77,7 @@ fn sized_body(size: usize) -> Vec<u8> {
 /// `canonical_json` alone on 1 KiB, 64 KiB and 1 MiB bodies (throughput in
 /// bytes of input per second).
 #[divan::bench(args = [1 << 10, 64 << 10, 1 << 20])]
-fn canonical_json_sized(bencher: divan::Bencher, size: usize) {
+fn canonical_json_sized(bencher: divan::Bencher<'_, '_>, size: usize) {
     let body = sized_body(size);
     assert!(canonical_json(&body).is_some());
     bencher

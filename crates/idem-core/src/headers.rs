@@ -1,4 +1,7 @@
-//! Header names and the replay deny-list (contract section 4).
+//! Header names and the replay deny-list (contract section 4), and what
+//! a `Retry-After` value asks for.
+
+use std::time::{Duration, SystemTime};
 
 /// The request header that carries the key (default name).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -93,4 +96,80 @@ impl ReplayHeaderFilter {
 /// Whether a header is hop-by-hop and must not cross a proxy.
 pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
+}
+
+/// Removes the hop-by-hop headers ([`HOP_BY_HOP`]) and those the
+/// `Connection` header names, except the `protected` ones (headers a proxy
+/// sets itself and a client must not get removed by naming them).
+///
+/// ```
+/// use http::{HeaderMap, HeaderName, HeaderValue};
+/// let mut headers = HeaderMap::new();
+/// headers.insert("connection", HeaderValue::from_static("close, x-secret, x-forwarded-for"));
+/// headers.insert("x-secret", HeaderValue::from_static("1"));
+/// headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+/// headers.insert("content-type", HeaderValue::from_static("text/plain"));
+/// idem_core::headers::strip_hop_by_hop(&mut headers, &[HeaderName::from_static("x-forwarded-for")]);
+/// let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+/// assert_eq!(left, ["x-forwarded-for", "content-type"]);
+/// ```
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, protected: &[http::HeaderName]) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !protected.contains(name))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The wait a `Retry-After` value asks for (RFC 9110 section 10.2.3):
+/// whole seconds, or an HTTP-date measured from `now` (a date already past
+/// means no wait). `None` for anything else.
+///
+/// ```
+/// use idem_core::headers::retry_after;
+/// use std::time::{Duration, SystemTime};
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470);
+/// assert_eq!(retry_after(" 3 ", now), Some(Duration::from_secs(3)));
+/// assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(10)));
+/// assert_eq!(retry_after("soon", now), None);
+/// ```
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(" 3 ", now), Some(Duration::from_secs(3)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(7)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-1", now), None);
+        assert_eq!(retry_after("", now), None);
+    }
 }

@@ -11,10 +11,12 @@
 //! assert_eq!(key.as_str(), "order-42");
 //! ```
 
+pub mod count;
 pub mod decision;
 pub mod fingerprint;
 pub mod headers;
 pub mod key;
+pub mod method;
 pub mod operator;
 pub mod path;
 pub mod pointer;

@@ -147,6 +147,33 @@ fn escape_at(b: &[u8], i: usize) -> Option<u8> {
     }
 }
 
+/// `text` (a path segment, a query parameter) with every `%XX` escape
+/// decoded; `None` when an escape is malformed or the result is not UTF-8.
+/// Nothing else is changed (`+` stays `+`).
+///
+/// ```
+/// use idem_core::path::percent_decode;
+/// assert_eq!(percent_decode("sk_test%2Fa%20b").as_deref(), Some("sk_test/a b"));
+/// assert_eq!(percent_decode("100%"), None);
+/// assert_eq!(percent_decode("%+1"), None);
+/// assert_eq!(percent_decode("%ff"), None); // not UTF-8
+/// ```
+pub fn percent_decode(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(escape_at(b, i)?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Whether `s` is its own strict normal form, in one pass and without
 /// allocating. Must agree exactly with `remove_dot_segments(decode(s))`.
 fn is_normal(s: &str) -> bool {

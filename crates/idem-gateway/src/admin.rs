@@ -48,7 +48,13 @@ type Probe = tokio::sync::watch::Receiver<Option<String>>;
 async fn ping(store: &dyn Store) -> Option<String> {
     match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
+        // What failed and why: the error, then its causes.
+        Ok(Err(e)) => Some(
+            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": "),
+        ),
         Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
     }
 }
@@ -123,16 +129,8 @@ pub async fn serve(
     let engine = store.engine();
     let health = probe(store, stop.clone()).await;
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
+        let Some((stream, _)) = idem_serve::accept(&listener, &stop).await else {
+            return;
         };
         let (handle, health, token, keys) =
             (handle.clone(), health.clone(), token.clone(), keys.clone());

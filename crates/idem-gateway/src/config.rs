@@ -40,6 +40,7 @@ mod validate;
 
 pub use error::ConfigError;
 
+use crate::server::GatewayOptions;
 use http::{HeaderName, Method, Uri};
 use idem_core::InFlightMode;
 use idem_store::StoreSpec;
@@ -509,4 +510,47 @@ pub fn parse_upstream(s: &str) -> Result<Uri, ConfigError> {
 /// ```
 pub fn parse_instance(s: &str) -> Result<String, ConfigError> {
     de::instance(s).map_err(|message| ConfigError::invalid("instance", message))
+}
+
+// Settings become the options a gateway starts with here, so the server
+// knows nothing of the configuration file.
+impl GatewayOptions {
+    /// Options with every default of an empty configuration file, no
+    /// admin listener.
+    pub fn new(
+        listen: SocketAddr,
+        upstream: Uri,
+        store: std::sync::Arc<dyn idem_store::Store>,
+    ) -> Self {
+        Self::from_settings(Settings::default(), listen, upstream, store, None)
+    }
+
+    /// Options from checked [`Settings`], with the
+    /// addresses, upstream and store the caller resolved.
+    pub fn from_settings(
+        settings: Settings,
+        listen: SocketAddr,
+        upstream: Uri,
+        store: std::sync::Arc<dyn idem_store::Store>,
+        admin: Option<SocketAddr>,
+    ) -> Self {
+        GatewayOptions {
+            listen,
+            upstream,
+            store,
+            admin,
+            idempotency: settings.idempotency,
+            shutdown_grace: settings.shutdown_grace,
+            sweep_interval: settings.sweep_interval,
+            sweep_batch: settings.sweep_batch,
+            trust_forwarded: settings.trust_forwarded,
+            h2c: settings.h2c,
+            upstream_tls: settings.upstream_tls,
+            listen_tls: settings.listen_tls,
+            encryption: settings.encryption,
+            limits: settings.limits,
+            admin_token: settings.admin_token,
+            policy_path: settings.policy_path,
+        }
+    }
 }

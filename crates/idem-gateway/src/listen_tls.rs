@@ -52,6 +52,14 @@ pub struct TlsTermination {
     acceptor: TlsAcceptor,
 }
 
+impl std::fmt::Debug for TlsTermination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTermination")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TlsTermination {
     /// Loads the certificate and key; offers `h2` and `http/1.1`.
     pub fn new(files: ListenTls) -> Result<Self, ListenTlsError> {

@@ -2,14 +2,14 @@
 //! faithful forwarding.
 
 use crate::upstream_tls::{UpstreamHttp2, UpstreamTls};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use idem_core::headers::is_hop_by_hop;
+use idem_core::headers::strip_hop_by_hop;
 use idem_tower::{BoxError, NotExecuted, RequestBody};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +37,17 @@ pub struct Proxy {
     authority: Authority,
     base_path: String,
     forwarding: Arc<Forwarding>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("base_path", &self.base_path)
+            .field("forwarding", &self.forwarding)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the proxy does to headers on the way to the upstream, beyond
@@ -153,30 +164,6 @@ impl Proxy {
             .authority(self.authority.clone())
             .path_and_query(pq)
             .build()
-    }
-}
-
-/// Removes hop-by-hop headers, including those the `Connection` header
-/// names, except the `protected` ones.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, protected: &[HeaderName]) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !protected.contains(name))
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name.as_str()))
-        .cloned()
-        .collect();
-    for name in hop {
-        headers.remove(name);
     }
 }
 

@@ -65,6 +65,29 @@ pub struct GatewayOptions {
     pub policy_path: Option<String>,
 }
 
+impl std::fmt::Debug for GatewayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The store by engine name; the keys and the token never.
+        f.debug_struct("GatewayOptions")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("store", &self.store.engine())
+            .field("admin", &self.admin)
+            .field("idempotency", &self.idempotency)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("sweep_batch", &self.sweep_batch)
+            .field("trust_forwarded", &self.trust_forwarded)
+            .field("h2c", &self.h2c)
+            .field("listen_tls", &self.listen_tls)
+            .field("encryption", &self.encryption.is_some())
+            .field("limits", &self.limits)
+            .field("admin_token", &self.admin_token.is_some())
+            .field("policy_path", &self.policy_path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a client connection may hold: defaults safe on the open internet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -100,49 +123,6 @@ fn open_files_limit() -> Option<usize> {
         .and_then(|n| n.parse().ok())
 }
 
-impl GatewayOptions {
-    /// Options with every default of an empty configuration file, no
-    /// admin listener.
-    pub fn new(listen: SocketAddr, upstream: Uri, store: Arc<dyn Store>) -> Self {
-        Self::from_settings(
-            crate::config::Settings::default(),
-            listen,
-            upstream,
-            store,
-            None,
-        )
-    }
-
-    /// Options from checked [`Settings`](crate::config::Settings), with the
-    /// addresses, upstream and store the caller resolved.
-    pub fn from_settings(
-        settings: crate::config::Settings,
-        listen: SocketAddr,
-        upstream: Uri,
-        store: Arc<dyn Store>,
-        admin: Option<SocketAddr>,
-    ) -> Self {
-        GatewayOptions {
-            listen,
-            upstream,
-            store,
-            admin,
-            idempotency: settings.idempotency,
-            shutdown_grace: settings.shutdown_grace,
-            sweep_interval: settings.sweep_interval,
-            sweep_batch: settings.sweep_batch,
-            trust_forwarded: settings.trust_forwarded,
-            h2c: settings.h2c,
-            upstream_tls: settings.upstream_tls,
-            listen_tls: settings.listen_tls,
-            encryption: settings.encryption,
-            limits: settings.limits,
-            admin_token: settings.admin_token,
-            policy_path: settings.policy_path,
-        }
-    }
-}
-
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -163,6 +143,7 @@ pub enum GatewayError {
 }
 
 /// A gateway that is serving.
+#[derive(Debug)]
 pub struct RunningGateway {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
@@ -276,17 +257,16 @@ pub async fn start(options: GatewayOptions) -> Result<RunningGateway, GatewayErr
         stop.clone(),
     ));
     let service = layer.layer(proxy);
-    let task = tokio::spawn(serve(
-        listener,
+    let serving = Serving {
         service,
         layer,
-        options.shutdown_grace,
-        options.h2c,
-        tls.clone(),
-        options.limits,
         published,
-        stop.clone(),
-    ));
+        tls: tls.clone(),
+        limits: options.limits,
+        h2c: options.h2c,
+        grace: options.shutdown_grace,
+    };
+    let task = tokio::spawn(serve(listener, serving, stop.clone()));
     tracing::info!(%addr, upstream = %options.upstream, "gateway listening");
     Ok(RunningGateway {
         addr,
@@ -322,18 +302,32 @@ async fn first_bytes_within(stream: &TcpStream, within: Duration) -> bool {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    listener: TcpListener,
+/// What the main listener answers with, and on which terms.
+struct Serving {
+    /// The layer around the proxy.
     service: idem_tower::Idempotency<Proxy>,
+    /// The same layer, for its problem responses and its drain.
     layer: IdempotencyLayer,
-    grace: Duration,
-    h2c: bool,
+    /// The policy document, answered by the gateway itself.
+    published: Option<Arc<Published>>,
     tls: Option<Arc<TlsTermination>>,
     limits: ConnectionLimits,
-    published: Option<Arc<Published>>,
-    stop: CancellationToken,
-) {
+    h2c: bool,
+    /// How long shutdown waits for connections and executions.
+    grace: Duration,
+}
+
+/// Serves `listener` until `stop`, then drains within the grace period.
+async fn serve(listener: TcpListener, serving: Serving, stop: CancellationToken) {
+    let Serving {
+        service,
+        layer,
+        published,
+        tls,
+        limits,
+        h2c,
+        grace,
+    } = serving;
     warn_if_descriptors_short(limits.max_connections);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -352,19 +346,9 @@ async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
+        let Some((stream, peer)) = idem_serve::accept(&listener, &stop).await else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
         let service = service.clone();
         let terminated = tls.is_some();
         let (layer, published) = (layer.clone(), published.clone());
@@ -551,7 +535,7 @@ async fn sweep(
                     metrics::gauge!(SWEEP_BACKLOG).set(full_batches as f64);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "sweep failed");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "sweep failed");
                     break;
                 }
             }

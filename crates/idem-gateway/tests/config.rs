@@ -188,16 +188,12 @@ fn full_example_parses_to_the_values_it_states() {
     assert_eq!(c.scope, ScopeRule::default());
     assert_eq!(
         c.routes,
-        [Route {
-            methods: vec![Method::POST, Method::PATCH],
-            path_prefix: "/v1/charges".into(),
-            policy: Policy {
-                require_key: true,
-                in_flight: InFlightMode::Reject,
-                upstream_dedupes: false,
-                ..Policy::default()
-            },
-        }]
+        [Route::new("/v1/charges").with_policy(Policy {
+            require_key: true,
+            in_flight: InFlightMode::Reject,
+            upstream_dedupes: false,
+            ..Policy::default()
+        })]
     );
 }
 
@@ -302,6 +298,7 @@ fn sizes_take_bytes_binary_and_decimal_units() {
         ("\"10MiB\"", 10 << 20),
         ("\"1GiB\"", 1 << 30),
         ("\"2048\"", 2048),
+        ("\"1.5KiB\"", 1536),
     ] {
         // A budget large enough for four of the largest body here.
         let s = check(&format!(

@@ -3,7 +3,6 @@
 
 mod support;
 
-use http::Method;
 use http_body_util::BodyExt;
 use idem_core::RecordState;
 use idem_tower::{
@@ -19,16 +18,20 @@ fn config() -> IdempotencyConfig {
     IdempotencyConfig::default()
 }
 
+/// `base` with `change` made.
+fn changed(
+    mut base: IdempotencyConfig,
+    change: impl FnOnce(&mut IdempotencyConfig),
+) -> IdempotencyConfig {
+    change(&mut base);
+    base
+}
+
 /// POST and PATCH everywhere with `policy`.
 fn with_policy(policy: Policy) -> IdempotencyConfig {
-    IdempotencyConfig {
-        routes: vec![Route {
-            methods: vec![Method::POST, Method::PATCH],
-            path_prefix: "/".into(),
-            policy,
-        }],
-        ..config()
-    }
+    changed(config(), |c| {
+        c.routes = vec![Route::new("/").with_policy(policy)]
+    })
 }
 
 fn waiting(bound: Duration) -> IdempotencyConfig {
@@ -39,13 +42,12 @@ fn waiting(bound: Duration) -> IdempotencyConfig {
 }
 
 fn with_lease(lease: Duration) -> IdempotencyConfig {
-    IdempotencyConfig {
-        retention: Retention {
+    changed(config(), |c| {
+        c.retention = Retention {
             lease,
             ..Retention::default()
-        },
-        ..config()
-    }
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -195,20 +197,11 @@ async fn invalid_keys_are_400_invalid_key_and_never_forwarded() {
 // ---------------------------------------------------------------------------
 
 fn charges_require_a_key() -> IdempotencyConfig {
-    IdempotencyConfig {
-        routes: vec![
-            Route {
-                methods: vec![Method::POST, Method::PATCH],
-                path_prefix: "/charges".into(),
-                policy: Policy {
-                    require_key: true,
-                    ..Policy::default()
-                },
-            },
-            Route::new("/"),
-        ],
-        ..config()
-    }
+    let charges = Route::new("/charges").with_policy(Policy {
+        require_key: true,
+        ..Policy::default()
+    });
+    changed(config(), |c| c.routes = vec![charges, Route::new("/")])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -382,11 +375,7 @@ async fn trusted_header_scope_separates_tenants() {
     let source = ScopeRule::new(ScopeSource::TrustedHeader {
         headers: vec!["x-tenant-id".into()],
     });
-    let (up, gw) = setup(IdempotencyConfig {
-        scope: source.clone(),
-        ..config()
-    })
-    .await;
+    let (up, gw) = setup(changed(config(), |c| c.scope = source.clone())).await;
     let as_ = |tenant: &str, auth: &str| {
         Req::post("/charges")
             .key("tenant-key")
@@ -768,10 +757,9 @@ async fn sqlite_upstream_refusing_connections_gives_502_and_releases_the_key() {
 // ---------------------------------------------------------------------------
 
 fn short_timeout(policy: Policy) -> IdempotencyConfig {
-    IdempotencyConfig {
-        upstream_timeout: Duration::from_millis(300),
-        ..with_policy(policy)
-    }
+    changed(with_policy(policy), |c| {
+        c.upstream_timeout = Duration::from_millis(300)
+    })
 }
 
 async fn timeout_unknown(engine: Engine) {
@@ -848,11 +836,7 @@ async fn with_upstream_dedupes_an_unknown_outcome_is_forwarded_again_with_the_sa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn response_over_storage_limit_is_streamed_then_409_response_not_replayable() {
-    let (up, gw) = setup(IdempotencyConfig {
-        max_response_body: 1024,
-        ..config()
-    })
-    .await;
+    let (up, gw) = setup(changed(config(), |c| c.max_response_body = 1024)).await;
     let first = gw.send(Req::post("/big/5000").key("big-1")).await;
     assert_eq!(first.status, 201);
     assert_eq!(
@@ -875,11 +859,7 @@ async fn response_over_storage_limit_is_streamed_then_409_response_not_replayabl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn request_body_over_limit_is_413_body_too_large_and_never_forwarded() {
-    let (up, gw) = setup(IdempotencyConfig {
-        max_request_body: 1024,
-        ..config()
-    })
-    .await;
+    let (up, gw) = setup(changed(config(), |c| c.max_request_body = 1024)).await;
     let r = gw
         .send(Req::post("/charges").key("huge-1").body(vec![b'x'; 2048]))
         .await;
@@ -916,14 +896,13 @@ async fn request_body_over_limit_is_413_body_too_large_and_never_forwarded() {
 async fn retention(engine: Engine) {
     let (up, gw) = setup_on(
         engine,
-        IdempotencyConfig {
-            retention: Retention {
+        changed(config(), |c| {
+            c.retention = Retention {
                 retention: Duration::from_millis(200),
                 tombstone_retention: Duration::from_secs(60),
                 lease: Duration::from_secs(30),
-            },
-            ..config()
-        },
+            }
+        }),
     )
     .await;
     let req = Req::post("/charges").key("old-1").json("{}");
@@ -1101,10 +1080,7 @@ async fn store_failure_with_fail_open_forwards_unprotected() {
     let up = Upstream::start().await;
     let gw = Gateway::start(
         up.uri(),
-        IdempotencyConfig {
-            fail_open: true,
-            ..config()
-        },
+        changed(config(), |c| c.fail_open = true),
         TestStore::from(Arc::new(FailingStore)),
     )
     .await;
@@ -1163,14 +1139,13 @@ async fn lease_is_renewed_while_the_upstream_executes() {
 /// and an in-flight key answers 409 `request-in-progress` (section 3). The
 /// claim's provisional horizons must not expire a live, renewed claim.
 async fn long_execution_outlives_retention(tombstone_retention: Duration) {
-    let (up, gw) = setup(IdempotencyConfig {
-        retention: Retention {
+    let (up, gw) = setup(changed(config(), |c| {
+        c.retention = Retention {
             retention: Duration::from_millis(200),
             tombstone_retention,
             lease: Duration::from_secs(30),
-        },
-        ..config()
-    })
+        }
+    }))
     .await;
     let client = gw.client.clone();
     let first = tokio::spawn(async move { client.send(Req::post("/slow").key("long-1")).await });

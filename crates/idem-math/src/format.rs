@@ -58,7 +58,7 @@ pub(crate) fn money(x: f64) -> String {
     if !x.is_finite() || x.abs() >= 1e15 {
         return scientific(x);
     }
-    let text = format!("{:.2}", x);
+    let text = format!("{x:.2}");
     let (int, frac) = text.split_once('.').unwrap_or((&text, "00"));
     format!("{}.{frac}", thousands(int))
 }

@@ -43,6 +43,50 @@ pub fn upper_bound_95(trials: u64) -> f64 {
     -((1.0 - CONFIDENCE).ln() / n).exp_m1()
 }
 
+/// The exact (Clopper–Pearson) one-sided 95% upper bound on a rate after
+/// `events` in `trials` independent trials: the rate p at which seeing at
+/// most `events` has probability 5%.
+///
+/// With no event this is [`upper_bound_95`], 1 - 0.05^(1/N); otherwise it
+/// is found by bisection on the binomial distribution function (statrs).
+/// `events >= trials` (possible when one operation has several duplicates)
+/// gives 1.
+///
+/// ```
+/// use idem_math::formula::{clopper_pearson_95, upper_bound_95};
+/// assert_eq!(clopper_pearson_95(0, 300), upper_bound_95(300));
+/// assert!((clopper_pearson_95(1, 10) - 0.3942).abs() < 1e-4);
+/// ```
+pub fn clopper_pearson_95(events: u64, trials: u64) -> f64 {
+    if trials == 0 || events >= trials {
+        return 1.0;
+    }
+    if events == 0 {
+        return upper_bound_95(trials);
+    }
+    let alpha = 1.0 - CONFIDENCE;
+    // P(X <= events) falls as p grows: find where it crosses alpha.
+    let (mut low, mut high) = (events as f64 / trials as f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (low + high);
+        if mid <= low || mid >= high {
+            break;
+        }
+        if binomial_cdf(events, trials, mid) > alpha {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    high
+}
+
+/// P(X <= k) for X ~ Binomial(n, p), 0 <= p <= 1.
+fn binomial_cdf(k: u64, n: u64, p: f64) -> f64 {
+    use statrs::distribution::{Binomial, DiscreteCDF as _};
+    Binomial::new(p, n).map_or(f64::NAN, |b| b.cdf(k))
+}
+
 /// The rule of three: 3/N, the usual approximation of [`upper_bound_95`]
 /// (from -ln(0.05) ≈ 3). Capped at 1, since it is a rate.
 pub fn rule_of_three(trials: u64) -> f64 {
@@ -91,6 +135,34 @@ mod tests {
             864.0,
             1e-12
         ));
+    }
+
+    #[test]
+    fn zero_events_is_the_closed_form() {
+        for n in [1, 10, 300, 3000, 1_000_000] {
+            assert_eq!(clopper_pearson_95(0, n), upper_bound_95(n));
+            // ... which is where the bisection lands too.
+            assert!(close(
+                binomial_cdf(0, n, clopper_pearson_95(0, n)),
+                0.05,
+                1e-9
+            ));
+        }
+    }
+
+    #[test]
+    fn clopper_pearson_against_tables() {
+        // One-sided 95% upper limits (= two-sided 90%): 1/10 -> 0.3942,
+        // 5/10 -> 0.7779, 0/1 -> 0.95.
+        assert!(close(clopper_pearson_95(1, 10), 0.394_163, 1e-5));
+        assert!(close(clopper_pearson_95(5, 10), 0.777_559, 1e-5));
+        assert!(close(clopper_pearson_95(0, 1), 0.95, 1e-12));
+        // Large N: the bound sits a little above k/N.
+        let b = clopper_pearson_95(60, 300);
+        assert!(b > 0.2 && b < 0.25, "{b}");
+        assert!(close(binomial_cdf(60, 300, b), 0.05, 1e-9));
+        assert_eq!(clopper_pearson_95(300, 300), 1.0);
+        assert_eq!(clopper_pearson_95(400, 300), 1.0);
     }
 
     #[test]

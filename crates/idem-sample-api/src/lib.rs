@@ -41,8 +41,8 @@ use app::App;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// How to run the sample API.
 #[derive(Debug, Clone)]
@@ -73,17 +73,17 @@ pub async fn start(options: SampleApiOptions) -> std::io::Result<RunningSampleAp
     let addr = listener.local_addr()?;
     let app = Arc::new(App::new(options.flaw, options.latency));
     let front = server::Front::new(options.flaw, app.clone());
-    let (stop, stopped) = oneshot::channel();
+    let stop = CancellationToken::new();
     // Long enough for a payment in progress to answer, short enough not to
     // hold up a demo that is ending.
     let grace = options.latency + Duration::from_secs(1);
-    let task = tokio::spawn(server::serve(listener, front, stopped, grace));
+    let task = tokio::spawn(server::serve(listener, front, stop.clone(), grace));
     tracing::debug!(%addr, flaw = %options.flaw, "sample payments API listening");
     Ok(RunningSampleApi {
         addr,
         flaw: options.flaw,
         app,
-        stop,
+        stop: stop.drop_guard(),
         task,
     })
 }
@@ -94,7 +94,7 @@ pub struct RunningSampleApi {
     addr: SocketAddr,
     flaw: Flaw,
     app: Arc<App>,
-    stop: oneshot::Sender<()>,
+    stop: DropGuard,
     task: JoinHandle<()>,
 }
 
@@ -129,7 +129,7 @@ impl RunningSampleApi {
     /// latency plus a second), closes every connection, and returns.
     /// Payments already started still complete in the background.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(());
+        drop(self.stop);
         let _ = self.task.await;
     }
 }

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::{Layer, ServiceExt};
 
 /// The payments handler as a Tower service, for idem's layer to wrap.
@@ -85,54 +85,40 @@ impl Front {
     }
 }
 
-/// Accepts connections until `stop` fires (or its sender is dropped), then
-/// lets in-progress exchanges finish for up to `grace` and cuts the rest.
+/// Accepts connections until `stop` is cancelled (or its guard dropped),
+/// then lets in-progress exchanges finish for up to `grace` and cuts the
+/// rest.
 pub(crate) async fn serve(
     listener: TcpListener,
     front: Front,
-    mut stop: oneshot::Receiver<()>,
+    stop: CancellationToken,
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let front = front.clone();
-                    let service = hyper::service::service_fn(move |request| {
-                        let front = front.clone();
-                        async move { Ok::<_, Infallible>(front.call(request).await) }
-                    });
-                    // half_close stays off (hyper's default): a client that
-                    // hangs up mid-request ends the connection at once, and
-                    // hyper drops the handler's future. That is the "client
-                    // gone" that StoreIfDelivered reacts to.
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = &mut stop => break,
-        }
+    while let Some((stream, _peer)) = idem_serve::accept(&listener, &stop).await {
+        let front = front.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let front = front.clone();
+            async move { Ok::<_, Infallible>(front.call(request).await) }
+        });
+        // half_close stays off (hyper's default): a client that hangs up
+        // mid-request ends the connection at once, and hyper drops the
+        // handler's future. That is the "client gone" that
+        // StoreIfDelivered reacts to.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+        // Reap the connections that ended, so the set does not grow.
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !idem_serve::drain(graceful, grace).await {
         tracing::debug!("grace period over; closing the remaining connections");
     }
     connections.shutdown().await;

@@ -50,9 +50,6 @@ pub enum InputError {
     /// Not a whole number of at least 1.
     #[error("`{0}` is not a whole number of at least 1")]
     Count(String),
-    /// A bad dot path.
-    #[error("`{0}` is not a field path; write field names separated by dots, e.g. stats.charges (a number picks an array element: items.0.count)")]
-    Field(String),
     /// A flag combination that cannot work (the message names the flags).
     #[error("{0}")]
     Usage(String),
@@ -79,16 +76,7 @@ pub fn parse_url(s: &str) -> Result<Url, InputError> {
 /// assert_eq!(idem_soak::parse_method("patch").unwrap(), http::Method::PATCH);
 /// ```
 pub fn parse_method(s: &str) -> Result<Method, InputError> {
-    let upper = s.to_ascii_uppercase();
-    let standard = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    let name = if standard.contains(&upper.as_str()) {
-        upper.as_str()
-    } else {
-        s
-    };
-    Method::from_bytes(name.as_bytes()).map_err(|_| InputError::Method(s.to_owned()))
+    idem_core::method::parse(s).ok_or_else(|| InputError::Method(s.to_owned()))
 }
 
 /// Parses `--body`: a JSON document, or `@FILE` to read one.
@@ -148,141 +136,9 @@ pub fn parse_count(s: &str) -> Result<u64, InputError> {
     }
 }
 
-/// Where the count is in the count endpoint's JSON (`--count-field`).
-///
-/// [`CountField::Default`] takes a body that is a bare number (`42`) or an
-/// object with a `count` member (`{"count":42}`); a path such as
-/// `stats.charges` walks objects by member name (and arrays by index).
-///
-/// ```
-/// use idem_soak::CountField;
-/// let body = serde_json::json!({"stats": {"charges": 7}});
-/// let field: CountField = "stats.charges".parse().unwrap();
-/// assert_eq!(field.extract(&body).unwrap(), 7);
-/// assert_eq!(CountField::Default.extract(&serde_json::json!({"count": 3})).unwrap(), 3);
-/// assert_eq!(CountField::Default.extract(&serde_json::json!(12)).unwrap(), 12);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum CountField {
-    /// A bare number, or `{"count": N}`.
-    #[default]
-    Default,
-    /// The member at this dot path.
-    Path(Vec<String>),
-}
-
-impl FromStr for CountField {
-    type Err = InputError;
-
-    fn from_str(s: &str) -> Result<Self, InputError> {
-        let segments: Vec<String> = s.split('.').map(str::to_owned).collect();
-        if segments.iter().any(|segment| segment.is_empty()) {
-            return Err(InputError::Field(s.to_owned()));
-        }
-        Ok(CountField::Path(segments))
-    }
-}
-
-impl std::fmt::Display for CountField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CountField::Default => f.write_str("(a bare number or {\"count\":N})"),
-            CountField::Path(segments) => f.write_str(&segments.join(".")),
-        }
-    }
-}
-
-/// Why a count could not be read from a body.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FieldError {
-    /// The default shape did not match.
-    #[error("the body is neither a number nor an object with a \"count\" member; name the field with --count-field, e.g. --count-field stats.charges")]
-    NoDefault,
-    /// A path segment is missing.
-    #[error("--count-field {path}: no `{segment}` in {found}")]
-    Missing {
-        /// The whole path.
-        path: String,
-        /// The segment not found.
-        segment: String,
-        /// The value it was looked up in (shortened).
-        found: String,
-    },
-    /// The field is not a count.
-    #[error("the count {at} is {found}, not a whole number of at least 0")]
-    NotACount {
-        /// Where (`--count-field PATH` or "body").
-        at: String,
-        /// The value (shortened).
-        found: String,
-    },
-}
-
-fn shorten(value: &serde_json::Value) -> String {
-    let mut s = value.to_string();
-    if s.len() > 80 {
-        let mut end = 77;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
-}
-
-fn as_count(value: &serde_json::Value, at: impl Fn() -> String) -> Result<u64, FieldError> {
-    if let Some(n) = value.as_u64() {
-        return Ok(n);
-    }
-    match value.as_f64() {
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => Ok(f as u64),
-        _ => Err(FieldError::NotACount {
-            at: at(),
-            found: shorten(value),
-        }),
-    }
-}
-
-impl CountField {
-    /// The count in `body`.
-    pub fn extract(&self, body: &serde_json::Value) -> Result<u64, FieldError> {
-        match self {
-            CountField::Default => match body {
-                serde_json::Value::Number(_) => as_count(body, || "body".to_owned()),
-                serde_json::Value::Object(map) => match map.get("count") {
-                    Some(count) => as_count(count, || "member \"count\"".to_owned()),
-                    None => Err(FieldError::NoDefault),
-                },
-                _ => Err(FieldError::NoDefault),
-            },
-            CountField::Path(segments) => {
-                let path = segments.join(".");
-                let mut at = body;
-                for segment in segments {
-                    let next = match at {
-                        serde_json::Value::Object(map) => map.get(segment),
-                        serde_json::Value::Array(items) => {
-                            segment.parse::<usize>().ok().and_then(|i| items.get(i))
-                        }
-                        _ => None,
-                    };
-                    at = next.ok_or_else(|| FieldError::Missing {
-                        path: path.clone(),
-                        segment: segment.clone(),
-                        found: shorten(at),
-                    })?;
-                }
-                as_count(at, || format!("at --count-field {path}"))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn urls() {
@@ -347,28 +203,5 @@ mod tests {
         assert!(parse_count("ten").is_err());
         assert_eq!(parse_method("post").unwrap(), Method::POST);
         assert!(parse_method("NOT A METHOD").is_err());
-    }
-
-    #[test]
-    fn count_fields() {
-        assert!("a..b".parse::<CountField>().is_err());
-        assert!("".parse::<CountField>().is_err());
-        let field: CountField = "items.1.n".parse().unwrap();
-        assert_eq!(
-            field
-                .extract(&json!({"items": [{"n": 1}, {"n": 2}]}))
-                .unwrap(),
-            2
-        );
-        let e = field.extract(&json!({"items": []})).unwrap_err();
-        assert!(e.to_string().contains("no `1`"), "{e}");
-        assert_eq!(CountField::Default.extract(&json!(5.0)).unwrap(), 5);
-        assert!(CountField::Default.extract(&json!(-1)).is_err());
-        assert!(CountField::Default.extract(&json!({"n": 1})).is_err());
-        assert!(CountField::Default.extract(&json!("5")).is_err());
-        let e = CountField::Default
-            .extract(&json!({"count": "x"}))
-            .unwrap_err();
-        assert!(e.to_string().contains("\"x\""), "{e}");
     }
 }

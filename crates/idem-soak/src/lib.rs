@@ -35,10 +35,18 @@ mod input;
 mod report;
 mod run;
 
-pub use input::{
-    parse_body, parse_count, parse_header, parse_method, parse_url, CountField, FieldError,
-    InputError,
-};
-pub use report::{upper_bound_95, SoakReport};
+pub use idem_core::count::{CountError, CountField, CountFieldError};
+/// The one-sided 95% upper bound on the duplicate rate after `duplicates`
+/// in `operations` (Clopper–Pearson), as [`SoakReport::upper_bound_95`]
+/// reports it: idem-math's formula, re-exported.
+///
+/// ```
+/// use idem_soak::upper_bound_95;
+/// assert_eq!(upper_bound_95(0, 300), idem_math::formula::upper_bound_95(300));
+/// assert!((upper_bound_95(1, 10) - 0.3942).abs() < 1e-4);
+/// ```
+pub use idem_math::formula::clopper_pearson_95 as upper_bound_95;
+pub use input::{parse_body, parse_count, parse_header, parse_method, parse_url, InputError};
+pub use report::SoakReport;
 pub use reqwest::Url;
 pub use run::{read_count, run, Progress, SoakError, SoakOptions};

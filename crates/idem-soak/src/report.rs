@@ -50,63 +50,6 @@ pub struct SoakReport {
     pub elapsed_seconds: f64,
 }
 
-/// The one-sided 95% upper bound on a rate after `events` in `trials`
-/// independent trials (Clopper–Pearson): the rate p at which seeing at most
-/// `events` has probability 5%.
-///
-/// With no event this is idem-math's
-/// [`upper_bound_95`](idem_math::formula::upper_bound_95), 1 - 0.05^(1/N);
-/// otherwise it is found by bisection on the binomial distribution
-/// function. `events >= trials` (possible when one operation has several
-/// duplicates) gives 1.
-///
-/// ```
-/// use idem_soak::upper_bound_95;
-/// assert_eq!(upper_bound_95(0, 300), idem_math::formula::upper_bound_95(300));
-/// assert!((upper_bound_95(1, 10) - 0.3942).abs() < 1e-4);
-/// ```
-pub fn upper_bound_95(events: u64, trials: u64) -> f64 {
-    if trials == 0 || events >= trials {
-        return 1.0;
-    }
-    if events == 0 {
-        return idem_math::formula::upper_bound_95(trials);
-    }
-    let alpha = 1.0 - idem_math::formula::CONFIDENCE;
-    // P(X <= events) falls as p grows: find where it crosses alpha.
-    let (mut low, mut high) = (events as f64 / trials as f64, 1.0f64);
-    for _ in 0..200 {
-        let mid = 0.5 * (low + high);
-        if mid <= low || mid >= high {
-            break;
-        }
-        if binomial_cdf(events, trials, mid) > alpha {
-            low = mid;
-        } else {
-            high = mid;
-        }
-    }
-    high
-}
-
-/// P(X <= k) for X ~ Binomial(n, p), 0 < p < 1, summed in log space so that
-/// large n does not underflow.
-fn binomial_cdf(k: u64, n: u64, p: f64) -> f64 {
-    let (ln_p, ln_q) = (p.ln(), (-p).ln_1p());
-    let mut ln_term = n as f64 * ln_q; // i = 0: (1-p)^n
-    let mut ln_sum = ln_term;
-    for i in 0..k {
-        ln_term += ((n - i) as f64).ln() - ((i + 1) as f64).ln() + ln_p - ln_q;
-        let (hi, lo) = if ln_term > ln_sum {
-            (ln_term, ln_sum)
-        } else {
-            (ln_sum, ln_term)
-        };
-        ln_sum = hi + (lo - hi).exp().ln_1p();
-    }
-    ln_sum.exp().min(1.0)
-}
-
 /// A number with about four significant digits, without trailing noise.
 fn short(x: f64) -> String {
     if x == 0.0 {
@@ -189,34 +132,6 @@ impl fmt::Display for SoakReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn close(a: f64, b: f64, rel: f64) -> bool {
-        (a - b).abs() <= rel * b.abs()
-    }
-
-    #[test]
-    fn zero_events_is_idem_maths_formula() {
-        for n in [1, 10, 300, 3000, 1_000_000] {
-            assert_eq!(upper_bound_95(0, n), idem_math::formula::upper_bound_95(n));
-            // ... which is where the bisection lands too.
-            assert!(close(binomial_cdf(0, n, upper_bound_95(0, n)), 0.05, 1e-9));
-        }
-    }
-
-    #[test]
-    fn clopper_pearson_against_tables() {
-        // One-sided 95% upper limits (= two-sided 90%): 1/10 -> 0.3942,
-        // 5/10 -> 0.7779, 0/1 -> 0.95.
-        assert!(close(upper_bound_95(1, 10), 0.394_163, 1e-5));
-        assert!(close(upper_bound_95(5, 10), 0.777_559, 1e-5));
-        assert!(close(upper_bound_95(0, 1), 0.95, 1e-12));
-        // Large N: the bound sits a little above k/N.
-        let b = upper_bound_95(60, 300);
-        assert!(b > 0.2 && b < 0.25, "{b}");
-        assert!(close(binomial_cdf(60, 300, b), 0.05, 1e-9));
-        assert_eq!(upper_bound_95(300, 300), 1.0);
-        assert_eq!(upper_bound_95(400, 300), 1.0);
-    }
 
     #[test]
     fn short_numbers() {

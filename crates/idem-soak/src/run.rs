@@ -1,12 +1,13 @@
 //! Running the operations and reading the count around them.
 
-use crate::input::{CountField, FieldError, InputError};
-use crate::report::{upper_bound_95, SoakReport};
+use crate::input::InputError;
+use crate::report::SoakReport;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method};
 use idem_client::{ResponseExt, RetryPolicy};
+use idem_core::count::{CountError, CountField};
 use reqwest::Url;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -122,7 +123,7 @@ pub enum SoakError {
         url: String,
         /// What is wrong with the body.
         #[source]
-        source: FieldError,
+        source: CountError,
     },
 }
 
@@ -324,7 +325,7 @@ pub async fn run(
         effects,
         duplicates,
         duplicate_rate: duplicates as f64 / n as f64,
-        upper_bound_95: upper_bound_95(duplicates, n),
+        upper_bound_95: idem_math::formula::clopper_pearson_95(duplicates, n),
         succeeded: state.succeeded,
         replayed,
         outcome_unknown: state.outcome_unknown,

@@ -77,20 +77,20 @@ async fn claim_and_complete(store: &dyn Store, claim: Claim) {
     assert_eq!(store.complete(&id, token, c).await.unwrap(), Write::Written);
 }
 
-fn bench_store(bencher: Bencher, rt: &tokio::runtime::Runtime, store: Arc<dyn Store>) {
+fn bench_store(bencher: Bencher<'_, '_>, rt: &tokio::runtime::Runtime, store: Arc<dyn Store>) {
     bencher
         .with_inputs(next_claim)
         .bench_local_values(|claim| rt.block_on(claim_and_complete(&*store, claim)));
 }
 
 #[divan::bench(max_time = 3)]
-fn memory(bencher: Bencher) {
+fn memory(bencher: Bencher<'_, '_>) {
     let rt = runtime();
     bench_store(bencher, &rt, Arc::new(idem_store::MemoryStore::new()));
 }
 
 #[divan::bench(max_time = 3)]
-fn sqlite(bencher: Bencher) {
+fn sqlite(bencher: Bencher<'_, '_>) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = idem_store::SqliteStore::open(
@@ -102,7 +102,7 @@ fn sqlite(bencher: Bencher) {
 }
 
 #[divan::bench(max_time = 3)]
-fn postgres(bencher: Bencher) {
+fn postgres(bencher: Bencher<'_, '_>) {
     let rt = runtime();
     let url = std::env::var("IDEM_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
@@ -133,7 +133,7 @@ fn postgres(bencher: Bencher) {
 }
 
 #[divan::bench(max_time = 3)]
-fn redis(bencher: Bencher) {
+fn redis(bencher: Bencher<'_, '_>) {
     let rt = runtime();
     let url = std::env::var("IDEM_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());

@@ -58,7 +58,7 @@ fn response(size: usize) -> StoredResponse {
 
 /// Baseline: cloning the response (what passing it on costs).
 #[divan::bench(args = SIZES)]
-fn clone(bencher: Bencher, size: usize) {
+fn clone(bencher: Bencher<'_, '_>, size: usize) {
     let resp = response(size);
     bencher
         .counter(BytesCount::new(size))
@@ -67,7 +67,7 @@ fn clone(bencher: Bencher, size: usize) {
 
 /// Second baseline: copying every byte of the response once.
 #[divan::bench(args = SIZES)]
-fn deep_copy(bencher: Bencher, size: usize) {
+fn deep_copy(bencher: Bencher<'_, '_>, size: usize) {
     let resp = response(size);
     bencher.counter(BytesCount::new(size)).bench(|| {
         let r = black_box(&resp);
@@ -84,7 +84,7 @@ fn deep_copy(bencher: Bencher, size: usize) {
 }
 
 #[divan::bench(args = SIZES)]
-fn seal(bencher: Bencher, size: usize) {
+fn seal(bencher: Bencher<'_, '_>, size: usize) {
     let (ring, id, resp) = (KeyRing::new([7; 32]), id(), response(size));
     bencher
         .counter(BytesCount::new(size))
@@ -92,7 +92,7 @@ fn seal(bencher: Bencher, size: usize) {
 }
 
 #[divan::bench(args = SIZES)]
-fn open(bencher: Bencher, size: usize) {
+fn open(bencher: Bencher<'_, '_>, size: usize) {
     let (ring, id) = (KeyRing::new([7; 32]), id());
     let sealed = ring.seal(&id, &response(size)).unwrap();
     bencher

@@ -82,7 +82,7 @@ fn store_with_large_record(rt: &tokio::runtime::Runtime) -> (Arc<SqliteStore>, t
     (store, dir)
 }
 
-fn measure_claims(bencher: Bencher, rt: &tokio::runtime::Runtime, store: &SqliteStore) {
+fn measure_claims(bencher: Bencher<'_, '_>, rt: &tokio::runtime::Runtime, store: &SqliteStore) {
     bencher.with_inputs(fresh_claim).bench_local_values(|c| {
         rt.block_on(async {
             let outcome = store.claim(c).await.unwrap();
@@ -92,14 +92,14 @@ fn measure_claims(bencher: Bencher, rt: &tokio::runtime::Runtime, store: &Sqlite
 }
 
 #[divan::bench(max_time = 5)]
-fn claim_alone(bencher: Bencher) {
+fn claim_alone(bencher: Bencher<'_, '_>) {
     let rt = runtime();
     let (store, _dir) = store_with_large_record(&rt);
     measure_claims(bencher, &rt, &store);
 }
 
 #[divan::bench(args = [1, 8], max_time = 5)]
-fn claim_beside_replays_of_9_mib(bencher: Bencher, tasks: usize) {
+fn claim_beside_replays_of_9_mib(bencher: Bencher<'_, '_>, tasks: usize) {
     let rt = runtime();
     let (store, _dir) = store_with_large_record(&rt);
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,7 +140,7 @@ fn claim_beside_replays_of_9_mib(bencher: Bencher, tasks: usize) {
 /// The floor for the replays above: threads copying 9 MiB buffers, no
 /// store involved.
 #[divan::bench(args = [1, 8], max_time = 5)]
-fn claim_beside_copy_loops_of_9_mib(bencher: Bencher, threads: usize) {
+fn claim_beside_copy_loops_of_9_mib(bencher: Bencher<'_, '_>, threads: usize) {
     let rt = runtime();
     let (store, _dir) = store_with_large_record(&rt);
     let stop = Arc::new(AtomicBool::new(false));

@@ -33,7 +33,7 @@ impl StoreError {
     /// Whether the store refused a new key because it holds its budget of
     /// records (not an outage: known keys still answer).
     pub fn is_full(&self) -> bool {
-        self.source.is::<crate::engine::memory::StoreFull>()
+        self.source.is::<StoreFull>()
     }
 }
 
@@ -48,23 +48,60 @@ impl fmt::Debug for StoreError {
 }
 
 impl fmt::Display for StoreError {
+    /// What failed, as its own sentence: `postgres store: claim failed`.
+    /// Why is the [`source`](std::error::Error::source) chain, which
+    /// `anyhow`'s `{:#}` and tracing's error values print.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} store: {} failed: {}",
-            self.engine, self.op, self.source
-        )
+        write!(f, "{} store: {} failed", self.engine, self.op)
     }
 }
 
-/// The message already carries the cause (operators read it in one log
-/// line), so the cause is not repeated as `source()`; that would print it
-/// twice in `{:#}` chains.
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    /// The engine's own error (e.g. for downcasting).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
 
-impl StoreError {
-    /// The engine's own error, for inspection (e.g. downcasting).
-    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &*self.source
+/// A claim for a new key was refused: the store holds its budget of
+/// records. Nothing live or replayable is ever evicted to make room (that
+/// would let a retry execute a second time); room comes back as the sweeper
+/// deletes expired records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store holds its maximum of {max} records; new keys are refused until expired ones are swept")]
+pub struct StoreFull {
+    /// The budget.
+    pub max: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("error connecting to server")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_message_says_what_failed_and_the_source_is_the_cause() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = StoreError::new("postgres", "open", Outer(refused));
+        assert_eq!(e.to_string(), "postgres store: open failed");
+        let cause = e.source().expect("a cause");
+        assert!(cause.is::<Outer>());
+        assert_eq!(cause.to_string(), "error connecting to server");
+        assert_eq!(cause.source().expect("its cause").to_string(), "refused");
     }
 }

@@ -33,19 +33,20 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use engine::memory::{MemoryStore, StoreFull, DEFAULT_MAX_RECORDS};
+pub use engine::memory::{MemoryStore, DEFAULT_MAX_RECORDS};
 #[cfg(feature = "postgres")]
 pub use engine::postgres::{MigrationReport, PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 pub use engine::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use engine::sqlite::{SqliteOptions, SqliteStore};
-pub use error::StoreError;
+pub use engine::sqlite_synchronous::SqliteSynchronous;
+pub use error::{StoreError, StoreFull};
 pub use sealed::{
     is_sealed, KeyPosition, KeyRing, KeyRingError, OpenError, SealError, SealedPart, SealedStore,
     SEALED_HEADER,
 };
-pub use spec::{open, SqliteSynchronous, StoreSpec, StoreSpecError};
+pub use spec::{open, StoreSpec, StoreSpecError};
 pub use store::{
     Claim, ClaimOutcome, Completion, ListCursor, ListQuery, Store, StoreClock, SweepReport,
     Unsettled, Write,

@@ -1,6 +1,6 @@
 //! The one place a store string (`--store`) maps to an engine.
 
-use crate::Store;
+use crate::{SqliteSynchronous, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -40,23 +40,6 @@ pub enum StoreSpec {
     },
 }
 
-/// When the SQLite engine's commits reach the disk (SQLite's
-/// `PRAGMA synchronous`, in WAL mode).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum SqliteSynchronous {
-    /// `FULL`, the default: the WAL is synced at every commit, so an
-    /// acknowledged claim or outcome survives power loss, as the contract
-    /// requires.
-    #[default]
-    Full,
-    /// `NORMAL`: the WAL is synced only at checkpoints. A crash of the
-    /// process loses nothing, but power loss or an OS crash can lose the
-    /// last acknowledged commits, and with them claims: a retry after that
-    /// may execute again. Weaker than the contract; for measuring what
-    /// `FULL` costs, or for data that may be lost.
-    Normal,
-}
-
 /// A `--store` value that names no engine, or a bad one.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreSpecError {
@@ -85,7 +68,7 @@ pub enum StoreSpecError {
     #[error("store engine `{0}` is not compiled into this build")]
     NotCompiled(&'static str),
     /// Opening failed.
-    #[error("cannot open store `{spec}`: {source}")]
+    #[error("cannot open store `{spec}`")]
     Open {
         /// The store string.
         spec: String,

@@ -16,13 +16,12 @@ use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
 use idem_core::*;
 use idem_store::{
-    Claim, ClaimOutcome, Completion, PostgresOptions, PostgresStore, Store, StoreClock,
-    SweepReport, Write,
+    ClaimOutcome, Completion, PostgresOptions, PostgresStore, Store, StoreClock, SweepReport, Write,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::postgres::{drop_schema, server_up};
-use support::{must_claim, retention, Cleaned, Proxy, T0};
+use support::{chain, claim, id, must_claim, response, retention, Cleaned, Proxy, T0};
 
 use idem_testkit::{postgres_addr, postgres_url as url};
 
@@ -117,33 +116,6 @@ mod store_clock {
     });
 }
 
-fn id(key: &str) -> RecordId {
-    RecordId {
-        scope: Scope::from_stored("s"),
-        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
-    }
-}
-
-fn claim(rid: &RecordId, now: Timestamp) -> Claim {
-    let fp = Fingerprint::compute(&FingerprintInput {
-        method: "POST",
-        path: "/",
-        query: None,
-        content_type: None,
-        extra_headers: &[],
-        body: b"a",
-    });
-    Claim::new(rid.clone(), fp, now, &retention(), false)
-}
-
-fn response(body: &'static [u8]) -> StoredResponse {
-    StoredResponse {
-        status: 201,
-        headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
-        body: Some(Bytes::from_static(body)),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn independent_stores_never_both_claim_a_key() {
     if !server_up().await {
@@ -159,30 +131,7 @@ async fn independent_stores_never_both_claim_a_key() {
                 .unwrap(),
         ));
     }
-    for round in 0..10 {
-        let k = id(&format!("shared-{round}"));
-        let barrier = Arc::new(tokio::sync::Barrier::new(64));
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let (store, barrier, k) = (stores[i % 4].clone(), barrier.clone(), k.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    store.claim(claim(&k, T0)).await.unwrap()
-                })
-            })
-            .collect();
-        let mut winners = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                ClaimOutcome::Claimed { .. } => winners += 1,
-                ClaimOutcome::Existing { outcome, .. } => assert!(
-                    matches!(outcome, ExistingOutcome::InProgress { .. }),
-                    "{outcome:?}"
-                ),
-            }
-        }
-        assert_eq!(winners, 1, "round {round}");
-    }
+    support::one_claim_wins_each_race(&stores, "shared", 10, 64).await;
     // Racing reclaims of a released key: one winner too, under the row lock.
     for round in 0..5 {
         let k = id(&format!("released-{round}"));
@@ -209,24 +158,7 @@ async fn independent_stores_never_both_claim_a_key() {
     }
     // An outcome written through one is replayed through another, and the
     // token it was written with is spent everywhere.
-    let k = id("cross");
-    let token = must_claim(&*stores[0], claim(&k, T0)).await;
-    let c = Completion::new(response(b"one"), T0, &retention());
-    assert_eq!(
-        stores[1].complete(&k, token, c.clone()).await.unwrap(),
-        Write::Written
-    );
-    match stores[2].claim(claim(&k, T0)).await.unwrap() {
-        ClaimOutcome::Existing { outcome, record } => {
-            assert_eq!(outcome, ExistingOutcome::Replay);
-            assert_eq!(record.response, Some(response(b"one")));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(
-        stores[3].complete(&k, token, c).await.unwrap(),
-        Write::Fenced
-    );
+    support::an_outcome_is_shared_and_its_token_spent(&stores).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -289,9 +221,8 @@ async fn many_gateways_migrating_at_once_apply_each_migration_once() {
         .unwrap();
     let err = PostgresStore::open(&url(), options(&schema.0))
         .await
-        .err()
-        .expect("a newer schema is refused");
-    assert!(err.to_string().contains("schema version 99"), "{err}");
+        .expect_err("a newer schema is refused");
+    assert!(chain(&err).contains("schema version 99"), "{err:?}");
     drop(client);
     let _ = conn.await;
 }
@@ -445,40 +376,7 @@ async fn an_unreachable_database_is_a_quick_error_and_recovery_is_automatic() {
     let opts = options(&schema.0);
     let bound = opts.operation_timeout + Duration::from_millis(500);
     let store = PostgresStore::open(&via(&proxy), opts).await.unwrap();
-    let k = id("before");
-    let token = must_claim(&store, claim(&k, T0)).await;
-
-    proxy.cut();
-    for attempt in 0..2 {
-        let started = Instant::now();
-        let err = store
-            .claim(claim(&id(&format!("during-{attempt}")), T0))
-            .await
-            .expect_err("no claim while the database is unreachable");
-        assert!(started.elapsed() < bound, "{:?}: {err}", started.elapsed());
-        assert_eq!(err.engine(), "postgres");
-        let started = Instant::now();
-        let c = Completion::new(response(b"x"), T0, &retention());
-        assert!(store.complete(&k, token, c).await.is_err());
-        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
-        assert!(store.ping().await.is_err());
-    }
-
-    proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match store.ping().await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("not yet: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("the store did not recover: {e}"),
-        }
-    }
-    let c = Completion::new(response(b"late"), T0, &retention());
-    assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
-    must_claim(&store, claim(&id("after"), T0)).await;
+    support::an_outage_is_a_quick_error_then_recovered(&store, &proxy, bound).await;
 }
 
 #[tokio::test]
@@ -493,8 +391,7 @@ async fn opening_an_unresponsive_or_closed_server_fails_within_the_bound() {
     let started = Instant::now();
     let err = PostgresStore::open(&via(&proxy), opts.clone())
         .await
-        .err()
-        .expect("nothing answers");
+        .expect_err("nothing answers");
     assert!(started.elapsed() < Duration::from_secs(4), "{err}");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -503,8 +400,7 @@ async fn opening_an_unresponsive_or_closed_server_fails_within_the_bound() {
     let started = Instant::now();
     let err = PostgresStore::open(&format!("postgres://postgres@127.0.0.1:{port}/test"), opts)
         .await
-        .err()
-        .expect("connection refused");
+        .expect_err("connection refused");
     assert!(started.elapsed() < Duration::from_secs(4), "{err}");
     assert!(err.to_string().contains("postgres store"), "{err}");
 }
@@ -536,7 +432,7 @@ async fn a_damaged_row_fails_its_own_operation_only() {
         .unwrap();
     let err = store.claim(claim(&id("bad"), T0)).await.unwrap_err();
     assert_eq!(err.operation(), "claim");
-    assert!(err.to_string().contains("state code 99"), "{err}");
+    assert!(chain(&err).contains("state code 99"), "{err:?}");
     assert!(store.get(&id("bad")).await.is_err());
     assert!(matches!(
         store.claim(claim(&id("good"), T0)).await.unwrap(),
@@ -550,14 +446,12 @@ async fn a_damaged_row_fails_its_own_operation_only() {
 async fn bad_urls_and_schema_names_are_refused_up_front() {
     let err = PostgresStore::open("postgres://[::1", PostgresOptions::default())
         .await
-        .err()
-        .expect("bad url");
-    assert!(err.to_string().contains("invalid PostgreSQL URL"), "{err}");
+        .expect_err("bad url");
+    assert!(chain(&err).contains("invalid PostgreSQL URL"), "{err:?}");
     let err = PostgresStore::open(&url(), options("bad-name"))
         .await
-        .err()
-        .expect("bad schema");
-    assert!(err.to_string().contains("letters, digits"), "{err}");
+        .expect_err("bad schema");
+    assert!(chain(&err).contains("letters, digits"), "{err:?}");
 }
 
 /// Whether the claim on `key` carries the waiters mark.

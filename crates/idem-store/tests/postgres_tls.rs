@@ -13,13 +13,13 @@
 mod support;
 
 use idem_core::*;
-use idem_store::{Claim, Completion, PostgresOptions, PostgresStore, Store, StoreClock, Write};
+use idem_store::{Completion, PostgresOptions, PostgresStore, Store, StoreClock, Write};
 use idem_testkit::tls::TestCa as Ca;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::pg_server::PgServer;
-use support::{must_claim, retention, unique_name, T0};
+use support::{chain, claim, id, must_claim, retention, unique_name, T0};
 
 /// Admits TCP clients only over TLS: a connection that works is encrypted.
 const TLS_ONLY: &[&str] = &["hostssl all all 127.0.0.1/32 trust"];
@@ -89,7 +89,7 @@ async fn refused(url: &str) -> String {
     let elapsed = started.elapsed();
     let message = match result {
         Ok(_) => panic!("{url}: opened, but must be refused"),
-        Err(e) => e.to_string(),
+        Err(e) => chain(&e),
     };
     assert!(
         elapsed < REFUSED_WITHIN,
@@ -112,25 +112,6 @@ async fn connections(pg: &PgServer) -> (i64, i64) {
         .await
         .unwrap();
     (row.get(0), row.get(1))
-}
-
-fn id(key: &str) -> RecordId {
-    RecordId {
-        scope: Scope::from_stored("s"),
-        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
-    }
-}
-
-fn claim(rid: &RecordId, now: Timestamp) -> Claim {
-    let fp = Fingerprint::compute(&FingerprintInput {
-        method: "POST",
-        path: "/",
-        query: None,
-        content_type: None,
-        extra_headers: &[],
-        body: b"a",
-    });
-    Claim::new(rid.clone(), fp, now, &retention(), false)
 }
 
 /// Runs conformance behaviours, each on a fresh store (its own schema)
@@ -381,7 +362,7 @@ async fn migrate_takes_the_same_tls_url() {
     );
     match PostgresStore::migrate(&wrong, options()).await {
         Ok(report) => panic!("migrated with the wrong CA: {report:?}"),
-        Err(e) => assert!(e.to_string().contains("sslrootcert="), "{e}"),
+        Err(e) => assert!(chain(&e).contains("sslrootcert="), "{e:?}"),
     }
 }
 

@@ -13,16 +13,11 @@
 
 mod support;
 
-use bytes::Bytes;
-use idem_core::decision::ExistingOutcome;
-use idem_core::*;
-use idem_store::{
-    Claim, ClaimOutcome, Completion, RedisOptions, RedisStore, Store, StoreClock, Write,
-};
+use idem_store::{ClaimOutcome, Completion, RedisOptions, RedisStore, Store, StoreClock, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::redis::{delete_prefix, server_up};
-use support::{must_claim, retention, Cleaned, Proxy, T0};
+use support::{chain, claim, id, must_claim, response, retention, Cleaned, Proxy, T0};
 
 use idem_testkit::redis_url as url;
 
@@ -76,33 +71,6 @@ mod store_clock {
     });
 }
 
-fn id(key: &str) -> RecordId {
-    RecordId {
-        scope: Scope::from_stored("s"),
-        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
-    }
-}
-
-fn claim(rid: &RecordId, now: Timestamp) -> Claim {
-    let fp = Fingerprint::compute(&FingerprintInput {
-        method: "POST",
-        path: "/",
-        query: None,
-        content_type: None,
-        extra_headers: &[],
-        body: b"a",
-    });
-    Claim::new(rid.clone(), fp, now, &retention(), false)
-}
-
-fn response(body: &'static [u8]) -> StoredResponse {
-    StoredResponse {
-        status: 201,
-        headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
-        body: Some(Bytes::from_static(body)),
-    }
-}
-
 /// A prefix deleted when the guard is dropped.
 struct Prefix(String);
 
@@ -130,48 +98,8 @@ async fn independent_stores_never_both_claim_a_key() {
             RedisStore::open(&url(), options(&prefix.0)).await.unwrap(),
         ));
     }
-    for round in 0..10 {
-        let k = id(&format!("shared-{round}"));
-        let barrier = Arc::new(tokio::sync::Barrier::new(64));
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let (store, barrier, k) = (stores[i % 4].clone(), barrier.clone(), k.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    store.claim(claim(&k, T0)).await.unwrap()
-                })
-            })
-            .collect();
-        let mut winners = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                ClaimOutcome::Claimed { .. } => winners += 1,
-                ClaimOutcome::Existing { outcome, .. } => assert!(
-                    matches!(outcome, ExistingOutcome::InProgress { .. }),
-                    "{outcome:?}"
-                ),
-            }
-        }
-        assert_eq!(winners, 1, "round {round}");
-    }
-    let k = id("cross");
-    let token = must_claim(&*stores[0], claim(&k, T0)).await;
-    let c = Completion::new(response(b"one"), T0, &retention());
-    assert_eq!(
-        stores[1].complete(&k, token, c.clone()).await.unwrap(),
-        Write::Written
-    );
-    match stores[2].claim(claim(&k, T0)).await.unwrap() {
-        ClaimOutcome::Existing { outcome, record } => {
-            assert_eq!(outcome, ExistingOutcome::Replay);
-            assert_eq!(record.response, Some(response(b"one")));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(
-        stores[3].complete(&k, token, c).await.unwrap(),
-        Write::Fenced
-    );
+    support::one_claim_wins_each_race(&stores, "shared", 10, 64).await;
+    support::an_outcome_is_shared_and_its_token_spent(&stores).await;
 }
 
 /// Every record key carries a TTL: the later of lease and tombstone
@@ -258,40 +186,7 @@ async fn an_unreachable_server_is_a_quick_error_and_recovery_is_automatic() {
     let store = RedisStore::open(&format!("redis://{}/", proxy.addr), opts)
         .await
         .unwrap();
-    let k = id("before");
-    let token = must_claim(&store, claim(&k, T0)).await;
-
-    proxy.cut();
-    for attempt in 0..2 {
-        let started = Instant::now();
-        let err = store
-            .claim(claim(&id(&format!("during-{attempt}")), T0))
-            .await
-            .expect_err("no claim while the server is unreachable");
-        assert!(started.elapsed() < bound, "{:?}: {err}", started.elapsed());
-        assert_eq!(err.engine(), "redis");
-        let started = Instant::now();
-        let c = Completion::new(response(b"x"), T0, &retention());
-        assert!(store.complete(&k, token, c).await.is_err());
-        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
-        assert!(store.ping().await.is_err());
-    }
-
-    proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match store.ping().await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("not yet: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("the store did not recover: {e}"),
-        }
-    }
-    let c = Completion::new(response(b"late"), T0, &retention());
-    assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
-    must_claim(&store, claim(&id("after"), T0)).await;
+    support::an_outage_is_a_quick_error_then_recovered(&store, &proxy, bound).await;
 }
 
 #[tokio::test]
@@ -301,8 +196,7 @@ async fn opening_an_unresponsive_or_closed_server_fails_within_the_bound() {
     let started = Instant::now();
     let err = RedisStore::open(&format!("redis://{}/", proxy.addr), options("idem"))
         .await
-        .err()
-        .expect("nothing answers");
+        .expect_err("nothing answers");
     assert!(started.elapsed() < Duration::from_secs(3), "{err}");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -311,8 +205,7 @@ async fn opening_an_unresponsive_or_closed_server_fails_within_the_bound() {
     let started = Instant::now();
     let err = RedisStore::open(&format!("redis://127.0.0.1:{port}/"), options("idem"))
         .await
-        .err()
-        .expect("connection refused");
+        .expect_err("connection refused");
     assert!(started.elapsed() < Duration::from_secs(3), "{err}");
     assert!(err.to_string().contains("redis store"), "{err}");
 }
@@ -321,14 +214,12 @@ async fn opening_an_unresponsive_or_closed_server_fails_within_the_bound() {
 async fn bad_urls_and_prefixes_are_refused_up_front() {
     let err = RedisStore::open("nope://x", options("idem"))
         .await
-        .err()
-        .expect("bad url");
-    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+        .expect_err("bad url");
+    assert!(chain(&err).contains("invalid Redis URL"), "{err:?}");
     let err = RedisStore::open(&url(), options("a{b}"))
         .await
-        .err()
-        .expect("bad prefix");
-    assert!(err.to_string().contains("without braces"), "{err}");
+        .expect_err("bad prefix");
+    assert!(chain(&err).contains("without braces"), "{err:?}");
 }
 
 #[tokio::test]
@@ -356,7 +247,7 @@ async fn a_damaged_record_fails_its_own_operation_only() {
         .unwrap();
     let err = store.claim(claim(&id("bad"), T0)).await.unwrap_err();
     assert_eq!(err.operation(), "claim");
-    assert!(err.to_string().contains("state code 99"), "{err}");
+    assert!(chain(&err).contains("state code 99"), "{err:?}");
     assert!(store.get(&id("bad")).await.is_err());
     assert!(matches!(
         store.claim(claim(&id("good"), T0)).await.unwrap(),

@@ -12,13 +12,13 @@
 mod support;
 
 use idem_core::*;
-use idem_store::{Claim, Completion, RedisOptions, RedisStore, Store, StoreClock, Write};
+use idem_store::{Completion, RedisOptions, RedisStore, Store, StoreClock, Write};
 use idem_testkit::tls::TestCa as Ca;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::redis_server::{Listen, RedisServer};
-use support::{must_claim, retention, unique_name, Cleaned, T0};
+use support::{chain, claim, id, must_claim, retention, unique_name, Cleaned, T0};
 
 /// Short bounds, a fresh prefix, the callers' clock (the conformance
 /// behaviours move time).
@@ -93,7 +93,7 @@ async fn refused(url: &str) -> String {
     let elapsed = started.elapsed();
     let message = match result {
         Ok(_) => panic!("{url}: opened, but must be refused"),
-        Err(e) => e.to_string(),
+        Err(e) => chain(&e),
     };
     assert!(
         elapsed < REFUSED_WITHIN,
@@ -115,25 +115,6 @@ idem_store::conformance_tests!(match fresh().await {
     Some(store) => std::future::ready(store),
     None => return,
 });
-
-fn id(key: &str) -> RecordId {
-    RecordId {
-        scope: Scope::from_stored("s"),
-        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
-    }
-}
-
-fn claim(rid: &RecordId, now: Timestamp) -> Claim {
-    let fp = Fingerprint::compute(&FingerprintInput {
-        method: "POST",
-        path: "/",
-        query: None,
-        content_type: None,
-        extra_headers: &[],
-        body: b"a",
-    });
-    Claim::new(rid.clone(), fp, now, &retention(), false)
-}
 
 #[tokio::test]
 async fn a_wrong_ca_is_refused_naming_tls_ca() {
@@ -321,7 +302,7 @@ async fn the_contract_holds_on_a_tls_cluster() {
     match RedisStore::open_cluster(&nodes, options()).await {
         Ok(_) => panic!("opened a cluster with the wrong CA"),
         Err(e) => {
-            let message = e.to_string();
+            let message = chain(&e);
             assert!(message.contains("tls_ca="), "{message}");
         }
     }

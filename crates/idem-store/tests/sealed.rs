@@ -63,7 +63,7 @@ mod pg {
 
     /// A PostgreSQL store in a fresh schema (dropped afterwards), or `None`
     /// when there is no server.
-    pub async fn fresh() -> Option<Arc<dyn Store>> {
+    pub(crate) async fn fresh() -> Option<Arc<dyn Store>> {
         if !server_up().await {
             return None;
         }
@@ -94,7 +94,7 @@ mod rd {
 
     /// A Redis store under a fresh prefix (deleted afterwards), or `None`
     /// when there is no server.
-    pub async fn fresh() -> Option<Arc<dyn Store>> {
+    pub(crate) async fn fresh() -> Option<Arc<dyn Store>> {
         if !server_up().await {
             return None;
         }

@@ -14,7 +14,7 @@ use idem_store::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{existing, must_claim, retention, T0};
+use support::{chain, existing, must_claim, retention, T0};
 use tempfile::TempDir;
 
 /// A store on a fresh file that deletes its directory after the store is
@@ -451,10 +451,7 @@ async fn only_a_replay_reads_the_stored_payload() {
     );
     let err = store.claim(claim(&k, T0)).await.unwrap_err();
     assert_eq!(err.operation(), "claim");
-    assert!(
-        err.to_string().contains("header encoding version 9"),
-        "{err}"
-    );
+    assert!(chain(&err).contains("header encoding version 9"), "{err:?}");
     assert!(store.get(&k).await.is_err());
 }
 
@@ -604,7 +601,7 @@ async fn a_damaged_row_fails_its_own_operation_only() {
     drop(raw);
     let err = store.claim(claim(&bad, T0)).await.unwrap_err();
     assert_eq!(err.operation(), "claim");
-    assert!(err.to_string().contains("state code 99"), "{err}");
+    assert!(chain(&err).contains("state code 99"), "{err:?}");
     assert!(store.get(&bad).await.is_err());
     // Other keys, even in the same batch, are unaffected.
     let (a, b) = tokio::join!(store.claim(claim(&bad, T0)), store.claim(claim(&good, T0)));
@@ -616,28 +613,22 @@ async fn a_damaged_row_fails_its_own_operation_only() {
 async fn open_explains_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir").join("idem.db");
-    let err = SqliteStore::open(&missing, SqliteOptions::default())
-        .err()
-        .expect("missing directory");
+    let err = SqliteStore::open(&missing, SqliteOptions::default()).expect_err("missing directory");
     assert_eq!(err.operation(), "open");
-    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(chain(&err).contains("does not exist"), "{err:?}");
 
     let not_db = dir.path().join("notes.txt");
     std::fs::write(&not_db, vec![b'x'; 4096]).unwrap();
-    let err = SqliteStore::open(&not_db, SqliteOptions::default())
-        .err()
-        .expect("not a database");
-    assert!(err.to_string().contains("notes.txt"), "{err}");
+    let err = SqliteStore::open(&not_db, SqliteOptions::default()).expect_err("not a database");
+    assert!(chain(&err).contains("notes.txt"), "{err:?}");
 
     let newer = db_path(&dir);
     drop(open(&newer));
     let raw = rusqlite::Connection::open(&newer).unwrap();
     raw.pragma_update(None, "user_version", 99).unwrap();
     drop(raw);
-    let err = SqliteStore::open(&newer, SqliteOptions::default())
-        .err()
-        .expect("newer schema");
-    assert!(err.to_string().contains("schema version 99"), "{err}");
+    let err = SqliteStore::open(&newer, SqliteOptions::default()).expect_err("newer schema");
+    assert!(chain(&err).contains("schema version 99"), "{err:?}");
 }
 
 #[tokio::test]

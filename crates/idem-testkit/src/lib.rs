@@ -112,7 +112,10 @@ pub fn unavailable(server: &str, why: &str, start: &str) {
     });
 }
 
-/// An error with its causes (drivers keep the cause out of Display).
+/// An error followed by its causes, `: `-separated, as anyhow's `{:#}`
+/// prints it: what a test asserts about why something failed, or a skip
+/// message shows (errors such as `StoreError` and tokio-postgres's keep the
+/// cause out of their Display).
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -244,6 +247,15 @@ pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addr", &self.addr)
+            .field("mode", &*self.mode.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Proxy {

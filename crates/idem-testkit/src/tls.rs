@@ -43,6 +43,14 @@ pub struct TestCa {
     pub cert_pem: String,
 }
 
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TestCa {
     /// A fresh CA named `name`.
     pub fn new(name: &str) -> TestCa {
@@ -116,6 +124,7 @@ impl TestCa {
 }
 
 /// What a [`TlsFront`] offers and asks for.
+#[derive(Debug)]
 pub struct TlsFrontOptions<'a> {
     /// The certificate it presents.
     pub cert: CertifiedPem,
@@ -140,6 +149,7 @@ impl<'a> TlsFrontOptions<'a> {
 
 /// Terminates TLS on a free 127.0.0.1 port and pipes each connection to
 /// a plain server, until the test's runtime ends.
+#[derive(Debug)]
 pub struct TlsFront {
     /// Where clients connect.
     pub addr: SocketAddr,

@@ -113,10 +113,19 @@ pub struct Upstream {
     state: Arc<State>,
 }
 
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("gate", &self.gate)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where an upstream's answers hold requests ([`Gate::hold`]) until the
 /// test lets them through: a few ([`Gate::add_permits`]), or all
 /// ([`Gate::release`]).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Gate(Arc<Semaphore>);
 
 impl Gate {

@@ -16,6 +16,8 @@ use rustls::{ClientConfig, RootCertStore};
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod danger;
+
 /// A TLS file or setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -105,6 +107,18 @@ pub fn client_config(
             )
         }),
     }
+}
+
+/// Whether the certificate was refused for naming another host (its chain
+/// was fine: rustls checks the chain first).
+pub fn is_name_error(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. }
+        )
+    )
 }
 
 /// The rustls error somewhere in `e`'s chain of sources, if the failure

@@ -10,10 +10,9 @@
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use idem_tower::{IdempotencyConfig, IdempotencyLayer};
+use idem_tower::IdempotencyLayer;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use tower::{Layer as _, Service as _, ServiceExt as _};
 
 #[global_allocator]
@@ -34,7 +33,6 @@ type Inner = tower::util::BoxCloneSyncService<
 /// The layer around an inner service that answers `201` with a small JSON
 /// body, over a fresh memory store.
 fn service() -> idem_tower::Idempotency<Inner> {
-    let store = Arc::new(idem_store::MemoryStore::new());
     let inner: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
         |_req: Request<idem_tower::RequestBody<Full<Bytes>>>| async {
             Ok::<_, Infallible>(
@@ -46,7 +44,9 @@ fn service() -> idem_tower::Idempotency<Inner> {
             )
         },
     ));
-    IdempotencyLayer::new(IdempotencyConfig::default(), store).layer(inner)
+    IdempotencyLayer::builder(idem_store::MemoryStore::new())
+        .build()
+        .layer(inner)
 }
 
 fn request(key: &str) -> Request<Full<Bytes>> {
@@ -67,7 +67,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A new key each time: claim, execute, store the response, answer.
 #[divan::bench]
-fn unique_key(bencher: divan::Bencher) {
+fn unique_key(bencher: divan::Bencher<'_, '_>) {
     let rt = runtime();
     let mut svc = service();
     let next = AtomicU64::new(0);
@@ -85,7 +85,7 @@ fn unique_key(bencher: divan::Bencher) {
 
 /// The same key again: answered from the store.
 #[divan::bench]
-fn replay(bencher: divan::Bencher) {
+fn replay(bencher: divan::Bencher<'_, '_>) {
     let rt = runtime();
     let mut svc = service();
     rt.block_on(async {
@@ -105,7 +105,7 @@ fn replay(bencher: divan::Bencher) {
 /// No key: passed through to the inner service (the floor: what the
 /// request, the response and the inner service cost by themselves).
 #[divan::bench]
-fn without_a_key(bencher: divan::Bencher) {
+fn without_a_key(bencher: divan::Bencher<'_, '_>) {
     let rt = runtime();
     let mut svc = service();
     bencher.bench_local(|| {

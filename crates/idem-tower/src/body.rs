@@ -11,6 +11,7 @@ pin_project! {
     /// The request body the inner service receives: the client's stream,
     /// untouched, for requests the layer does not cover; the buffered bytes
     /// it fingerprinted for those it does.
+    #[derive(Debug)]
     pub struct RequestBody<B> {
         #[pin]
         kind: ReqKind<B>,
@@ -19,6 +20,7 @@ pin_project! {
 
 pin_project! {
     #[project = ReqKindProj]
+    #[derive(Debug)]
     enum ReqKind<B> {
         Stream { #[pin] body: B },
         Buffered { #[pin] body: Full<Bytes> },
@@ -78,6 +80,7 @@ pin_project! {
     /// The response body the layer returns: the inner service's stream (for
     /// uncovered requests, releases, and bodies too large to store), or the
     /// bytes it stored, replays, or a problem document.
+    #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
         kind: ResKind<B>,
@@ -89,6 +92,7 @@ pin_project! {
 
 pin_project! {
     #[project = ResKindProj]
+    #[derive(Debug)]
     enum ResKind<B> {
         Full { #[pin] body: Full<Bytes> },
         Stream { prefix: Option<Bytes>, #[pin] body: B },

@@ -41,9 +41,47 @@ pub(crate) fn deadline_after(d: std::time::Duration) -> tokio::time::Instant {
         .unwrap_or(now)
 }
 
+/// Pauses that double from `first` up to `max` and stay there: how the
+/// layer retries a store that did not answer and polls a key in flight.
+pub(crate) struct Backoff {
+    pauses: backon::ExponentialBackoff,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: std::time::Duration, max: std::time::Duration) -> Self {
+        use backon::BackoffBuilder as _;
+        let pauses = backon::ExponentialBuilder::new()
+            .with_min_delay(first)
+            .with_max_delay(max)
+            .without_max_times()
+            .build();
+        Backoff { pauses, max }
+    }
+
+    /// The next pause.
+    pub(crate) fn next_pause(&mut self) -> std::time::Duration {
+        self.pauses.next().unwrap_or(self.max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pauses_double_up_to_the_cap_and_stay_there() {
+        let ms = std::time::Duration::from_millis;
+        let mut backoff = Backoff::new(ms(100), ms(500));
+        for expected in [ms(100), ms(200), ms(400), ms(500), ms(500), ms(500)] {
+            // backon multiplies by an f32 factor: within a microsecond.
+            let pause = backoff.next_pause();
+            assert!(
+                pause.abs_diff(expected) < std::time::Duration::from_micros(1),
+                "{pause:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_system_clock_starts_at_the_wall_clock_and_never_goes_back() {

@@ -6,7 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A set of methods under a path prefix, and the policy that applies there.
+///
+/// ```
+/// use idem_tower::{Policy, Route};
+/// let charges = Route::new("/charges").with_policy(Policy { require_key: true, ..Policy::default() });
+/// assert!(charges.matches(&http::Method::POST, "/charges/1"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Route {
     /// Covered methods (never GET, HEAD, OPTIONS or TRACE).
     pub methods: Vec<Method>,
@@ -27,6 +34,12 @@ impl Route {
         }
     }
 
+    /// This route with `policy` in force.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Whether a request is on this route.
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         self.methods.contains(method) && prefix_matches(&self.path_prefix, path)
@@ -41,7 +54,11 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Everything the layer needs to know, with the contract's defaults.
+///
+/// Start from [`IdempotencyConfig::default`] and set fields, or let
+/// [`IdempotencyLayer::builder`](crate::IdempotencyLayer::builder) do it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct IdempotencyConfig {
     /// The header that carries the key. Default `Idempotency-Key`.
     pub key_header: HeaderName,
@@ -188,7 +205,8 @@ impl IdempotencyConfig {
     /// use std::time::Duration;
     /// let mut short = Route::new("/quotes");
     /// short.policy.retention = Some(Duration::from_secs(60));
-    /// let config = IdempotencyConfig { routes: vec![short, Route::new("/")], ..Default::default() };
+    /// let mut config = IdempotencyConfig::default();
+    /// config.routes = vec![short, Route::new("/")];
     /// assert_eq!(config.effective(&config.routes[0]).retention.retention, Duration::from_secs(60));
     /// assert_eq!(config.effective(&config.routes[1]).retention, config.retention);
     /// ```

@@ -2,11 +2,12 @@
 //! renews the lease while it works, and stores the outcome whether or not
 //! the client is still there.
 
+use crate::bounds::{ClientBody, Inner};
 use crate::budget::Reservation;
 use crate::clock::deadline_after;
-use crate::layer::Shared;
 use crate::metrics::{self, InFlightGuard, Outcome};
 use crate::respond::{self, KeyEcho};
+use crate::shared::Shared;
 use crate::{error::is_not_executed, BoxError, RequestBody, ResponseBody};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -21,7 +22,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 use tokio::time::Instant;
-use tower_service::Service;
 
 /// What the inner service produced, read as far as the layer needs.
 enum Exchange<RB> {
@@ -54,21 +54,12 @@ impl Owner {
     /// Executes the buffered request and returns its response once the
     /// outcome is stored. Runs on a task of the layer's (never on the
     /// client's connection), so a client that goes away does not cancel it.
-    pub(crate) async fn execute_buffered<S, B, RB>(
+    pub(crate) async fn execute_buffered<S: Inner<B>, B: ClientBody>(
         mut self,
         inner: S,
         parts: http::request::Parts,
         body: Bytes,
-    ) -> Response<ResponseBody<RB>>
-    where
-        S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError> + Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-        RB: Body<Data = Bytes> + Send + Unpin + 'static,
-        RB::Error: Into<BoxError>,
-    {
+    ) -> Response<ResponseBody<S::Body>> {
         let _gauge = InFlightGuard::enter();
         let request = Request::from_parts(parts, RequestBody::<B>::buffered(body));
         let config = &self.shared.config;
@@ -203,7 +194,7 @@ impl Owner {
                 tracing::warn!(key = %self.id.key, "outcome-unknown not written: a newer claim holds the key")
             }
             Err(e) => {
-                tracing::error!(key = %self.id.key, error = %e, "could not mark outcome unknown; the lease will run out instead")
+                tracing::error!(key = %self.id.key, error = &e as &dyn std::error::Error, "could not mark outcome unknown; the lease will run out instead")
             }
         }
         metrics::store_op(self.shared.store.engine(), "mark_unknown", started);
@@ -240,7 +231,7 @@ impl Owner {
             // in progress, then outcome-unknown, and is never re-executed.
             Err(e) => {
                 metrics::count(Outcome::StoreError);
-                tracing::error!(key = %self.id.key, error = %e, "could not store the outcome; retrying in the background");
+                tracing::error!(key = %self.id.key, error = &e as &dyn std::error::Error, "could not store the outcome; retrying in the background");
                 let shared = self.shared.clone();
                 let (id, token) = (self.id.clone(), self.token);
                 self.shared
@@ -258,7 +249,7 @@ impl Owner {
                 tracing::warn!(key = %self.id.key, "release refused: a newer claim holds the key")
             }
             Err(e) => {
-                tracing::error!(key = %self.id.key, error = %e, "could not release the key; it becomes outcome-unknown when its lease runs out")
+                tracing::error!(key = %self.id.key, error = &e as &dyn std::error::Error, "could not release the key; it becomes outcome-unknown when its lease runs out")
             }
         }
         metrics::store_op(self.shared.store.engine(), "release", started);
@@ -279,7 +270,7 @@ impl Owner {
                 tracing::warn!(key = %self.id.key, "lease renewal refused: the claim was taken over")
             }
             Err(e) => {
-                tracing::warn!(key = %self.id.key, error = %e, "lease renewal failed; will retry")
+                tracing::warn!(key = %self.id.key, error = &e as &dyn std::error::Error, "lease renewal failed; will retry")
             }
         }
         metrics::store_op(self.shared.store.engine(), "renew", started);
@@ -339,9 +330,12 @@ fn stored(parts: &Parts, body: Option<Bytes>, config: &crate::IdempotencyConfig)
 /// until it is written or fenced, or retention has passed (then there is
 /// nothing left to replay anyway).
 async fn retry_completion(shared: Arc<Shared>, id: RecordId, token: u64, completion: Completion) {
-    let mut backoff = std::time::Duration::from_millis(100);
+    let mut pauses = crate::clock::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
     loop {
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(pauses.next_pause()).await;
         if shared.clock.now() >= completion.expires_at {
             tracing::error!(key = %id.key, "gave up storing the outcome: retention passed while the store was unavailable");
             return;
@@ -357,8 +351,7 @@ async fn retry_completion(shared: Arc<Shared>, id: RecordId, token: u64, complet
                 return;
             }
             Err(e) => {
-                tracing::debug!(key = %id.key, error = %e, "store still unavailable");
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                tracing::debug!(key = %id.key, error = &e as &dyn std::error::Error, "store still unavailable");
             }
         }
     }

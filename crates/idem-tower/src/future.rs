@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 ///
 /// Dropping it (the client went away) does not cancel an execution the
 /// layer started: that runs on its own task until its outcome is stored.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct ResponseFuture<T, E> {
     inner: Pin<Box<dyn Future<Output = Result<T, E>> + Send>>,
 }

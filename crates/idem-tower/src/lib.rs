@@ -10,18 +10,23 @@
 //! times out never cancels it. Its outcome is stored either way, and the
 //! retry gets the replay.
 //!
-//! ```
-//! use std::sync::Arc;
-//! use axum::{routing::post, Router};
-//! use idem_tower::{IdempotencyConfig, IdempotencyLayer};
+//! Build it with [`IdempotencyLayer::builder`]. Without routes of its own
+//! it covers every POST and PATCH that reaches it, so the router says where
+//! it applies:
 //!
-//! let store = Arc::new(idem_store::MemoryStore::new());
+//! ```
+//! use axum::{routing::post, Router};
+//! use idem_tower::IdempotencyLayer;
+//!
+//! let idempotency = IdempotencyLayer::builder(idem_store::MemoryStore::new())
+//!     .require_key()
+//!     .build();
 //! let app: Router = Router::new()
-//!     .route("/charges", post(|| async { "charged" }))
-//!     .layer(IdempotencyLayer::new(IdempotencyConfig::default(), store));
+//!     .route("/charges", post(|| async { "charged" }).route_layer(idempotency));
 //! ```
 
 mod body;
+mod bounds;
 mod budget;
 mod clock;
 mod config;
@@ -34,6 +39,8 @@ mod publish;
 mod respond;
 mod service;
 mod settle;
+mod shared;
+mod unsettled;
 mod wait;
 
 pub use body::{RequestBody, ResponseBody};
@@ -41,7 +48,7 @@ pub use clock::{Clock, SystemClock};
 pub use config::{default_instance_name, AmbiguousPath, EffectivePolicy, IdempotencyConfig, Route};
 pub use error::{BoxError, NotExecuted};
 pub use future::ResponseFuture;
-pub use layer::IdempotencyLayer;
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder, IntoStore};
 pub use service::Idempotency;
 
 pub use idem_core::{

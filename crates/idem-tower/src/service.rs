@@ -1,16 +1,16 @@
+use crate::bounds::{ClientBody, Inner};
 use crate::budget::Reservation;
 use crate::config::AmbiguousPath;
 use crate::execute::Owner;
 use crate::future::DetachOnDrop;
-use crate::layer::Shared;
 use crate::metrics::{self, Outcome};
 use crate::respond::{self, KeyEcho};
 use crate::settle::Adoption;
+use crate::shared::Shared;
 use crate::{BoxError, EffectivePolicy, RequestBody, ResponseBody, ResponseFuture};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
-use http_body::Body;
 use http_body_util::BodyExt;
 use idem_core::decision::ExistingOutcome;
 use idem_core::path::NormalisedPath;
@@ -19,6 +19,7 @@ use idem_core::{
     Fingerprint, FingerprintInput, IdempotencyKey, InFlightMode, ProblemType, RecordId,
 };
 use idem_store::{Claim, ClaimOutcome};
+use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,23 +28,49 @@ use tower_service::Service;
 
 /// The service [`IdempotencyLayer`](crate::IdempotencyLayer) wraps around an
 /// inner service.
+///
+/// It serves `Request<B>` for any body `B` of [`Bytes`] frames (`Send`,
+/// `'static`, errors into [`BoxError`]) when the inner service `S` serves
+/// `Request<RequestBody<B>>` with such a body too (`Send`, `Unpin`), its
+/// future is `Send + 'static`, and its error is `Into<BoxError> + Send`.
 #[derive(Clone)]
 pub struct Idempotency<S> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared>,
 }
 
-impl<S, B, RB> Service<Request<B>> for Idempotency<S>
+impl<S> Idempotency<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes this service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .field("layer", &self.shared)
+            .finish()
+    }
+}
+
+impl<S, B> Service<Request<B>> for Idempotency<S>
 where
-    S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: Body<Data = Bytes> + Send + Unpin + 'static,
-    RB::Error: Into<BoxError>,
+    S: Inner<B> + Clone,
+    B: ClientBody,
 {
-    type Response = Response<ResponseBody<RB>>;
+    type Response = Response<ResponseBody<S::Body>>;
     type Error = S::Error;
     type Future = ResponseFuture<Self::Response, S::Error>;
 
@@ -191,34 +218,21 @@ fn set_path<B>(request: &mut Request<B>, path: &str) -> Result<(), idem_core::Pr
 }
 
 /// Unprotected: streamed both ways, nothing buffered.
-async fn pass_through<S, B, RB>(
-    mut inner: S,
+async fn pass_through<S: Inner<B>, B: ClientBody>(
+    inner: S,
     request: Request<B>,
-) -> Result<Response<ResponseBody<RB>>, S::Error>
-where
-    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
-{
-    let response = inner.call(request.map(RequestBody::stream)).await?;
-    Ok(response.map(ResponseBody::stream))
+) -> Result<Response<ResponseBody<S::Body>>, S::Error> {
+    forward(inner, request.map(RequestBody::stream)).await
 }
 
-async fn keyed<S, B, RB>(
+async fn keyed<S: Inner<B>, B: ClientBody>(
     shared: Arc<Shared>,
     inner: S,
     request: Request<B>,
     id: RecordId,
     policy: Arc<EffectivePolicy>,
     echo: KeyEcho,
-) -> Result<Response<ResponseBody<RB>>, S::Error>
-where
-    S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: Body<Data = Bytes> + Send + Unpin + 'static,
-    RB::Error: Into<BoxError>,
-{
+) -> Result<Response<ResponseBody<S::Body>>, S::Error> {
     let config = &shared.config;
     let (parts, body) = request.into_parts();
     let too_large = || {
@@ -302,21 +316,19 @@ where
     // From the claim on, the work no longer belongs to the client's
     // connection: a client that hangs up (even while its claim is being
     // written) must not leave a claim that nobody executes or releases.
-    DetachOnDrop::new(
-        claim_and_answer(
-            shared.clone(),
-            inner,
-            parts,
-            body,
-            id,
-            fingerprint,
-            policy,
-            echo,
-            held,
-        ),
-        shared.executions.clone(),
-    )
-    .await
+    let executions = shared.executions.clone();
+    let claim = Claimable {
+        shared,
+        inner,
+        parts,
+        body,
+        id,
+        fingerprint,
+        policy,
+        echo,
+        held,
+    };
+    DetachOnDrop::new(claim_and_answer(claim), executions).await
 }
 
 /// Why a keyed request's body was not read.
@@ -329,16 +341,12 @@ enum BodyReadError {
 
 /// Reads the whole body, at most `max` bytes, each chunk counted against
 /// the buffer budget, all of it before `deadline`.
-async fn read_request_body<B>(
+async fn read_request_body<B: ClientBody>(
     body: B,
     max: usize,
     held: &mut Reservation,
     deadline: TokioInstant,
-) -> Result<Bytes, BodyReadError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
+) -> Result<Bytes, BodyReadError> {
     let mut body = std::pin::pin!(body);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
@@ -420,35 +428,45 @@ async fn fingerprint_off_workers(
     }
 }
 
-/// Claims the key and answers: executes as the owner, replays, waits, or
-/// refuses, as the record says.
-#[allow(clippy::too_many_arguments)]
-async fn claim_and_answer<S, B, RB>(
+/// A keyed request read and fingerprinted, with what answering it needs:
+/// everything [`claim_and_answer`] takes.
+struct Claimable<S> {
     shared: Arc<Shared>,
     inner: S,
     parts: http::request::Parts,
     body: Bytes,
     id: RecordId,
     fingerprint: Fingerprint,
+    /// What applies on the request's route.
     policy: Arc<EffectivePolicy>,
     echo: KeyEcho,
+    /// The request's buffered bytes, counted against the budget.
     held: Reservation,
-) -> Result<Response<ResponseBody<RB>>, S::Error>
-where
-    S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: Body<Data = Bytes> + Send + Unpin + 'static,
-    RB::Error: Into<BoxError>,
-{
+}
+
+/// Claims the key and answers: executes as the owner, replays, waits, or
+/// refuses, as the record says.
+async fn claim_and_answer<S: Inner<B>, B: ClientBody>(
+    request: Claimable<S>,
+) -> Result<Response<ResponseBody<S::Body>>, S::Error> {
+    let Claimable {
+        shared,
+        inner,
+        parts,
+        body,
+        id,
+        fingerprint,
+        policy,
+        echo,
+        held,
+    } = request;
     let config = &shared.config;
     let deadline = match policy.policy.in_flight {
         InFlightMode::Wait(bound) => Some(crate::clock::deadline_after(bound)),
         InFlightMode::Reject => None,
     };
-    let mut poll = Duration::from_millis(10);
+    let mut polls =
+        crate::clock::Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
     // One attempt nonce for every claim this request makes: a repeat of a
     // claim whose reply was lost is then recognised as its own.
     let mut attempt = None;
@@ -484,7 +502,7 @@ where
             Ok(ClaimOutcome::Existing { outcome, record }) => (outcome, record),
             Err(e) if e.is_full() => {
                 metrics::count(Outcome::StoreError);
-                tracing::warn!(error = %e, key = %id.key, "store full; refusing a new key");
+                tracing::warn!(error = &e as &dyn std::error::Error, key = %id.key, "store full; refusing a new key");
                 return Ok(respond::problem_with_retry(
                     &config.problems,
                     respond::kind(
@@ -498,15 +516,15 @@ where
             }
             Err(e) if config.fail_open => {
                 metrics::count(Outcome::FailOpen);
-                tracing::error!(error = %e, key = %id.key, "store unavailable; forwarding unprotected (fail_open)");
+                tracing::error!(error = &e as &dyn std::error::Error, key = %id.key, "store unavailable; forwarding unprotected (fail_open)");
                 let request = http::Request::from_parts(parts, RequestBody::buffered(body));
-                let mut response = pass_through_buffered(inner, request).await?;
+                let mut response = forward(inner, request).await?;
                 echo.apply(&mut response);
                 return Ok(response);
             }
             Err(e) => {
                 metrics::count(Outcome::StoreError);
-                tracing::error!(error = %e, key = %id.key, "store unavailable; refusing (fail closed)");
+                tracing::error!(error = &e as &dyn std::error::Error, key = %id.key, "store unavailable; refusing (fail closed)");
                 return Ok(respond::problem_with_retry(
                     &config.problems,
                     respond::kind(
@@ -525,9 +543,8 @@ where
                     let remaining = deadline.saturating_duration_since(TokioInstant::now());
                     shared
                         .waiters
-                        .wait(&*shared.store, &id, poll.min(remaining))
+                        .wait(&*shared.store, &id, polls.next_pause().min(remaining))
                         .await;
-                    poll = (poll * 2).min(Duration::from_millis(200));
                     continue;
                 }
                 _ => {
@@ -639,7 +656,7 @@ async fn claim_settled(
             claim
         }
     };
-    let unsettled = crate::settle::Unsettled {
+    let unsettled = crate::unsettled::Unsettled {
         attempt: claim.attempt,
         fingerprint,
         reclaim_unknown: policy.policy.upstream_dedupes,
@@ -652,7 +669,7 @@ async fn claim_settled(
         // The claim may have committed with its reply lost: ask again (same
         // attempt) before answering.
         Err(e) if !e.is_full() => {
-            tracing::warn!(error = %e, key = %id.key, "claim not confirmed; settling it");
+            tracing::warn!(error = &e as &dyn std::error::Error, key = %id.key, "claim not confirmed; settling it");
             let outcome = crate::settle::inline(shared, id, &unsettled).await;
             if outcome.is_err() {
                 crate::settle::in_background(shared.clone(), id.clone(), unsettled);
@@ -705,13 +722,11 @@ fn unreachable_unknown<RB>(
     )
 }
 
-async fn pass_through_buffered<S, B, RB>(
+/// Unprotected: the request as it is, the response streamed.
+async fn forward<S: Inner<B>, B: ClientBody>(
     mut inner: S,
     request: Request<RequestBody<B>>,
-) -> Result<Response<ResponseBody<RB>>, S::Error>
-where
-    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
-{
+) -> Result<Response<ResponseBody<S::Body>>, S::Error> {
     let response = inner.call(request).await?;
     Ok(response.map(ResponseBody::stream))
 }

@@ -17,90 +17,12 @@
 //! happen. One of the two takes the entry out of the map before it acts, so
 //! the settler never releases a claim a retry is executing.
 
-use crate::layer::Shared;
+use crate::shared::Shared;
+use crate::unsettled::Unsettled;
 use idem_core::{Fingerprint, RecordId};
 use idem_store::{Claim, ClaimOutcome, StoreError, Write};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// A claim sent to the store and not confirmed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unsettled {
-    pub(crate) attempt: u64,
-    pub(crate) fingerprint: Fingerprint,
-    pub(crate) reclaim_unknown: bool,
-    /// The windows of the route the claim is on.
-    pub(crate) retention: idem_core::Retention,
-}
-
-/// The unconfirmed claims on one key (usually one), and the turn that the
-/// settler and retries take to act on them.
-#[derive(Default)]
-struct Slot {
-    attempts: Mutex<Vec<Unsettled>>,
-    turn: tokio::sync::Mutex<()>,
-}
-
-impl Slot {
-    fn attempts(&self) -> MutexGuard<'_, Vec<Unsettled>> {
-        lock(&self.attempts)
-    }
-
-    /// Forgets `attempt`: it is settled.
-    fn settled(&self, attempt: u64) {
-        let mut attempts = self.attempts();
-        let before = attempts.len();
-        attempts.retain(|u| u.attempt != attempt);
-        let gone = before - attempts.len();
-        metrics::gauge!(crate::metrics::UNSETTLED).decrement(gone as f64);
-    }
-}
-
-/// The unsettled claims of this process, by key.
-#[derive(Default)]
-pub(crate) struct Settlements {
-    slots: Mutex<HashMap<RecordId, Arc<Slot>>>,
-}
-
-impl Settlements {
-    fn slot(&self, id: &RecordId) -> Option<Arc<Slot>> {
-        lock(&self.slots).get(id).cloned()
-    }
-
-    /// Records an unconfirmed claim; `true` if the key had none, so a
-    /// settler must be started for it.
-    fn add(&self, id: &RecordId, unsettled: Unsettled) -> bool {
-        let mut slots = lock(&self.slots);
-        let fresh = !slots.contains_key(id);
-        slots
-            .entry(id.clone())
-            .or_default()
-            .attempts()
-            .push(unsettled);
-        metrics::gauge!(crate::metrics::UNSETTLED).increment(1.0);
-        fresh
-    }
-
-    /// Drops the key's slot if nothing is left to settle; `true` if it did.
-    /// Under the map's lock, so an [`add`](Self::add) is never lost.
-    fn remove_if_settled(&self, id: &RecordId) -> bool {
-        let mut slots = lock(&self.slots);
-        match slots.get(id) {
-            Some(slot) if !slot.attempts().is_empty() => false,
-            _ => {
-                slots.remove(id);
-                true
-            }
-        }
-    }
-}
-
-/// A poisoned lock only means a panic while a vector or map was changed
-/// in place; what they hold is still sound.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The same claim again, with fresh times.
 fn repeat(shared: &Shared, id: &RecordId, unsettled: &Unsettled) -> Claim {
@@ -159,10 +81,10 @@ pub(crate) fn in_background(shared: Arc<Shared>, id: RecordId, unsettled: Unsett
     // may stay down (the claim then reads outcome-unknown after its lease).
     tokio::spawn(async move {
         let give_up = shared.clock.now().plus(unsettled.retention.retention);
-        let mut pause = Duration::from_millis(100);
+        let mut pauses =
+            crate::clock::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         loop {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(pauses.next_pause()).await;
             let Some(slot) = shared.settlements.slot(&id) else {
                 break;
             };
@@ -173,11 +95,11 @@ pub(crate) fn in_background(shared: Arc<Shared>, id: RecordId, unsettled: Unsett
                     match settle(&shared, &id, &unsettled).await {
                         Ok(()) => slot.settled(unsettled.attempt),
                         Err(e) if shared.clock.now() >= give_up => {
-                            tracing::error!(key = %id.key, error = %e, "gave up settling an unconfirmed claim: the store stayed unavailable for the whole retention");
+                            tracing::error!(key = %id.key, error = &e as &dyn std::error::Error, "gave up settling an unconfirmed claim: the store stayed unavailable for the whole retention");
                             slot.settled(unsettled.attempt);
                         }
                         Err(e) => {
-                            tracing::debug!(key = %id.key, error = %e, "store still unavailable; claim not settled yet");
+                            tracing::debug!(key = %id.key, error = &e as &dyn std::error::Error, "store still unavailable; claim not settled yet");
                             break;
                         }
                     }

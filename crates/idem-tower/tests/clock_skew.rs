@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use idem_core::Timestamp;
 use idem_store::{RedisOptions, RedisStore, Store};
 use idem_testkit::{poll_until, redis_ping, redis_url, unavailable, unique_name, REDIS_START};
-use idem_tower::{Clock, IdempotencyConfig, IdempotencyLayer, SystemClock};
+use idem_tower::{Clock, IdempotencyLayer, SystemClock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,9 +59,10 @@ impl Fleet {
                 .await
                 .expect("Redis opens"),
         );
-        let mut config = IdempotencyConfig::default();
-        config.retention.lease = Duration::from_secs(1);
-        let layer = IdempotencyLayer::with_clock(config, store, Arc::new(Skewed(skew_ms)));
+        let layer = IdempotencyLayer::builder(store)
+            .lease(Duration::from_secs(1))
+            .clock(Arc::new(Skewed(skew_ms)))
+            .build();
         let (executions, gate) = (self.executions.clone(), self.gate.clone());
         Router::new()
             .route(

@@ -8,7 +8,7 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use idem_core::Timestamp;
 use idem_store::{MemoryStore, Store};
-use idem_tower::{Clock, IdempotencyConfig, IdempotencyLayer, Route};
+use idem_tower::{Clock, IdempotencyLayer, IdempotencyLayerBuilder, Route};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,18 +31,19 @@ struct App {
     layer: IdempotencyLayer,
 }
 
-fn app(config: IdempotencyConfig) -> App {
-    app_on(config, Arc::new(MemoryStore::new()))
+/// A layer on a fresh memory store, with the contract's defaults.
+fn memory() -> IdempotencyLayerBuilder {
+    IdempotencyLayer::builder(MemoryStore::new())
 }
 
-/// [`app`] keeping its records in `store`. `/charges` and `/refunds`
-/// answer at once (numbered by a shared count of executions), `/slow` when
-/// the test opens the gate.
-fn app_on(config: IdempotencyConfig, store: Arc<dyn Store>) -> App {
+/// The layer `builder` makes, on the test's clock, around a router whose
+/// `/charges` and `/refunds` answer at once (numbered by a shared count of
+/// executions), `/slow` when the test opens the gate.
+fn app(builder: IdempotencyLayerBuilder) -> App {
     let executions = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let clock = Arc::new(TestClock(AtomicI64::new(1_700_000_000_000)));
-    let layer = IdempotencyLayer::with_clock(config, store, clock.clone());
+    let layer = builder.clock(clock.clone()).build();
     let (e1, e2, e3, g) = (
         executions.clone(),
         executions.clone(),
@@ -118,7 +119,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn a_keyed_request_without_a_credential_is_refused_and_never_executed() {
-    let app = app(IdempotencyConfig::default());
+    let app = app(memory());
     let anonymous = Request::post("/charges")
         .header("idempotency-key", "k-anon")
         .body(Body::from("10 eur"))
@@ -133,7 +134,7 @@ async fn a_keyed_request_without_a_credential_is_refused_and_never_executed() {
 
 #[tokio::test]
 async fn handler_runs_once_per_key_and_retries_get_the_replay() {
-    let app = app(IdempotencyConfig::default());
+    let app = app(memory());
     let (s1, h1, b1) = send(&app.router, post_with_key("/charges", "k1", "10 eur")).await;
     let (s2, h2, b2) = send(&app.router, post_with_key("/charges", "k1", "10 eur")).await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
@@ -147,7 +148,7 @@ async fn handler_runs_once_per_key_and_retries_get_the_replay() {
 
 #[tokio::test]
 async fn dropped_request_future_does_not_cancel_the_handler() {
-    let app = app(IdempotencyConfig::default());
+    let app = app(memory());
     // The client gives up: its future is dropped while the handler waits.
     let pending = tokio::spawn({
         let router = app.router.clone();
@@ -175,9 +176,7 @@ async fn dropped_request_future_does_not_cancel_the_handler() {
 
 #[tokio::test]
 async fn replay_turns_into_key_expired_after_retention() {
-    let mut config = IdempotencyConfig::default();
-    config.retention.retention = Duration::from_secs(60);
-    let app = app(config);
+    let app = app(memory().retention(Duration::from_secs(60)));
     let _ = send(&app.router, post_with_key("/charges", "k1", "x")).await;
     app.clock.0.fetch_add(60_000, Ordering::SeqCst);
     let (status, headers, body) = send(&app.router, post_with_key("/charges", "k1", "x")).await;
@@ -192,12 +191,7 @@ async fn replay_turns_into_key_expired_after_retention() {
 
 #[tokio::test]
 async fn required_key_and_uncovered_methods() {
-    let mut route = Route::new("/charges");
-    route.policy.require_key = true;
-    let app = app(IdempotencyConfig {
-        routes: vec![route],
-        ..IdempotencyConfig::default()
-    });
+    let app = app(memory().route(Route::new("/charges")).require_key());
     let keyless = Request::post("/charges").body(Body::from("x")).unwrap();
     let (status, _, body) = send(&app.router, keyless).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -330,10 +324,7 @@ async fn outcome_is_stored_once_the_store_returns_and_never_re_executed() {
                 (StatusCode::CREATED, "charged")
             }),
         )
-        .layer(IdempotencyLayer::new(
-            IdempotencyConfig::default(),
-            store.clone(),
-        ));
+        .layer(IdempotencyLayer::builder(store.clone()).build());
     // The store cannot take the outcome, but the client gets the real answer.
     let (status, _, body) = send(&router, post_with_key("/charges", "k1", "x")).await;
     assert_eq!((status, body.as_str()), (StatusCode::CREATED, "charged"));
@@ -371,12 +362,8 @@ fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
 async fn a_short_retention_route_expires_its_record_while_the_default_route_keeps_its_own() {
     let mut quick = Route::new("/charges");
     quick.policy.retention = Some(Duration::from_secs(60));
-    let config = IdempotencyConfig {
-        routes: vec![quick, Route::new("/")],
-        ..IdempotencyConfig::default()
-    };
     let (store, _dir) = sqlite();
-    let app = app_on(config, store);
+    let app = app(IdempotencyLayer::builder(store).routes([quick, Route::new("/")]));
     let (s1, _, charge) = send(&app.router, post_with_key("/charges", "k-charge", "x")).await;
     let (s2, _, refund) = send(&app.router, post_with_key("/refunds", "k-refund", "x")).await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
@@ -410,12 +397,8 @@ async fn a_route_without_a_tombstone_period_executes_a_key_again_once_its_retent
     let mut quick = Route::new("/charges");
     quick.policy.retention = Some(Duration::from_secs(60));
     quick.policy.tombstone_retention = Some(Duration::ZERO);
-    let config = IdempotencyConfig {
-        routes: vec![quick, Route::new("/")],
-        ..IdempotencyConfig::default()
-    };
     let (store, _dir) = sqlite();
-    let app = app_on(config, store);
+    let app = app(IdempotencyLayer::builder(store).routes([quick, Route::new("/")]));
     let _ = send(&app.router, post_with_key("/charges", "k1", "x")).await;
     let _ = send(&app.router, post_with_key("/refunds", "k2", "x")).await;
     app.clock.0.fetch_add(60_000, Ordering::SeqCst);
@@ -443,13 +426,7 @@ async fn a_route_releases_on_its_own_statuses() {
     stores_all.policy.release_statuses = Some(idem_tower::ReleaseStatuses::new([]));
     let executions = Arc::new(AtomicUsize::new(0));
     let (a, b) = (executions.clone(), executions.clone());
-    let layer = IdempotencyLayer::new(
-        IdempotencyConfig {
-            routes: vec![stores_all, Route::new("/")],
-            ..IdempotencyConfig::default()
-        },
-        Arc::new(MemoryStore::new()),
-    );
+    let layer = memory().routes([stores_all, Route::new("/")]).build();
     let router = Router::new()
         .route(
             "/flaky-stored",
@@ -473,5 +450,50 @@ async fn a_route_releases_on_its_own_statuses() {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
     // Stored once and replayed on the first route; executed twice on the other.
+    assert_eq!(executions.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_layer_without_routes_on_one_axum_route_covers_that_route_alone() {
+    let executions = Arc::new(AtomicUsize::new(0));
+    let (a, b) = (executions.clone(), executions.clone());
+    let idempotency = memory().require_key().build();
+    let router = Router::new()
+        .route(
+            "/v1/charges/{id}/capture",
+            post(move || async move {
+                let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                (StatusCode::CREATED, format!("capture {n}"))
+            })
+            .route_layer(idempotency),
+        )
+        .route(
+            "/refunds",
+            post(move || async move {
+                b.fetch_add(1, Ordering::SeqCst);
+                StatusCode::CREATED
+            }),
+        );
+    // The layer's route: a key is required, and a retry replays.
+    let keyless = Request::post("/v1/charges/ch_1/capture")
+        .header("authorization", "Bearer user-1")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(&router, keyless).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("/missing-key"), "{body}");
+    let first = send(&router, post_with_key("/v1/charges/ch_1/capture", "k1", "")).await;
+    let retry = send(&router, post_with_key("/v1/charges/ch_1/capture", "k1", "")).await;
+    assert_eq!(
+        (first.0, first.2.as_str()),
+        (StatusCode::CREATED, "capture 1")
+    );
+    assert_eq!(retry.2, "capture 1");
+    assert_eq!(retry.1.get("idempotent-replayed").unwrap(), "true");
+    // Another route is not under the layer: no key needed, nothing replayed.
+    let keyless = Request::post("/refunds").body(Body::empty()).unwrap();
+    assert_eq!(send(&router, keyless).await.0, StatusCode::CREATED);
+    let (_, headers, _) = send(&router, post_with_key("/refunds", "k1", "")).await;
+    assert!(headers.get("idempotent-replayed").is_none());
     assert_eq!(executions.load(Ordering::SeqCst), 3);
 }

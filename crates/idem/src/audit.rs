@@ -23,7 +23,7 @@ use url::Url;
 
 /// Flags of `idem audit`.
 #[derive(Args)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// The operation to attack, e.g. http://127.0.0.1:8080/payments or
     /// https://staging.example.com/v1/charges. Use a test or staging
     /// environment: every scenario creates real effects. Repeat it with
@@ -171,7 +171,9 @@ pub struct AuditArgs {
 struct ScenarioList(Vec<ScenarioId>);
 
 fn parse_scenario_list(s: &str) -> Result<ScenarioList, String> {
-    parse_scenarios(s).map(ScenarioList)
+    parse_scenarios(s)
+        .map(ScenarioList)
+        .map_err(|e| e.to_string())
 }
 
 /// `--methods`, one value holding a list.
@@ -183,7 +185,8 @@ fn parse_method_list(s: &str) -> Result<MethodList, String> {
         .split(',')
         .filter(|m| !m.trim().is_empty())
         .map(|m| parse_method(m.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     if methods.is_empty() {
         return Err("no method named; e.g. POST,PATCH,PUT".to_owned());
     }
@@ -414,7 +417,7 @@ pub(crate) fn exit_code(report: &AuditReport) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
-pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let format = args.format;
     let output = args.output.clone();
     let options = args.options()?;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// Flags of `idem chaos`. Each selected request gets at most one fault, so
 /// the probabilities add up to at most 1.
 #[derive(Args)]
-pub struct ChaosArgs {
+pub(crate) struct ChaosArgs {
     /// Address to listen on, e.g. 127.0.0.1:8081 (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
@@ -56,7 +56,7 @@ pub struct ChaosArgs {
     log: Option<PathBuf>,
 }
 
-pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let options = ChaosOptions {
         listen: args.listen,
         upstream: args.upstream,
@@ -83,32 +83,12 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         // Scripts wait for this line.
         println!("listening on {}", chaos.addr());
         println!("seed {} (repeat this run with --seed {0})", chaos.seed());
-        wait_for_signal().await;
+        // A hang-up (the terminal closed) ends the run as SIGTERM does, so
+        // the summary is still printed.
+        crate::signal::shutdown_requested(|| false).await;
         tracing::info!("signal received; shutting down");
         let summary = chaos.shutdown().await;
         print!("{summary}");
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -26,7 +26,7 @@ enum Format {
 
 /// Flags of `idem demo`.
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Which idempotency bug the built-in API ships with: no-idempotency,
     /// check-then-act, unscoped-keys, payload-ignored, store-if-delivered,
     /// or none (correct).
@@ -89,7 +89,7 @@ fn endpoint(base: &str, rounds: u32) -> anyhow::Result<Endpoint> {
     Ok(e)
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

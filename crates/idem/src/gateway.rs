@@ -3,14 +3,14 @@
 use anyhow::Context;
 use clap::Args;
 use idem_gateway::config;
-use idem_gateway::{GatewayOptions, RunningGateway};
+use idem_gateway::GatewayOptions;
 use idem_store::StoreSpec;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Flags of `idem gateway`. Each overrides the same setting in `--config`.
 #[derive(Args)]
-pub struct GatewayArgs {
+pub(crate) struct GatewayArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -38,7 +38,7 @@ pub struct GatewayArgs {
     check_config: Option<PathBuf>,
 }
 
-pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.check_config {
         config::check(path)?;
         println!("{}: ok", path.display());
@@ -79,41 +79,18 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             println!("admin on {admin}");
         }
         tracing::info!(store = %store_spec, "ready");
-        wait_for_signal(&gateway).await;
+        // SIGHUP reloads the listener's TLS certificate and key.
+        crate::signal::shutdown_requested(|| {
+            match gateway.reload_tls() {
+                Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays"),
+                None => tracing::info!("SIGHUP: no TLS configured; nothing to reload"),
+            }
+            true
+        })
+        .await;
         tracing::info!("signal received; shutting down gracefully");
         gateway.shutdown().await;
         anyhow::Ok(())
     })
-}
-
-/// Waits for SIGTERM or Ctrl-C; meanwhile SIGHUP reloads the listener's
-/// TLS certificate and key.
-async fn wait_for_signal(gateway: &RunningGateway) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hangup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = hangup.recv() => match gateway.reload_tls() {
-                    Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
-                    Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays"),
-                    None => tracing::info!("SIGHUP: no TLS configured; nothing to reload"),
-                },
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = gateway;
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

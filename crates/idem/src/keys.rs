@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::process::ExitCode;
 
 #[derive(Args)]
-pub struct KeysArgs {
+pub(crate) struct KeysArgs {
     /// The gateway's admin listener.
     #[arg(
         long,
@@ -121,7 +121,7 @@ enum KeysCommand {
 
 /// Runs the command: exit 0 when done, 1 when the API refused (the record
 /// changed, wrong state, not found), 2 for usage or an unreachable admin.
-pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     let token = std::env::var(&args.token_env)
         .ok()
         .filter(|t| !t.trim().is_empty())

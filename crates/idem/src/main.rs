@@ -12,6 +12,7 @@ mod gateway;
 mod keys;
 mod math;
 mod migrate;
+mod signal;
 mod soak;
 
 use clap::{Parser, Subcommand};

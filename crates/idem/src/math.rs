@@ -9,7 +9,7 @@ use std::io::Write;
 /// Flags of `idem math`. Give `--volume` with `--rate`, `--volume` with
 /// `--ambiguous-rate` and `--retry-duplicates`, or `--clean-trials`.
 #[derive(Args)]
-pub struct MathArgs {
+pub(crate) struct MathArgs {
     /// Requests per period: 10M/day, 120/s, 5000000/month, 1.5k/hour (K, M,
     /// B suffixes; s, min, hour, day, week, month = 30 days, year = 365 days).
     #[arg(long, value_name = "VOLUME")]
@@ -35,7 +35,7 @@ pub struct MathArgs {
     json: bool,
 }
 
-pub fn run(args: MathArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: MathArgs) -> anyhow::Result<()> {
     let inputs = Inputs {
         volume: args.volume,
         rate: args.rate,

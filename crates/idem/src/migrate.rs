@@ -10,14 +10,14 @@ use idem_store::StoreSpec;
 
 /// Flags of `idem migrate`.
 #[derive(Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// The store: postgres://USER@HOST:PORT/DB, or sqlite:PATH (Redis and
     /// memory keep no schema; for them this only checks the store answers).
     #[arg(long, value_name = "STORE")]
     store: StoreSpec,
 }
 
-pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

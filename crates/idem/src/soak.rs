@@ -23,7 +23,7 @@ enum Format {
 
 /// Flags of `idem soak`.
 #[derive(Args)]
-pub struct SoakArgs {
+pub(crate) struct SoakArgs {
     /// Where each logical operation goes, e.g. http://127.0.0.1:8081/charges
     /// (typically `idem chaos` in front of the API).
     #[arg(long, value_name = "URL", value_parser = parse_url)]
@@ -66,7 +66,7 @@ pub struct SoakArgs {
     deadline: Duration,
 }
 
-pub fn run(args: SoakArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: SoakArgs) -> anyhow::Result<()> {
     let mut options = SoakOptions::new(args.url, args.count_url, args.requests);
     options.method = args.method;
     options.body = args.body;

@@ -461,7 +461,7 @@ type File<'a> = (&'a str, &'a str);
 
 #[test]
 fn check_config_refuses_a_scope_that_cannot_work_naming_the_field() {
-    let cases: [(&str, &[File], &str); 6] = [
+    let cases: [(&str, &[File<'_>], &str); 6] = [
         ("[scope]\nsource = \"cookie-hash\"\n", &[], "scope.cookie: required"),
         (
             "[scope]\nsource = \"jwt\"\n[scope.jwt]\nkeys = \"jwks.json\"\n",

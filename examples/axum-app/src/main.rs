@@ -1,4 +1,5 @@
-//! An axum app whose `POST /charges` is idempotent through `IdempotencyLayer`.
+//! An axum app whose `POST /charges` is idempotent through `IdempotencyLayer`,
+//! added to that route alone with axum's `route_layer`.
 //!
 //! ```text
 //! cargo run -p example-axum-app            # listens on 127.0.0.1:3001
@@ -8,9 +9,8 @@
 //! ```
 
 use axum::{routing::post, Json, Router};
-use idem_tower::{IdempotencyConfig, IdempotencyLayer, Route};
+use idem_tower::IdempotencyLayer;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 static CHARGES: AtomicU64 = AtomicU64::new(0);
 
@@ -28,15 +28,8 @@ async fn create_charge(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = idem_store::SqliteStore::open("example-axum.db".as_ref(), Default::default())?;
-    let mut route = Route::new("/charges");
-    route.policy.require_key = true;
-    let config = IdempotencyConfig {
-        routes: vec![route],
-        ..IdempotencyConfig::default()
-    };
-    let app = Router::new()
-        .route("/charges", post(create_charge))
-        .layer(IdempotencyLayer::new(config, Arc::new(store)));
+    let idempotency = IdempotencyLayer::builder(store).require_key().build();
+    let app = Router::new().route("/charges", post(create_charge).route_layer(idempotency));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;

@@ -100,15 +100,9 @@ async fn main() -> anyhow::Result<()> {
     server.http1().keep_alive(true);
     let server = Arc::new(server);
 
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                eprintln!("accept error: {err}");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    // Runs until killed: nothing cancels `forever`.
+    let forever = tokio_util::sync::CancellationToken::new();
+    while let Some((stream, peer)) = idem_serve::accept(&listener, &forever).await {
         let proxy = Arc::clone(&proxy);
         let server = Arc::clone(&server);
         let tls = tls.clone();
@@ -132,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    Ok(())
 }
 
 impl Proxy {

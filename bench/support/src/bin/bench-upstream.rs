@@ -53,15 +53,9 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
 
-    loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                eprintln!("accept error: {err}");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    // Runs until killed: nothing cancels `forever`.
+    let forever = tokio_util::sync::CancellationToken::new();
+    while let Some((stream, _peer)) = idem_serve::accept(&listener, &forever).await {
         let side_effects = Arc::clone(&side_effects);
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -93,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    Ok(())
 }
 
 /// Drains the request body, then answers `201` + JSON for POST,

@@ -52,7 +52,7 @@ mod schema;
 mod v30;
 mod v31;
 
-use crate::plan::Endpoint;
+use crate::endpoint::Endpoint;
 use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
@@ -92,13 +92,12 @@ impl OpenApiSettings {
 }
 
 /// An OpenAPI document that cannot be audited: the message names the
-/// file and the field or operation at fault, e.g. `api.yaml: POST
-/// /payments/{id}/refunds: path parameter `id` has no example; give
-/// --param id=VALUE`.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
+/// file (when it was read from one) and the field or operation at fault,
+/// e.g. `api.yaml: POST /payments/{id}/refunds: path parameter `id` has
+/// no example; give --param id=VALUE`.
+#[derive(Debug)]
 pub struct OpenApiError {
-    file: String,
+    file: Option<String>,
     message: String,
 }
 
@@ -107,7 +106,23 @@ impl OpenApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The file, if the document was read from one.
+    pub fn file(&self) -> Option<&str> {
+        self.file.as_deref()
+    }
 }
+
+impl std::fmt::Display for OpenApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{file}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for OpenApiError {}
 
 /// Reads the document at `path` and returns one endpoint per audited
 /// operation, each a copy of `template` (headers, oracles, scenarios)
@@ -117,16 +132,27 @@ pub fn load(
     settings: &OpenApiSettings,
     template: &Endpoint,
 ) -> Result<Vec<Endpoint>, OpenApiError> {
-    let error = |message: String| OpenApiError {
-        file: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read it: {e}")))?;
-    endpoints(&text, settings, template).map_err(error)
+    let file = Some(path.display().to_string());
+    let text = std::fs::read_to_string(path).map_err(|e| OpenApiError {
+        file: file.clone(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    endpoints(&text, settings, template).map_err(|e| OpenApiError { file, ..e })
 }
 
 /// [`load`] on the document's text (JSON or YAML).
 pub fn endpoints(
+    text: &str,
+    settings: &OpenApiSettings,
+    template: &Endpoint,
+) -> Result<Vec<Endpoint>, OpenApiError> {
+    endpoints_of(text, settings, template).map_err(|message| OpenApiError {
+        file: None,
+        message,
+    })
+}
+
+fn endpoints_of(
     text: &str,
     settings: &OpenApiSettings,
     template: &Endpoint,

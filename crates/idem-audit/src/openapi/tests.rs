@@ -107,7 +107,7 @@ fn methods_add_put_and_a_path_parameter_without_example_is_named() {
     s.methods.push(Method::PUT);
     let err = endpoints(V30_YAML, &s, &template()).unwrap_err();
     assert_eq!(
-        err,
+        err.to_string(),
         "PUT /payments/{payment}: path parameter `payment` has no example; give --param payment=VALUE"
     );
     s.params.push(("payment".to_owned(), "pay 7/x".to_owned()));
@@ -186,7 +186,11 @@ fn a_3_1_json_document_with_a_query_parameter_and_a_json_variant() {
 
 #[test]
 fn broken_documents_name_the_field() {
-    let err = |text: &str| endpoints(text, &settings(), &template()).unwrap_err();
+    let err = |text: &str| {
+        endpoints(text, &settings(), &template())
+            .unwrap_err()
+            .to_string()
+    };
     assert!(
         err("openapi: 3.0.0\ninfo: [").starts_with("not valid YAML"),
         "{}",
@@ -226,11 +230,13 @@ fn broken_documents_name_the_field() {
     s.params.push(("nope".to_owned(), "1".to_owned()));
     assert!(endpoints(V31_JSON, &s, &template())
         .unwrap_err()
+        .to_string()
         .starts_with("--param nope: no audited operation"));
     s.params.clear();
     s.methods = vec![Method::GET];
     assert!(endpoints(V31_JSON, &s, &template())
         .unwrap_err()
+        .to_string()
         .starts_with("--methods: GET"));
 }
 
@@ -239,7 +245,7 @@ fn a_relative_server_needs_a_base_url() {
     let doc = "openapi: 3.1.0\ninfo: {title: t, version: '1'}\nservers: [{url: /api}]\npaths:\n  /x:\n    post: {}\n";
     let mut s = settings();
     s.base_url = None;
-    let err = endpoints(doc, &s, &template()).unwrap_err();
+    let err = endpoints(doc, &s, &template()).unwrap_err().to_string();
     assert!(
         err.starts_with("servers[0].url:") && err.contains("--base-url"),
         "{err}"

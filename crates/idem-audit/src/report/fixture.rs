@@ -3,10 +3,9 @@
 //! each format must escape), an indeterminate result and a skipped one.
 
 use crate::outcome::{
-    Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioResult,
-    Seen, SentRequest, Severity, Verdict, VolumeOutlook,
+    Answer, AuditReport, Bound, EndpointSummary, Evidence, Exchange, OracleReading, ScenarioId,
+    ScenarioResult, Seen, SentRequest, Severity, Verdict, VolumeOutlook,
 };
-use crate::scenario::ScenarioId;
 
 pub(crate) const ENDPOINT: &str = "POST http://127.0.0.1:8080/payments";
 pub(crate) const URL: &str = "http://127.0.0.1:8080/payments";

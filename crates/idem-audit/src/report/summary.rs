@@ -3,8 +3,7 @@
 //! and JUnit reports draw it when the run covered more than one endpoint
 //! (or an unprotected one); the HTML report always does.
 
-use crate::outcome::{AuditReport, EndpointSummary, ScenarioResult, Severity, Verdict};
-use crate::scenario::ScenarioId;
+use crate::outcome::{AuditReport, EndpointSummary, ScenarioId, ScenarioResult, Severity, Verdict};
 use serde::Serialize;
 
 /// What one cell shows.
@@ -156,7 +155,7 @@ pub(crate) fn text_lines(
     paint: &dyn Fn(Mark, &str) -> String,
 ) -> Vec<String> {
     let matrix = Matrix::of(report);
-    let label = |row: &Row| {
+    let label = |row: &Row<'_>| {
         let name = super::evidence::one_line(row.endpoint);
         let name = if name.chars().count() > 48 {
             let cut: String = name.chars().take(47).collect();

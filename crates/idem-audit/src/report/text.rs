@@ -613,7 +613,7 @@ mod tests {
             .retain(|r| r.verdict != Verdict::Indeterminate);
         report
             .scenarios
-            .retain(|r| r.id != crate::ScenarioId::LostResponse);
+            .retain(|r| r.id != crate::outcome::ScenarioId::LostResponse);
         report.verdict = AuditReport::overall(&report.scenarios, report.fail_on);
         assert_eq!(report.verdict, Verdict::Pass);
         assert_eq!(report.exit_code(), 0);

@@ -12,12 +12,16 @@
 //! waits for its effect and for a quiet count, and a retry once the API is
 //! quiet says whether the outcome can be had at all.
 
-use super::context::{retry_wait, seen, Tally};
+use super::context::retry_wait;
+use super::context::Key;
+use super::evidence::seen;
 use super::quiet::Expect;
+use super::tally::Tally;
 use super::{delta, Ctx, Finding, ScenarioId};
 use crate::http::{HttpError, Response};
 use crate::oracle::Tenant;
 use crate::outcome::{Answer, Evidence, Severity, Verdict};
+use backon::BackoffBuilder as _;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -31,7 +35,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut evidence = Evidence::default();
     let mut after_time = ctx.endpoint.abandon_after;
     for attempt in 1..=ATTEMPTS {
-        let key = ctx.fresh_key();
+        let key = Key::fresh();
         let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
         let label = if attempt == 1 {
             "before the first request".to_owned()
@@ -120,8 +124,12 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                     .await
                     .is_some();
                 let deadline = Instant::now() + ctx.endpoint.settle_deadline;
-                let mut pause = LATER_PAUSE;
-                for n in 1.. {
+                let pauses = backon::ExponentialBuilder::new()
+                    .with_min_delay(LATER_PAUSE)
+                    .with_max_delay(MAX_LATER_PAUSE)
+                    .without_max_times()
+                    .build();
+                for (n, pause) in (1..).zip(pauses) {
                     let label = match n {
                         1 => "later retry, once the API was quiet".to_owned(),
                         n => format!("later retry {n}"),
@@ -133,7 +141,6 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
                         break;
                     }
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_LATER_PAUSE);
                 }
             }
         }

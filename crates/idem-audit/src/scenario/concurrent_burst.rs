@@ -2,7 +2,9 @@
 //! together (every connection open and every request written but its last
 //! byte first), for R rounds. Exactly one effect per round.
 
-use super::context::{answer_of, Tally};
+use super::context::Key;
+use super::evidence::answer_of;
+use super::tally::Tally;
 use super::{delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Verdict};
@@ -18,7 +20,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut first_indeterminate = None;
     let mut hint = None;
     for round in 1..=e.rounds {
-        let key = ctx.fresh_key();
+        let key = Key::fresh();
         let request = ctx.request(&key, Tenant::Primary, &e.body);
         if round == 1 {
             // A loop, not xargs -I{}: a body holding `{}` must stay as it is.

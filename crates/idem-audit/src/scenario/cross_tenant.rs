@@ -3,6 +3,7 @@
 //! stored answer is a data leak (critical); being refused as a conflict
 //! means one tenant's key blocks another's.
 
+use super::context::Key;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, OracleReading, Severity, Verdict};
@@ -19,7 +20,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         );
     }
     let mut evidence = Evidence::default();
-    let key = ctx.fresh_key();
+    let key = Key::fresh();
     let first_request = ctx.request(&key, Tenant::Primary, &e.body);
     let other_request = ctx.request(&key, Tenant::Alternate, &e.body);
     evidence.curl.push(ctx.curl(&first_request));

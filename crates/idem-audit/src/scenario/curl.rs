@@ -20,13 +20,13 @@ const EXPECT_THRESHOLD: usize = 1024;
 
 impl Ctx<'_> {
     /// A curl line that sends the same request.
-    pub fn curl(&self, request: &Request) -> String {
+    pub(crate) fn curl(&self, request: &Request) -> String {
         self.curl_with(request, "", false)
     }
 
     /// The same, with `prefix` before `curl` (`timeout 0.100 `) and, with
     /// `show_headers`, the answer's headers printed (`-i`).
-    pub fn curl_with(&self, request: &Request, prefix: &str, show_headers: bool) -> String {
+    pub(crate) fn curl_with(&self, request: &Request, prefix: &str, show_headers: bool) -> String {
         let has = |name: &str| {
             request
                 .headers
@@ -51,7 +51,7 @@ impl Ctx<'_> {
             line.push_str(" -H 'Expect:'");
         }
         for (name, value) in &request.headers {
-            let value = self.shown_value(name, value);
+            let value = self.recorder.value(name, value);
             let header = if value.is_empty() {
                 format!("{name};")
             } else {

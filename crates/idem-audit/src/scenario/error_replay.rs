@@ -6,6 +6,7 @@
 //! counting oracle, a failing request that executes again on retry is
 //! caught even when its error body is the same.
 
+use super::context::Key;
 use super::{moved, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Severity, Verdict};
@@ -22,7 +23,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         return Finding::skipped(ID, format!("needs a request the API fails: {WHAT_TO_GIVE}"));
     };
     let mut evidence = Evidence::default();
-    let key = ctx.fresh_key();
+    let key = Key::fresh();
     let request = ctx.request(&key, Tenant::Primary, body);
     evidence.curl.push(format!(
         "for i in 1 2; do {}; echo; done",

@@ -3,7 +3,9 @@
 //! it away (the client sees a reset); the client retries with the same
 //! key. One effect, and the retry gets the original outcome.
 
-use super::context::{seen, Tally};
+use super::context::Key;
+use super::evidence::{answer_of, seen};
+use super::tally::Tally;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Answer, Evidence, Severity, Verdict};
@@ -12,7 +14,7 @@ const ID: ScenarioId = ScenarioId::LostResponse;
 
 pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut evidence = Evidence::default();
-    let key = ctx.fresh_key();
+    let key = Key::fresh();
     let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
     evidence.curl.push(format!(
         "{}  # the answer to this one is lost; then run it again",
@@ -42,7 +44,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
             evidence.exchanges.push(ctx.exchange(
                 "first (answer lost)",
                 &request,
-                super::context::answer_of(&other),
+                answer_of(&other),
                 elapsed,
             ));
             return baseline_failed(ID, &other, evidence);

@@ -8,7 +8,7 @@ mod context;
 mod cross_tenant;
 mod curl;
 mod error_replay;
-mod id;
+mod evidence;
 mod invalid_key;
 mod lost_response;
 mod missing_key;
@@ -17,11 +17,11 @@ mod quiet;
 mod replay_marker;
 mod retention;
 mod sequential_replay;
+mod tally;
 
 pub(crate) use context::Ctx;
-pub use id::{ScenarioId, UnknownScenario};
 
-use crate::outcome::{Evidence, OracleReading, ScenarioResult, Severity, Verdict};
+use crate::outcome::{Evidence, OracleReading, ScenarioId, ScenarioResult, Severity, Verdict};
 use tokio::time::Instant;
 
 /// What a scenario found.

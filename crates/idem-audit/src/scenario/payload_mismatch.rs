@@ -5,6 +5,7 @@
 //! a fingerprint over raw bytes breaks every client that re-serialises on
 //! retry.
 
+use super::context::Key;
 use super::{baseline_failed, moved, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Severity, Verdict};
@@ -30,7 +31,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     evidence
         .notes
         .push(format!("the changed request sends {how}"));
-    let key = ctx.fresh_key();
+    let key = Key::fresh();
     let first_request = ctx.request(&key, Tenant::Primary, &e.body);
     let reserialised = reserialise(&e.body);
     let reserialised_request = reserialised

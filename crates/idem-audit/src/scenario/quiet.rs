@@ -10,29 +10,12 @@
 use super::context::Ctx;
 use crate::oracle::{Counts, OracleError, Tenant};
 use crate::outcome::{Evidence, OracleReading};
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often a quiet wait reads the count, at most and at least.
 const POLL_MIN: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(250);
-
-/// What the quiet waits remember of an endpoint.
-#[derive(Debug, Default)]
-pub(crate) struct Activity {
-    /// When the last request to the endpoint ended (answer, hang-up or
-    /// error).
-    pub last_sent: Option<Instant>,
-    /// The slowest answer so far (a hang-up counts for its time).
-    pub slowest: Duration,
-    /// Per tenant: the last counts read, and when that value was first
-    /// seen (counts only go up, so an equal later reading means no change
-    /// in between).
-    seen: HashMap<Tenant, (Counts, Instant)>,
-    /// Per tenant: the last counts read during the current scenario.
-    in_scenario: HashMap<Tenant, Counts>,
-}
 
 /// Besides stillness, a quiet wait can wait for the count to have moved:
 /// by `at_least` since `since` (an attempt whose answer nobody read may
@@ -64,7 +47,7 @@ impl Ctx<'_> {
     /// The settle period now: `--settle`, stretched to the slowest answer
     /// seen so far, at most half the settle deadline; zero if `--settle`
     /// is zero.
-    pub fn settle_period(&self) -> Duration {
+    pub(crate) fn settle_period(&self) -> Duration {
         let e = self.endpoint;
         if e.settle.is_zero() {
             return Duration::ZERO;
@@ -83,7 +66,7 @@ impl Ctx<'_> {
     /// the first request"). `None` without a counting oracle, or when the
     /// count could not be read or never stopped moving (noted; the other
     /// oracles then decide).
-    pub async fn quiet_count(
+    pub(crate) async fn quiet_count(
         &self,
         tenant: Tenant,
         label: &str,

@@ -3,6 +3,7 @@
 //! failure; a client that cannot tell a replay from a fresh execution just
 //! knows less.
 
+use super::context::Key;
 use super::{baseline_failed, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Verdict};
@@ -12,7 +13,7 @@ const ID: ScenarioId = ScenarioId::ReplayMarker;
 
 pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut evidence = Evidence::default();
-    let key = ctx.fresh_key();
+    let key = Key::fresh();
     let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
     evidence.curl.push(format!(
         "for i in 1 2; do {}; echo; done",

@@ -2,7 +2,8 @@
 //! retry get? Being told plainly (422 `key-expired`) or a replay is fine;
 //! a second execution is a failure.
 
-use super::context::Tally;
+use super::context::Key;
+use super::tally::Tally;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Verdict};
@@ -18,7 +19,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
         );
     };
     let mut evidence = Evidence::default();
-    let key = ctx.fresh_key();
+    let key = Key::fresh();
     let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
     // Past the window by a margin, so clock granularity cannot matter.
     let wait = window + (window / 10).max(Duration::from_secs(1));

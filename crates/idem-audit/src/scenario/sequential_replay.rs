@@ -1,7 +1,8 @@
 //! `sequential-replay`: the same key and body three times in sequence. One
 //! side effect; the same status and body each time.
 
-use super::context::Tally;
+use super::context::Key;
+use super::tally::Tally;
 use super::{baseline_failed, delta, Ctx, Finding, ScenarioId};
 use crate::oracle::Tenant;
 use crate::outcome::{Evidence, Severity, Verdict};
@@ -11,7 +12,7 @@ const SENDS: usize = 3;
 
 pub(super) async fn run(ctx: &Ctx<'_>) -> Finding {
     let mut evidence = Evidence::default();
-    let key = ctx.fresh_key();
+    let key = Key::fresh();
     let request = ctx.request(&key, Tenant::Primary, &ctx.endpoint.body);
     evidence.curl.push(format!(
         "for i in 1 2 3; do {}; echo; done",

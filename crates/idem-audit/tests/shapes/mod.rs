@@ -27,7 +27,7 @@ use std::time::Duration;
 
 /// What a request gets while another with its key is still executing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InProgress {
+pub(crate) enum InProgress {
     /// 409 `request-in-progress` with `Retry-After: 1` (the contract).
     Contract,
     /// 409 `{"error":"request in progress"}`, nothing more.
@@ -39,7 +39,7 @@ pub enum InProgress {
 
 /// What a request's fingerprint covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fingerprint {
+pub(crate) enum Fingerprint {
     /// The JSON value (RFC 8785): re-serialising is the same request.
     Canonical,
     /// The body's bytes: re-serialised JSON is "another payload" (422).
@@ -48,7 +48,7 @@ pub enum Fingerprint {
 
 /// How a completed request is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replay {
+pub(crate) enum Replay {
     /// The stored status and body.
     Stored,
     /// The stored body under status 409.
@@ -57,7 +57,7 @@ pub enum Replay {
 
 /// One middleware's behaviour.
 #[derive(Debug, Clone, Copy)]
-pub struct Shape {
+pub(crate) struct Shape {
     pub in_progress: InProgress,
     pub fingerprint: Fingerprint,
     pub replay: Replay,
@@ -73,7 +73,7 @@ pub struct Shape {
 
 impl Shape {
     /// A correct middleware with the contract's answers.
-    pub fn contract() -> Shape {
+    pub(crate) fn contract() -> Shape {
         Shape {
             in_progress: InProgress::Contract,
             fingerprint: Fingerprint::Canonical,
@@ -85,7 +85,7 @@ impl Shape {
     }
 
     /// The same, refusing a retry in flight with `in_progress`.
-    pub fn refusing_in_flight(in_progress: InProgress) -> Shape {
+    pub(crate) fn refusing_in_flight(in_progress: InProgress) -> Shape {
         Shape {
             in_progress,
             ..Shape::contract()
@@ -113,14 +113,14 @@ struct State {
 }
 
 /// A running API of one shape.
-pub struct ShapedApi {
+pub(crate) struct ShapedApi {
     pub upstream: Upstream,
     state: Arc<Mutex<State>>,
 }
 
 impl ShapedApi {
     /// Starts it on a free 127.0.0.1 port.
-    pub async fn start(shape: Shape) -> ShapedApi {
+    pub(crate) async fn start(shape: Shape) -> ShapedApi {
         let state = Arc::new(Mutex::new(State::default()));
         let serving = state.clone();
         let upstream = Upstream::answering(move |seen: Seen, _gate: Gate| {
@@ -132,12 +132,12 @@ impl ShapedApi {
     }
 
     /// Its base URL.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.upstream.url("")
     }
 
     /// Executions so far, all tenants.
-    pub fn executions(&self) -> u64 {
+    pub(crate) fn executions(&self) -> u64 {
         self.state.lock().unwrap().executions.values().sum()
     }
 }

@@ -32,6 +32,16 @@ pub struct KeysApi {
     pub(crate) replay_headers: ReplayHeaderFilter,
 }
 
+impl std::fmt::Debug for KeysApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysApi")
+            .field("store", &self.store.engine())
+            .field("scope", &self.scope)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A JSON answer: status and body (problem details for errors).
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
@@ -133,7 +143,8 @@ impl KeysApi {
     }
 
     fn record_id(&self, key: &str, params: &Params) -> Result<RecordId, Answer> {
-        let key = percent_decoded(key).ok_or_else(|| bad_request("key: bad %-escape"))?;
+        let key =
+            idem_core::path::percent_decode(key).ok_or_else(|| bad_request("key: bad %-escape"))?;
         let key =
             IdempotencyKey::parse(key.as_bytes()).map_err(|e| bad_request(format!("key: {e}")))?;
         let scope = match (&params.scope, &params.credential) {
@@ -344,7 +355,7 @@ impl KeysApi {
 }
 
 fn store_unavailable(e: &idem_store::StoreError) -> Answer {
-    tracing::warn!(target: "idem::admin", error = %e, "admin store operation failed");
+    tracing::warn!(target: "idem::admin", error = e as &dyn std::error::Error, "admin store operation failed");
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "store-unavailable",
@@ -439,25 +450,6 @@ fn decode_cursor(s: &str) -> Option<ListCursor> {
             key: IdempotencyKey::parse(&key).ok()?,
         },
     })
-}
-
-/// A path segment with its `%XX` escapes decoded (`None` when malformed
-/// or not UTF-8).
-fn percent_decoded(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -188,25 +188,22 @@ impl Scalar for Size {
 }
 
 /// `"10MiB"`, `"512 KiB"`, `"1GB"`, `"4096"`: binary units (KiB, MiB, GiB)
-/// are powers of 1024, decimal ones (KB, MB, GB) powers of 1000.
+/// are powers of 1024, decimal ones (KB, MB, GB) powers of 1000, as
+/// `bytesize` reads them.
 pub(super) fn size(s: &str) -> Result<u64, String> {
     let bad = || format!("{s:?} is not a size {SIZE_HINT}");
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1000,
-        "mb" => 1000 * 1000,
-        "gb" => 1000 * 1000 * 1000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(multiplier)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    // bytesize also takes fractions ("1.5MiB") but would read a sign or
+    // an exponent as part of the number; a size starts with a digit.
+    if !t.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match t.parse::<bytesize::ByteSize>() {
+        // bytesize saturates instead of failing on overflow.
+        Ok(size) if size.as_u64() == u64::MAX => Err(format!("{s:?} is too large")),
+        Ok(size) => Ok(size.as_u64()),
+        Err(_) => Err(bad()),
+    }
 }
 
 struct Status(u16);

@@ -1,6 +1,5 @@
 //! [`ConfigError`]: what is wrong with a configuration, and where.
 
-use serde_path_to_error::Segment;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -105,13 +104,20 @@ impl ConfigError {
     }
 
     pub(super) fn from_serde(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Self {
-        let segments: Vec<String> = e.path().iter().map(segment).collect();
+        // serde_path_to_error writes `routes[2].in_flight`, as TOML keys
+        // read, and "." for the top level.
+        let field = Some(e.path().to_string())
+            .filter(|p| p != ".")
+            .unwrap_or_default();
         let inner = e.inner();
         let location = inner.span().map(|s| line_column(text, s.start));
         let message = inner.message().trim_end();
         let problem = if let Some((name, rest)) = between_backticks(message, "unknown field ") {
             // The path ends with the unknown key itself.
-            let parent = join(segments.split_last().map_or(&[][..], |(_, p)| p));
+            let parent = field
+                .strip_suffix(name.as_str())
+                .unwrap_or(&field)
+                .trim_end_matches('.');
             let place = if parent.is_empty() {
                 "at top level".to_owned()
             } else {
@@ -127,29 +133,30 @@ impl ConfigError {
                 expected = format!("did you mean \"{guess}\"? {expected}");
             }
             Problem::UnknownField {
-                field: join(&segments),
+                field: field.clone(),
                 name,
                 place,
                 expected,
             }
         } else if let Some((name, _)) = between_backticks(message, "missing field ") {
-            let mut segments = segments;
-            segments.push(name);
             Problem::Field {
-                field: join(&segments),
+                field: if field.is_empty() {
+                    name
+                } else {
+                    format!("{field}.{name}")
+                },
                 message: "required".to_owned(),
             }
         } else if let Some((variant, rest)) = between_backticks(message, "unknown variant ") {
             let known = known_fields(&rest);
             Problem::Field {
-                field: join(&segments),
+                field: field.clone(),
                 message: format!(
                     "unknown value \"{variant}\"; expected one of {}",
                     quoted_list(&known)
                 ),
             }
         } else {
-            let field = join(&segments);
             Problem::Field {
                 field: if field.is_empty() {
                     "(top level)".to_owned()
@@ -208,27 +215,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-fn segment(s: &Segment) -> String {
-    match s {
-        Segment::Seq { index } => format!("[{index}]"),
-        Segment::Map { key } => key.clone(),
-        Segment::Enum { variant } => variant.clone(),
-        _ => "?".to_owned(),
-    }
-}
-
-/// `routes`, `[2]`, `in_flight` → `routes[2].in_flight`.
-fn join(segments: &[String]) -> String {
-    let mut out = String::new();
-    for s in segments {
-        if !out.is_empty() && !s.starts_with('[') {
-            out.push('.');
-        }
-        out.push_str(s);
-    }
-    out
-}
-
 /// For serde's "`prefix``name``rest`" messages: the name and the rest.
 fn between_backticks(message: &str, prefix: &str) -> Option<(String, String)> {
     let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
@@ -258,27 +244,10 @@ fn closest(name: &str, known: &[String]) -> Option<String> {
     let limit = (name.chars().count() / 3).max(1);
     known
         .iter()
-        .map(|k| (edit_distance(name, k), k))
+        .map(|k| (strsim::levenshtein(name, k), k))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.clone())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(above + 1);
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -297,15 +266,5 @@ mod tests {
         let known = ["retention".to_owned(), "lease".to_owned()];
         assert_eq!(closest("retension", &known).as_deref(), Some("retention"));
         assert_eq!(closest("colour", &known), None);
-    }
-
-    #[test]
-    fn paths_join_like_toml_keys() {
-        let s = |x: &str| x.to_owned();
-        assert_eq!(
-            join(&[s("routes"), s("[2]"), s("in_flight"), s("wait")]),
-            "routes[2].in_flight.wait"
-        );
-        assert_eq!(join(&[]), "");
     }
 }

@@ -29,11 +29,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long any single client exchange may take before the test fails.
-pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default deadline for `wait_until`.
-pub const DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(5);
 /// A date no real clock produces, to tell the upstream's `Date` apart.
-pub const UPSTREAM_DATE: &str = "Wed, 01 Jan 2020 00:00:00 GMT";
+pub(crate) const UPSTREAM_DATE: &str = "Wed, 01 Jan 2020 00:00:00 GMT";
 
 // ---------------------------------------------------------------------------
 // Polling
@@ -41,7 +41,7 @@ pub const UPSTREAM_DATE: &str = "Wed, 01 Jan 2020 00:00:00 GMT";
 
 /// Polls `condition` every few milliseconds until it holds; panics with
 /// `what` once `deadline` has passed.
-pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -75,7 +75,7 @@ where
 /// - `/flaky`      : first call like `/reset`, later calls 201 `{"flaky":N}`
 /// - `/stream`     : 200, sends `first\n`, waits for the release, sends `second\n`
 /// - anything else : 200 `ok`
-pub struct Upstream(idem_testkit::Upstream);
+pub(crate) struct Upstream(idem_testkit::Upstream);
 
 impl std::ops::Deref for Upstream {
     type Target = idem_testkit::Upstream;
@@ -86,12 +86,12 @@ impl std::ops::Deref for Upstream {
 }
 
 impl Upstream {
-    pub async fn start() -> Upstream {
+    pub(crate) async fn start() -> Upstream {
         Upstream(idem_testkit::Upstream::answering(answer).await)
     }
 
     /// Waits until `path` has been executed at least `n` times.
-    pub async fn wait_for_count(&self, path: &str, n: usize) {
+    pub(crate) async fn wait_for_count(&self, path: &str, n: usize) {
         wait_until(
             DEADLINE,
             &format!("the upstream executed {path} {n} time(s)"),
@@ -162,20 +162,20 @@ async fn answer(seen: Seen, gate: Gate) -> Reply {
 
 /// Which engine a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub(crate) enum Engine {
     Memory,
     Sqlite,
 }
 
 /// A store and whatever must outlive it (the SQLite file's directory).
 #[derive(Clone)]
-pub struct TestStore {
+pub(crate) struct TestStore {
     pub store: Arc<dyn Store>,
     _dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl TestStore {
-    pub fn new(engine: Engine) -> TestStore {
+    pub(crate) fn new(engine: Engine) -> TestStore {
         match engine {
             Engine::Memory => TestStore {
                 store: Arc::new(MemoryStore::new()),
@@ -194,19 +194,19 @@ impl TestStore {
         }
     }
 
-    pub fn from(store: Arc<dyn Store>) -> TestStore {
+    pub(crate) fn from(store: Arc<dyn Store>) -> TestStore {
         TestStore { store, _dir: None }
     }
 
-    pub async fn get(&self, id: &RecordId) -> Option<Record> {
+    pub(crate) async fn get(&self, id: &RecordId) -> Option<Record> {
         self.store.get(id).await.expect("store.get")
     }
 
-    pub async fn state(&self, id: &RecordId) -> Option<RecordState> {
+    pub(crate) async fn state(&self, id: &RecordId) -> Option<RecordState> {
         self.get(id).await.map(|r| r.state)
     }
 
-    pub async fn wait_for_state(&self, id: &RecordId, state: RecordState) {
+    pub(crate) async fn wait_for_state(&self, id: &RecordId, state: RecordState) {
         wait_until(
             DEADLINE,
             &format!("the record of {:?} is {state:?}", id.key),
@@ -219,11 +219,11 @@ impl TestStore {
 /// The credential every test request carries unless it names its own
 /// `Authorization` or asks for none ([`Req::anonymous`]): keyed requests
 /// without one are refused by default.
-pub const TEST_CREDENTIAL: &str = "Bearer test-tenant";
+pub(crate) const TEST_CREDENTIAL: &str = "Bearer test-tenant";
 
 /// The record id of `key` sent with the default test credential, under the
 /// default scope rule (a hash of `Authorization`).
-pub fn tenant_id(key: &str) -> RecordId {
+pub(crate) fn tenant_id(key: &str) -> RecordId {
     scoped_id(
         &ScopeRule::default(),
         &[("authorization", TEST_CREDENTIAL)],
@@ -232,7 +232,7 @@ pub fn tenant_id(key: &str) -> RecordId {
 }
 
 /// The record id of `key` sent with `headers`, under `rule`.
-pub fn scoped_id(rule: &ScopeRule, headers: &[(&str, &str)], key: &str) -> RecordId {
+pub(crate) fn scoped_id(rule: &ScopeRule, headers: &[(&str, &str)], key: &str) -> RecordId {
     let mut map = http::HeaderMap::new();
     for (n, v) in headers {
         map.append(
@@ -251,7 +251,7 @@ pub fn scoped_id(rule: &ScopeRule, headers: &[(&str, &str)], key: &str) -> Recor
 }
 
 /// A store that fails every operation, as an unreachable database would.
-pub struct FailingStore;
+pub(crate) struct FailingStore;
 
 fn injected(op: &'static str) -> StoreError {
     StoreError::new(
@@ -329,7 +329,7 @@ impl Store for FailingStore {
 // ---------------------------------------------------------------------------
 
 /// A gateway running in-process on 127.0.0.1:0 with an admin listener.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub store: TestStore,
@@ -338,13 +338,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn start(upstream: Uri, config: IdempotencyConfig, store: TestStore) -> Gateway {
+    pub(crate) async fn start(
+        upstream: Uri,
+        config: IdempotencyConfig,
+        store: TestStore,
+    ) -> Gateway {
         let tls = idem_gateway::upstream_tls::UpstreamTls::default();
         Gateway::start_with_tls(upstream, config, store, tls).await
     }
 
     /// [`Gateway::start`], reaching the upstream as `upstream_tls` says.
-    pub async fn start_with_tls(
+    pub(crate) async fn start_with_tls(
         upstream: Uri,
         config: IdempotencyConfig,
         store: TestStore,
@@ -358,7 +362,7 @@ impl Gateway {
 
     /// [`Gateway::start`] with the options as `customise` leaves them
     /// (e.g. another `policy_path`).
-    pub async fn start_customised(
+    pub(crate) async fn start_customised(
         upstream: Uri,
         config: IdempotencyConfig,
         store: TestStore,
@@ -388,16 +392,16 @@ impl Gateway {
         }
     }
 
-    pub async fn send(&self, req: Req) -> Resp {
+    pub(crate) async fn send(&self, req: Req) -> Resp {
         self.client.send(req).await
     }
 
     /// Takes the running gateway out, e.g. to shut it down from a task.
-    pub fn take_running(&mut self) -> RunningGateway {
+    pub(crate) fn take_running(&mut self) -> RunningGateway {
         self.running.take().expect("gateway still running")
     }
 
-    pub async fn admin_get(&self, path: &str) -> Resp {
+    pub(crate) async fn admin_get(&self, path: &str) -> Resp {
         Client::new(self.admin_addr).send(Req::get(path)).await
     }
 }
@@ -411,7 +415,7 @@ impl Drop for Gateway {
 }
 
 /// An upstream and a gateway in front of it, with `config`, on `engine`.
-pub async fn setup_on(engine: Engine, config: IdempotencyConfig) -> (Upstream, Gateway) {
+pub(crate) async fn setup_on(engine: Engine, config: IdempotencyConfig) -> (Upstream, Gateway) {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(upstream.uri(), config, TestStore::new(engine)).await;
     (upstream, gateway)
@@ -420,7 +424,7 @@ pub async fn setup_on(engine: Engine, config: IdempotencyConfig) -> (Upstream, G
 /// An upstream and a gateway in front of it on the memory store, run with
 /// the settings of the configuration file `toml` (parsed and checked as
 /// `idem gateway --config` does).
-pub async fn setup_from_toml(toml: &str) -> (Upstream, Gateway) {
+pub(crate) async fn setup_from_toml(toml: &str) -> (Upstream, Gateway) {
     let settings = idem_gateway::config::parse(toml)
         .and_then(|file| file.into_settings())
         .unwrap_or_else(|e| panic!("test configuration refused: {e}"));
@@ -437,7 +441,7 @@ pub async fn setup_from_toml(toml: &str) -> (Upstream, Gateway) {
 }
 
 /// [`setup_on`] with the memory store.
-pub async fn setup(config: IdempotencyConfig) -> (Upstream, Gateway) {
+pub(crate) async fn setup(config: IdempotencyConfig) -> (Upstream, Gateway) {
     setup_on(Engine::Memory, config).await
 }
 
@@ -447,7 +451,7 @@ pub async fn setup(config: IdempotencyConfig) -> (Upstream, Gateway) {
 
 /// A request to build: method, path, raw headers, body.
 #[derive(Debug, Clone)]
-pub struct Req {
+pub(crate) struct Req {
     pub method: Method,
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -457,7 +461,7 @@ pub struct Req {
 }
 
 impl Req {
-    pub fn new(method: Method, path: &str) -> Req {
+    pub(crate) fn new(method: Method, path: &str) -> Req {
         Req {
             method,
             path: path.to_owned(),
@@ -467,36 +471,36 @@ impl Req {
         }
     }
     /// Without the default test credential.
-    pub fn anonymous(mut self) -> Req {
+    pub(crate) fn anonymous(mut self) -> Req {
         self.credential = false;
         self
     }
-    pub fn post(path: &str) -> Req {
+    pub(crate) fn post(path: &str) -> Req {
         Req::new(Method::POST, path)
     }
-    pub fn patch(path: &str) -> Req {
+    pub(crate) fn patch(path: &str) -> Req {
         Req::new(Method::PATCH, path)
     }
-    pub fn get(path: &str) -> Req {
+    pub(crate) fn get(path: &str) -> Req {
         Req::new(Method::GET, path)
     }
     /// Adds an `Idempotency-Key` header (appended: call twice for two).
-    pub fn key(self, key: impl AsRef<[u8]>) -> Req {
+    pub(crate) fn key(self, key: impl AsRef<[u8]>) -> Req {
         self.header("idempotency-key", key)
     }
-    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Req {
+    pub(crate) fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Req {
         self.headers.push((
             HeaderName::from_bytes(name.as_bytes()).unwrap(),
             HeaderValue::from_bytes(value.as_ref()).unwrap(),
         ));
         self
     }
-    pub fn body(mut self, body: impl Into<Bytes>) -> Req {
+    pub(crate) fn body(mut self, body: impl Into<Bytes>) -> Req {
         self.body = body.into();
         self
     }
     /// A JSON body with `Content-Type: application/json`.
-    pub fn json(self, body: &str) -> Req {
+    pub(crate) fn json(self, body: &str) -> Req {
         self.header("content-type", "application/json")
             .body(Bytes::copy_from_slice(body.as_bytes()))
     }
@@ -504,30 +508,30 @@ impl Req {
 
 /// A whole response.
 #[derive(Debug, Clone)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(name)
             .map(|v| v.to_str().expect("ascii header"))
     }
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
-    pub fn is_replay(&self) -> bool {
+    pub(crate) fn is_replay(&self) -> bool {
         self.header("idempotent-replayed") == Some("true")
     }
     /// Whether this is a problem response with this slug.
-    pub fn is_problem(&self, slug: &str) -> bool {
+    pub(crate) fn is_problem(&self, slug: &str) -> bool {
         self.header("content-type") == Some(idem_core::problem::PROBLEM_CONTENT_TYPE)
             && serde_json::from_slice::<serde_json::Value>(&self.body)
                 .ok()
@@ -537,7 +541,7 @@ impl Resp {
     /// Asserts an RFC 9457 problem with `slug` and `status`, and returns its
     /// JSON body.
     #[track_caller]
-    pub fn assert_problem(&self, status: u16, slug: &str) -> serde_json::Value {
+    pub(crate) fn assert_problem(&self, status: u16, slug: &str) -> serde_json::Value {
         assert_eq!(
             self.status.as_u16(),
             status,
@@ -567,13 +571,13 @@ impl Resp {
 
 /// A pooled HTTP/1.1 client to one address.
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     addr: SocketAddr,
     inner: HyperClient<HttpConnector, Full<Bytes>>,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Client {
+    pub(crate) fn new(addr: SocketAddr) -> Client {
         Client {
             addr,
             inner: HyperClient::builder(TokioExecutor::new()).build_http(),
@@ -598,7 +602,7 @@ impl Client {
     }
 
     /// Sends and reads the whole response.
-    pub async fn send(&self, req: Req) -> Resp {
+    pub(crate) async fn send(&self, req: Req) -> Resp {
         let what = format!("{} {}", req.method, req.path);
         let exchange = async {
             let response = self
@@ -620,7 +624,7 @@ impl Client {
     }
 
     /// Sends and returns the response with its body unread (for streaming).
-    pub async fn send_streaming(&self, req: Req) -> Response<Incoming> {
+    pub(crate) async fn send_streaming(&self, req: Req) -> Response<Incoming> {
         tokio::time::timeout(EXCHANGE_TIMEOUT, self.inner.request(self.build(req)))
             .await
             .expect("response head in time")
@@ -634,7 +638,12 @@ impl Client {
 
 /// A raw HTTP/1.1 request's bytes, with [`TEST_CREDENTIAL`] unless
 /// `headers` name an `Authorization`.
-pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+pub(crate) fn raw_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
     if !headers
         .iter()
@@ -652,7 +661,7 @@ pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u
 }
 
 /// Opens a connection and writes `bytes`; the caller decides when to drop it.
-pub async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+pub(crate) async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     stream.flush().await.unwrap();
@@ -661,7 +670,7 @@ pub async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 
 /// Writes `bytes` (which should say `connection: close`) and reads until
 /// the server closes; returns the status code and the raw response text.
-pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
+pub(crate) async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
     let mut stream = raw_send(addr, bytes).await;
     let mut buf = Vec::new();
     tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read_to_end(&mut buf))
@@ -678,7 +687,7 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
 }
 
 /// A local port nothing listens on.
-pub async fn closed_port() -> SocketAddr {
+pub(crate) async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);

@@ -5,7 +5,7 @@
 //! and the layer hands the store a monotonic one.
 
 use super::*;
-use crate::{ListQuery, Store, StoreError, SweepReport};
+use crate::{ListQuery, Store, StoreError, StoreFull, SweepReport};
 use foldhash::quality::RandomState;
 use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
 use idem_core::RecordId;
@@ -18,17 +18,6 @@ const SHARDS: usize = 64;
 
 /// Records a [`MemoryStore::new`] holds at most.
 pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
-
-/// A claim for a new key was refused: the store holds its budget of
-/// records. Nothing live or replayable is ever evicted to make room (that
-/// would let a retry execute a second time); room comes back as the sweeper
-/// deletes expired records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the store holds its maximum of {max} records; new keys are refused until expired ones are swept")]
-pub struct StoreFull {
-    /// The budget.
-    pub max: usize,
-}
 
 /// One lock's worth of records. A slot is `None` once its record is gone.
 type Shard = Mutex<HashMap<RecordId, Option<Record>, RandomState>>;
@@ -43,6 +32,15 @@ pub struct MemoryStore {
     /// Entries in all shards, and their budget.
     records: AtomicUsize,
     max_records: usize,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("records", &self.records)
+            .field("max_records", &self.max_records)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MemoryStore {

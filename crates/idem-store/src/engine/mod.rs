@@ -1,13 +1,18 @@
 //! The engines. Each applies the shared transition rules below inside its
 //! own atomic step.
 
-pub mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+mod codec;
+pub(crate) mod memory;
 #[cfg(feature = "postgres")]
-pub mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 #[cfg(feature = "sqlite")]
-pub mod sqlite;
+pub(crate) mod sqlite;
+pub(crate) mod sqlite_synchronous;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod wakeups;
 
 use crate::{Claim, ClaimOutcome, Completion, Write};
 use idem_core::{
@@ -179,27 +184,4 @@ pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>
         format!("{base}?{}", rest.join("&"))
     };
     (url, value)
-}
-
-/// `value` (a URL query parameter's) with its `%XX` escapes decoded, or
-/// `None` when an escape is malformed or the result is not UTF-8.
-#[cfg(any(feature = "postgres", feature = "redis"))]
-pub(crate) fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }

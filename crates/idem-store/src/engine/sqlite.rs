@@ -13,10 +13,11 @@
 //! atomic also across processes sharing the file. Reads (`get`) use a small
 //! pool of read-only connections on tokio's blocking threads.
 //!
-//! The writer never reads a stored body: a claim decides on the record's
-//! small columns, and a replay's headers and body are then read by a
-//! reader (see [`SqliteStore::replay`]), so replaying a large response
-//! delays nobody else's claim.
+//! The writer never carries a large body: a claim decides on the record's
+//! small columns; a payload of at most 16 KiB comes back with the
+//! decision, and a larger replay's headers and body are read by a reader
+//! (see [`SqliteStore::replay`]), so replaying a large response delays
+//! nobody else's claim.
 //!
 //! Times are the callers' readings, as passed (SQLite has no clock of its
 //! own worth trusting over the gateway's: the processes sharing a file
@@ -28,7 +29,10 @@ mod rows;
 mod schema;
 mod writer;
 
-use crate::{Claim, ClaimOutcome, Completion, ListQuery, Store, StoreError, SweepReport, Write};
+use crate::{
+    Claim, ClaimOutcome, Completion, ListQuery, SqliteSynchronous, Store, StoreError, SweepReport,
+    Write,
+};
 use idem_core::decision::ExistingOutcome;
 use idem_core::operator::{OperatorAction, OperatorRefusal};
 use idem_core::{Record, RecordId, Timestamp};
@@ -65,7 +69,7 @@ pub struct SqliteOptions {
     pub max_idle_readers: usize,
     /// When commits reach the disk. Default [`SqliteSynchronous::Full`],
     /// which the contract needs; `Normal` is weaker (see there).
-    pub synchronous: crate::SqliteSynchronous,
+    pub synchronous: SqliteSynchronous,
 }
 
 impl Default for SqliteOptions {
@@ -75,7 +79,7 @@ impl Default for SqliteOptions {
             group_commit_window: Duration::ZERO,
             busy_timeout: Duration::from_secs(5),
             max_idle_readers: 4,
-            synchronous: crate::SqliteSynchronous::Full,
+            synchronous: SqliteSynchronous::Full,
         }
     }
 }
@@ -100,6 +104,14 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
     stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("open", &self.ops.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters the writer keeps, for tests and metrics.
@@ -268,10 +280,14 @@ impl Store for SqliteStore {
             .call("claim", |reply| Op::Claim { claim, reply })
             .await?
         {
+            // A small payload came with the decision; a larger one is read
+            // on a reader.
             ClaimOutcome::Existing {
                 outcome: ExistingOutcome::Replay,
                 record,
-            } => self.replay(record).await,
+            } if record.response.as_ref().is_none_or(|r| r.body.is_none()) => {
+                self.replay(record).await
+            }
             decided => Ok(decided),
         }
     }
@@ -486,8 +502,8 @@ mod tests {
         store.writer.take().unwrap().join().unwrap();
         let err = store.claim(claim("k2")).await.unwrap_err();
         assert!(
-            err.to_string().contains("writer thread has stopped"),
-            "{err}"
+            idem_testkit::chain(&err).contains("writer thread has stopped"),
+            "{err:?}"
         );
         assert!(store.ping().await.is_err());
         assert!(store.sweep(Timestamp(0), 10).await.is_err());
@@ -501,7 +517,10 @@ mod tests {
         let black_hole = std::thread::spawn(move || rx.into_iter().for_each(drop));
         store.ops = Some(tx);
         let err = store.claim(claim("k")).await.unwrap_err();
-        assert!(err.to_string().contains("not acknowledged"), "{err}");
+        assert!(
+            idem_testkit::chain(&err).contains("not acknowledged"),
+            "{err:?}"
+        );
         drop(store);
         black_hole.join().unwrap();
     }
@@ -535,15 +554,22 @@ mod tests {
         store.ping().await.unwrap();
     }
 
+    /// A body too large to come back with the writer's decision (headers
+    /// and body over 16 KiB, `claim_columns!`): its replay reads it on a
+    /// reader.
+    fn large(tag: &str) -> Bytes {
+        Bytes::from(tag.repeat(16 * 1024 / tag.len() + 1))
+    }
+
     /// Claims `c`, completes it with `body`, and returns the completion.
-    async fn complete_with(store: &SqliteStore, c: &Claim, body: &'static [u8]) -> Completion {
+    async fn complete_with(store: &SqliteStore, c: &Claim, body: Bytes) -> Completion {
         let ClaimOutcome::Claimed { token } = store.claim(c.clone()).await.unwrap() else {
             panic!("{} is free", c.id.key);
         };
         let response = StoredResponse {
             status: 201,
             headers: vec![("x-h".into(), Bytes::from_static(b"v"))],
-            body: Some(Bytes::from_static(body)),
+            body: Some(body),
         };
         let completion = Completion::new(response, c.now, &Retention::default());
         let written = store.complete(&c.id, token, completion.clone()).await;
@@ -573,6 +599,29 @@ mod tests {
             .unwrap_or_else(|_| panic!("{what} did not happen within {DEADLINE:?}"))
     }
 
+    /// A small payload comes back with the writer's decision: no read on a
+    /// reader, and the replay is whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_replay_comes_with_the_decision_and_needs_no_reader() {
+        let (store, _dir) = open_temp();
+        let c = claim("small");
+        let stored = complete_with(&store, &c, Bytes::from_static(b"{\"id\":1}")).await;
+        let (mut is_held, _go) = hold_next_payload_read(&store);
+        let ClaimOutcome::Existing { outcome, record } =
+            within("the replay", store.claim(claim("small")))
+                .await
+                .unwrap()
+        else {
+            panic!("a completed key is not claimed again");
+        };
+        assert_eq!(outcome, ExistingOutcome::Replay);
+        assert_eq!(record.response, Some(stored.response));
+        assert!(
+            is_held.try_recv().is_err(),
+            "no payload read on a reader for a small payload"
+        );
+    }
+
     /// The replay's body is read after the writer answered, off its thread:
     /// while that read is held, the writer commits other claims.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,7 +629,7 @@ mod tests {
         let (store, _dir) = open_temp();
         let store = Arc::new(store);
         let c = claim("large");
-        let stored = complete_with(&store, &c, b"the stored body").await;
+        let stored = complete_with(&store, &c, large("the stored body")).await;
         let (is_held, go) = hold_next_payload_read(&store);
         let replay = tokio::spawn({
             let store = store.clone();
@@ -610,7 +659,7 @@ mod tests {
         let (store, _dir) = open_temp();
         let store = Arc::new(store);
         let c = claim("k");
-        let stored = complete_with(&store, &c, b"body").await;
+        let stored = complete_with(&store, &c, large("body")).await;
         let (is_held, go) = hold_next_payload_read(&store);
         let replay = tokio::spawn({
             let store = store.clone();
@@ -638,7 +687,7 @@ mod tests {
     async fn a_replay_never_returns_the_body_of_a_record_that_replaced_it() {
         let (store, _dir) = open_temp();
         let store = Arc::new(store);
-        let stored = complete_with(&store, &claim("k"), b"first").await;
+        let stored = complete_with(&store, &claim("k"), large("first")).await;
         let (is_held, go) = hold_next_payload_read(&store);
         let replay = tokio::spawn({
             let store = store.clone();
@@ -649,8 +698,11 @@ mod tests {
         let report = within("the sweep", store.sweep(later, 10)).await;
         assert_eq!(report.unwrap().deleted, 1);
         let second = claim_at("k", later);
-        let second_stored =
-            within("the new record", complete_with(&store, &second, b"second")).await;
+        let second_stored = within(
+            "the new record",
+            complete_with(&store, &second, large("second")),
+        )
+        .await;
         go.send(()).unwrap();
         let ClaimOutcome::Existing { outcome, record } =
             within("the replay", replay).await.unwrap().unwrap()

@@ -6,19 +6,26 @@
 //! touching the server.
 #![allow(dead_code)] // each test binary uses its own part
 
+use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
-use idem_core::{Record, RecordId, Retention, Timestamp};
+use idem_core::{
+    Fingerprint, FingerprintInput, IdempotencyKey, Record, RecordId, Retention, Scope,
+    StoredResponse, Timestamp,
+};
 use idem_store::{Claim, ClaimOutcome, Completion, Store, StoreError, SweepReport, Write};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 // Each test binary uses its own part of these.
 #[allow(unused_imports)]
-pub use idem_testkit::{block_on_thread, chain, poll_until, unavailable, unique_name, Proxy};
+pub(crate) use idem_testkit::{
+    block_on_thread, chain, poll_until, unavailable, unique_name, Proxy,
+};
 
-pub const T0: Timestamp = Timestamp(1_700_000_000_000);
+pub(crate) const T0: Timestamp = Timestamp(1_700_000_000_000);
 
 /// 100 s retention, 1000 s tombstone retention, 10 s leases.
-pub fn retention() -> Retention {
+pub(crate) fn retention() -> Retention {
     Retention {
         retention: Duration::from_secs(100),
         tombstone_retention: Duration::from_secs(1000),
@@ -26,8 +33,142 @@ pub fn retention() -> Retention {
     }
 }
 
+/// Key `key` in scope `s`.
+pub(crate) fn id(key: &str) -> RecordId {
+    RecordId {
+        scope: Scope::from_stored("s"),
+        key: IdempotencyKey::parse(key.as_bytes()).unwrap(),
+    }
+}
+
+/// A claim of `rid` at `now` (a POST of body `a`), with [`retention`].
+pub(crate) fn claim(rid: &RecordId, now: Timestamp) -> Claim {
+    let fp = Fingerprint::compute(&FingerprintInput {
+        method: "POST",
+        path: "/",
+        query: None,
+        content_type: None,
+        extra_headers: &[],
+        body: b"a",
+    });
+    Claim::new(rid.clone(), fp, now, &retention(), false)
+}
+
+/// A 201 with a text body.
+pub(crate) fn response(body: &'static [u8]) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
+        body: Some(Bytes::from_static(body)),
+    }
+}
+
+/// `rounds` races of `tasks` claims of one key (`<name>-<round>`) through
+/// `stores` in turn (stand-ins for as many gateways): each has one winner,
+/// and every other claim finds the key in progress.
+pub(crate) async fn one_claim_wins_each_race<S: Store + 'static>(
+    stores: &[Arc<S>],
+    name: &str,
+    rounds: usize,
+    tasks: usize,
+) {
+    for round in 0..rounds {
+        let k = id(&format!("{name}-{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+        let tasks: Vec<_> = (0..tasks)
+            .map(|i| {
+                let store = stores[i % stores.len()].clone();
+                let (barrier, k) = (barrier.clone(), k.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.claim(claim(&k, T0)).await.unwrap()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                ClaimOutcome::Claimed { .. } => winners += 1,
+                ClaimOutcome::Existing { outcome, .. } => assert!(
+                    matches!(outcome, ExistingOutcome::InProgress { .. }),
+                    "{outcome:?}"
+                ),
+            }
+        }
+        assert_eq!(winners, 1, "round {round}");
+    }
+}
+
+/// An outcome written through `stores[1]` for a claim made through
+/// `stores[0]` is replayed through `stores[2]`, and its token is spent for
+/// `stores[3]` too.
+pub(crate) async fn an_outcome_is_shared_and_its_token_spent<S: Store>(stores: &[Arc<S>]) {
+    let k = id("cross");
+    let token = must_claim(&*stores[0], claim(&k, T0)).await;
+    let c = Completion::new(response(b"one"), T0, &retention());
+    assert_eq!(
+        stores[1].complete(&k, token, c.clone()).await.unwrap(),
+        Write::Written
+    );
+    match stores[2].claim(claim(&k, T0)).await.unwrap() {
+        ClaimOutcome::Existing { outcome, record } => {
+            assert_eq!(outcome, ExistingOutcome::Replay);
+            assert_eq!(record.response, Some(response(b"one")));
+        }
+        other @ ClaimOutcome::Claimed { .. } => panic!("{other:?}"),
+    }
+    assert_eq!(
+        stores[3].complete(&k, token, c).await.unwrap(),
+        Write::Fenced
+    );
+}
+
+/// While `proxy` (between `store` and its server) is cut, every operation
+/// fails within `bound`; once it is restored the store recovers by itself
+/// (within 15 s), and the claim made before the outage can still complete.
+pub(crate) async fn an_outage_is_a_quick_error_then_recovered(
+    store: &dyn Store,
+    proxy: &Proxy,
+    bound: Duration,
+) {
+    let k = id("before");
+    let token = must_claim(store, claim(&k, T0)).await;
+
+    proxy.cut();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let err = store
+            .claim(claim(&id(&format!("during-{attempt}")), T0))
+            .await
+            .expect_err("no claim while the store's server is unreachable");
+        assert!(started.elapsed() < bound, "{:?}: {err}", started.elapsed());
+        assert_eq!(err.engine(), store.engine());
+        let started = Instant::now();
+        let c = Completion::new(response(b"x"), T0, &retention());
+        assert!(store.complete(&k, token, c).await.is_err());
+        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+        assert!(store.ping().await.is_err());
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.ping().await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the store did not recover: {e}"),
+        }
+    }
+    let c = Completion::new(response(b"late"), T0, &retention());
+    assert_eq!(store.complete(&k, token, c).await.unwrap(), Write::Written);
+    must_claim(store, claim(&id("after"), T0)).await;
+}
+
 /// The token of claim `c`, which must win.
-pub async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
+pub(crate) async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
     match store.claim(c).await.expect("claim") {
         ClaimOutcome::Claimed { token } => token,
         ClaimOutcome::Existing { outcome, .. } => panic!("expected a claim, got {outcome:?}"),
@@ -35,7 +176,7 @@ pub async fn must_claim(store: &dyn Store, c: Claim) -> u64 {
 }
 
 /// The existing record claim `c` must meet, and what the store says of it.
-pub async fn existing(store: &dyn Store, c: Claim) -> (ExistingOutcome, Record) {
+pub(crate) async fn existing(store: &dyn Store, c: Claim) -> (ExistingOutcome, Record) {
     match store.claim(c).await.expect("claim") {
         ClaimOutcome::Existing { outcome, record } => (outcome, *record),
         ClaimOutcome::Claimed { token } => panic!("expected an existing record, got claim {token}"),
@@ -65,11 +206,11 @@ async fn answered<T>(
 
 /// The PostgreSQL test server (`IDEM_TEST_POSTGRES_URL`).
 #[cfg(feature = "postgres")]
-pub mod postgres {
+pub(crate) mod postgres {
     use idem_testkit::{postgres_url as url, PG_START};
 
     /// Whether the server answers; if not, skips (or fails under CI).
-    pub async fn server_up() -> bool {
+    pub(crate) async fn server_up() -> bool {
         let url = url();
         let connect = async {
             tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -86,7 +227,7 @@ pub mod postgres {
     }
 
     /// Drops a test schema (after its store closed its connections).
-    pub fn drop_schema(schema: String) {
+    pub(crate) fn drop_schema(schema: String) {
         super::block_on_thread(move || async move {
             let Ok((client, connection)) =
                 tokio_postgres::connect(&url(), tokio_postgres::NoTls).await
@@ -107,11 +248,11 @@ pub mod postgres {
 
 /// The Redis test server (`IDEM_TEST_REDIS_URL`).
 #[cfg(feature = "redis")]
-pub mod redis {
+pub(crate) mod redis {
     use idem_testkit::{redis_url as url, REDIS_START};
 
     /// Whether the server answers; if not, skips (or fails under CI).
-    pub async fn server_up() -> bool {
+    pub(crate) async fn server_up() -> bool {
         let ping = async {
             let client = redis::Client::open(url())?;
             let mut conn = client.get_multiplexed_async_connection().await?;
@@ -122,17 +263,17 @@ pub mod redis {
     }
 
     #[allow(unused_imports)] // each test binary uses its own part
-    pub use idem_testkit::delete_redis_prefix as delete_prefix;
+    pub(crate) use idem_testkit::delete_redis_prefix as delete_prefix;
 }
 
 /// A store that runs `cleanup` after it is dropped (and closed).
-pub struct Cleaned<S: Store> {
+pub(crate) struct Cleaned<S: Store> {
     store: Option<S>,
     cleanup: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl<S: Store> Cleaned<S> {
-    pub fn new(store: S, cleanup: impl FnOnce() + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(store: S, cleanup: impl FnOnce() + Send + Sync + 'static) -> Self {
         Cleaned {
             store: Some(store),
             cleanup: Some(Box::new(cleanup)),
@@ -216,14 +357,14 @@ impl<S: Store> Store for Cleaned<S> {
 }
 
 #[cfg(feature = "postgres")]
-pub mod pg_server;
+pub(crate) mod pg_server;
 
 #[cfg(feature = "redis")]
-pub mod redis_server;
+pub(crate) mod redis_server;
 
 /// A 127.0.0.1 port free right now (the OS's choice; a server started on
 /// it may still lose a race for it, and then tries another).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -231,7 +372,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Asks `child` to stop with `signal`, waits 10 s at most, then kills it.
-pub fn stop(child: &mut std::process::Child, signal: &str) {
+pub(crate) fn stop(child: &mut std::process::Child, signal: &str) {
     let _ = std::process::Command::new("kill")
         .arg(signal)
         .arg(child.id().to_string())

@@ -16,9 +16,9 @@ const INSTALL: &str =
     "apt-get install postgresql (initdb and postgres under /usr/lib/postgresql/*/bin)";
 
 /// A running private server.
-pub struct PgServer {
+pub(crate) struct PgServer {
     child: Child,
-    pub port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -27,7 +27,7 @@ impl PgServer {
     /// TCP clients from 127.0.0.1 by the `pg_hba.conf` lines `hba` (e.g.
     /// `"hostssl all all 127.0.0.1/32 trust"`). `None` (after reporting)
     /// when this machine has no PostgreSQL server binaries.
-    pub async fn start(cert: Option<&ServerCert>, hba: &[&str]) -> Option<PgServer> {
+    pub(crate) async fn start(cert: Option<&ServerCert>, hba: &[&str]) -> Option<PgServer> {
         let Some(bin) = binaries() else {
             super::unavailable(
                 "PostgreSQL server binaries",
@@ -119,7 +119,7 @@ impl PgServer {
 
     /// A URL of this server by `host` (`127.0.0.1` or `localhost`), with
     /// the query `params` (may be empty).
-    pub fn url(&self, host: &str, params: &str) -> String {
+    pub(crate) fn url(&self, host: &str, params: &str) -> String {
         let url = format!("postgres://postgres@{host}:{}/postgres", self.port);
         if params.is_empty() {
             url
@@ -130,7 +130,9 @@ impl PgServer {
 
     /// A plaintext connection through the server's Unix socket (whatever
     /// its TCP rules), for checks beside the store.
-    pub async fn local_client(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub(crate) async fn local_client(
+        &self,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         local_client(self.dir.path(), self.port).await
     }
 }

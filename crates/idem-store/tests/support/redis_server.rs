@@ -12,14 +12,14 @@ use std::time::Duration;
 const INSTALL: &str = "apt-get install redis-server (Debian's build supports TLS)";
 
 /// A running private server.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
-    pub port: u16,
+    pub(crate) port: u16,
     _dir: tempfile::TempDir,
 }
 
 /// How the server listens.
-pub enum Listen<'a> {
+pub(crate) enum Listen<'a> {
     /// Plaintext only.
     Plain,
     /// TLS only, presenting `cert`; `ca` is the CA file that signed it.
@@ -32,7 +32,7 @@ pub enum Listen<'a> {
 
 impl RedisServer {
     /// Starts a server; `None` (after reporting) without `redis-server`.
-    pub async fn start(listen: Listen<'_>) -> Option<RedisServer> {
+    pub(crate) async fn start(listen: Listen<'_>) -> Option<RedisServer> {
         let Some(bin) = binary() else {
             super::unavailable("redis-server", "not on PATH", INSTALL);
             return None;

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 #[allow(unused_imports)]
-pub use idem_testkit::{
+pub(crate) use idem_testkit::{
     block_on_thread, chain, poll_until, unavailable, unique_name, Proxy, Upstream, PG_START,
     REDIS_START,
 };
@@ -28,10 +28,10 @@ pub use idem_testkit::{
 // ------------------------------------------------------------ PostgreSQL
 
 #[allow(unused_imports)] // each test binary uses its own part
-pub use idem_testkit::{postgres_url as pg_url, redis_addr, redis_url};
+pub(crate) use idem_testkit::{postgres_url as pg_url, redis_addr, redis_url};
 
 /// Whether PostgreSQL answers; if not, skips (or fails under CI).
-pub async fn pg_up() -> bool {
+pub(crate) async fn pg_up() -> bool {
     let url = pg_url();
     let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
     match tokio::time::timeout(Duration::from_secs(3), connect).await {
@@ -52,20 +52,20 @@ pub async fn pg_up() -> bool {
 }
 
 /// A fresh schema, dropped (with everything in it) when the guard is.
-pub struct PgSchema(pub String);
+pub(crate) struct PgSchema(pub String);
 
 impl PgSchema {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         PgSchema(unique_name("idem_gw_test"))
     }
 
     /// The `--store` URL of the test server in this schema.
-    pub fn store_url(&self) -> String {
+    pub(crate) fn store_url(&self) -> String {
         with_param(&pg_url(), "schema", &self.0)
     }
 
     /// The `--store` URL of this schema through `proxy`.
-    pub fn store_url_via(&self, proxy: &Proxy) -> String {
+    pub(crate) fn store_url_via(&self, proxy: &Proxy) -> String {
         let config: tokio_postgres::Config = pg_url().parse().unwrap();
         let user = config.get_user().unwrap_or("postgres");
         let db = config.get_dbname().unwrap_or("test");
@@ -95,14 +95,14 @@ impl Drop for PgSchema {
 }
 
 #[allow(unused_imports)] // each test binary uses its own part
-pub use idem_testkit::postgres_addr as pg_server_addr;
+pub(crate) use idem_testkit::postgres_addr as pg_server_addr;
 
 // ------------------------------------------------------------ Redis
 
-pub use idem_testkit::redis_ping;
+pub(crate) use idem_testkit::redis_ping;
 
 /// Whether the shared Redis answers; if not, skips (or fails under CI).
-pub async fn redis_up() -> bool {
+pub(crate) async fn redis_up() -> bool {
     match redis_ping(&redis_url(), Duration::from_secs(3)).await {
         Ok(()) => true,
         Err(why) => {
@@ -114,13 +114,13 @@ pub async fn redis_up() -> bool {
 
 /// A fresh key prefix on the Redis at `url`, whose keys are deleted when
 /// the guard is dropped.
-pub struct RedisPrefix {
+pub(crate) struct RedisPrefix {
     pub name: String,
     pub url: String,
 }
 
 impl RedisPrefix {
-    pub fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         RedisPrefix {
             name: unique_name("idem_gw_test"),
             url: url.to_owned(),
@@ -128,12 +128,12 @@ impl RedisPrefix {
     }
 
     /// The `--store` URL of this prefix.
-    pub fn store_url(&self) -> String {
+    pub(crate) fn store_url(&self) -> String {
         with_param(&self.url, "prefix", &self.name)
     }
 
     /// The `--store` URL of this prefix through `proxy`.
-    pub fn store_url_via(&self, proxy: &Proxy) -> String {
+    pub(crate) fn store_url_via(&self, proxy: &Proxy) -> String {
         format!("redis://{}/?prefix={}", proxy.addr, self.name)
     }
 }
@@ -155,7 +155,7 @@ fn with_param(url: &str, name: &str, value: &str) -> String {
 /// A configuration file for the gateways of a test: one global scope,
 /// `/wait/…` waits up to 5 s for a key in flight, everything else (POST,
 /// PATCH) rejects it with 409.
-pub fn write_config(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("gateway.toml");
     std::fs::write(
         &path,
@@ -176,15 +176,15 @@ path_prefix = "/"
     path
 }
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub fn http_client() -> HttpClient {
+pub(crate) fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// What a gateway answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub replayed: bool,
     pub body: Bytes,
@@ -193,7 +193,7 @@ pub struct Answer {
 impl Answer {
     /// The problem type's last segment (`store-unavailable`, ...), if the
     /// answer is a problem.
-    pub fn problem(&self) -> Option<String> {
+    pub(crate) fn problem(&self) -> Option<String> {
         let text = String::from_utf8_lossy(&self.body);
         let start = text.find("https://idem.dev/problems/")? + "https://idem.dev/problems/".len();
         let rest = &text[start..];
@@ -203,7 +203,12 @@ impl Answer {
 
 /// POSTs the same small JSON body to `path` with `key`; `None` when the
 /// connection failed.
-pub async fn post(client: &HttpClient, addr: SocketAddr, path: &str, key: &str) -> Option<Answer> {
+pub(crate) async fn post(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+) -> Option<Answer> {
     let req = Request::post(format!("http://{addr}{path}"))
         .header("idempotency-key", key)
         .header("content-type", "application/json")
@@ -213,7 +218,7 @@ pub async fn post(client: &HttpClient, addr: SocketAddr, path: &str, key: &str) 
 }
 
 /// An unkeyed GET.
-pub async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> Option<Answer> {
+pub(crate) async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> Option<Answer> {
     let req = Request::get(format!("http://{addr}{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap();

@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `idem` process, killed when dropped.
-pub struct Idem {
+pub(crate) struct Idem {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -22,12 +22,12 @@ pub struct Idem {
 impl Idem {
     /// Starts `idem ARGS…` with `IDEM_LOG=log` and waits for its
     /// `listening on ADDR` line.
-    pub fn start<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>, log: &str) -> Idem {
+    pub(crate) fn start<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>, log: &str) -> Idem {
         Idem::start_with_env(args, log, &[])
     }
 
     /// [`Idem::start`] with extra environment variables (secrets, keys).
-    pub fn start_with_env<S: AsRef<OsStr>>(
+    pub(crate) fn start_with_env<S: AsRef<OsStr>>(
         args: impl IntoIterator<Item = S>,
         log: &str,
         env: &[(&str, &str)],
@@ -58,12 +58,12 @@ impl Idem {
 
     /// Starts `idem gateway` in front of `upstream` on `store`, with the
     /// configuration file `config`, and waits for its `listening on` line.
-    pub fn gateway(upstream: SocketAddr, store: &str, config: &Path) -> Idem {
+    pub(crate) fn gateway(upstream: SocketAddr, store: &str, config: &Path) -> Idem {
         Idem::gateway_with_env(upstream, store, config, &[])
     }
 
     /// [`Idem::gateway`] with extra environment variables.
-    pub fn gateway_with_env(
+    pub(crate) fn gateway_with_env(
         upstream: SocketAddr,
         store: &str,
         config: &Path,
@@ -90,7 +90,7 @@ impl Idem {
     }
 
     /// Sends it the signal `name` (`INT`, `TERM`, …).
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
@@ -100,7 +100,7 @@ impl Idem {
 
     /// Waits (with a deadline) for the process to exit; returns its status
     /// and the rest of its stdout.
-    pub fn wait(mut self) -> (ExitStatus, String) {
+    pub(crate) fn wait(mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {

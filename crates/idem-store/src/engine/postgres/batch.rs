@@ -26,7 +26,7 @@
 
 use super::rows::{self, read_record, Body, RowError};
 use super::{at_store_time, fail, BoxFuture, Connections, ENGINE};
-use crate::engine::apply_claim;
+use crate::engine::{apply_claim, offset};
 use crate::{Claim, ClaimOutcome, Completion, StoreError, Write};
 use deadpool_postgres::Object;
 use idem_core::RecordId;
@@ -300,10 +300,7 @@ async fn claim_many(
         .map(|(c, _)| &c.fingerprint.digest[..])
         .collect();
     let from_now = |at: fn(&Claim) -> idem_core::Timestamp| -> Vec<i64> {
-        claims
-            .iter()
-            .map(|(c, _)| super::offset(c.now, at(c)))
-            .collect()
+        claims.iter().map(|(c, _)| offset(c.now, at(c))).collect()
     };
     let leases = from_now(|c| c.lease_until);
     let expiries = from_now(|c| c.expires_at);
@@ -447,11 +444,11 @@ async fn complete_many(client: &mut Object, jobs: &[Completing]) -> Result<Vec<b
         .collect();
     let expiries: Vec<i64> = jobs
         .iter()
-        .map(|j| super::offset(j.completion.now, j.completion.expires_at))
+        .map(|j| offset(j.completion.now, j.completion.expires_at))
         .collect();
     let tombstones: Vec<i64> = jobs
         .iter()
-        .map(|j| super::offset(j.completion.now, j.completion.tombstone_until))
+        .map(|j| offset(j.completion.now, j.completion.tombstone_until))
         .collect();
     let announcements: Vec<&str> = jobs.iter().map(|j| j.announcement.as_str()).collect();
     let clocks: Vec<Option<i64>> = jobs.iter().map(|j| j.clock).collect();

@@ -15,11 +15,10 @@
 //! also reads the `sslrootcert` file). Every connection the
 //! engine makes, pooled or LISTENing, goes through [`Connector`].
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_postgres::config::SslMode;
@@ -87,7 +86,7 @@ pub(super) fn take_params(url: &str) -> Result<(String, Mode, Option<String>), S
         let (url, value) = super::super::take_query_param(url, name);
         match value {
             None => Ok((url, None)),
-            Some(v) => super::super::percent_decode(&v)
+            Some(v) => idem_core::path::percent_decode(&v)
                 .map(|v| (url, Some(v)))
                 .ok_or_else(|| format!("{name}={v}: malformed %-escape")),
         }
@@ -180,7 +179,7 @@ impl Connector {
             ),
         };
         if let Some(tls) = idem_tls::rustls_error(e) {
-            return Some(if is_name_error(tls) {
+            return Some(if idem_tls::is_name_error(tls) {
                 format!(
                     "the server's certificate does not name the host in the URL (sslmode={mode} checks the host name; connect by a name the certificate holds)"
                 )
@@ -223,7 +222,10 @@ impl deadpool_postgres::Connect for Connector {
             let (client, connection) = Connector::connect(self, &config).await?;
             let task = tokio::spawn(async move {
                 if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres store: a connection closed");
+                    tracing::debug!(
+                        error = &e as &dyn std::error::Error,
+                        "postgres store: a connection closed"
+                    );
                 }
             });
             Ok((client, task))
@@ -249,114 +251,12 @@ fn verifier(
     Ok(match (mode, roots) {
         (Mode::VerifyFull, roots) => webpki(roots)?,
         (Mode::VerifyCa, roots) | (Mode::Require | Mode::Prefer, roots @ Some(_)) => {
-            Arc::new(ChainOnly(webpki(roots)?))
+            Arc::new(idem_tls::danger::AnyServerName::new(webpki(roots)?))
         }
-        (Mode::Disable, _) | (Mode::Prefer | Mode::Require, None) => Arc::new(Unverified {
-            provider: provider.clone(),
-        }),
+        (Mode::Disable, _) | (Mode::Prefer | Mode::Require, None) => {
+            Arc::new(idem_tls::danger::AnyCertificate::new(provider.clone()))
+        }
     })
-}
-
-/// `verify-ca`: the chain must lead to a trusted root, whatever host the
-/// certificate names. (The chain is checked before the name, so a name
-/// error means the chain passed.)
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(e) if is_name_error(&e) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert`: encrypted, the
-/// certificate not checked (libpq's behaviour; it protects from passive
-/// eavesdropping only). The handshake's signatures are still verified.
-#[derive(Debug)]
-struct Unverified {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Whether `e` says the server's certificate was refused (rather than,
@@ -365,18 +265,6 @@ fn is_certificate_error(e: &rustls::Error) -> bool {
     matches!(
         e,
         rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
-    )
-}
-
-/// Whether the certificate was refused for naming another host (its chain
-/// was fine).
-fn is_name_error(e: &rustls::Error) -> bool {
-    matches!(
-        e,
-        rustls::Error::InvalidCertificate(
-            rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. }
-        )
     )
 }
 

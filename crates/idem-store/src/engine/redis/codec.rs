@@ -1,10 +1,9 @@
 //! Record hashes to records and back, key names, and the shard of a record.
 
+use crate::engine::codec::{self, key_from_stored, StableHash};
 use ::redis::Value;
 use bytes::Bytes;
-use idem_core::{
-    Fingerprint, IdempotencyKey, Record, RecordId, RecordState, Scope, StoredResponse, Timestamp,
-};
+use idem_core::{Fingerprint, Record, RecordId, RecordState, Scope, StoredResponse, Timestamp};
 use std::fmt;
 use std::sync::Arc;
 
@@ -26,20 +25,13 @@ impl fmt::Display for Corrupt {
 
 impl std::error::Error for Corrupt {}
 
-/// The shard of a record: FNV-1a over the length-prefixed scope and the
-/// key. Stable forever (it names keys), independent of the process.
+/// The shard of a record: the stable hash of the length-prefixed scope
+/// and the key. Stable forever (it names keys), independent of the process.
 pub(super) fn shard(id: &RecordId) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let scope = id.scope.as_str().as_bytes();
-    let len = (scope.len() as u64).to_le_bytes();
-    for b in len
-        .iter()
-        .chain(scope)
-        .chain(id.key.as_str().as_bytes().iter())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = StableHash::new()
+        .part(id.scope.as_str().as_bytes())
+        .tail(id.key.as_str().as_bytes())
+        .finish();
     (h % SHARDS as u64) as usize
 }
 
@@ -77,17 +69,7 @@ pub(super) fn id_from_record_key(prefix: &str, key: &[u8]) -> Result<RecordId, C
     }
     let (scope, rest) = rest.split_at(len);
     let stored = rest.strip_prefix(':').ok_or_else(damaged)?;
-    let mut quoted = String::with_capacity(stored.len() + 2);
-    quoted.push('"');
-    for c in stored.chars() {
-        if c == '"' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    let parsed = IdempotencyKey::parse(quoted.as_bytes())
-        .map_err(|e| Corrupt(format!("stored key {stored:?}: {e}")))?;
+    let parsed = key_from_stored(stored).map_err(Corrupt)?;
     Ok(RecordId {
         scope: Scope::from_stored(scope),
         key: parsed,
@@ -109,66 +91,17 @@ pub(super) fn channel(prefix: &str, shard: Option<usize>) -> String {
     }
 }
 
-/// Encodes headers as: a version byte, then per header a big-endian `u32`
-/// name length, the name, a `u32` value length, the value (the SQLite
-/// engine's format). An empty list is the empty string, which the scripts
-/// store as no field at all.
+/// The shared header encoding ([`crate::engine::codec::encode_headers`],
+/// the SQLite engine's format). An empty list is the empty string, which
+/// the scripts store as no field at all.
 pub(super) fn encode_headers(headers: &[(String, Bytes)]) -> Result<Vec<u8>, Corrupt> {
-    if headers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let size = 1 + headers
-        .iter()
-        .map(|(n, v)| 8 + n.len() + v.len())
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.push(1);
-    for (name, value) in headers {
-        for part in [name.as_bytes(), &value[..]] {
-            let len = u32::try_from(part.len())
-                .map_err(|_| Corrupt(format!("a header part of {} bytes", part.len())))?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    Ok(out)
+    codec::encode_headers(headers).map_err(Corrupt)
 }
 
 fn decode_headers(encoded: Option<Vec<u8>>) -> Result<Vec<(String, Bytes)>, Corrupt> {
-    let Some(encoded) = encoded else {
-        return Ok(Vec::new());
-    };
-    let buf = Bytes::from(encoded);
-    match buf.first() {
-        Some(1) if buf.len() > 1 => {}
-        Some(1) => return Err(Corrupt("an encoded header list without headers".into())),
-        Some(v) => return Err(Corrupt(format!("unknown header encoding version {v}"))),
-        None => return Err(Corrupt("empty header encoding".into())),
-    }
-    let mut at = 1;
-    let take = |at: &mut usize| -> Result<Bytes, Corrupt> {
-        let len_end = at
-            .checked_add(4)
-            .filter(|&e| e <= buf.len())
-            .ok_or_else(|| Corrupt("truncated header length".into()))?;
-        let len = u32::from_be_bytes(buf[*at..len_end].try_into().expect("4 bytes")) as usize;
-        let end = len_end
-            .checked_add(len)
-            .filter(|&e| e <= buf.len())
-            .ok_or_else(|| Corrupt("truncated header bytes".into()))?;
-        *at = end;
-        Ok(buf.slice(len_end..end))
-    };
-    let mut headers = Vec::new();
-    while at < buf.len() {
-        let name = take(&mut at)?;
-        let value = take(&mut at)?;
-        let name = std::str::from_utf8(&name)
-            .map_err(|_| Corrupt("a header name is not UTF-8".into()))?
-            .to_owned();
-        headers.push((name, value));
-    }
-    Ok(headers)
+    encoded.map_or(Ok(Vec::new()), |e| {
+        codec::decode_headers(e).map_err(Corrupt)
+    })
 }
 
 /// The fields of a record hash, as HGETALL returns them.
@@ -338,6 +271,7 @@ mod tests {
     fn shards_are_stable_and_spread() {
         // Key names depend on it: it must never change.
         assert_eq!(shard(&id("global", "k1")), shard(&id("global", "k1")));
+        assert_eq!(shard(&id("global", "k1")), 0xe8);
         let mut seen = [0usize; SHARDS];
         for i in 0..10_000 {
             seen[shard(&id("s", &format!("key-{i}")))] += 1;

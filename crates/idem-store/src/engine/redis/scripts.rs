@@ -77,6 +77,32 @@ local function announce(key, channel, cmd)
 end
 ";
 
+/// Shared by the writes that set a response (the owner's completion, an
+/// operator's write): stores the encoded headers `hdr` ('' for none) and
+/// the body (when `has_body` is '1'), deleting the fields they replace;
+/// then the key lives until the later of lease and tombstone plus `grace`
+/// (ms), and the due index scores it for state `st`.
+const PAYLOAD: &str = r"
+local function write_payload(key, index, now, st, lease, exp, tomb, hdr, has_body, body, grace)
+  local payload = false
+  if hdr ~= '' then
+    redis.call('HSET', key, 'hdr', hdr)
+    payload = true
+  else
+    redis.call('HDEL', key, 'hdr')
+  end
+  if has_body == '1' then
+    redis.call('HSET', key, 'body', body)
+    payload = true
+  else
+    redis.call('HDEL', key, 'body')
+  end
+  local horizon = math.max(lease, tomb)
+  redis.call('PEXPIRE', key, fmt(math.max(horizon - now, 0) + tonumber(grace)))
+  redis.call('ZADD', index, fmt(due(st, lease, exp, tomb, payload)), key)
+end
+";
+
 /// KEYS: record, due index.
 /// ARGV: clock ('' for the server's, else the caller's reading), fp
 /// version, fp digest, reclaim_unknown ('1'/'0'), attempt, and the
@@ -182,22 +208,7 @@ if f[1] ~= '1' or f[2] ~= ARGV[1] then return 0 end
 local now, lease = clock(ARGV[2]), tonumber(f[3])
 local exp, tomb = at(now, tonumber(ARGV[7])), at(now, tonumber(ARGV[8]))
 redis.call('HSET', KEYS[1], 'st', '2', 'hr', '1', 'status', ARGV[3], 'exp', fmt(exp), 'tomb', fmt(tomb))
-local payload = false
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'hdr', ARGV[4])
-  payload = true
-else
-  redis.call('HDEL', KEYS[1], 'hdr')
-end
-if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[1], 'body', ARGV[6])
-  payload = true
-else
-  redis.call('HDEL', KEYS[1], 'body')
-end
-local horizon = math.max(lease, tomb)
-redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[9])))
-redis.call('ZADD', KEYS[2], fmt(due(2, lease, exp, tomb, payload)), KEYS[1])
+write_payload(KEYS[1], KEYS[2], now, 2, lease, exp, tomb, ARGV[4], ARGV[5], ARGV[6], ARGV[9])
 announce(KEYS[1], ARGV[10], ARGV[11])
 return 1
 ";
@@ -308,22 +319,7 @@ if ARGV[13] ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'status')
 end
-local payload = false
-if ARGV[14] ~= '' then
-  redis.call('HSET', KEYS[1], 'hdr', ARGV[14])
-  payload = true
-else
-  redis.call('HDEL', KEYS[1], 'hdr')
-end
-if ARGV[15] == '1' then
-  redis.call('HSET', KEYS[1], 'body', ARGV[16])
-  payload = true
-else
-  redis.call('HDEL', KEYS[1], 'body')
-end
-local horizon = math.max(lease, tomb)
-redis.call('PEXPIRE', KEYS[1], fmt(math.max(horizon - now, 0) + tonumber(ARGV[17])))
-redis.call('ZADD', KEYS[2], fmt(due(st, lease, exp, tomb, payload)), KEYS[1])
+write_payload(KEYS[1], KEYS[2], now, st, lease, exp, tomb, ARGV[14], ARGV[15], ARGV[16], ARGV[17])
 announce(KEYS[1], ARGV[18], ARGV[19])
 redis.call('HDEL', KEYS[1], 'w')
 return 1
@@ -360,7 +356,7 @@ pub(super) struct Scripts {
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let with_helpers = |body: &str| Script::new(&format!("{DUE}{ANNOUNCE}{body}"));
+    let with_helpers = |body: &str| Script::new(&format!("{DUE}{ANNOUNCE}{PAYLOAD}{body}"));
     Scripts {
         claim: with_helpers(CLAIM),
         renew: with_helpers(RENEW),

@@ -27,7 +27,7 @@ impl Tls {
         let ca = match ca {
             None => None,
             Some(raw) => {
-                let path = super::super::percent_decode(&raw)
+                let path = idem_core::path::percent_decode(&raw)
                     .ok_or_else(|| format!("tls_ca={raw}: malformed %-escape"))?;
                 if !on {
                     return Err(format!(

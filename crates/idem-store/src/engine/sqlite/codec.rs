@@ -2,6 +2,8 @@
 //! the checks that turn a damaged row into an error instead of a wrong
 //! answer.
 
+pub(super) use crate::engine::codec::attempt_to_sql;
+use crate::engine::codec::{self, attempt_from_sql};
 use bytes::Bytes;
 use idem_core::{
     Fingerprint, IdempotencyKey, Record, RecordId, RecordState, StoredResponse, Timestamp,
@@ -28,21 +30,24 @@ macro_rules! sweep_columns {
 }
 
 /// What the writer's claim reads: [`sweep_columns!`], with the headers only
-/// when there is no body. A claim decides on the small columns alone; the
-/// payload of a replay is read afterwards by a reader (see `sqlite.rs`),
-/// so a large body never passes through the writer thread. Headers beside
-/// no body (a not-replayable response) are small and kept, so that record
-/// comes back whole.
+/// when there is no body, and then (columns 14 and 15) the payload as it is
+/// stored when it is small (16 KiB at most, headers and body). A claim
+/// decides on the small columns; a small payload is decoded only for a
+/// replay and comes back with the decision, so most replays cost the
+/// writer one row read. A larger payload is read afterwards by a reader
+/// (see `sqlite.rs`), so it never passes through the writer thread.
+/// `length()` of a blob reads the row's header, not the blob. Headers
+/// beside no body (a not-replayable response) are small and kept, so that
+/// record comes back whole.
 macro_rules! claim_columns {
     () => {
         "state, token, fp_version, fp_digest, lease_until, expires_at, \
          tombstone_until, claimed_at, has_response, status, \
-         CASE WHEN body IS NULL THEN headers END, body IS NOT NULL, attempt, holder"
+         CASE WHEN body IS NULL THEN headers END, body IS NOT NULL, attempt, holder, \
+         CASE WHEN length(body) + ifnull(length(headers), 0) <= 16384 THEN body END, \
+         CASE WHEN length(body) + ifnull(length(headers), 0) <= 16384 THEN headers END"
     };
 }
-
-/// The first byte of an encoded header list: the format's version.
-const HEADERS_V1: u8 = 1;
 
 /// A row this build cannot turn back into a record.
 #[derive(Debug)]
@@ -56,90 +61,24 @@ impl fmt::Display for Corrupt {
 
 impl std::error::Error for Corrupt {}
 
-/// Encodes headers as: a version byte, then per header a big-endian `u32`
-/// name length, the name, a `u32` value length, the value. Values are
-/// arbitrary bytes. An empty list is `None` (stored as NULL), which keeps
-/// tombstones out of the sweep's "has a payload" index.
+/// The shared header encoding ([`codec::encode_headers`]); an empty list
+/// is `None` (stored as NULL), which keeps tombstones out of the sweep's
+/// "has a payload" index.
 pub(super) fn encode_headers(headers: &[(String, Bytes)]) -> Result<Option<Vec<u8>>, Corrupt> {
-    if headers.is_empty() {
-        return Ok(None);
-    }
-    let size = 1 + headers
-        .iter()
-        .map(|(n, v)| 8 + n.len() + v.len())
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.push(HEADERS_V1);
-    for (name, value) in headers {
-        for part in [name.as_bytes(), &value[..]] {
-            let len = u32::try_from(part.len()).map_err(|_| {
-                Corrupt(format!(
-                    "a header part of {} bytes is over 4 GiB",
-                    part.len()
-                ))
-            })?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    Ok(Some(out))
+    let encoded = codec::encode_headers(headers).map_err(Corrupt)?;
+    Ok((!encoded.is_empty()).then_some(encoded))
 }
 
 /// The inverse of [`encode_headers`]. Values share `encoded`'s allocation.
 pub(super) fn decode_headers(encoded: Option<Vec<u8>>) -> Result<Vec<(String, Bytes)>, Corrupt> {
-    let Some(encoded) = encoded else {
-        return Ok(Vec::new());
-    };
-    let buf = Bytes::from(encoded);
-    match buf.first() {
-        Some(&HEADERS_V1) => {}
-        Some(v) => return Err(Corrupt(format!("unknown header encoding version {v}"))),
-        None => return Err(Corrupt("empty header encoding".into())),
-    }
-    if buf.len() == 1 {
-        // No headers is NULL, never an empty list: the sweep's index
-        // relies on it.
-        return Err(Corrupt("an encoded header list without headers".into()));
-    }
-    let mut at = 1;
-    let take = |at: &mut usize| -> Result<Bytes, Corrupt> {
-        let len_end = at.checked_add(4).filter(|&e| e <= buf.len());
-        let len_end = len_end.ok_or_else(|| Corrupt("truncated header length".into()))?;
-        let len = u32::from_be_bytes(buf[*at..len_end].try_into().expect("4 bytes")) as usize;
-        let end = len_end
-            .checked_add(len)
-            .filter(|&e| e <= buf.len())
-            .ok_or_else(|| Corrupt("truncated header bytes".into()))?;
-        *at = end;
-        Ok(buf.slice(len_end..end))
-    };
-    let mut headers = Vec::new();
-    while at < buf.len() {
-        let name = take(&mut at)?;
-        let value = take(&mut at)?;
-        let name = std::str::from_utf8(&name)
-            .map_err(|_| Corrupt("a header name is not UTF-8".into()))?
-            .to_owned();
-        headers.push((name, value));
-    }
-    Ok(headers)
+    encoded.map_or(Ok(Vec::new()), |e| {
+        codec::decode_headers(e).map_err(Corrupt)
+    })
 }
 
-/// A key from its stored form. Keys are stored unquoted, and a key may
-/// itself start with `"`, so it is re-quoted as a structured-field string
-/// before going through the one parser.
+/// A key from its stored form ([`codec::key_from_stored`]).
 pub(super) fn key_from_stored(stored: &str) -> Result<IdempotencyKey, Corrupt> {
-    let mut quoted = String::with_capacity(stored.len() + 2);
-    quoted.push('"');
-    for c in stored.chars() {
-        if c == '"' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    IdempotencyKey::parse(quoted.as_bytes())
-        .map_err(|e| Corrupt(format!("stored key {stored:?}: {e}")))
+    codec::key_from_stored(stored).map_err(Corrupt)
 }
 
 /// A token as SQLite stores it (a signed 64-bit integer).
@@ -149,17 +88,6 @@ pub(super) fn token_to_sql(token: u64) -> Result<i64, Corrupt> {
             "fencing token {token} does not fit a SQLite integer"
         ))
     })
-}
-
-/// An attempt nonce as SQLite stores it: the same 64 bits, as a signed
-/// integer.
-pub(super) fn attempt_to_sql(attempt: u64) -> i64 {
-    i64::from_be_bytes(attempt.to_be_bytes())
-}
-
-/// The inverse of [`attempt_to_sql`].
-pub(super) fn attempt_from_sql(stored: i64) -> u64 {
-    u64::from_be_bytes(stored.to_be_bytes())
 }
 
 /// How much of a record to read: everything, or everything but the body

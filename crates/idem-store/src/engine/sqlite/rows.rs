@@ -187,13 +187,43 @@ pub(super) const PAYLOAD_LOOKUP: &str = "SELECT headers, body FROM idem_records 
      WHERE scope = ?1 AND key = ?2 AND token = ?3 AND attempt = ?4 AND state = ?5 \
      AND fp_version = ?6 AND fp_digest = ?7 AND has_response AND body IS NOT NULL";
 
+/// A payload small enough to come back with the claim's decision, as
+/// stored (headers still encoded: decoded only for a replay).
+pub(super) struct SmallPayload {
+    headers: Option<Vec<u8>>,
+    body: Vec<u8>,
+}
+
+impl SmallPayload {
+    pub(super) fn decode(self) -> Result<Payload, Corrupt> {
+        Ok(Payload {
+            headers: codec::decode_headers(self.headers)?,
+            body: Bytes::from(self.body),
+        })
+    }
+}
+
 /// The record stored under `id` as the writer's claim reads it: the body
 /// only as a placeholder for "there is one", and no headers beside it
-/// ([`claim_columns!`]). Never written back as it is.
-pub(super) fn load_for_claim(conn: &Connection, id: &RecordId) -> Result<Option<Record>, RowError> {
+/// ([`claim_columns!`]); beside it, its payload when that is small. Never
+/// written back as it is.
+pub(super) fn load_for_claim(
+    conn: &Connection,
+    id: &RecordId,
+) -> Result<Option<(Record, Option<SmallPayload>)>, RowError> {
     let mut stmt = conn.prepare_cached(CLAIM_LOOKUP)?;
     stmt.query_row(params![id.scope.as_str(), id.key.as_str()], |row| {
-        Ok(codec::read_record(row, 0, id.clone(), Body::PresenceOnly)?)
+        let record = codec::read_record(row, 0, id.clone(), Body::PresenceOnly)?;
+        let small = row
+            .get::<_, Option<Vec<u8>>>(14)?
+            .map(|body| -> rusqlite::Result<SmallPayload> {
+                Ok(SmallPayload {
+                    headers: row.get(15)?,
+                    body,
+                })
+            })
+            .transpose()?;
+        Ok((record, small))
     })
     .optional()
     .map_err(RowError::from)

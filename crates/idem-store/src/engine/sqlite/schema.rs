@@ -1,7 +1,7 @@
 //! Opening connections: pragmas, the schema and its version.
 
 use super::{fail, SqliteOptions};
-use crate::StoreError;
+use crate::{SqliteSynchronous, StoreError};
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;
@@ -167,8 +167,8 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
     // FULL: the WAL is synced at every commit, so an acknowledged outcome
     // survives power loss, not only a crash of the process.
     let synchronous = match options.synchronous {
-        crate::SqliteSynchronous::Full => "FULL",
-        crate::SqliteSynchronous::Normal => {
+        SqliteSynchronous::Full => "FULL",
+        SqliteSynchronous::Normal => {
             tracing::warn!(
                 path = %shown,
                 "the SQLite store runs with synchronous=normal: power loss or an OS crash can lose acknowledged claims, and a retry may then execute again"
@@ -277,7 +277,7 @@ mod tests {
         drop(conn);
         // Asked for, the weaker sync: only at checkpoints.
         let options = SqliteOptions {
-            synchronous: crate::SqliteSynchronous::Normal,
+            synchronous: SqliteSynchronous::Normal,
             ..SqliteOptions::default()
         };
         let conn = open_writer(&dir.path().join("normal.db"), &options).unwrap();

@@ -19,6 +19,7 @@ use super::rows::{load, load_for_claim, persist, row_error, sweep_candidates};
 use super::{fail, Stats};
 use crate::engine::{apply_claim, apply_complete, apply_release, apply_renew, apply_unknown};
 use crate::{Claim, ClaimOutcome, Completion, StoreError, SweepReport, Write};
+use idem_core::decision::ExistingOutcome;
 use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
 use idem_core::{Record, RecordId, Timestamp};
 use rusqlite::Connection;
@@ -388,7 +389,11 @@ impl Writer {
     /// a replay. The body's presence is all the decision needs.
     fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let op = "claim";
-        let mut slot = load_for_claim(&self.conn, &claim.id).map_err(|e| row_error(op, e))?;
+        let (mut slot, small) = match load_for_claim(&self.conn, &claim.id) {
+            Ok(Some((record, small))) => (Some(record), small),
+            Ok(None) => (None, None),
+            Err(e) => return Err(row_error(op, e)),
+        };
         let mut outcome = apply_claim(&mut slot, claim);
         if let ClaimOutcome::Claimed { .. } = outcome {
             if slot.as_ref().is_some_and(|r| r.response.is_some()) {
@@ -404,12 +409,22 @@ impl Writer {
             ClaimOutcome::Claimed { .. } => {
                 persist(&self.conn, &claim.id, slot.as_ref()).map_err(|e| row_error(op, e))?;
             }
-            ClaimOutcome::Existing { record, .. } => {
+            ClaimOutcome::Existing { outcome, record } => {
                 if let Some(response) = &mut record.response {
                     // The placeholder (or, after the fallback above, the
-                    // body) is not part of the answer: a replay's body is
-                    // read by the store, from the committed row.
+                    // body) is not part of the answer. A replay carries its
+                    // payload when it was small enough to come with the
+                    // row; otherwise the store reads it from the committed
+                    // row. A damaged payload fails only a replay.
                     response.body = None;
+                    if let (true, Some(small)) = (matches!(outcome, ExistingOutcome::Replay), small)
+                    {
+                        let payload = small
+                            .decode()
+                            .map_err(|e| row_error(op, RowError::Corrupt(e)))?;
+                        response.headers = payload.headers;
+                        response.body = Some(payload.body);
+                    }
                 }
             }
         }

@@ -1,18 +1,18 @@
 //! What to attack and how: one [`Endpoint`] per API operation, and the
 //! [`AuditOptions`] of a whole run.
 
-use crate::scenario::ScenarioId;
+use crate::field::{CountField, FieldPath};
+use crate::outcome::{ScenarioId, Severity};
+use crate::tls::TlsSettings;
 use bytes::Bytes;
 use http::Method;
 use idem_math::{Rate, Volume};
 use std::time::Duration;
 use url::Url;
 
-pub use idem_soak::CountField;
-
 /// The largest burst: each request holds a connection (a file descriptor
 /// on both sides) until the release.
-pub const MAX_BURST: u32 = 1000;
+pub(crate) const MAX_BURST: u32 = 1000;
 
 /// One operation to attack, with everything its scenarios need.
 ///
@@ -356,10 +356,10 @@ pub struct AuditOptions {
     /// Keep credentials in reports (default: redacted).
     pub show_secrets: bool,
     /// How `https://` targets are verified.
-    pub tls: crate::TlsSettings,
+    pub tls: TlsSettings,
     /// The least severity that fails the run (default medium); failures
     /// below it are reported as warnings.
-    pub fail_on: crate::Severity,
+    pub fail_on: Severity,
 }
 
 impl AuditOptions {
@@ -371,136 +371,15 @@ impl AuditOptions {
             volume: None,
             ambiguous_rate: Rate::new(0.001).unwrap_or_else(|| unreachable!("0.1% is a rate")),
             show_secrets: false,
-            tls: crate::TlsSettings::default(),
+            tls: TlsSettings::default(),
             fail_on: crate::outcome::default_fail_on(),
         }
-    }
-}
-
-/// A JSON path into a body: field names separated by dots, an optional
-/// leading `$.`, and array indices as numbers or `[n]`
-/// (`data.items[0].id`, `data.items.0.id`).
-///
-/// ```
-/// use idem_audit::FieldPath;
-/// let path: FieldPath = "$.data.items[1].id".parse().unwrap();
-/// let body = serde_json::json!({"data": {"items": [{"id": "a"}, {"id": "b"}]}});
-/// assert_eq!(path.find(&body), Some(&serde_json::json!("b")));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPath {
-    text: String,
-    segments: Vec<String>,
-}
-
-impl FieldPath {
-    /// The value at the path, if present.
-    pub fn find<'a>(&self, body: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
-        let mut at = body;
-        for segment in &self.segments {
-            at = match at {
-                serde_json::Value::Object(map) => map.get(segment)?,
-                serde_json::Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
-                _ => return None,
-            };
-        }
-        Some(at)
-    }
-}
-
-impl FieldPath {
-    /// Drops the value at the path, if present (an array element becomes
-    /// `null`, so the others keep their places).
-    pub fn remove(&self, body: &mut serde_json::Value) {
-        let Some((last, parents)) = self.segments.split_last() else {
-            return;
-        };
-        let mut at = body;
-        for segment in parents {
-            let next = match at {
-                serde_json::Value::Object(map) => map.get_mut(segment),
-                serde_json::Value::Array(items) => {
-                    segment.parse::<usize>().ok().and_then(|i| items.get_mut(i))
-                }
-                _ => None,
-            };
-            match next {
-                Some(next) => at = next,
-                None => return,
-            }
-        }
-        match at {
-            serde_json::Value::Object(map) => {
-                map.remove(last);
-            }
-            serde_json::Value::Array(items) => {
-                if let Some(item) = last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                    *item = serde_json::Value::Null;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-impl std::fmt::Display for FieldPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-/// A field path that cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a field path; write field names separated by dots, e.g. id or data.payment.id (array elements as items[0] or items.0)")]
-pub struct FieldPathError(String);
-
-impl std::str::FromStr for FieldPath {
-    type Err = FieldPathError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let text = s.trim();
-        let rest = text
-            .strip_prefix("$.")
-            .or_else(|| text.strip_prefix('$'))
-            .unwrap_or(text);
-        let normalised = rest.replace('[', ".").replace(']', "");
-        let segments: Vec<String> = normalised.split('.').map(str::to_owned).collect();
-        if rest.is_empty() || segments.iter().any(|s| s.is_empty()) {
-            return Err(FieldPathError(s.to_owned()));
-        }
-        Ok(FieldPath {
-            text: text.to_owned(),
-            segments,
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn field_paths() {
-        let body = json!({"id": "pay_1", "a": [{"b": 2}]});
-        for (path, want) in [
-            ("id", json!("pay_1")),
-            ("$.a[0].b", json!(2)),
-            ("a.0.b", json!(2)),
-        ] {
-            let p: FieldPath = path.parse().unwrap();
-            assert_eq!(p.find(&body), Some(&want), "{path}");
-        }
-        assert_eq!("missing".parse::<FieldPath>().unwrap().find(&body), None);
-        let mut trimmed = body.clone();
-        "a[0].b".parse::<FieldPath>().unwrap().remove(&mut trimmed);
-        "id".parse::<FieldPath>().unwrap().remove(&mut trimmed);
-        "no.such".parse::<FieldPath>().unwrap().remove(&mut trimmed);
-        assert_eq!(trimmed, json!({"a": [{}]}));
-        for bad in ["", "$.", "a..b", "a.", "$"] {
-            assert!(bad.parse::<FieldPath>().is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn validation_names_the_field() {

@@ -1,6 +1,5 @@
 //! Wake-ups across gateways for requests that wait on a key in flight
-//! (`in_flight = wait`), shared by the PostgreSQL and Redis engines (the
-//! Redis engine includes this file too).
+//! (`in_flight = wait`), shared by the PostgreSQL and Redis engines.
 //!
 //! One subscriber task per store (LISTEN on PostgreSQL, pub/sub on Redis),
 //! started by the first wait, feeds a registry of the records that local
@@ -186,9 +185,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The next pause before reconnecting.
-pub(crate) fn backoff(current: Duration) -> Duration {
-    (current * 2).min(RECONNECT_MAX)
+/// The pauses before each reconnection attempt: [`RECONNECT_MIN`], doubled
+/// on each failure up to [`RECONNECT_MAX`]. A subscriber starts afresh
+/// after a connection that worked.
+pub(crate) struct ReconnectPauses(backon::ExponentialBackoff);
+
+impl ReconnectPauses {
+    pub(crate) fn new() -> Self {
+        use backon::BackoffBuilder as _;
+        ReconnectPauses(
+            backon::ExponentialBuilder::new()
+                .with_min_delay(RECONNECT_MIN)
+                .with_max_delay(RECONNECT_MAX)
+                .without_max_times()
+                .build(),
+        )
+    }
+
+    /// The next pause.
+    pub(crate) fn next_pause(&mut self) -> Duration {
+        self.0.next().unwrap_or(RECONNECT_MAX)
+    }
 }
 
 #[cfg(test)]
@@ -235,7 +252,17 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        assert_eq!(backoff(RECONNECT_MIN), RECONNECT_MIN * 2);
-        assert_eq!(backoff(RECONNECT_MAX), RECONNECT_MAX);
+        let mut pauses = ReconnectPauses::new();
+        let mut expected = RECONNECT_MIN;
+        for _ in 0..8 {
+            // backon multiplies by an f32 factor: within a microsecond.
+            let pause = pauses.next_pause();
+            assert!(
+                pause.abs_diff(expected) < Duration::from_micros(1),
+                "{pause:?}, expected {expected:?}"
+            );
+            expected = (expected * 2).min(RECONNECT_MAX);
+        }
+        assert_eq!(expected, RECONNECT_MAX);
     }
 }

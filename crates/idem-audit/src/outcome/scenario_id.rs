@@ -1,7 +1,7 @@
 //! The scenarios' stable ids: what scripts pass to `--scenarios` and find
 //! in every report.
 
-use crate::outcome::Severity;
+use super::severity::Severity;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
