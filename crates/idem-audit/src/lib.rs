@@ -92,8 +92,8 @@ pub enum AuditError {
         error: OracleError,
     },
     /// The TLS settings cannot be used (a `--cacert` file, say).
-    #[error("{0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] idem_tls::TlsFileError),
     /// An in-process app could not be served on 127.0.0.1.
     #[error("cannot serve the app on 127.0.0.1: {0}")]
     Serve(#[source] std::io::Error),
@@ -139,7 +139,7 @@ pub async fn audit(
             problem,
         })?;
     }
-    let tls = tls::Tls::new(&options.tls).map_err(AuditError::Tls)?;
+    let tls = tls::Tls::new(&options.tls)?;
     let client_for = |endpoint: &Endpoint| http::Client {
         connect_timeout: Duration::from_secs(5).min(endpoint.timeout),
         response_timeout: endpoint.timeout,

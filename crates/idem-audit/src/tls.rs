@@ -28,11 +28,11 @@ pub(crate) struct Tls {
 
 impl Tls {
     /// Builds the configuration; errors name the flag.
-    pub(crate) fn new(settings: &TlsSettings) -> Result<Tls, String> {
+    pub(crate) fn new(settings: &TlsSettings) -> Result<Tls, idem_tls::TlsFileError> {
         let provider = idem_tls::provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(|e| idem_tls::TlsFileError::new("tls", format!("TLS: {e}")))?;
         let mut config = if settings.insecure {
             builder
                 .dangerous()
@@ -42,12 +42,12 @@ impl Tls {
                 .with_no_client_auth()
         } else {
             // Each --cacert adds to Mozilla's roots.
-            let mut roots = idem_tls::roots(None).map_err(|e| e.to_string())?;
+            let mut roots = idem_tls::roots(None)?;
             for path in &settings.ca_certs {
-                for cert in idem_tls::read_certs("--cacert", path).map_err(|e| e.to_string())? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+                for cert in idem_tls::read_certs("--cacert", path)? {
+                    roots.add(cert).map_err(|e| {
+                        idem_tls::TlsFileError::new("--cacert", format!("{}: {e}", path.display()))
+                    })?;
                 }
             }
             builder.with_root_certificates(roots).with_no_client_auth()

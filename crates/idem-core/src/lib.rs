@@ -11,6 +11,7 @@
 //! assert_eq!(key.as_str(), "order-42");
 //! ```
 
+pub mod causes;
 pub mod count;
 pub mod decision;
 pub mod fingerprint;

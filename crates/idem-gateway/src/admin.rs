@@ -49,12 +49,7 @@ async fn ping(store: &dyn Store) -> Option<String> {
     match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
         Ok(Ok(())) => None,
         // What failed and why: the error, then its causes.
-        Ok(Err(e)) => Some(
-            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(": "),
-        ),
+        Ok(Err(e)) => Some(idem_core::causes::Causes(&e).to_string()),
         Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
     }
 }

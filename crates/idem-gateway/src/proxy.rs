@@ -274,7 +274,8 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
                 // Refused, unreachable, DNS, a TLS handshake that failed:
                 // nothing reached the upstream.
                 Err(e) if e.is_connect() || never_sent(&e) => {
-                    let reason = with_causes(&e);
+                    // hyper's own message ("client error (Connect)") does not say why.
+                    let reason = idem_core::causes::Causes(&e).to_string();
                     tracing::warn!(%reason, "upstream not reached; nothing was executed");
                     Err(Box::new(NotExecuted::new(reason)) as BoxError)
                 }
@@ -282,22 +283,6 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
             }
         })
     }
-}
-
-/// `e` and its causes, joined: hyper's own message ("client error
-/// (Connect)") does not say why.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let next = c.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// Whether the request never reached the upstream's application although

@@ -1298,6 +1298,27 @@ async fn admin_serves_health_and_request_metrics() {
     }
 }
 
+/// The SQLite writer commits operations in batches; /metrics shows their
+/// sizes, so an operator can tell group commit at work from one commit per
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_metrics_show_the_sqlite_commit_batch_sizes() {
+    let (_up, gw) = setup_on(Engine::Sqlite, config()).await;
+    let answer = gw.send(Req::post("/charges").key("batch-metrics-1")).await;
+    assert_eq!(answer.status, 201);
+    let text = gw.admin_get("/metrics").await.text();
+    let line = "idem_store_batch_size_count{engine=\"sqlite\"}";
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .unwrap_or_else(|| panic!("missing {line} in\n{text}"));
+    let count: f64 = count.trim().parse().expect("a count");
+    assert!(
+        count >= 2.0,
+        "the claim and the completion were committed: {count}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 20. Graceful shutdown
 // ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method};
 use idem_client::{ResponseExt, RetryPolicy};
+use idem_core::causes::Causes;
 use idem_core::count::{CountError, CountField};
 use reqwest::Url;
 use std::collections::BTreeMap;
@@ -164,7 +165,7 @@ pub async fn read_count(
         .timeout(COUNT_TIMEOUT)
         .send()
         .await
-        .map_err(|e| fail(format!("cannot read the count: {}", error_chain(&e))))?;
+        .map_err(|e| fail(format!("cannot read the count: {}", Causes(&e))))?;
     let status = response.status();
     if !status.is_success() {
         return Err(fail(format!(
@@ -174,7 +175,7 @@ pub async fn read_count(
     let body = response
         .bytes()
         .await
-        .map_err(|e| fail(format!("the body broke off: {}", error_chain(&e))))?;
+        .map_err(|e| fail(format!("the body broke off: {}", Causes(&e))))?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         fail(format!(
             "the body is not JSON ({e}): {}",
@@ -187,17 +188,6 @@ pub async fn read_count(
             url: url.to_string(),
             source,
         })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// One logical operation through the retrying client.
@@ -237,7 +227,7 @@ async fn operation(
             reason, attempts, ..
         }) => (Ended::Failed(format!("no response ({reason})")), attempts),
         Err(e) => {
-            tracing::debug!(error = %error_chain(&e), "operation failed");
+            tracing::debug!(error = %Causes(&e), "operation failed");
             (
                 Ended::Failed("request error".to_owned()),
                 e.attempts().max(1),

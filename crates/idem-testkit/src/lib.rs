@@ -117,14 +117,7 @@ pub fn unavailable(server: &str, why: &str, start: &str) {
 /// message shows (errors such as `StoreError` and tokio-postgres's keep the
 /// cause out of their Display).
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    idem_core::causes::Causes(e).to_string()
 }
 
 /// Polls `check` every 10 ms until it holds, failing after `within`.

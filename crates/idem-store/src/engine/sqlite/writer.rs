@@ -321,6 +321,9 @@ impl Writer {
             .and_then(|mut s| s.execute([]));
         match commit {
             Ok(_) => {
+                // How much group commit gathers: operations per commit.
+                metrics::histogram!("idem_store_batch_size", "engine" => "sqlite")
+                    .record(done.len() as f64);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .operations
