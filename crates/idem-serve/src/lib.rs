@@ -51,7 +51,8 @@ pub async fn accept(
                 return Some((stream, peer));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // The address tells which listener (main or admin) it was.
+                tracing::warn!(error = %e, addr = ?listener.local_addr().ok(), "accept failed");
                 tokio::select! {
                     () = stop.cancelled() => return None,
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
