@@ -247,30 +247,7 @@ async fn one_batch_with_many_claims_of_one_key_has_one_winner() {
         ..Default::default()
     };
     let store = Arc::new(TempStore::new(options));
-    let k = id("hot");
-    let barrier = Arc::new(tokio::sync::Barrier::new(64));
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let (store, barrier, k) = (store.clone(), barrier.clone(), k.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.claim(claim(&k, T0)).await.unwrap()
-            })
-        })
-        .collect();
-    let mut winners = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            ClaimOutcome::Claimed { .. } => winners += 1,
-            ClaimOutcome::Existing { outcome, .. } => {
-                assert!(
-                    matches!(outcome, ExistingOutcome::InProgress { .. }),
-                    "{outcome:?}"
-                )
-            }
-        }
-    }
-    assert_eq!(winners, 1);
+    support::one_claim_wins_each_race(std::slice::from_ref(&store), "hot", 1, 64).await;
     assert!(
         store.store.commit_count() < 64,
         "commits: {}",

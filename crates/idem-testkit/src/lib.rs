@@ -260,10 +260,9 @@ impl Proxy {
         let rx = mode.subscribe();
         let accept = tokio::spawn(async move {
             let mut connections = JoinSet::new();
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
+            // Until the test drops the proxy (which aborts this task).
+            let forever = tokio_util::sync::CancellationToken::new();
+            while let Some((client, _)) = idem_serve::accept(&listener, &forever).await {
                 connections.spawn(relay(client, upstream, rx.clone()));
                 while connections.try_join_next().is_some() {}
             }

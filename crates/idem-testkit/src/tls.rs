@@ -186,10 +186,9 @@ impl TlsFront {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
+            // Until the test's runtime ends.
+            let forever = tokio_util::sync::CancellationToken::new();
+            while let Some((tcp, _)) = idem_serve::accept(&listener, &forever).await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     // A refused handshake just ends the connection: the

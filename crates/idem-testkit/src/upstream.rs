@@ -318,10 +318,9 @@ where
     let addr = listener.local_addr().unwrap();
     let handle = Arc::new(handle);
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+        // Until the test's runtime ends.
+        let forever = tokio_util::sync::CancellationToken::new();
+        while let Some((stream, _)) = idem_serve::accept(&listener, &forever).await {
             let handle = handle.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| handle(req));
