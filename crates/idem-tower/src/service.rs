@@ -465,8 +465,8 @@ async fn claim_and_answer<S: Inner<B>, B: ClientBody>(
         InFlightMode::Wait(bound) => Some(crate::clock::deadline_after(bound)),
         InFlightMode::Reject => None,
     };
-    let mut polls =
-        crate::clock::Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
+    // Made on the first wait only: most keyed requests never poll.
+    let mut polls = None;
     // One attempt nonce for every claim this request makes: a repeat of a
     // claim whose reply was lost is then recognised as its own.
     let mut attempt = None;
@@ -541,9 +541,17 @@ async fn claim_and_answer<S: Inner<B>, B: ClientBody>(
             ExistingOutcome::InProgress { .. } => match deadline {
                 Some(deadline) if TokioInstant::now() < deadline => {
                     let remaining = deadline.saturating_duration_since(TokioInstant::now());
+                    let pause = polls
+                        .get_or_insert_with(|| {
+                            crate::clock::Backoff::new(
+                                Duration::from_millis(10),
+                                Duration::from_millis(200),
+                            )
+                        })
+                        .next_pause();
                     shared
                         .waiters
-                        .wait(&*shared.store, &id, polls.next_pause().min(remaining))
+                        .wait(&*shared.store, &id, pause.min(remaining))
                         .await;
                     continue;
                 }
