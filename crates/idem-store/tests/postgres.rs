@@ -798,3 +798,38 @@ async fn batched_claims_and_completions_answer_each_request_right() {
         );
     }
 }
+
+/// Under light load group commit costs nothing: a claim or completion
+/// that finds no statement of its kind in flight is decided alone at once,
+/// as one statement with its cached plan, not queued and planned as a
+/// batch of one.
+#[tokio::test]
+async fn a_lone_request_is_decided_alone_not_as_a_batch() {
+    if !server_up().await {
+        return;
+    }
+    let schema = Schema::new();
+    let store = PostgresStore::open(&url(), options(&schema.0))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let k = id(&format!("alone-{i}"));
+        let token = must_claim(&store, claim(&k, T0)).await;
+        let written = store
+            .complete(
+                &k,
+                token,
+                Completion::new(response(b"alone"), T0, &retention()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(written, Write::Written);
+        let (outcome, _) = support::existing(&store, claim(&k, T0)).await;
+        assert_eq!(outcome, ExistingOutcome::Replay);
+    }
+    assert_eq!(
+        store.batch_stats(),
+        Some((0, 0)),
+        "no batch statement was sent for requests that came one at a time"
+    );
+}

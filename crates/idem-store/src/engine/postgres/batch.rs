@@ -6,10 +6,22 @@
 //! spent most of the database's CPU on per-statement overhead and the
 //! context switches of many backends.
 //!
-//! A gathering task per kind takes what is queued (up to [`MAX_BATCH`])
-//! as soon as the kind's previous batch has answered ([`BATCHES_IN_FLIGHT`]): under light load
-//! a batch is one request and leaves at once (no timer), under heavy load
-//! requests queue while the slots are busy and leave together.
+//! Per kind, [`BATCHES_IN_FLIGHT`] statements may be in flight at once,
+//! each holding a slot. A request that finds a slot free takes it and is
+//! decided alone, as one statement with its cached plan: under light load
+//! batching costs nothing. One that finds every slot taken queues; a
+//! gathering task waits for a slot, then sends what queued meanwhile (up
+//! to [`MAX_BATCH`]) as one statement, or hands a lone request back to its
+//! caller with the slot. Nothing waits on a timer.
+//!
+//! The batch statements run on connections of their own, with
+//! `plan_cache_mode = force_custom_plan`: each execution is planned for its
+//! arrays and the table as it is now. With PostgreSQL's default a batch
+//! statement switched to a generic plan after five executions, made while
+//! the table was small, and a sustained run then fell below one statement
+//! per request (docs/benchmarks.md). The single statements keep their
+//! cached plans on the store's own pool, where planning would be the
+//! larger cost.
 //!
 //! What a batch cannot answer it hands back to the caller, which decides
 //! alone, as without batching: a second claim of a record already in the
@@ -19,10 +31,7 @@
 //! exactly as a failed single statement would: the claim or completion may
 //! have committed, and the caller settles it as it settles any lost reply.
 //!
-//! Off by default ([`super::PostgresOptions::group_commit`]): over a
-//! sustained run the batch statements' cached plans, made while the table
-//! was small, turn them slower than one statement per request. Known
-//! limit, measured in docs/benchmarks.md.
+//! On by default ([`super::PostgresOptions::group_commit`]).
 
 use super::rows::{self, read_record, Body, RowError};
 use super::{at_store_time, fail, BoxFuture, Connections, ENGINE};
@@ -33,17 +42,19 @@ use idem_core::RecordId;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Most requests in one statement.
 pub(super) const MAX_BATCH: usize = 64;
 
-/// Batches of one kind running at once (each on its own connection). One:
-/// measured on two cores, four batches at once carried about two requests
-/// each and lost to one statement per request, while one at a time fills
-/// batches of about fifteen at 32 connections and gains up to 1.5× at 128
-/// and more (docs/benchmarks.md).
-pub(super) const BATCHES_IN_FLIGHT: usize = 1;
+/// Statements of one kind in flight at once: batches and lone requests,
+/// each on a connection of its own. Two: measured on two cores over
+/// sustained runs, one at a time lost a fifth of one statement per request
+/// at 8 concurrent requests, two lose a tenth there and gain 1.3× at 32
+/// and 2.5× at 128; four batches at once (before lone requests took slots)
+/// carried about two requests each and lost at every load
+/// (docs/benchmarks.md).
+pub(super) const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Requests queued for a batch; past it a request runs alone.
 const QUEUE: usize = 4096;
@@ -53,11 +64,18 @@ const QUEUE: usize = 4096;
 pub(super) struct Batches {
     claims: mpsc::Sender<ClaimJob>,
     completions: mpsc::Sender<CompletionJob>,
+    /// Per kind, the statements in flight at once: a batch or a lone
+    /// request holds one.
+    claim_slots: Arc<Semaphore>,
+    completion_slots: Arc<Semaphore>,
     stats: Arc<BatchStats>,
     /// A request's bound, queueing included: past it the caller is
     /// answered with an error (as for a lost reply) and its batch, if it
     /// has not left yet, leaves it out.
     bound: std::time::Duration,
+    /// What the batches run on, for tests to look at their settings.
+    #[cfg(test)]
+    pub(super) connections: Connections,
 }
 
 /// Counts of what the batches carried, for tests and benchmarks.
@@ -71,7 +89,25 @@ pub(super) struct BatchStats {
 
 /// What a batch answers for one request: the answer, or the request back
 /// for the caller to decide alone.
-type Answer<T, R> = Result<Result<T, R>, StoreError>;
+type Answer<T, R> = Result<Result<T, Alone<R>>, StoreError>;
+
+/// A request handed back to be decided alone as one statement, with its
+/// kind's slot when it took it: while the caller holds the slot no batch
+/// of the kind leaves, so what arrives meanwhile queues and leaves
+/// together once it is done.
+pub(super) struct Alone<R> {
+    pub(super) request: R,
+    pub(super) slot: Option<OwnedSemaphorePermit>,
+}
+
+impl<R> Alone<R> {
+    fn without_slot(request: R) -> Self {
+        Alone {
+            request,
+            slot: None,
+        }
+    }
+}
 
 struct ClaimJob {
     claim: Claim,
@@ -98,24 +134,53 @@ struct Completing {
 }
 
 impl Batches {
-    /// Starts the gathering tasks (on the current Tokio runtime).
+    /// Starts the gathering tasks (on the current Tokio runtime), which
+    /// send their batches on `connections` (see the module's doc for how
+    /// those differ from the store's own).
     pub(super) fn start(connections: Connections) -> Self {
         let stats = Arc::new(BatchStats::default());
         let bound = connections.operation_timeout;
+        let claim_slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let (claims, queued) = mpsc::channel(QUEUE);
         tokio::spawn(gather(
             queued,
             connections.clone(),
+            claim_slots.clone(),
             stats.clone(),
             run_claims,
+            |job: ClaimJob, slot| {
+                let alone = Alone {
+                    request: job.claim,
+                    slot: Some(slot),
+                };
+                drop(job.reply.send(Ok(Err(alone))));
+            },
         ));
+        let completion_slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let (completions, queued) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(queued, connections, stats.clone(), run_completions));
+        tokio::spawn(gather(
+            queued,
+            connections.clone(),
+            completion_slots.clone(),
+            stats.clone(),
+            run_completions,
+            |job: CompletionJob, slot| {
+                let alone = Alone {
+                    request: job.completion,
+                    slot: Some(slot),
+                };
+                drop(job.reply.send(Ok(Err(alone))));
+            },
+        ));
         Batches {
             claims,
             completions,
+            claim_slots,
+            completion_slots,
             stats,
             bound,
+            #[cfg(test)]
+            connections,
         }
     }
 
@@ -127,26 +192,34 @@ impl Batches {
         )
     }
 
-    /// The claim decided in a batch, or handed back (`Ok(Err(claim))`) to
-    /// be decided alone.
+    /// The claim decided in a batch, or handed back (`Ok(Err(alone))`) to
+    /// be decided alone: at once, with the slot, when no claim statement
+    /// is in flight (under light load batching costs nothing).
     pub(super) async fn claim(
         &self,
         claim: Claim,
         clock: Option<i64>,
     ) -> Answer<ClaimOutcome, Claim> {
+        if let Ok(slot) = self.claim_slots.clone().try_acquire_owned() {
+            return Ok(Err(Alone {
+                request: claim,
+                slot: Some(slot),
+            }));
+        }
         let (reply, answer) = oneshot::channel();
         if let Err(e) = self.claims.try_send(ClaimJob {
             claim,
             clock,
             reply,
         }) {
-            return Ok(Err(e.into_inner().claim));
+            return Ok(Err(Alone::without_slot(e.into_inner().claim)));
         }
         within(self.bound, "claim", answer).await
     }
 
     /// The completion written (or fenced) in a batch, or handed back
-    /// (`Ok(Err(completion))`) to be written alone.
+    /// (`Ok(Err(alone))`) to be written alone: at once, with the slot,
+    /// when no completion statement is in flight.
     pub(super) async fn complete(
         &self,
         id: RecordId,
@@ -155,6 +228,12 @@ impl Batches {
         clock: Option<i64>,
         announcement: String,
     ) -> Answer<Write, Completion> {
+        if let Ok(slot) = self.completion_slots.clone().try_acquire_owned() {
+            return Ok(Err(Alone {
+                request: completion,
+                slot: Some(slot),
+            }));
+        }
         let (reply, answer) = oneshot::channel();
         let job = CompletionJob {
             id,
@@ -165,7 +244,7 @@ impl Batches {
             reply,
         };
         if let Err(e) = self.completions.try_send(job) {
-            return Ok(Err(e.into_inner().completion));
+            return Ok(Err(Alone::without_slot(e.into_inner().completion)));
         }
         within(self.bound, "complete", answer).await
     }
@@ -185,18 +264,25 @@ async fn within<T, R>(
     }
 }
 
-/// Takes queued jobs in batches, each run by `run` once a slot is free.
+/// Connections the batches run on, beside the store's own pool (where lone
+/// requests run): one per batch in flight of each kind.
+pub(super) const BATCH_CONNECTIONS: usize = 2 * BATCHES_IN_FLIGHT;
+
+/// Takes queued jobs in batches, each run by `run` once one of `slots` is
+/// free; a job that found nothing queued beside it goes back to its caller
+/// through `alone`, with the slot.
 async fn gather<J, F, Fut>(
     mut queued: mpsc::Receiver<J>,
     connections: Connections,
+    slots: Arc<Semaphore>,
     stats: Arc<BatchStats>,
     run: F,
+    alone: fn(J, OwnedSemaphorePermit),
 ) where
     J: Send + 'static,
     F: Fn(Connections, Vec<J>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = queued.recv().await {
         // Waiting for a slot is what lets a batch fill under load.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -209,6 +295,14 @@ async fn gather<J, F, Fut>(
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        if batch.len() == 1 {
+            // Planning a batch statement for one request costs more than
+            // the single statement's cached plan.
+            if let Some(job) = batch.pop() {
+                alone(job, slot);
+            }
+            continue;
         }
         stats.statements.fetch_add(1, Ordering::Relaxed);
         stats
@@ -266,7 +360,7 @@ fn run_claims(connections: Connections, jobs: Vec<ClaimJob>) -> BoxFuture<'stati
         match result {
             Ok((decided, claims)) => {
                 for ((reply, outcome), (claim, _)) in replies.into_iter().zip(decided).zip(claims) {
-                    let _ = reply.send(Ok(outcome.ok_or(claim)));
+                    let _ = reply.send(Ok(outcome.ok_or(Alone::without_slot(claim))));
                 }
             }
             Err(e) => {
@@ -277,7 +371,7 @@ fn run_claims(connections: Connections, jobs: Vec<ClaimJob>) -> BoxFuture<'stati
         }
         // After the batch answered, so they see its rows.
         for job in again {
-            let _ = job.reply.send(Ok(Err(job.claim)));
+            let _ = job.reply.send(Ok(Err(Alone::without_slot(job.claim))));
         }
     })
 }
@@ -412,7 +506,7 @@ fn run_completions(connections: Connections, jobs: Vec<CompletionJob>) -> BoxFut
             }
         }
         for job in again {
-            let _ = job.reply.send(Ok(Err(job.completion)));
+            let _ = job.reply.send(Ok(Err(Alone::without_slot(job.completion))));
         }
     })
 }

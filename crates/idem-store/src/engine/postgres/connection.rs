@@ -78,11 +78,12 @@ impl PostgresStore {
         }
         let statement_ms = options.statement_timeout.as_millis().max(1);
         let mut server_options = config.get_options().unwrap_or_default().to_owned();
-        // Plans are left to PostgreSQL (`plan_cache_mode = auto`): forcing
-        // generic plans saved the batch statements' planning, but a plan
-        // made on a connection's first statement against a still-empty
-        // table stays that connection's plan, and throughput then fell by
-        // half as the table grew (docs/benchmarks.md).
+        // The store's own statements leave plans to PostgreSQL
+        // (`plan_cache_mode = auto`): forcing generic plans saved planning,
+        // but a plan made against a still-empty table stays the
+        // connection's plan, and throughput fell by half as the table grew
+        // (docs/benchmarks.md). The batches' connections force custom
+        // plans instead (below).
         server_options.push_str(&format!(
             " -c statement_timeout={statement_ms} -c lock_timeout={statement_ms} \
              -c idle_in_transaction_session_timeout={}",
@@ -99,25 +100,42 @@ impl PostgresStore {
         }
         config.options(server_options.trim_start());
         let namespace = options.schema.clone().unwrap_or_default();
-        let manager = Manager::from_connect(
-            config.clone(),
-            connector.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.operation_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .build()
-            .map_err(|e| fail("open", format!("cannot build the connection pool: {e}")))?;
-        let connections = Connections::new(pool, connector, options.operation_timeout);
-        let batches = options
-            .group_commit
-            .then(|| batch::Batches::start(connections.clone()));
+        let pool = |config: tokio_postgres::Config, size: usize| {
+            let manager = Manager::from_connect(
+                config,
+                connector.clone(),
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            let pool = Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(options.operation_timeout))
+                .create_timeout(Some(options.connect_timeout))
+                .recycle_timeout(Some(options.connect_timeout))
+                .build()
+                .map_err(|e| fail("open", format!("cannot build the connection pool: {e}")))?;
+            Ok::<_, StoreError>(Connections::new(
+                pool,
+                connector.clone(),
+                options.operation_timeout,
+            ))
+        };
+        let connections = pool(config.clone(), options.pool_size.max(1))?;
+        let batches = if options.group_commit {
+            // Each batch statement planned for its own arrays (see the
+            // batch module's doc), on connections of the batches' own.
+            let mut batch_config = config.clone();
+            batch_config.options(format!(
+                "{} -c plan_cache_mode=force_custom_plan",
+                server_options.trim_start()
+            ));
+            let batch_connections = pool(batch_config, batch::BATCH_CONNECTIONS)?;
+            Some(batch::Batches::start(batch_connections))
+        } else {
+            None
+        };
         Ok(PostgresStore {
             connections,
             options,

@@ -32,12 +32,14 @@ const CALLER_CLOCK_MAX: i64 = 1 << 60;
 impl Store for PostgresStore {
     async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
         let clock = self.clock_param(claim.now);
-        let claim = match &self.batches {
+        // `_slot`, when the batch handed it over, is held until the
+        // statement is done: claims queued meanwhile then leave together.
+        let (claim, _slot) = match &self.batches {
             Some(batches) => match batches.claim(claim, clock).await? {
                 Ok(outcome) => return Ok(outcome),
-                Err(alone) => alone,
+                Err(alone) => (alone.request, alone.slot),
             },
-            None => claim,
+            None => (claim, None),
         };
         self.connections
             .run("claim", self.options.operation_timeout, |client| {
@@ -68,7 +70,7 @@ impl Store for PostgresStore {
         completion: Completion,
     ) -> Result<Write, StoreError> {
         let clock = self.clock_param(completion.now);
-        let completion = match &self.batches {
+        let (completion, _slot) = match &self.batches {
             Some(batches) => {
                 let token = rows::token_to_sql(token)
                     .map_err(|e| StoreError::new(ENGINE, "complete", e))?;
@@ -78,10 +80,10 @@ impl Store for PostgresStore {
                     .await?
                 {
                     Ok(write) => return Ok(write),
-                    Err(alone) => alone,
+                    Err(alone) => (alone.request, alone.slot),
                 }
             }
-            None => completion,
+            None => (completion, None),
         };
         self.owner_write(
             "complete",
