@@ -42,6 +42,7 @@ use idem_core::RecordId;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Most requests in one statement.
@@ -72,7 +73,7 @@ pub(super) struct Batches {
     /// A request's bound, queueing included: past it the caller is
     /// answered with an error (as for a lost reply) and its batch, if it
     /// has not left yet, leaves it out.
-    bound: std::time::Duration,
+    bound: Duration,
     /// What the batches run on, for tests to look at their settings.
     #[cfg(test)]
     pub(super) connections: Connections,
@@ -98,14 +99,31 @@ type Answer<T, R> = Result<Result<T, Alone<R>>, StoreError>;
 pub(super) struct Alone<R> {
     pub(super) request: R,
     pub(super) slot: Option<OwnedSemaphorePermit>,
+    /// What is left of the request's bound after its wait in the queue:
+    /// the statement alone gets no more, so a request never waits twice
+    /// its bound (a store that stopped answering is reported as quickly
+    /// with batches as without).
+    pub(super) bound: Duration,
 }
 
 impl<R> Alone<R> {
-    fn without_slot(request: R) -> Self {
+    /// Handed back from the queue; [`Batches`] sets what is left of its
+    /// bound.
+    fn queued(request: R, slot: Option<OwnedSemaphorePermit>) -> Self {
         Alone {
             request,
-            slot: None,
+            slot,
+            bound: Duration::MAX,
         }
+    }
+
+    fn without_slot(request: R) -> Self {
+        Self::queued(request, None)
+    }
+
+    fn within(mut self, left: Duration) -> Self {
+        self.bound = self.bound.min(left);
+        self
     }
 }
 
@@ -149,11 +167,10 @@ impl Batches {
             stats.clone(),
             run_claims,
             |job: ClaimJob, slot| {
-                let alone = Alone {
-                    request: job.claim,
-                    slot: Some(slot),
-                };
-                drop(job.reply.send(Ok(Err(alone))));
+                drop(
+                    job.reply
+                        .send(Ok(Err(Alone::queued(job.claim, Some(slot))))),
+                )
             },
         ));
         let completion_slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
@@ -165,11 +182,10 @@ impl Batches {
             stats.clone(),
             run_completions,
             |job: CompletionJob, slot| {
-                let alone = Alone {
-                    request: job.completion,
-                    slot: Some(slot),
-                };
-                drop(job.reply.send(Ok(Err(alone))));
+                drop(
+                    job.reply
+                        .send(Ok(Err(Alone::queued(job.completion, Some(slot))))),
+                );
             },
         ));
         Batches {
@@ -201,20 +217,20 @@ impl Batches {
         clock: Option<i64>,
     ) -> Answer<ClaimOutcome, Claim> {
         if let Ok(slot) = self.claim_slots.clone().try_acquire_owned() {
-            return Ok(Err(Alone {
-                request: claim,
-                slot: Some(slot),
-            }));
+            return Ok(Err(Alone::queued(claim, Some(slot)).within(self.bound)));
         }
+        let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         if let Err(e) = self.claims.try_send(ClaimJob {
             claim,
             clock,
             reply,
         }) {
-            return Ok(Err(Alone::without_slot(e.into_inner().claim)));
+            return Ok(Err(
+                Alone::without_slot(e.into_inner().claim).within(self.bound)
+            ));
         }
-        within(self.bound, "claim", answer).await
+        self.answer("claim", answer, started).await
     }
 
     /// The completion written (or fenced) in a batch, or handed back
@@ -229,11 +245,9 @@ impl Batches {
         announcement: String,
     ) -> Answer<Write, Completion> {
         if let Ok(slot) = self.completion_slots.clone().try_acquire_owned() {
-            return Ok(Err(Alone {
-                request: completion,
-                slot: Some(slot),
-            }));
+            return Ok(Err(Alone::queued(completion, Some(slot)).within(self.bound)));
         }
+        let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         let job = CompletionJob {
             id,
@@ -244,16 +258,31 @@ impl Batches {
             reply,
         };
         if let Err(e) = self.completions.try_send(job) {
-            return Ok(Err(Alone::without_slot(e.into_inner().completion)));
+            return Ok(Err(
+                Alone::without_slot(e.into_inner().completion).within(self.bound)
+            ));
         }
-        within(self.bound, "complete", answer).await
+        self.answer("complete", answer, started).await
+    }
+
+    /// The answer to a request queued at `started`, within its bound; one
+    /// handed back keeps what is left of the bound.
+    async fn answer<T, R>(
+        &self,
+        op: &'static str,
+        answer: oneshot::Receiver<Answer<T, R>>,
+        started: Instant,
+    ) -> Answer<T, R> {
+        let answer = within(self.bound, op, answer).await?;
+        let left = self.bound.saturating_sub(started.elapsed());
+        Ok(answer.map_err(|alone| alone.within(left)))
     }
 }
 
 /// A batch's answer, or an error once `bound` has passed (the request may
 /// still be carried by a batch already sent: like a lost reply).
 async fn within<T, R>(
-    bound: std::time::Duration,
+    bound: Duration,
     op: &'static str,
     answer: oneshot::Receiver<Answer<T, R>>,
 ) -> Answer<T, R> {
