@@ -987,3 +987,31 @@ async fn a_version_1_file_is_upgraded_and_keeps_its_records() {
         (c.attempt, Some("gw-new:7"))
     );
 }
+
+/// Gateways started at once on one fresh file (three instances on one
+/// host, as `idem::admin_keys` starts them): every one opens it. As found,
+/// one failed with "cannot switch to WAL: database is locked": SQLite
+/// does not call the busy handler when it switches the journal mode.
+#[test]
+fn stores_opened_at_once_on_a_fresh_file_all_open() {
+    for round in 0..20 {
+        let dir = TempDir::new().unwrap();
+        let path = db_path(&dir);
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            let opening: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        SqliteStore::open(&path, SqliteOptions::default()).map(drop)
+                    })
+                })
+                .collect();
+            for (i, opened) in opening.into_iter().enumerate() {
+                if let Err(e) = opened.join().unwrap() {
+                    panic!("round {round}, store {i}: {}", chain(&e));
+                }
+            }
+        });
+    }
+}

@@ -4,7 +4,7 @@ use super::{fail, SqliteOptions};
 use crate::{SqliteSynchronous, StoreError};
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The schema this build writes, kept in `PRAGMA user_version`. Older
 /// numbers are migrated on open (see [`MIGRATIONS`]); newer ones are
@@ -150,14 +150,15 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
             format!("{shown} is read-only: the store must write (check the file's and its directory's permissions)"),
         ));
     }
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|e| {
-            ctx(
-                "cannot switch to WAL (is the file and its directory writable?)",
-                e,
-            )
-        })?;
+    let mode: String = retry_while_busy(options.busy_timeout, || {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    })
+    .map_err(|e| {
+        ctx(
+            "cannot switch to WAL (is the file and its directory writable?)",
+            e,
+        )
+    })?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(fail(
             "open",
@@ -190,6 +191,37 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
         ),
     })?;
     Ok(conn)
+}
+
+/// Runs `f` again while SQLite answers busy or locked, until `within` has
+/// passed. SQLite does not call the busy handler when it switches the
+/// journal mode (the lock upgrade could deadlock), so gateways opening one
+/// fresh file at once would otherwise fail with "database is locked".
+fn retry_while_busy<T>(
+    within: Duration,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let err = match f() {
+            Err(err) if is_busy(&err) => err,
+            other => return other,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(err);
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Opens a connection for `get`: read-only, sharing the WAL.
