@@ -113,8 +113,8 @@ pub struct PostgresOptions {
     /// their own beside [`pool_size`](Self::pool_size). Default true, or
     /// the URL's `group_commit=on|off` (an idem parameter, removed before
     /// the URL reaches the driver). Off, each claim and completion is its
-    /// own statement: measured, the same at one concurrent request, 1.15×
-    /// faster at 8, and 1.3× and 2.5× slower at 32 and 128
+    /// own statement: measured, the same at one concurrent request, 1.2×
+    /// faster at 8, and 1.3× and 2.6× slower at 32 and 128
     /// (docs/benchmarks.md).
     pub group_commit: bool,
 }

@@ -50,12 +50,16 @@ pub(super) const MAX_BATCH: usize = 64;
 
 /// Statements of one kind in flight at once: batches and lone requests,
 /// each on a connection of its own. Two: measured on two cores over
-/// sustained runs, one at a time lost a fifth of one statement per request
-/// at 8 concurrent requests, two lose a tenth there and gain 1.3× at 32
-/// and 2.5× at 128; four batches at once (before lone requests took slots)
-/// carried about two requests each and lost at every load
-/// (docs/benchmarks.md).
+/// sustained runs against one statement per request, 0.81× at 8
+/// concurrent requests (one at a time measured about 15% below two
+/// there), 1.3× at 32 and 2.6× at 128; four batches at once (before lone
+/// requests took slots) carried about two requests each and lost at every
+/// load (docs/benchmarks.md).
 pub(super) const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Connections the batches run on, beside the store's own pool (where lone
+/// requests run): one per batch in flight of each kind.
+pub(super) const BATCH_CONNECTIONS: usize = 2 * BATCHES_IN_FLIGHT;
 
 /// Requests queued for a batch; past it a request runs alone.
 const QUEUE: usize = 4096;
@@ -107,9 +111,9 @@ pub(super) struct Alone<R> {
 }
 
 impl<R> Alone<R> {
-    /// Handed back from the queue; [`Batches`] sets what is left of its
-    /// bound.
-    fn queued(request: R, slot: Option<OwnedSemaphorePermit>) -> Self {
+    /// With no bound yet: [`Batches`] sets what is left of the request's
+    /// before it hands it back.
+    fn new(request: R, slot: Option<OwnedSemaphorePermit>) -> Self {
         Alone {
             request,
             slot,
@@ -118,7 +122,7 @@ impl<R> Alone<R> {
     }
 
     fn without_slot(request: R) -> Self {
-        Self::queued(request, None)
+        Self::new(request, None)
     }
 
     fn within(mut self, left: Duration) -> Self {
@@ -166,12 +170,7 @@ impl Batches {
             claim_slots.clone(),
             stats.clone(),
             run_claims,
-            |job: ClaimJob, slot| {
-                drop(
-                    job.reply
-                        .send(Ok(Err(Alone::queued(job.claim, Some(slot))))),
-                )
-            },
+            |job: ClaimJob, slot| drop(job.reply.send(Ok(Err(Alone::new(job.claim, Some(slot)))))),
         ));
         let completion_slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let (completions, queued) = mpsc::channel(QUEUE);
@@ -184,7 +183,7 @@ impl Batches {
             |job: CompletionJob, slot| {
                 drop(
                     job.reply
-                        .send(Ok(Err(Alone::queued(job.completion, Some(slot))))),
+                        .send(Ok(Err(Alone::new(job.completion, Some(slot))))),
                 );
             },
         ));
@@ -217,7 +216,7 @@ impl Batches {
         clock: Option<i64>,
     ) -> Answer<ClaimOutcome, Claim> {
         if let Ok(slot) = self.claim_slots.clone().try_acquire_owned() {
-            return Ok(Err(Alone::queued(claim, Some(slot)).within(self.bound)));
+            return Ok(Err(Alone::new(claim, Some(slot)).within(self.bound)));
         }
         let started = Instant::now();
         let (reply, answer) = oneshot::channel();
@@ -245,7 +244,7 @@ impl Batches {
         announcement: String,
     ) -> Answer<Write, Completion> {
         if let Ok(slot) = self.completion_slots.clone().try_acquire_owned() {
-            return Ok(Err(Alone::queued(completion, Some(slot)).within(self.bound)));
+            return Ok(Err(Alone::new(completion, Some(slot)).within(self.bound)));
         }
         let started = Instant::now();
         let (reply, answer) = oneshot::channel();
@@ -292,10 +291,6 @@ async fn within<T, R>(
         Err(_) => Err(fail(op, format!("no answer within {bound:?}"))),
     }
 }
-
-/// Connections the batches run on, beside the store's own pool (where lone
-/// requests run): one per batch in flight of each kind.
-pub(super) const BATCH_CONNECTIONS: usize = 2 * BATCHES_IN_FLIGHT;
 
 /// Takes queued jobs in batches, each run by `run` once one of `slots` is
 /// free; a job that found nothing queued beside it goes back to its caller

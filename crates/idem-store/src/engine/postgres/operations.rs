@@ -59,7 +59,8 @@ impl Store for PostgresStore {
             lease: offset(now, lease_until),
             clock: self.clock_param(now),
         };
-        self.owner_write("renew", rows::RENEW, id, token, extra, None)
+        let bound = self.options.operation_timeout;
+        self.owner_write("renew", rows::RENEW, id, token, extra, bound)
             .await
     }
 
@@ -91,7 +92,7 @@ impl Store for PostgresStore {
             id,
             token,
             Extra::Completion(Box::new(completion), clock),
-            Some(bound),
+            bound,
         )
         .await
     }
@@ -108,13 +109,14 @@ impl Store for PostgresStore {
             id,
             token,
             Extra::Announce,
-            None,
+            self.options.operation_timeout,
         )
         .await
     }
 
     async fn release(&self, id: &RecordId, token: u64) -> Result<Write, StoreError> {
-        self.owner_write("release", rows::RELEASE, id, token, Extra::Announce, None)
+        let bound = self.options.operation_timeout;
+        self.owner_write("release", rows::RELEASE, id, token, Extra::Announce, bound)
             .await
     }
 
@@ -208,9 +210,8 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
-    /// One fenced owner write, within `bound` (the operation timeout when
-    /// `None`; less for a completion that already waited in a batch's
-    /// queue).
+    /// One fenced owner write, within `bound` (the operation timeout, or
+    /// less for a completion that already waited in a batch's queue).
     async fn owner_write(
         &self,
         op: &'static str,
@@ -218,71 +219,67 @@ impl PostgresStore {
         id: &RecordId,
         token: u64,
         extra: Extra,
-        bound: Option<Duration>,
+        bound: Duration,
     ) -> Result<Write, StoreError> {
         let token = rows::token_to_sql(token).map_err(|e| StoreError::new(ENGINE, op, e))?;
         let (scope, key) = (id.scope.as_str().to_owned(), id.key.as_str().to_owned());
         let announcement = announcement(&self.namespace, id);
         self.connections
-            .run(
-                op,
-                bound.unwrap_or(self.options.operation_timeout),
-                move |client| {
-                    Box::pin(async move {
-                        let stmt = client.prepare_cached(sql).await?;
-                        // Renewals return rows updated; the other writes (which
-                        // announce) one row: (rows updated, notifications sent).
-                        let updated = match &extra {
-                            Extra::Lease { lease, clock } => {
-                                client
-                                    .execute(&stmt, &[&scope, &key, &token, lease, clock])
-                                    .await?
-                            }
-                            Extra::Announce => {
-                                let row = client
-                                    .query_one(&stmt, &[&scope, &key, &token, &announcement])
-                                    .await?;
-                                u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
-                            }
-                            Extra::Completion(c, clock) => {
-                                let (names, values) = rows::header_arrays(&c.response.headers);
-                                let status = i32::from(c.response.status);
-                                let body = c.response.body.as_deref();
-                                // Distances from the caller's reading, added to
-                                // the store's clock.
-                                let (expires_at, tombstone_until) = (
-                                    offset(c.now, c.expires_at),
-                                    offset(c.now, c.tombstone_until),
-                                );
-                                let row = client
-                                    .query_one(
-                                        &stmt,
-                                        &[
-                                            &scope,
-                                            &key,
-                                            &token,
-                                            &status,
-                                            &names,
-                                            &values,
-                                            &body,
-                                            &expires_at,
-                                            &tombstone_until,
-                                            &announcement,
-                                            clock,
-                                        ],
-                                    )
-                                    .await?;
-                                u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
-                            }
-                        };
-                        Ok(if updated == 1 {
-                            Write::Written
-                        } else {
-                            Write::Fenced
-                        })
+            .run(op, bound, move |client| {
+                Box::pin(async move {
+                    let stmt = client.prepare_cached(sql).await?;
+                    // Renewals return rows updated; the other writes (which
+                    // announce) one row: (rows updated, notifications sent).
+                    let updated = match &extra {
+                        Extra::Lease { lease, clock } => {
+                            client
+                                .execute(&stmt, &[&scope, &key, &token, lease, clock])
+                                .await?
+                        }
+                        Extra::Announce => {
+                            let row = client
+                                .query_one(&stmt, &[&scope, &key, &token, &announcement])
+                                .await?;
+                            u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
+                        }
+                        Extra::Completion(c, clock) => {
+                            let (names, values) = rows::header_arrays(&c.response.headers);
+                            let status = i32::from(c.response.status);
+                            let body = c.response.body.as_deref();
+                            // Distances from the caller's reading, added to
+                            // the store's clock.
+                            let (expires_at, tombstone_until) = (
+                                offset(c.now, c.expires_at),
+                                offset(c.now, c.tombstone_until),
+                            );
+                            let row = client
+                                .query_one(
+                                    &stmt,
+                                    &[
+                                        &scope,
+                                        &key,
+                                        &token,
+                                        &status,
+                                        &names,
+                                        &values,
+                                        &body,
+                                        &expires_at,
+                                        &tombstone_until,
+                                        &announcement,
+                                        clock,
+                                    ],
+                                )
+                                .await?;
+                            u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)
+                        }
+                    };
+                    Ok(if updated == 1 {
+                        Write::Written
+                    } else {
+                        Write::Fenced
                     })
-                },
-            )
+                })
+            })
             .await
     }
 
