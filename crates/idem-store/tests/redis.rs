@@ -255,6 +255,87 @@ async fn a_damaged_record_fails_its_own_operation_only() {
     ));
 }
 
+/// The fields of the one record key under `prefix` ending in `:key`.
+async fn raw_fields(prefix: &str, key: &str) -> (String, Vec<String>) {
+    let client = redis::Client::open(url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:r:*:{key}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let mut fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    fields.sort();
+    (keys[0].clone(), fields)
+}
+
+/// A claim replaces the whole record: what an earlier claim left (its
+/// holder, a waiter's mark, a payload) is gone from the new one, and a
+/// damaged hash with no state is replaced too. The claim script deletes
+/// the old hash only when it read a field of it, so this is what keeps
+/// that shortcut honest.
+#[tokio::test]
+async fn a_claim_leaves_nothing_of_the_record_it_replaces() {
+    if !server_up().await {
+        return;
+    }
+    let prefix = Prefix::new();
+    let store = RedisStore::open(&url(), options(&prefix.0)).await.unwrap();
+    let client = redis::Client::open(url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let fresh_claim = [
+        "at", "att", "exp", "fpd", "fpv", "hr", "lease", "st", "tok", "tomb",
+    ];
+
+    // Released with a holder and a waiter's mark, then claimed by no one.
+    let k = id("reused");
+    let mut first = claim(&k, T0);
+    first.holder = Some("gateway-a".into());
+    let token = must_claim(&store, first).await;
+    let (key, fields) = raw_fields(&prefix.0, "reused").await;
+    assert!(fields.contains(&"hold".to_owned()), "{fields:?}");
+    let _: i64 = redis::cmd("HSET")
+        .arg(&key)
+        .arg("w")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(store.release(&k, token).await.unwrap(), Write::Written);
+    must_claim(&store, claim(&k, T0)).await;
+    assert_eq!(raw_fields(&prefix.0, "reused").await.1, fresh_claim);
+
+    // A hash with no state (damaged) under a key no record holds yet.
+    must_claim(&store, claim(&id("damaged"), T0)).await;
+    let (key, _) = raw_fields(&prefix.0, "damaged").await;
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&key)
+        .arg("hold")
+        .arg("gone")
+        .arg("hdr")
+        .arg("stale")
+        .arg("body")
+        .arg("stale")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.claim(claim(&id("damaged"), T0)).await.unwrap(),
+        ClaimOutcome::Claimed { .. }
+    ));
+    assert_eq!(raw_fields(&prefix.0, "damaged").await.1, fresh_claim);
+}
+
 /// Whether the claim on `key` (under `prefix`, on the server or cluster
 /// node at `node`) carries the waiters mark.
 async fn marked_waited(nodes: &[String], prefix: &str, key: &str) -> bool {
