@@ -147,6 +147,19 @@ pub fn is_json_media_type(content_type: &[u8]) -> bool {
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default();
+    if essence.is_ascii() {
+        // Every request with a body asks this: no allocation on the way.
+        let essence = essence.trim_ascii();
+        let prefix = b"application/";
+        let suffix = b"+json";
+        return essence.eq_ignore_ascii_case(b"application/json")
+            || (essence.len() >= prefix.len()
+                && essence.len() >= suffix.len()
+                && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+                && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix));
+    }
+    // Bytes beyond ASCII: Unicode whitespace around the type is trimmed too,
+    // as fingerprints of earlier versions did.
     let essence = String::from_utf8_lossy(essence).trim().to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
@@ -947,7 +960,54 @@ mod tests {
         }
     }
 
+    /// How content types were classified before the allocation-free path:
+    /// whatever the bytes, the answer must not move (it decides whether a
+    /// body is canonicalised, so a change would change fingerprints).
+    fn json_media_type_as_before(content_type: &[u8]) -> bool {
+        let essence = content_type
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
+        let essence = String::from_utf8_lossy(essence).trim().to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    }
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        for (content_type, json) in [
+            (&b"application/json"[..], true),
+            (b"Application/JSON; charset=utf-8", true),
+            (b"  application/problem+json ", true),
+            (b"application/+json", true),
+            (b"\xc2\xa0application/json", true),
+            (b"application/jsonx", false),
+            (b"text/json", false),
+            (b"application/", false),
+            (b"+json", false),
+            (b"", false),
+        ] {
+            assert_eq!(is_json_media_type(content_type), json, "{content_type:?}");
+            assert_eq!(
+                json_media_type_as_before(content_type),
+                json,
+                "{content_type:?}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn json_media_types_are_classified_as_before(
+            content_type in proptest::collection::vec(
+                proptest::sample::select(b"aAjJnNsSoOpPlLiIcCtT/+; \t\xc2\xa0\xff".to_vec()), 0..24),
+            prefix in proptest::sample::select(vec![&b""[..], b"application/", b"APPLICATION/", b" \t"]),
+            suffix in proptest::sample::select(vec![&b""[..], b"+json", b"json", b"+JSON ;x"]),
+        ) {
+            let value = [prefix, &content_type[..], suffix].concat();
+            prop_assert_eq!(is_json_media_type(&value), json_media_type_as_before(&value));
+        }
+
         #[test]
         fn reordering_keys_or_whitespace_never_changes_the_fingerprint(v in json_value()) {
             let compact = serde_json::to_string(&v).unwrap();

@@ -277,7 +277,7 @@ impl ScopeRule {
             mac.update(b"idem-scope-v2\0");
             mac.update(&[kind as u8, 0]);
             mac.update(material);
-            return Scope(format!("m:{}", hex::encode(mac.finalize().into_bytes())).into());
+            return digest_scope('m', mac.finalize().into_bytes().into());
         }
         match kind {
             // Trusted values are tenant ids, kept readable as before.
@@ -292,7 +292,7 @@ impl ScopeRule {
                     _ => b"idem-scope-jwt-v1\0",
                 });
                 h.update(material);
-                Scope(format!("{kind}:{}", hex::encode(h.finalize())).into())
+                digest_scope(kind, h.finalize().into())
             }
         }
     }
@@ -310,6 +310,20 @@ impl ScopeRule {
             "A request with an idempotency key must carry {what}, which identifies its tenant. Nothing was forwarded."
         )
     }
+}
+
+/// `<kind>:<hex of the SHA-256 digest>`, built in one allocation of its
+/// exact size (this runs on every keyed request).
+fn digest_scope(kind: char, digest: [u8; 32]) -> Scope {
+    let mut hex = [0u8; 64];
+    if hex::encode_to_slice(digest, &mut hex).is_err() {
+        unreachable!("64 hex digits for 32 bytes");
+    }
+    let mut scope = String::with_capacity(kind.len_utf8() + 1 + hex.len());
+    scope.push(kind);
+    scope.push(':');
+    scope.extend(hex.iter().map(|&b| char::from(b)));
+    Scope(scope.into_boxed_str())
 }
 
 /// The bytes a header source hashes, `None` when none of the headers is
@@ -583,7 +597,12 @@ mod tests {
             panic!()
         };
         assert_ne!(p, k);
-        assert!(k.as_str().starts_with("m:"));
+        // The stored form: `m:` and the MAC in 64 lowercase hex digits.
+        let mac = k.as_str().strip_prefix("m:").unwrap();
+        assert_eq!(mac.len(), 64, "{k:?}");
+        assert!(mac
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         let other = ScopeRule {
             secret: ScopeSecret::new(b"another secret of 16+ bytes"),
             ..ScopeRule::default()

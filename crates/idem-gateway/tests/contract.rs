@@ -1292,8 +1292,9 @@ async fn admin_serves_health_and_request_metrics() {
     let metrics = gw.admin_get("/metrics").await;
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
+    // One request executed, its retry replayed: each counted once.
     for outcome in ["executed", "replayed"] {
-        let line = format!("idem_requests_total{{outcome=\"{outcome}\"}}");
+        let line = format!("idem_requests_total{{outcome=\"{outcome}\"}} 1\n");
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
 }

@@ -348,7 +348,10 @@ async fn read_request_body<B: ClientBody>(
     deadline: TokioInstant,
 ) -> Result<Bytes, BodyReadError> {
     let mut body = std::pin::pin!(body);
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // Most bodies come in one chunk: it is kept as it came, and a list (an
+    // allocation) starts only with the second.
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -368,19 +371,23 @@ async fn read_request_body<B: ClientBody>(
         if !held.try_hold(len.saturating_mul(2)) {
             return Err(BodyReadError::OverBudget);
         }
-        chunks.push(data);
-    }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut joined = bytes::BytesMut::with_capacity(len);
-            for chunk in chunks {
-                joined.extend_from_slice(&chunk);
-            }
-            joined.freeze()
+        if first.is_none() {
+            first = Some(data);
+        } else {
+            rest.push(data);
         }
-    })
+    }
+    let Some(first) = first else {
+        return Ok(Bytes::new());
+    };
+    if rest.is_empty() {
+        return Ok(first);
+    }
+    let mut joined = bytes::BytesMut::with_capacity(len);
+    for chunk in std::iter::once(first).chain(rest) {
+        joined.extend_from_slice(&chunk);
+    }
+    Ok(joined.freeze())
 }
 
 /// Bodies at least this large are fingerprinted on a blocking thread:
