@@ -27,7 +27,8 @@
 # workload over SWEEP_TARGETS at several wrk connection counts, request body
 # sizes, or numbers of records stored beforehand (sqlite, postgres), each
 # point on a fresh target; results as CSV in $SWEEP_OUT, tables in the
-# report, PNG charts drawn by bench-plot.
+# report, PNG charts drawn by bench-plot. A run without SWEEP keeps the
+# sweeps section already in $OUT, marked with the run that measured it.
 #
 # Usage: bash bench/run.sh
 # Env:   DURATION=10s CONNECTIONS=32 THREADS=1 BUILD=1 WARMUP=2s
@@ -1041,6 +1042,33 @@ sweep_report() {
   fi
 }
 
+# kept_sweeps: when this run measured no sweeps, the sweeps section of the
+# report in $OUT as it is, so a run of the main tables alone does not erase
+# them; marked with the date and commit of the run that measured them.
+kept_sweeps() {
+  ((${#SWEEPS_RUN[@]} == 0)) && [[ -f "$OUT" ]] || return 0
+  awk '
+    /^<!-- bench:begin -->/ { inside = 1; next }
+    /^<!-- bench:end -->/   { inside = 0; next }
+    !inside                 { next }
+    /^- Date: / && date == ""     { date = substr($0, 9) }
+    /^- Commit: / && commit == "" { commit = substr($0, 11) }
+    /^### Sweeps: how cost grows/ { sweeps = 1 }
+    sweeps                  { lines[n++] = $0; if ($0 ~ /^Kept from the run of /) kept = 1 }
+    END {
+      if (n == 0) exit
+      print ""
+      print lines[0]
+      print ""
+      if (!kept) {
+        print "Kept from the run of " date " (commit " commit "): the run above measured no sweeps (`SWEEP=\"connections body records\"` measures them)."
+        print ""
+      }
+      for (i = 1; i < n; i++) if (!(i == 1 && lines[i] == "")) print lines[i]
+    }
+  ' "$OUT"
+}
+
 REPORT="$WORK/report.md"
 {
   echo "<!-- bench:begin -->"
@@ -1097,6 +1125,7 @@ REPORT="$WORK/report.md"
   echo "- TLS rows: \`server.crt\`/\`server.key\` (P-256, for IP 127.0.0.1) and \`ca.crt\` are made by openssl in \`\$TMPDIR/tls\`; the https upstream is \`bench-upstream --listen 127.0.0.1:$TLS_UP_PORT --tls-cert server.crt --tls-key server.key\`; wrk speaks \`https://\` to the TLS-termination rows (HTTP/1.1)."
   echo "- wrk: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --timeout 5s -s bench/{unique,replay}.lua http://127.0.0.1:PORT/\`"
   sweep_report
+  kept_sweeps
   echo "<!-- bench:end -->"
 } >"$REPORT"
 
