@@ -78,3 +78,57 @@ impl Drop for InFlightGuard {
         metrics::gauge!(IN_FLIGHT).decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics::{Counter, Gauge, Histogram, KeyName, Recorder, SharedString, Unit};
+    use std::sync::Mutex;
+
+    /// Remembers the key of every counter registered with it.
+    #[derive(Default)]
+    struct Registered(Mutex<Vec<String>>);
+
+    impl Recorder for Registered {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let shown = format!("{}{{{}}}", key.name(), labels.join(","));
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(shown);
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Dashboards and alerts select on these label values.
+    #[test]
+    fn each_outcome_is_counted_under_its_own_label() {
+        let recorder = Registered::default();
+        metrics::with_local_recorder(&recorder, || {
+            count(Outcome::Executed);
+            count(Outcome::NotReplayable);
+            count(Outcome::StoreError);
+            count(Outcome::Overloaded);
+        });
+        let registered = recorder.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(
+            registered,
+            [
+                "idem_requests_total{outcome=executed}",
+                "idem_requests_total{outcome=not_replayable}",
+                "idem_requests_total{outcome=store_error}",
+                "idem_requests_total{outcome=overloaded}",
+            ]
+        );
+    }
+}
