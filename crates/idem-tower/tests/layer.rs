@@ -497,3 +497,43 @@ async fn a_layer_without_routes_on_one_axum_route_covers_that_route_alone() {
     assert!(headers.get("idempotent-replayed").is_none());
     assert_eq!(executions.load(Ordering::SeqCst), 3);
 }
+
+/// A keyed POST whose body arrives in `chunks`, one frame each.
+fn post_in_chunks(path: &str, key: &str, chunks: &[&'static str]) -> Request<Body> {
+    let frames = chunks
+        .iter()
+        .map(|c| Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(c.as_bytes())));
+    Request::post(path)
+        .header("authorization", "Bearer user-1")
+        .header("idempotency-key", key)
+        .header("content-type", "text/plain")
+        .body(Body::from_stream(futures_util::stream::iter(
+            frames.collect::<Vec<_>>(),
+        )))
+        .unwrap()
+}
+
+/// A body is the same request however the client's bytes were framed: the
+/// handler gets them joined, and the retry in one piece is the replay; a
+/// body that differs in a later chunk is refused as another request.
+#[tokio::test]
+async fn a_body_in_several_chunks_is_one_request_however_it_is_framed() {
+    let app = app(memory());
+    let (s1, _, b1) = send(
+        &app.router,
+        post_in_chunks("/charges", "k-chunks", &["10", " e", "ur"]),
+    )
+    .await;
+    assert_eq!(s1, StatusCode::CREATED);
+    assert_eq!(b1, "charge 1 for 10 eur");
+    let (s2, h2, b2) = send(&app.router, post_with_key("/charges", "k-chunks", "10 eur")).await;
+    assert_eq!((s2, b2.as_str()), (StatusCode::CREATED, b1.as_str()));
+    assert_eq!(h2["idempotent-replayed"], "true");
+    let (s3, _, _) = send(
+        &app.router,
+        post_in_chunks("/charges", "k-chunks", &["10", " e", "uR"]),
+    )
+    .await;
+    assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.executions.load(Ordering::SeqCst), 1);
+}
