@@ -154,7 +154,6 @@ pub fn is_json_media_type(content_type: &[u8]) -> bool {
         let suffix = b"+json";
         return essence.eq_ignore_ascii_case(b"application/json")
             || (essence.len() >= prefix.len()
-                && essence.len() >= suffix.len()
                 && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
                 && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix));
     }

@@ -86,6 +86,20 @@ impl Drop for Prefix {
     }
 }
 
+/// The record keys under `prefix` whose idempotency key matches `key` (a
+/// glob: `*` for all), on the server or node `conn` talks to.
+async fn record_keys(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    key: &str,
+) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:r:*:{key}"))
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn independent_stores_never_both_claim_a_key() {
     if !server_up().await {
@@ -115,11 +129,7 @@ async fn every_record_expires_by_itself() {
     let token = must_claim(&store, claim(&k, T0)).await;
     let client = redis::Client::open(url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*:r:*", prefix.0))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = record_keys(&mut conn, &prefix.0, "*").await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&keys[0])
@@ -147,11 +157,7 @@ async fn every_record_expires_by_itself() {
         store.renew(&slow, token, T0, far).await.unwrap(),
         Write::Written
     );
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*:r:*:slow", prefix.0))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = record_keys(&mut conn, &prefix.0, "slow").await;
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&keys[0])
         .query_async(&mut conn)
@@ -233,11 +239,7 @@ async fn a_damaged_record_fails_its_own_operation_only() {
     must_claim(&store, claim(&id("good"), T0)).await;
     let client = redis::Client::open(url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*:r:*:bad", prefix.0))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = record_keys(&mut conn, &prefix.0, "bad").await;
     let _: i64 = redis::cmd("HSET")
         .arg(&keys[0])
         .arg("st")
@@ -255,19 +257,17 @@ async fn a_damaged_record_fails_its_own_operation_only() {
     ));
 }
 
-/// The fields of the one record key under `prefix` ending in `:key`.
-async fn raw_fields(prefix: &str, key: &str) -> (String, Vec<String>) {
-    let client = redis::Client::open(url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*:r:*:{key}"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+/// The one record key under `prefix` for `key`, and its fields, sorted.
+async fn raw_fields(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    key: &str,
+) -> (String, Vec<String>) {
+    let keys = record_keys(conn, prefix, key).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let mut fields: Vec<String> = redis::cmd("HKEYS")
         .arg(&keys[0])
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap();
     fields.sort();
@@ -297,7 +297,7 @@ async fn a_claim_leaves_nothing_of_the_record_it_replaces() {
     let mut first = claim(&k, T0);
     first.holder = Some("gateway-a".into());
     let token = must_claim(&store, first).await;
-    let (key, fields) = raw_fields(&prefix.0, "reused").await;
+    let (key, fields) = raw_fields(&mut conn, &prefix.0, "reused").await;
     assert!(fields.contains(&"hold".to_owned()), "{fields:?}");
     let _: i64 = redis::cmd("HSET")
         .arg(&key)
@@ -308,11 +308,14 @@ async fn a_claim_leaves_nothing_of_the_record_it_replaces() {
         .unwrap();
     assert_eq!(store.release(&k, token).await.unwrap(), Write::Written);
     must_claim(&store, claim(&k, T0)).await;
-    assert_eq!(raw_fields(&prefix.0, "reused").await.1, fresh_claim);
+    assert_eq!(
+        raw_fields(&mut conn, &prefix.0, "reused").await.1,
+        fresh_claim
+    );
 
     // A hash with no state (damaged) under a key no record holds yet.
     must_claim(&store, claim(&id("damaged"), T0)).await;
-    let (key, _) = raw_fields(&prefix.0, "damaged").await;
+    let (key, _) = raw_fields(&mut conn, &prefix.0, "damaged").await;
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut conn)
@@ -333,7 +336,10 @@ async fn a_claim_leaves_nothing_of_the_record_it_replaces() {
         store.claim(claim(&id("damaged"), T0)).await.unwrap(),
         ClaimOutcome::Claimed { .. }
     ));
-    assert_eq!(raw_fields(&prefix.0, "damaged").await.1, fresh_claim);
+    assert_eq!(
+        raw_fields(&mut conn, &prefix.0, "damaged").await.1,
+        fresh_claim
+    );
 }
 
 /// Whether the claim on `key` (under `prefix`, on the server or cluster
@@ -342,12 +348,7 @@ async fn marked_waited(nodes: &[String], prefix: &str, key: &str) -> bool {
     for node in nodes {
         let client = redis::Client::open(node.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*:r:*:{key}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        for k in keys {
+        for k in record_keys(&mut conn, prefix, key).await {
             let mark: Option<String> = redis::cmd("HGET")
                 .arg(&k)
                 .arg("w")
@@ -701,11 +702,7 @@ mod cluster {
         for node in &nodes {
             let client = redis::Client::open(node.as_str()).unwrap();
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*:r:*", prefix.0))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let keys = record_keys(&mut conn, &prefix.0, "*").await;
             assert!(keys.len() >= 5, "{node} holds {} records", keys.len());
         }
         drop(stores);
