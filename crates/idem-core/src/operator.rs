@@ -84,9 +84,24 @@ pub fn state_name(state: EffectiveState) -> &'static str {
     }
 }
 
+/// An applied operator action: the record to write, and what it reads as
+/// at the clock the action was decided at.
+///
+/// The state comes with the record because the caller's clock may differ
+/// from the store's: a purge that keeps the tombstone ends retention at
+/// the store's `now`, so read a moment earlier, at a gateway clock a
+/// little behind, the record would still look completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operated {
+    /// The record as written.
+    pub record: Record,
+    /// What it reads as at the decision's clock.
+    pub state: EffectiveState,
+}
+
 /// Decides an operator's action against the stored record at `now` (the
 /// store's clock on engines that have one) and returns the record to
-/// write in its place.
+/// write in its place, with what it reads as at `now`.
 ///
 /// `token` is the token the operator read: any other is refused as
 /// [`OperatorRefusal::Changed`]. Every applied action gives the record a
@@ -107,8 +122,8 @@ pub fn state_name(state: EffectiveState) -> &'static str {
 ///     response: None, claimed_at: Timestamp(0), attempt: 1, holder: None,
 /// };
 /// let released = decide_operator(Some(&record), 7, &OperatorAction::Release, Timestamp(20)).unwrap();
-/// assert_eq!(released.effective(Timestamp(20)), EffectiveState::Absent);
-/// assert!(released.token > 7);
+/// assert_eq!(released.state, EffectiveState::Absent);
+/// assert!(released.record.token > 7);
 /// assert_eq!(
 ///     decide_operator(Some(&record), 6, &OperatorAction::Release, Timestamp(20)),
 ///     Err(OperatorRefusal::Changed { current: 7 }),
@@ -119,7 +134,7 @@ pub fn decide_operator(
     token: u64,
     action: &OperatorAction,
     now: Timestamp,
-) -> Result<Record, OperatorRefusal> {
+) -> Result<Operated, OperatorRefusal> {
     let record = record.ok_or(OperatorRefusal::NotFound)?;
     // The token first: a record released by another operator a moment ago
     // is "changed since you read it", not "never there".
@@ -185,7 +200,10 @@ pub fn decide_operator(
             }
         }
     }
-    Ok(next)
+    Ok(Operated {
+        state: next.effective(now),
+        record: next,
+    })
 }
 
 #[cfg(test)]
@@ -245,13 +263,13 @@ mod tests {
         ] {
             let r = record(state, lease);
             let released = decide_operator(Some(&r), 100, &OperatorAction::Release, NOW).unwrap();
-            assert_eq!(released.effective(NOW), EffectiveState::Absent);
+            assert_eq!(released.state, EffectiveState::Absent);
             let resolved = decide_operator(Some(&r), 100, &resolve(), NOW).unwrap();
-            assert_eq!(resolved.effective(NOW), EffectiveState::Completed);
-            assert_eq!(resolved.expires_at, Timestamp(1_500));
-            assert_eq!(resolved.tombstone_until, Timestamp(3_500));
+            assert_eq!(resolved.state, EffectiveState::Completed);
+            assert_eq!(resolved.record.expires_at, Timestamp(1_500));
+            assert_eq!(resolved.record.tombstone_until, Timestamp(3_500));
             assert!(
-                !decision::owner_may_write(Some(&resolved), 100),
+                !decision::owner_may_write(Some(&resolved.record), 100),
                 "a late owner cannot overwrite the operator"
             );
         }
@@ -280,7 +298,7 @@ mod tests {
         let resolved = decide_operator(Some(&r), 100, &resolve(), NOW).unwrap();
         assert_eq!(
             decide_operator(
-                Some(&resolved),
+                Some(&resolved.record),
                 100,
                 &OperatorAction::Purge {
                     keep_tombstone: true
@@ -303,9 +321,13 @@ mod tests {
             NOW,
         )
         .unwrap();
-        assert_eq!(kept.response, None);
-        assert_eq!(kept.effective(NOW), EffectiveState::Tombstone);
-        assert_eq!(kept.fingerprint, r.fingerprint, "key-reused still detected");
+        assert_eq!(kept.record.response, None);
+        assert_eq!(kept.state, EffectiveState::Tombstone);
+        assert_eq!(kept.record.effective(NOW), kept.state);
+        assert_eq!(
+            kept.record.fingerprint, r.fingerprint,
+            "key-reused still detected"
+        );
         let gone = decide_operator(
             Some(&r),
             100,
@@ -315,8 +337,8 @@ mod tests {
             NOW,
         )
         .unwrap();
-        assert_eq!(gone.response, None);
-        assert_eq!(gone.effective(NOW), EffectiveState::Absent);
+        assert_eq!(gone.record.response, None);
+        assert_eq!(gone.state, EffectiveState::Absent);
         let live = record(RecordState::InFlight, 900);
         assert!(matches!(
             decide_operator(
@@ -338,8 +360,8 @@ mod tests {
             NOW,
         )
         .unwrap();
-        assert_eq!(expired_claim.state, RecordState::OutcomeUnknown);
-        assert_eq!(expired_claim.effective(NOW), EffectiveState::Tombstone);
+        assert_eq!(expired_claim.record.state, RecordState::OutcomeUnknown);
+        assert_eq!(expired_claim.state, EffectiveState::Tombstone);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use chacha20poly1305::aead::Generate;
 use chacha20poly1305::{AeadInOut, Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use idem_core::decision::ExistingOutcome;
-use idem_core::operator::{OperatorAction, OperatorRefusal};
-use idem_core::{Record, RecordId, RecordState, StoredResponse, Timestamp};
+use idem_core::operator::{Operated, OperatorAction, OperatorRefusal};
+use idem_core::{EffectiveState, Record, RecordId, RecordState, StoredResponse, Timestamp};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::Arc;
@@ -1015,7 +1015,7 @@ impl Store for SealedStore {
         token: u64,
         mut action: OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+    ) -> Result<Result<Operated, OperatorRefusal>, StoreError> {
         if let OperatorAction::Resolve { response, .. } = &mut action {
             let placeholder = StoredResponse {
                 status: response.status,
@@ -1031,7 +1031,15 @@ impl Store for SealedStore {
                 .map_err(|e| StoreError::new(self.inner.engine(), "operate", e))?;
         }
         match self.inner.operate(id, token, action, now).await? {
-            Ok(record) => Ok(Ok(self.open_or_unknown("operate", id, record).await?.0)),
+            Ok(Operated { record, mut state }) => {
+                let (record, opened) = self.open_or_unknown("operate", id, record).await?;
+                // Only a completed record has a response to open; one that
+                // cannot be opened is answered as outcome-unknown.
+                if !opened && state == EffectiveState::Completed {
+                    state = EffectiveState::OutcomeUnknown;
+                }
+                Ok(Ok(Operated { record, state }))
+            }
             Err(refusal) => Ok(Err(refusal)),
         }
     }

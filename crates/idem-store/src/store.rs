@@ -1,5 +1,5 @@
 use crate::StoreError;
-use idem_core::operator::{OperatorAction, OperatorRefusal};
+use idem_core::operator::{Operated, OperatorAction, OperatorRefusal};
 use idem_core::{
     decision::ExistingOutcome, Fingerprint, Record, RecordId, Retention, StoredResponse, Timestamp,
 };
@@ -209,11 +209,15 @@ pub enum Unsettled {
 impl Unsettled {
     /// Whether `record`, read at `now`, is in this state.
     pub fn holds(self, record: &Record, now: Timestamp) -> bool {
-        record.effective(now)
-            == match self {
-                Unsettled::OutcomeUnknown => idem_core::EffectiveState::OutcomeUnknown,
-                Unsettled::InFlight => idem_core::EffectiveState::InFlight,
-            }
+        record.effective(now) == self.state()
+    }
+
+    /// The effective state this is.
+    pub fn state(self) -> idem_core::EffectiveState {
+        match self {
+            Unsettled::OutcomeUnknown => idem_core::EffectiveState::OutcomeUnknown,
+            Unsettled::InFlight => idem_core::EffectiveState::InFlight,
+        }
     }
 }
 
@@ -318,16 +322,17 @@ pub trait Store: Send + Sync + 'static {
     /// under `id`, fenced by the `token` the operator read: the engine reads
     /// the record, applies [`idem_core::operator::decide_operator`] and
     /// writes its answer in one atomic step, and returns the record as
-    /// written (the response included). `now` is the caller's clock
+    /// written (the response included) with the state it reads as at the
+    /// clock the action was decided at. `now` is the caller's clock
     /// reading; engines on the store's clock ([`StoreClock::Server`]) decide
-    /// at their own.
+    /// at their own, so read the state from the answer, not at `now`.
     async fn operate(
         &self,
         id: &RecordId,
         token: u64,
         action: OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, OperatorRefusal>, StoreError>;
+    ) -> Result<Result<Operated, OperatorRefusal>, StoreError>;
 
     /// The records that wait for an outcome, oldest claim first: those that
     /// read as `query.state` at the store's clock (the caller's `now` on

@@ -13,7 +13,7 @@
 use crate::{Claim, ClaimOutcome, Completion, ListCursor, ListQuery, Store, Unsettled, Write};
 use bytes::Bytes;
 use idem_core::decision::ExistingOutcome;
-use idem_core::operator::{OperatorAction, OperatorRefusal};
+use idem_core::operator::{Operated, OperatorAction, OperatorRefusal};
 use idem_core::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +65,7 @@ macro_rules! conformance_tests {
             renewal_from_a_skewed_caller_counts_from_store_time,
             completion_from_a_skewed_caller_keeps_its_retention,
             a_sweep_far_ahead_deletes_nothing_live_or_replayable,
+            an_operator_action_reports_the_state_at_the_store_clock,
         );
         $crate::conformance_tests!(@clock_free $make);
     };
@@ -880,6 +881,23 @@ pub async fn a_sweep_far_ahead_deletes_nothing_live_or_replayable(store: Arc<dyn
     assert!(record.response.and_then(|r| r.body).is_some());
 }
 
+/// Store clock: an operator whose clock is an hour behind purges a
+/// completed record, keeping its tombstone. The action is decided at the
+/// store's time, and so is the state it reports: a tombstone (read at the
+/// operator's clock the record would still look completed, which is what
+/// the admin API showed).
+pub async fn an_operator_action_reports_the_state_at_the_store_clock(store: Arc<dyn Store>) {
+    let k = id("s", "purged-behind");
+    let token = completed_at(&*store, &k, response(201, Some(b"x")), real_now()).await;
+    let behind = Timestamp(real_now().as_millis() - 3_600_000);
+    let purged = operate(&*store, &k, token, purge(true), behind)
+        .await
+        .expect("a completed record is purged");
+    assert_eq!(purged.state, EffectiveState::Tombstone);
+    let (outcome, _) = existing(&*store, claim_at(&k, "a", real_now())).await;
+    assert_eq!(outcome, ExistingOutcome::Expired);
+}
+
 /// Clock readings at the ends of the range (a broken clock, a test's
 /// arithmetic) give an answer or an error on every operation: never a
 /// panic, never an overflow.
@@ -928,7 +946,7 @@ async fn operate(
     token: u64,
     action: OperatorAction,
     now: Timestamp,
-) -> Result<Record, OperatorRefusal> {
+) -> Result<Operated, OperatorRefusal> {
     store
         .operate(rid, token, action, now)
         .await
@@ -958,7 +976,7 @@ async fn completed_at(
     token
 }
 
-fn is_wrong_state(refusal: &Result<Record, OperatorRefusal>) -> bool {
+fn is_wrong_state(refusal: &Result<Operated, OperatorRefusal>) -> bool {
     matches!(refusal, Err(OperatorRefusal::WrongState { .. }))
 }
 
@@ -972,12 +990,13 @@ pub async fn operator_release_frees_an_unknown_key_only(store: Arc<dyn Store>) {
     let released = operate(&*store, &k, token, OperatorAction::Release, now)
         .await
         .expect("an unknown outcome is released");
-    assert!(released.token > token);
+    assert_eq!(released.state, EffectiveState::Absent);
+    assert!(released.record.token > token);
     let next = must_claim(&*store, claim_at(&k, "a", now)).await;
     assert!(
-        next > released.token,
+        next > released.record.token,
         "{token}, {} then {next}",
-        released.token
+        released.record.token
     );
     for (k, token) in [
         (
@@ -1008,8 +1027,9 @@ pub async fn operator_resolve_is_replayed_exactly(store: Arc<dyn Store>) {
     let written = operate(&*store, &k, token, resolve(resp.clone()), now)
         .await
         .expect("an unknown outcome is resolved");
-    assert_eq!(written.response.as_ref(), Some(&resp));
-    assert_eq!(written.state, RecordState::Completed);
+    assert_eq!(written.record.response.as_ref(), Some(&resp));
+    assert_eq!(written.record.state, RecordState::Completed);
+    assert_eq!(written.state, EffectiveState::Completed);
     let (outcome, record) = existing(&*store, claim_at(&k, "a", now)).await;
     assert_eq!(outcome, ExistingOutcome::Replay);
     assert_eq!(record.response, Some(resp.clone()));
@@ -1059,12 +1079,12 @@ pub async fn operator_stale_token_is_refused_and_changes_nothing(store: Arc<dyn 
         assert_eq!(
             operate(&*store, &k, token, action, now).await,
             Err(OperatorRefusal::Changed {
-                current: resolved.token
+                current: resolved.record.token
             }),
             "the same reading twice"
         );
     }
-    assert_eq!(store.get(&k).await.unwrap(), Some(resolved));
+    assert_eq!(store.get(&k).await.unwrap(), Some(resolved.record));
     // Released, a second release on the same reading finds nothing.
     let r = id("s", "op-stale-released");
     let token = unknown_at(&*store, &r, now).await;
@@ -1083,9 +1103,10 @@ pub async fn operator_purge_erases_the_response(store: Arc<dyn Store>) {
     let now = real_now();
     let k = id("s", "op-purge-kept");
     let token = completed_at(&*store, &k, response(201, Some(b"secret")), now).await;
-    operate(&*store, &k, token, purge(true), now)
+    let purged = operate(&*store, &k, token, purge(true), now)
         .await
         .expect("a completed record is purged");
+    assert_eq!(purged.state, EffectiveState::Tombstone);
     let stored = store.get(&k).await.unwrap().expect("the tombstone is kept");
     if let Some(resp) = &stored.response {
         assert!(resp.body.is_none() && resp.headers.is_empty(), "{resp:?}");
@@ -1100,9 +1121,10 @@ pub async fn operator_purge_erases_the_response(store: Arc<dyn Store>) {
 
     let g = id("s", "op-purge-gone");
     let token = completed_at(&*store, &g, response(201, Some(b"secret")), now).await;
-    operate(&*store, &g, token, purge(false), now)
+    let purged = operate(&*store, &g, token, purge(false), now)
         .await
         .expect("purged");
+    assert_eq!(purged.state, EffectiveState::Absent);
     let next = must_claim(&*store, claim_at(&g, "b", now)).await;
     assert!(next > token);
 
@@ -1261,7 +1283,7 @@ pub async fn operator_race_has_exactly_one_winner(store: Arc<dyn Store>) {
             }
         }
         assert_eq!(winners.len(), 1, "{}: exactly one applies", action.name());
-        let current = winners[0].token;
+        let current = winners[0].record.token;
         for refusal in losers {
             // Every loser is told the record changed, and to what token.
             assert_eq!(

@@ -281,7 +281,7 @@ async fn resolved_responses_are_sealed_and_replay_in_plaintext(inner: Arc<dyn St
         .await
         .expect("operate")
         .expect("an unknown outcome is resolved");
-    assert_eq!(written.response, Some(secret_response()));
+    assert_eq!(written.record.response, Some(secret_response()));
 
     let stored = raw(&*inner, &rid).await;
     assert!(is_sealed(&stored), "{stored:?}");
@@ -297,7 +297,7 @@ async fn resolved_responses_are_sealed_and_replay_in_plaintext(inner: Arc<dyn St
     let purged = store
         .operate(
             &rid,
-            written.token,
+            written.record.token,
             OperatorAction::Purge {
                 keep_tombstone: true,
             },
@@ -306,7 +306,7 @@ async fn resolved_responses_are_sealed_and_replay_in_plaintext(inner: Arc<dyn St
         .await
         .expect("operate")
         .expect("purged");
-    assert_eq!(purged.response, None);
+    assert_eq!(purged.record.response, None);
     assert_eq!(
         existing(&store, claim(&rid)).await.0,
         ExistingOutcome::Expired

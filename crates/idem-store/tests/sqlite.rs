@@ -81,7 +81,10 @@ impl Store for TempStore {
         token: u64,
         action: idem_core::operator::OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, idem_core::operator::OperatorRefusal>, idem_store::StoreError> {
+    ) -> Result<
+        Result<idem_core::operator::Operated, idem_core::operator::OperatorRefusal>,
+        idem_store::StoreError,
+    > {
         self.store.operate(id, token, action, now).await
     }
     async fn list(

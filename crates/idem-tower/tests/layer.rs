@@ -289,7 +289,7 @@ impl Store for CompletionOutage {
         a: idem_core::operator::OperatorAction,
         n: Timestamp,
     ) -> Result<
-        Result<idem_core::Record, idem_core::operator::OperatorRefusal>,
+        Result<idem_core::operator::Operated, idem_core::operator::OperatorRefusal>,
         idem_store::StoreError,
     > {
         self.inner.operate(id, t, a, n).await

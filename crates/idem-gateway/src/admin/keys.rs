@@ -207,7 +207,11 @@ impl KeysApi {
         match self.store.get(&id).await {
             Ok(Some(record)) => ok(
                 StatusCode::OK,
-                view(&record, None, params.body.unwrap_or(false)),
+                view(
+                    &record,
+                    record.effective(SystemClock.now()),
+                    params.body.unwrap_or(false),
+                ),
             ),
             Ok(None) => problem(
                 StatusCode::NOT_FOUND,
@@ -250,7 +254,7 @@ impl KeysApi {
                     json!({
                         "keys": records
                             .iter()
-                            .map(|r| view(r, Some(state), false))
+                            .map(|r| view(r, state.state(), false))
                             .collect::<Vec<_>>(),
                         "next_cursor": next,
                     }),
@@ -322,7 +326,13 @@ impl KeysApi {
             .operate(&id, token, action, SystemClock.now())
             .await;
         let (result, answer) = match outcome {
-            Ok(Ok(record)) => ("applied", ok(StatusCode::OK, view(&record, None, false))),
+            Ok(Ok(operated)) => (
+                "applied",
+                ok(
+                    StatusCode::OK,
+                    view(&operated.record, operated.state, false),
+                ),
+            ),
             Ok(Err(refusal)) => {
                 let answer = match refusal {
                     OperatorRefusal::NotFound => {
@@ -363,16 +373,13 @@ fn store_unavailable(e: &idem_store::StoreError) -> Answer {
     )
 }
 
-/// The record as the API shows it. `listed` is the state the store chose
-/// it for (at the store's clock, which on PostgreSQL and Redis may differ
-/// from this gateway's); otherwise the state is read at this gateway's
-/// clock.
-pub(crate) fn view(record: &Record, listed: Option<Unsettled>, with_body: bool) -> Value {
-    let state = match listed {
-        Some(Unsettled::OutcomeUnknown) => idem_core::EffectiveState::OutcomeUnknown,
-        Some(Unsettled::InFlight) => idem_core::EffectiveState::InFlight,
-        None => record.effective(SystemClock.now()),
-    };
+/// The record as the API shows it, in `state`: where the store decided
+/// it (a listing, an operator's action) the state at the store's clock,
+/// which on PostgreSQL and Redis may differ from this gateway's (a purge
+/// ends retention at the store's `now`: at a gateway clock a millisecond
+/// behind it would still read completed); otherwise (a `GET`) the state
+/// at this gateway's clock.
+pub(crate) fn view(record: &Record, state: idem_core::EffectiveState, with_body: bool) -> Value {
     let time = |t: idem_core::Timestamp| {
         let millis = u64::try_from(t.as_millis()).unwrap_or(0);
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);

@@ -310,7 +310,10 @@ impl Store for FailingStore {
         _token: u64,
         _action: idem_core::operator::OperatorAction,
         _now: idem_core::Timestamp,
-    ) -> Result<Result<Record, idem_core::operator::OperatorRefusal>, StoreError> {
+    ) -> Result<
+        Result<idem_core::operator::Operated, idem_core::operator::OperatorRefusal>,
+        StoreError,
+    > {
         Err(injected("operate"))
     }
     async fn list(&self, _query: idem_store::ListQuery) -> Result<Vec<Record>, StoreError> {

@@ -7,7 +7,7 @@
 use super::*;
 use crate::{ListQuery, Store, StoreError, StoreFull, SweepReport};
 use foldhash::quality::RandomState;
-use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
+use idem_core::operator::{decide_operator, Operated, OperatorAction, OperatorRefusal};
 use idem_core::RecordId;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -211,10 +211,10 @@ impl Store for MemoryStore {
         token: u64,
         action: OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+    ) -> Result<Result<Operated, OperatorRefusal>, StoreError> {
         Ok(self.with_slot(id, |slot| {
             let next = decide_operator(slot.as_ref(), token, &action, now)?;
-            *slot = Some(next.clone());
+            *slot = Some(next.record.clone());
             Ok(next)
         }))
     }

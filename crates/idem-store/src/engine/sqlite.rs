@@ -34,7 +34,7 @@ use crate::{
     Write,
 };
 use idem_core::decision::ExistingOutcome;
-use idem_core::operator::{OperatorAction, OperatorRefusal};
+use idem_core::operator::{Operated, OperatorAction, OperatorRefusal};
 use idem_core::{Record, RecordId, Timestamp};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -354,7 +354,7 @@ impl Store for SqliteStore {
         token: u64,
         action: OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+    ) -> Result<Result<Operated, OperatorRefusal>, StoreError> {
         let id = id.clone();
         self.call("operate", move |reply| Op::Operate {
             id,

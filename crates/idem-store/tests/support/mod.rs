@@ -339,7 +339,10 @@ impl<S: Store> Store for Cleaned<S> {
         token: u64,
         action: idem_core::operator::OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, idem_core::operator::OperatorRefusal>, StoreError> {
+    ) -> Result<
+        Result<idem_core::operator::Operated, idem_core::operator::OperatorRefusal>,
+        StoreError,
+    > {
         self.inner().operate(id, token, action, now).await
     }
     async fn list(&self, query: idem_store::ListQuery) -> Result<Vec<Record>, StoreError> {

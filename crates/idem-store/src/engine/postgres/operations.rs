@@ -10,7 +10,7 @@ use crate::{
     Claim, ClaimOutcome, Completion, ListQuery, Store, StoreClock, StoreError, SweepReport, Write,
 };
 use deadpool_postgres::Object;
-use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
+use idem_core::operator::{decide_operator, Operated, OperatorAction, OperatorRefusal};
 use idem_core::{Record, RecordId, Scope, Timestamp};
 use std::time::Duration;
 
@@ -157,7 +157,7 @@ impl Store for PostgresStore {
         token: u64,
         action: OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+    ) -> Result<Result<Operated, OperatorRefusal>, StoreError> {
         let clock = self.clock_param(now);
         let announcement = announcement(&self.namespace, id);
         let id = id.clone();
@@ -476,7 +476,7 @@ async fn operate_on(
     action: &OperatorAction,
     clock: Option<i64>,
     announcement: &str,
-) -> Result<Result<Record, OperatorRefusal>, RowError> {
+) -> Result<Result<Operated, OperatorRefusal>, RowError> {
     let (scope, key) = (id.scope.as_str(), id.key.as_str());
     let tx = client.transaction().await?;
     let lock = tx.prepare_cached(rows::SELECT_FOR_UPDATE_AT).await?;
@@ -494,7 +494,7 @@ async fn operate_on(
         }
     };
     let write = tx.prepare_cached(rows::OPERATOR_WRITE).await?;
-    let values = RowValues::of(&next)?;
+    let values = RowValues::of(&next.record)?;
     let mut params = values.params().to_vec();
     params.push(&announcement);
     let row = tx.query_one(&write, &params).await?;

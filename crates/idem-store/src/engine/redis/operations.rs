@@ -9,7 +9,7 @@ use crate::{
     Claim, ClaimOutcome, Completion, ListQuery, Store, StoreClock, StoreError, SweepReport, Write,
 };
 use ::redis::Value;
-use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
+use idem_core::operator::{decide_operator, Operated, OperatorAction, OperatorRefusal};
 use idem_core::{decide_claim, ClaimDecision, Record, RecordId, Timestamp};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -228,7 +228,7 @@ impl Store for RedisStore {
         token: u64,
         action: OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+    ) -> Result<Result<Operated, OperatorRefusal>, StoreError> {
         let op = "operate";
         let clock = self.clock_arg(op, now)?;
         for _ in 0..OPERATE_ATTEMPTS {
@@ -403,7 +403,7 @@ impl RedisStore {
         token: u64,
         action: &OperatorAction,
         clock: &str,
-    ) -> Result<Option<Result<Record, OperatorRefusal>>, StoreError> {
+    ) -> Result<Option<Result<Operated, OperatorRefusal>>, StoreError> {
         let op = "operate";
         let prefix = &self.options.prefix;
         let key = record_key(prefix, id);
@@ -420,10 +420,11 @@ impl RedisStore {
         };
         let stored = codec::record_from_hash(id.clone(), hash)
             .map_err(|e| StoreError::new(ENGINE, op, e))?;
-        let next = match decide_operator(stored.as_ref(), token, action, Timestamp(now)) {
-            Ok(next) => next,
+        let decided = match decide_operator(stored.as_ref(), token, action, Timestamp(now)) {
+            Ok(decided) => decided,
             Err(refusal) => return Ok(Some(Err(refusal))),
         };
+        let next = &decided.record;
         // decide_operator refuses an absent record, so there is one.
         let Some(old) = stored else {
             return Err(fail(
@@ -468,7 +469,7 @@ impl RedisStore {
             .arg(channel)
             .arg(publish);
         match self.invoke(op, write).await? {
-            Value::Int(1) => Ok(Some(Ok(next))),
+            Value::Int(1) => Ok(Some(Ok(decided))),
             Value::Int(0) => Ok(None),
             other => Err(fail(op, format!("unexpected script reply {other:?}"))),
         }

@@ -20,8 +20,8 @@ use super::{fail, Stats};
 use crate::engine::{apply_claim, apply_complete, apply_release, apply_renew, apply_unknown};
 use crate::{Claim, ClaimOutcome, Completion, StoreError, SweepReport, Write};
 use idem_core::decision::ExistingOutcome;
-use idem_core::operator::{decide_operator, OperatorAction, OperatorRefusal};
-use idem_core::{Record, RecordId, Timestamp};
+use idem_core::operator::{decide_operator, Operated, OperatorAction, OperatorRefusal};
+use idem_core::{RecordId, Timestamp};
 use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -54,7 +54,7 @@ pub(super) enum Op {
         token: u64,
         action: Box<OperatorAction>,
         now: Timestamp,
-        reply: Reply<Result<Record, OperatorRefusal>>,
+        reply: Reply<Result<Operated, OperatorRefusal>>,
     },
     Sweep(SweepJob),
     /// Proves the writer is alive and can take the write lock.
@@ -149,7 +149,7 @@ impl<T> Pending<T> {
 enum Done {
     Claim(Pending<ClaimOutcome>),
     Write(Pending<Write>),
-    Operate(Pending<Result<Record, OperatorRefusal>>),
+    Operate(Pending<Result<Operated, OperatorRefusal>>),
     Sweep(Pending<SweepReport>),
     Ping(Pending<()>),
 }
@@ -460,12 +460,12 @@ impl Writer {
         token: u64,
         action: &OperatorAction,
         now: Timestamp,
-    ) -> Result<Result<Record, OperatorRefusal>, StoreError> {
+    ) -> Result<Result<Operated, OperatorRefusal>, StoreError> {
         let op = "operate";
         let slot = load(&self.conn, id).map_err(|e| row_error(op, e))?;
         let decided = decide_operator(slot.as_ref(), token, action, now);
         if let Ok(next) = &decided {
-            persist(&self.conn, id, Some(next)).map_err(|e| row_error(op, e))?;
+            persist(&self.conn, id, Some(&next.record)).map_err(|e| row_error(op, e))?;
         }
         Ok(decided)
     }
