@@ -114,6 +114,13 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// assert_eq!(left, ["x-forwarded-for", "content-type"]);
 /// ```
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, protected: &[http::HeaderName]) {
+    // Most messages carry none: one pass over the few names present costs
+    // less than a lookup (a parse and a hash) per listed name, twice per
+    // proxied request. `Connection` is itself hop-by-hop, so a message
+    // without any also names nothing to remove.
+    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
+        return;
+    }
     let named: Vec<http::HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -154,6 +161,35 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hop_by_hop_header_is_stripped_alone_and_nothing_else_is() {
+        let end_to_end = |headers: &mut http::HeaderMap| {
+            headers.insert("content-type", http::HeaderValue::from_static("text/plain"));
+            headers.insert("x-custom", http::HeaderValue::from_static("1"));
+        };
+        for name in HOP_BY_HOP {
+            let mut headers = http::HeaderMap::new();
+            end_to_end(&mut headers);
+            headers.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static("x-custom"),
+            );
+            strip_hop_by_hop(&mut headers, &[]);
+            let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+            let expected: &[&str] = if *name == "connection" {
+                &["content-type"] // and the header it names
+            } else {
+                &["content-type", "x-custom"]
+            };
+            assert_eq!(left, expected, "{name}");
+        }
+        let mut untouched = http::HeaderMap::new();
+        end_to_end(&mut untouched);
+        let before = untouched.clone();
+        strip_hop_by_hop(&mut untouched, &[]);
+        assert_eq!(untouched, before);
+    }
 
     #[test]
     fn retry_after_is_seconds_or_an_http_date() {
