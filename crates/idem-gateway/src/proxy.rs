@@ -37,20 +37,27 @@ pub struct TlsTerminated;
 /// pooled keep-alive client.
 #[derive(Clone)]
 pub struct Proxy {
+    // Behind one `Arc`: the proxy is cloned for every request (by the
+    // server, the layer and `call`), and the client alone holds several.
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
     client: Client<HttpsConnector<HttpConnector>, RequestBody<Incoming>>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
-    forwarding: Arc<Forwarding>,
+    forwarding: Forwarding,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("Proxy")
-            .field("scheme", &self.scheme)
-            .field("authority", &self.authority)
-            .field("base_path", &self.base_path)
-            .field("forwarding", &self.forwarding)
+            .field("scheme", &inner.scheme)
+            .field("authority", &inner.authority)
+            .field("base_path", &inner.base_path)
+            .field("forwarding", &inner.forwarding)
             .finish_non_exhaustive()
     }
 }
@@ -146,14 +153,18 @@ impl Proxy {
         }
         let client = builder.build(https);
         Ok(Proxy {
-            client,
-            scheme,
-            authority,
-            base_path,
-            forwarding: Arc::new(forwarding),
+            inner: Arc::new(ProxyInner {
+                client,
+                scheme,
+                authority,
+                base_path,
+                forwarding,
+            }),
         })
     }
+}
 
+impl ProxyInner {
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
         let path_and_query = uri
             .path_and_query()
@@ -172,15 +183,12 @@ impl Proxy {
     }
 }
 
-/// Headers a client could use to claim another address or host.
-const FORWARDING_HEADERS: [&str; 6] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-real-ip",
-];
+/// Whether a client could use the header to claim another address or host:
+/// `Forwarded`, `X-Real-IP` and every `X-Forwarded-*`.
+fn is_forwarding(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name == "forwarded" || name == "x-real-ip" || name.starts_with("x-forwarded-")
+}
 
 fn set_forwarded(
     headers: &mut HeaderMap,
@@ -190,15 +198,14 @@ fn set_forwarded(
     trust: bool,
 ) {
     if !trust {
-        for name in FORWARDING_HEADERS {
-            headers.remove(name);
-        }
-        let prefixed: Vec<HeaderName> = headers
+        // One pass over the names present; nothing is allocated when the
+        // client sent none (the usual case).
+        let claimed: Vec<HeaderName> = headers
             .keys()
-            .filter(|n| n.as_str().starts_with("x-forwarded-"))
+            .filter(|n| is_forwarding(n))
             .cloned()
             .collect();
-        for name in prefixed {
+        for name in claimed {
             headers.remove(name);
         }
     }
@@ -251,10 +258,10 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
     }
 
     fn call(&mut self, request: Request<RequestBody<Incoming>>) -> Self::Future {
-        let client = self.client.clone();
-        let uri = self.upstream_uri(request.uri());
-        let forwarding = self.forwarding.clone();
+        let inner = self.inner.clone();
+        let uri = inner.upstream_uri(request.uri());
         Box::pin(async move {
+            let forwarding = &inner.forwarding;
             let (mut parts, body) = request.into_parts();
             let host = request_host(&parts);
             parts.uri = uri.map_err(NotExecuted::new)?;
@@ -271,7 +278,7 @@ impl Service<Request<RequestBody<Incoming>>> for Proxy {
             // The client sets Host from the upstream URI.
             parts.headers.remove(HOST);
             parts.version = http::Version::HTTP_11;
-            match client.request(Request::from_parts(parts, body)).await {
+            match inner.client.request(Request::from_parts(parts, body)).await {
                 Ok(mut response) => {
                     strip_hop_by_hop(response.headers_mut(), &[]);
                     Ok(response)
