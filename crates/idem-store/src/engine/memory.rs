@@ -8,22 +8,24 @@ use super::*;
 use crate::{ListQuery, Store, StoreError, StoreFull, SweepReport};
 use foldhash::quality::RandomState;
 use idem_core::operator::{decide_operator, Operated, OperatorAction, OperatorRefusal};
+use hashbrown::hash_table::{Entry, HashTable};
 use idem_core::RecordId;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
 
 /// Records a [`MemoryStore::new`] holds at most.
 pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
 
-/// One lock's worth of records. A slot is `None` once its record is gone.
-type Shard = Mutex<HashMap<RecordId, Option<Record>, RandomState>>;
+/// One lock's worth of records, found by the hash of their own id: a map
+/// keyed by a copy of it would store every scope and key twice (two more
+/// allocations and their bytes per record, for the whole retention).
+type Shard = Mutex<HashTable<Record>>;
 
 /// Records in sharded maps; each operation holds one shard's lock for the
-/// length of a map lookup, never across an await.
+/// length of a table lookup, never across an await.
 pub struct MemoryStore {
     // foldhash, seeded per process: far cheaper than SipHash on the hot
     // path, and keys are still not predictable to a client.
@@ -77,7 +79,7 @@ impl MemoryStore {
     pub fn with_max_records(max_records: usize) -> Self {
         MemoryStore {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_hasher(RandomState::default())))
+                .map(|_| Mutex::new(HashTable::new()))
                 .collect(),
             hasher: RandomState::default(),
             records: AtomicUsize::new(0),
@@ -99,34 +101,63 @@ impl MemoryStore {
         id: &RecordId,
         f: impl FnOnce(&mut Option<Record>) -> T,
     ) -> Result<T, (T, StoreFull)> {
-        let shard = &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS];
-        // A poisoned shard only means another thread panicked mid-update of
-        // plain data; the map itself is still consistent.
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        // Existing keys are updated in place (no rehash, no key clone).
-        if let Some(slot) = map.get_mut(id) {
-            return Ok(f(slot));
-        }
-        let mut slot = None;
-        let out = f(&mut slot);
-        if slot.is_some() {
-            let reserved = self
-                .records
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < self.max_records).then_some(n + 1)
-                });
-            if reserved.is_err() {
-                return Err((
-                    out,
-                    StoreFull {
-                        max: self.max_records,
-                    },
-                ));
+        let hash = self.hasher.hash_one(id);
+        let mut table = self.lock(hash);
+        let rehash = |r: &Record| self.hasher.hash_one(&r.id);
+        match table.entry(hash, |r| r.id == *id, rehash) {
+            Entry::Occupied(entry) => {
+                // Taken out and put back in the slot it left: `f` may
+                // delete the record.
+                let (record, vacant) = entry.remove();
+                let mut slot = Some(record);
+                let out = f(&mut slot);
+                match slot {
+                    Some(record) => {
+                        debug_assert!(record.id == *id, "a record keeps its id");
+                        vacant.insert(record);
+                    }
+                    None => {
+                        self.records.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                Ok(out)
             }
-            map.insert(id.clone(), slot);
+            Entry::Vacant(vacant) => {
+                let mut slot = None;
+                let out = f(&mut slot);
+                let Some(record) = slot else {
+                    return Ok(out);
+                };
+                let reserved = self
+                    .records
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < self.max_records).then_some(n + 1)
+                    });
+                if reserved.is_err() {
+                    return Err((
+                        out,
+                        StoreFull {
+                            max: self.max_records,
+                        },
+                    ));
+                }
+                debug_assert!(record.id == *id, "a record keeps its id");
+                vacant.insert(record);
+                Ok(out)
+            }
         }
-        Ok(out)
     }
+
+    /// The shard a hash falls in, locked.
+    fn lock(&self, hash: u64) -> MutexGuard<'_, HashTable<Record>> {
+        lock(&self.shards[(hash as usize) % SHARDS])
+    }
+}
+
+fn lock(shard: &Shard) -> MutexGuard<'_, HashTable<Record>> {
+    // A poisoned shard only means another thread panicked mid-update of
+    // plain data; the table itself is still consistent.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait::async_trait]
@@ -169,18 +200,16 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        Ok(self.with_slot(id, |slot| slot.clone()))
+        let hash = self.hasher.hash_one(id);
+        Ok(self.lock(hash).find(hash, |r| r.id == *id).cloned())
     }
 
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         for shard in self.shards.iter() {
-            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-            let before = map.len();
-            map.retain(|_, slot| {
-                let Some(r) = slot else {
-                    return false;
-                };
+            let mut table = lock(shard);
+            let before = table.len();
+            table.retain(|r| {
                 if report.deleted + report.tombstoned >= limit {
                     return true;
                 }
@@ -197,7 +226,7 @@ impl Store for MemoryStore {
                     }
                 }
             });
-            self.records.fetch_sub(before - map.len(), Ordering::AcqRel);
+            self.records.fetch_sub(before - table.len(), Ordering::AcqRel);
             if report.deleted + report.tombstoned >= limit {
                 break;
             }
@@ -223,10 +252,10 @@ impl Store for MemoryStore {
     async fn list(&self, query: ListQuery) -> Result<Vec<Record>, StoreError> {
         let mut found = Vec::new();
         for shard in self.shards.iter() {
-            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let table = lock(shard);
             found.extend(
-                map.values()
-                    .flatten()
+                table
+                    .iter()
                     .filter(|r| query.state.holds(r, query.now))
                     .filter(|r| query.after.as_ref().is_none_or(|c| c.precedes(r)))
                     .cloned(),
