@@ -7,8 +7,8 @@
 use super::*;
 use crate::{ListQuery, Store, StoreError, StoreFull, SweepReport};
 use foldhash::quality::RandomState;
-use idem_core::operator::{decide_operator, Operated, OperatorAction, OperatorRefusal};
 use hashbrown::hash_table::{Entry, HashTable};
+use idem_core::operator::{decide_operator, Operated, OperatorAction, OperatorRefusal};
 use idem_core::RecordId;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,9 +78,7 @@ impl MemoryStore {
     /// ```
     pub fn with_max_records(max_records: usize) -> Self {
         MemoryStore {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashTable::new()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             hasher: RandomState::default(),
             records: AtomicUsize::new(0),
             max_records,
@@ -128,11 +126,11 @@ impl MemoryStore {
                 let Some(record) = slot else {
                     return Ok(out);
                 };
-                let reserved = self
-                    .records
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < self.max_records).then_some(n + 1)
-                    });
+                let reserved =
+                    self.records
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            (n < self.max_records).then_some(n + 1)
+                        });
                 if reserved.is_err() {
                     return Err((
                         out,
@@ -226,7 +224,8 @@ impl Store for MemoryStore {
                     }
                 }
             });
-            self.records.fetch_sub(before - table.len(), Ordering::AcqRel);
+            self.records
+                .fetch_sub(before - table.len(), Ordering::AcqRel);
             if report.deleted + report.tombstoned >= limit {
                 break;
             }
