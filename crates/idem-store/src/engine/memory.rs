@@ -22,7 +22,15 @@ pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
 /// One lock's worth of records, found by the hash of their own id: a map
 /// keyed by a copy of it would store every scope and key twice (two more
 /// allocations and their bytes per record, for the whole retention).
-type Shard = Mutex<HashTable<Record>>;
+type Shard = Mutex<HashTable<Slot>>;
+
+/// A record and its id's hash (kept, so the table grows without hashing
+/// every id again). The record is `Some` between operations; the `Option`
+/// lets the engines' shared `apply_*` rules update it in place.
+struct Slot {
+    hash: u64,
+    record: Option<Record>,
+}
 
 /// Records in sharded maps; each operation holds one shard's lock for the
 /// length of a table lookup, never across an await.
@@ -101,31 +109,21 @@ impl MemoryStore {
     ) -> Result<T, (T, StoreFull)> {
         let hash = self.hasher.hash_one(id);
         let mut table = self.lock(hash);
-        let rehash = |r: &Record| self.hasher.hash_one(&r.id);
-        match table.entry(hash, |r| r.id == *id, rehash) {
-            Entry::Occupied(entry) => {
-                // Taken out and put back in the slot it left: `f` may
-                // delete the record.
-                let (record, vacant) = entry.remove();
-                let mut slot = Some(record);
-                let out = f(&mut slot);
-                match slot {
-                    Some(record) => {
-                        debug_assert!(record.id == *id, "a record keeps its id");
-                        vacant.insert(record);
-                    }
-                    None => {
-                        self.records.fetch_sub(1, Ordering::AcqRel);
-                    }
+        match table.entry(hash, |s| is(s, id), |s| s.hash) {
+            Entry::Occupied(mut entry) => {
+                let out = f(&mut entry.get_mut().record);
+                if entry.get().record.is_none() {
+                    entry.remove();
+                    self.records.fetch_sub(1, Ordering::AcqRel);
                 }
                 Ok(out)
             }
             Entry::Vacant(vacant) => {
-                let mut slot = None;
-                let out = f(&mut slot);
-                let Some(record) = slot else {
+                let mut record = None;
+                let out = f(&mut record);
+                if record.is_none() {
                     return Ok(out);
-                };
+                }
                 let reserved =
                     self.records
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -139,20 +137,24 @@ impl MemoryStore {
                         },
                     ));
                 }
-                debug_assert!(record.id == *id, "a record keeps its id");
-                vacant.insert(record);
+                vacant.insert(Slot { hash, record });
                 Ok(out)
             }
         }
     }
 
     /// The shard a hash falls in, locked.
-    fn lock(&self, hash: u64) -> MutexGuard<'_, HashTable<Record>> {
+    fn lock(&self, hash: u64) -> MutexGuard<'_, HashTable<Slot>> {
         lock(&self.shards[(hash as usize) % SHARDS])
     }
 }
 
-fn lock(shard: &Shard) -> MutexGuard<'_, HashTable<Record>> {
+/// Whether the slot holds the record stored under `id`.
+fn is(slot: &Slot, id: &RecordId) -> bool {
+    slot.record.as_ref().is_some_and(|r| r.id == *id)
+}
+
+fn lock(shard: &Shard) -> MutexGuard<'_, HashTable<Slot>> {
     // A poisoned shard only means another thread panicked mid-update of
     // plain data; the table itself is still consistent.
     shard.lock().unwrap_or_else(|e| e.into_inner())
@@ -199,7 +201,10 @@ impl Store for MemoryStore {
 
     async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         let hash = self.hasher.hash_one(id);
-        Ok(self.lock(hash).find(hash, |r| r.id == *id).cloned())
+        Ok(self
+            .lock(hash)
+            .find(hash, |s| is(s, id))
+            .and_then(|s| s.record.clone()))
     }
 
     async fn sweep(&self, now: Timestamp, limit: usize) -> Result<SweepReport, StoreError> {
@@ -207,7 +212,10 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let mut table = lock(shard);
             let before = table.len();
-            table.retain(|r| {
+            table.retain(|slot| {
+                let Some(r) = &mut slot.record else {
+                    return false;
+                };
                 if report.deleted + report.tombstoned >= limit {
                     return true;
                 }
@@ -255,6 +263,7 @@ impl Store for MemoryStore {
             found.extend(
                 table
                     .iter()
+                    .filter_map(|s| s.record.as_ref())
                     .filter(|r| query.state.holds(r, query.now))
                     .filter(|r| query.after.as_ref().is_none_or(|c| c.precedes(r)))
                     .cloned(),
