@@ -1239,10 +1239,18 @@ async fn forwarding_keeps_the_key_strips_hop_by_hop_and_sets_x_forwarded() {
             .header("x-forwarded-host", "evil.example")
             .header("x-forwarded-proto", "https")
             .header("forwarded", "for=10.0.0.1;host=evil.example")
-            .header("x-real-ip", "10.0.0.1"),
+            .header("x-real-ip", "10.0.0.1")
+            .header("x-forwarded-port", "8443")
+            .header("x-forwarded-prefix", "/admin"),
     )
     .await;
     let h = up.last_seen("/charges").headers;
+    for claimed in ["x-forwarded-port", "x-forwarded-prefix"] {
+        assert!(
+            h.get(claimed).is_none(),
+            "{claimed} reached the upstream: {h:?}"
+        );
+    }
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-host"], gw.addr.to_string().as_str());
     assert_eq!(h["x-forwarded-proto"], "http");
