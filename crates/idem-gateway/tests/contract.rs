@@ -1327,6 +1327,22 @@ async fn admin_metrics_show_the_sqlite_commit_batch_sizes() {
         count >= 2.0,
         "the claim and the completion were committed: {count}"
     );
+    // Its buckets count operations, not seconds: under the latency
+    // histograms' buckets (0.0001 s to 1 s) every batch of two or more
+    // would fall in `+Inf`, and the distribution would say nothing.
+    let bucket =
+        |le: &str| format!("idem_store_batch_size_bucket{{engine=\"sqlite\",le=\"{le}\"}} ");
+    for le in ["1", "2", "4", "8", "16", "32", "64", "128", "256", "512"] {
+        assert!(
+            text.contains(&bucket(le)),
+            "missing {} in\n{text}",
+            bucket(le)
+        );
+    }
+    assert!(
+        !text.contains(&bucket("0.5")),
+        "a batch size bucket below one operation in\n{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------

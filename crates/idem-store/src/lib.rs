@@ -33,6 +33,11 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// Histogram of operations per commit (SQLite) or per batch statement
+/// (PostgreSQL), by `engine`: how much group commit gathers. Its values
+/// are counts, so a recorder needs buckets of its own for it.
+pub const BATCH_SIZE_METRIC: &str = "idem_store_batch_size";
+
 pub use engine::memory::{MemoryStore, DEFAULT_MAX_RECORDS};
 #[cfg(feature = "postgres")]
 pub use engine::postgres::{MigrationReport, PostgresOptions, PostgresStore};

@@ -332,7 +332,8 @@ async fn gather<J, F, Fut>(
         stats
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        metrics::histogram!("idem_store_batch_size", "engine" => ENGINE).record(batch.len() as f64);
+        metrics::histogram!(crate::BATCH_SIZE_METRIC, "engine" => ENGINE)
+            .record(batch.len() as f64);
         let running = run(connections.clone(), batch);
         tokio::spawn(async move {
             running.await;

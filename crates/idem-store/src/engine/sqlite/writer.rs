@@ -322,7 +322,7 @@ impl Writer {
         match commit {
             Ok(_) => {
                 // How much group commit gathers: operations per commit.
-                metrics::histogram!("idem_store_batch_size", "engine" => "sqlite")
+                metrics::histogram!(crate::BATCH_SIZE_METRIC, "engine" => "sqlite")
                     .record(done.len() as f64);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
