@@ -11,7 +11,7 @@
 #          --listen 127.0.0.1:18081 --upstream http://127.0.0.1:18080
 #        bash bench/cpu-per-request.sh 18082 target/release/idem gateway \
 #          --listen 127.0.0.1:18082 --upstream http://127.0.0.1:18080 --store memory
-# Env:   DURATION=8 (seconds) CONNECTIONS=32
+# Env:   DURATION=8 (seconds) CONNECTIONS=32 SCRIPT=bench/unique.lua (the wrk script)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +21,7 @@ shift
 (($# > 0)) || { echo "cpu-per-request: no command given" >&2; exit 1; }
 DURATION="${DURATION:-8}"
 CONNECTIONS="${CONNECTIONS:-32}"
+SCRIPT="${SCRIPT:-bench/unique.lua}"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 TICKS="$(getconf CLK_TCK)"
 
@@ -41,7 +42,7 @@ for _ in $(seq 300); do
 done
 ((ready)) || { echo "cpu-per-request: nothing answers on port $PORT" >&2; exit 1; }
 # Warm-up, unrecorded.
-wrk -t1 -c"$CONNECTIONS" -d2s -s bench/unique.lua "http://127.0.0.1:$PORT/" >/dev/null
+wrk -t1 -c"$CONNECTIONS" -d2s -s "$SCRIPT" "http://127.0.0.1:$PORT/" >/dev/null
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
@@ -55,7 +56,7 @@ done
 writes() { awk '/^syscw/ { print $2 }' "/proc/$1/io"; }
 p0=$(ticks "$proxy") u0=$(ticks "$upstream") m0=$(rss_kb "$proxy") f0=$(minor_faults "$proxy")
 [[ -n "$writer" ]] && w0=$(ticks "$writer") s0=$(writes "$writer")
-rps=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s bench/unique.lua "http://127.0.0.1:$PORT/" |
+rps=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$PORT/" |
   awk '/Requests\/sec/ { print $2 }')
 p1=$(ticks "$proxy") u1=$(ticks "$upstream") m1=$(rss_kb "$proxy") f1=$(minor_faults "$proxy")
 awk -v r="$rps" -v p=$((p1 - p0)) -v u=$((u1 - u0)) -v d="$DURATION" -v hz="$TICKS" \

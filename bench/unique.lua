@@ -4,6 +4,9 @@
 -- else os.time()) separates runs, the thread id (assigned in setup) separates
 -- wrk threads, and the counter separates requests within a thread.
 --
+-- Env NO_KEY=1 sends the same requests without a key: the gateway's
+-- pass-through path, for comparing it with the keyed one (bench/README.md).
+--
 -- Env BODY_SIZE (bytes, at least 40) replaces the body with
 -- {"amount":100,"currency":"eur","pad":"xx…x"} padded to exactly that size,
 -- built once per thread in init(); unset or empty keeps the body below.
@@ -16,6 +19,7 @@ local body = '{"amount":100,"currency":"eur"}'
 local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer bench" }
 local counter = 0
 local prefix = "u-"
+local send_key = true
 
 local next_tid = 0
 
@@ -29,6 +33,7 @@ end
 function init(args)
   local nonce = os.getenv("IDEM_BENCH_NONCE") or tostring(os.time())
   prefix = "u-" .. nonce .. "-" .. tostring(tid or 0) .. "-"
+  send_key = os.getenv("NO_KEY") ~= "1"
   local size = os.getenv("BODY_SIZE")
   if size ~= nil and size ~= "" then
     local n = tonumber(size)
@@ -42,7 +47,9 @@ end
 
 function request()
   counter = counter + 1
-  headers["Idempotency-Key"] = prefix .. counter
+  if send_key then
+    headers["Idempotency-Key"] = prefix .. counter
+  end
   return wrk.format("POST", "/charges", headers, body)
 end
 

@@ -319,56 +319,60 @@ fn digest_scope(kind: char, digest: [u8; 32]) -> Scope {
     if hex::encode_to_slice(digest, &mut hex).is_err() {
         unreachable!("64 hex digits for 32 bytes");
     }
+    let Ok(hex) = std::str::from_utf8(&hex) else {
+        unreachable!("hex digits are ASCII")
+    };
     let mut scope = String::with_capacity(kind.len_utf8() + 1 + hex.len());
     scope.push(kind);
     scope.push(':');
-    scope.extend(hex.iter().map(|&b| char::from(b)));
+    // One copy, not a push per digit.
+    scope.push_str(hex);
     Scope(scope.into_boxed_str())
 }
 
 /// The bytes a header source hashes, `None` when none of the headers is
 /// present (or all are blank).
 fn header_material(headers: &HeaderMap, names: &[String], normalise: bool) -> Option<Vec<u8>> {
-    let mut present: Vec<(&str, Vec<u8>)> = Vec::with_capacity(names.len());
+    // One configured header: the value alone (the form of earlier
+    // versions, so stored scopes survive an upgrade), with no list of
+    // present headers to build on every keyed request.
+    if let [name] = names {
+        return joined_values(headers, name, normalise);
+    }
+    let mut m = Vec::new();
     for name in names {
-        let mut joined: Option<Vec<u8>> = None;
-        for value in headers.get_all(name.as_str()) {
-            let value = if normalise {
-                normalise_credential(name, value.as_bytes())
-            } else {
-                value.as_bytes().to_vec()
-            };
-            if value.is_empty() {
-                continue;
-            }
-            match &mut joined {
-                Some(j) => {
-                    j.push(b'\n');
-                    j.extend_from_slice(&value);
-                }
-                None => joined = Some(value),
-            }
-        }
-        if let Some(v) = joined {
-            present.push((name, v));
+        if let Some(v) = joined_values(headers, name, normalise) {
+            m.extend_from_slice(name.as_bytes());
+            m.push(0);
+            m.extend_from_slice(&(v.len() as u64).to_be_bytes());
+            m.extend_from_slice(&v);
         }
     }
-    match (names.len(), present.len()) {
-        (_, 0) => None,
-        // One configured header: the value alone (the form of earlier
-        // versions, so stored scopes survive an upgrade).
-        (1, _) => present.pop().map(|(_, v)| v),
-        _ => {
-            let mut m = Vec::new();
-            for (name, v) in present {
-                m.extend_from_slice(name.as_bytes());
-                m.push(0);
-                m.extend_from_slice(&(v.len() as u64).to_be_bytes());
-                m.extend_from_slice(&v);
+    (!m.is_empty()).then_some(m)
+}
+
+/// Every non-blank value of the header `name`, in order, joined by `\n`;
+/// `None` when there is none.
+fn joined_values(headers: &HeaderMap, name: &str, normalise: bool) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
+    for value in headers.get_all(name) {
+        let value = if normalise {
+            normalise_credential(name, value.as_bytes())
+        } else {
+            value.as_bytes().to_vec()
+        };
+        if value.is_empty() {
+            continue;
+        }
+        match &mut joined {
+            Some(j) => {
+                j.push(b'\n');
+                j.extend_from_slice(&value);
             }
-            Some(m)
+            None => joined = Some(value),
         }
     }
+    joined
 }
 
 /// The same credential written differently is the same credential: runs

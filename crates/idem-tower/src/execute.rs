@@ -5,7 +5,7 @@
 use crate::bounds::{ClientBody, Inner};
 use crate::budget::Reservation;
 use crate::clock::deadline_after;
-use crate::metrics::{self, InFlightGuard, Outcome};
+use crate::metrics::{self, InFlightGuard, Outcome, StoreOp};
 use crate::respond::{self, KeyEcho};
 use crate::shared::Shared;
 use crate::{error::is_not_executed, BoxError, RequestBody, ResponseBody};
@@ -197,7 +197,7 @@ impl Owner {
                 tracing::error!(key = %self.id.key, error = &e as &dyn std::error::Error, "could not mark outcome unknown; the lease will run out instead")
             }
         }
-        metrics::store_op(self.shared.store.engine(), "mark_unknown", started);
+        self.shared.store_ops.record(StoreOp::MarkUnknown, started);
         metrics::count(Outcome::Unknown);
         tracing::warn!(key = %self.id.key, %detail, "outcome unknown");
         respond::problem(
@@ -220,7 +220,7 @@ impl Owner {
             .store
             .complete(&self.id, self.token, completion.clone())
             .await;
-        metrics::store_op(self.shared.store.engine(), "complete", started);
+        self.shared.store_ops.record(StoreOp::Complete, started);
         match result {
             Ok(Write::Written) => {}
             Ok(Write::Fenced) => {
@@ -252,7 +252,7 @@ impl Owner {
                 tracing::error!(key = %self.id.key, error = &e as &dyn std::error::Error, "could not release the key; it becomes outcome-unknown when its lease runs out")
             }
         }
-        metrics::store_op(self.shared.store.engine(), "release", started);
+        self.shared.store_ops.record(StoreOp::Release, started);
     }
 
     async fn renew(&self) {
@@ -273,7 +273,7 @@ impl Owner {
                 tracing::warn!(key = %self.id.key, error = &e as &dyn std::error::Error, "lease renewal failed; will retry")
             }
         }
-        metrics::store_op(self.shared.store.engine(), "renew", started);
+        self.shared.store_ops.record(StoreOp::Renew, started);
     }
 }
 

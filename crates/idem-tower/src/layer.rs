@@ -1,4 +1,5 @@
 use crate::budget::BufferBudget;
+use crate::metrics::StoreOpKeys;
 use crate::shared::Shared;
 use crate::unsettled::Settlements;
 use crate::wait::Waiters;
@@ -249,6 +250,7 @@ impl IdempotencyLayerBuilder {
                     .map(|r| Arc::new(config.effective(r)))
                     .collect(),
                 config,
+                store_ops: StoreOpKeys::new(self.store.engine()),
                 store: self.store,
                 clock: self.clock,
                 executions: TaskTracker::new(),

@@ -3,7 +3,7 @@ use crate::budget::Reservation;
 use crate::config::AmbiguousPath;
 use crate::execute::Owner;
 use crate::future::DetachOnDrop;
-use crate::metrics::{self, Outcome};
+use crate::metrics::{self, Outcome, StoreOp};
 use crate::respond::{self, KeyEcho};
 use crate::settle::Adoption;
 use crate::shared::Shared;
@@ -679,7 +679,7 @@ async fn claim_settled(
     };
     let started = Instant::now();
     let outcome = shared.store.claim(claim).await;
-    metrics::store_op(shared.store.engine(), "claim", started);
+    shared.store_ops.record(StoreOp::Claim, started);
     match outcome {
         // The claim may have committed with its reply lost: ask again (same
         // attempt) before answering.

@@ -1,6 +1,7 @@
 //! What every clone of a layer and its services shares.
 
 use crate::budget::BufferBudget;
+use crate::metrics::StoreOpKeys;
 use crate::unsettled::Settlements;
 use crate::wait::Waiters;
 use crate::{Clock, EffectivePolicy, IdempotencyConfig};
@@ -14,6 +15,8 @@ pub(crate) struct Shared {
     /// `config.routes[i]`'s effective policy, at index `i`.
     pub(crate) routes: Vec<Arc<EffectivePolicy>>,
     pub(crate) store: Arc<dyn Store>,
+    /// The keys its operations are timed under.
+    pub(crate) store_ops: StoreOpKeys,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) executions: TaskTracker,
     pub(crate) waiters: Waiters,
