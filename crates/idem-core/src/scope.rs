@@ -547,6 +547,35 @@ mod tests {
         );
     }
 
+    /// A client that sends its credential header twice (someone else's
+    /// value beside its own) lands in neither tenant's scope; a blank
+    /// copy changes nothing.
+    #[test]
+    fn every_value_of_a_repeated_credential_header_counts() {
+        for rule in [
+            ScopeRule::default(),
+            ScopeRule::new(ScopeSource::HeaderHash {
+                headers: vec!["authorization".into(), "x-api-key".into()],
+            }),
+        ] {
+            let a = scope(&rule, &[("authorization", "Bearer a")]).unwrap();
+            let b = scope(&rule, &[("authorization", "Bearer b")]).unwrap();
+            let both = scope(
+                &rule,
+                &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+            )
+            .unwrap();
+            assert_ne!(both, a);
+            assert_ne!(both, b);
+            let with_blank = scope(
+                &rule,
+                &[("authorization", "Bearer a"), ("authorization", "  ")],
+            )
+            .unwrap();
+            assert_eq!(with_blank, a);
+        }
+    }
+
     #[test]
     fn several_headers_cover_the_pairs_present() {
         let rule = ScopeRule::new(ScopeSource::HeaderHash {

@@ -59,34 +59,27 @@ pub(crate) fn count(outcome: Outcome) {
     metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA)).increment(1);
 }
 
-/// A store operation the layer times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoreOp {
-    Claim,
-    Complete,
-    Renew,
-    Release,
-    MarkUnknown,
+/// `StoreOp`, with the `op` label of each variant, listed once in
+/// declaration order, so a variant's discriminant is its label's index.
+macro_rules! store_ops {
+    ($($variant:ident => $label:literal,)*) => {
+        /// A store operation the layer times.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum StoreOp {
+            $($variant,)*
+        }
+
+        /// Indexed by `StoreOp as usize`.
+        const STORE_OP_LABELS: &[&str] = &[$($label,)*];
+    };
 }
 
-impl StoreOp {
-    const ALL: [StoreOp; 5] = [
-        StoreOp::Claim,
-        StoreOp::Complete,
-        StoreOp::Renew,
-        StoreOp::Release,
-        StoreOp::MarkUnknown,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            StoreOp::Claim => "claim",
-            StoreOp::Complete => "complete",
-            StoreOp::Renew => "renew",
-            StoreOp::Release => "release",
-            StoreOp::MarkUnknown => "mark_unknown",
-        }
-    }
+store_ops! {
+    Claim => "claim",
+    Complete => "complete",
+    Renew => "renew",
+    Release => "release",
+    MarkUnknown => "mark_unknown",
 }
 
 /// The keys of [`STORE_SECONDS`] for one store, made once when the layer
@@ -97,21 +90,22 @@ impl StoreOp {
 #[derive(Debug)]
 pub(crate) struct StoreOpKeys {
     /// Indexed by `StoreOp as usize`.
-    keys: [Key; 5],
+    keys: Box<[Key]>,
 }
 
 impl StoreOpKeys {
     pub(crate) fn new(engine: &'static str) -> Self {
+        let key = |op: &'static str| {
+            Key::from_parts(
+                STORE_SECONDS,
+                vec![
+                    Label::from_static_parts("op", op),
+                    Label::from_static_parts("engine", engine),
+                ],
+            )
+        };
         StoreOpKeys {
-            keys: StoreOp::ALL.map(|op| {
-                Key::from_parts(
-                    STORE_SECONDS,
-                    vec![
-                        Label::from_static_parts("op", op.label()),
-                        Label::from_static_parts("engine", engine),
-                    ],
-                )
-            }),
+            keys: STORE_OP_LABELS.iter().copied().map(key).collect(),
         }
     }
 
@@ -153,30 +147,28 @@ mod tests {
         fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(shown(key));
+            self.remember(key);
             Counter::noop()
         }
         fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
             Gauge::noop()
         }
         fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(shown(key));
+            self.remember(key);
             Histogram::noop()
         }
     }
 
-    fn shown(key: &Key) -> String {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        format!("{}{{{}}}", key.name(), labels.join(","))
+    impl Registered {
+        /// Keeps `key` as `name{label=value,…}`.
+        fn remember(&self, key: &Key) {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let shown = format!("{}{{{}}}", key.name(), labels.join(","));
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(shown);
+        }
     }
 
     /// The store latency histogram keeps the labels dashboards select on,
@@ -187,7 +179,13 @@ mod tests {
         let recorder = Registered::default();
         metrics::with_local_recorder(&recorder, || {
             let started = Instant::now();
-            for op in StoreOp::ALL {
+            for op in [
+                StoreOp::Claim,
+                StoreOp::Complete,
+                StoreOp::Renew,
+                StoreOp::Release,
+                StoreOp::MarkUnknown,
+            ] {
                 keys.record(op, started);
             }
         });
